@@ -1,0 +1,223 @@
+//! Sector-aligned buffers owned by the engine, and a pool that recycles them.
+//!
+//! O_DIRECT needs the memory address, the file offset and the length of every
+//! request aligned to the device's logical block size. The engine therefore
+//! never hands caller memory to the kernel: it copies into (or out of) an
+//! [`AlignedBuf`]. A buffer is split into disjoint [`IoSlice`]s so several
+//! I/Os of one request can be in flight at once.
+
+use std::alloc::{self, Layout};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+
+use crate::layout::SECTOR_BYTES;
+
+/// A heap buffer aligned to [`SECTOR_BYTES`], always initialised (zeroed at
+/// allocation), so reading it is never undefined behaviour.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: AlignedBuf uniquely owns its allocation, like a Box<[u8]>.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared references only allow reads (and the I/O paths below, whose
+// disjointness is argued at each use).
+unsafe impl Sync for AlignedBuf {}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `len` bytes; `len` must be a positive multiple of
+    /// the sector size.
+    pub fn zeroed(len: usize) -> Self {
+        assert!(
+            len > 0 && len % SECTOR_BYTES as usize == 0,
+            "unaligned buffer length {len}"
+        );
+        let layout = Self::layout(len);
+        // SAFETY: the layout has a non-zero size (checked above).
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(raw) else {
+            alloc::handle_alloc_error(layout)
+        };
+        Self { ptr, len }
+    }
+
+    fn layout(len: usize) -> Layout {
+        Layout::from_size_align(len, SECTOR_BYTES as usize)
+            .expect("sector alignment is a power of two")
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len initialised bytes for the life of self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and &mut self guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with exactly this layout.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+    }
+}
+
+/// A disjoint window `[start, start + len)` of a shared buffer, handed to one
+/// I/O. The engine creates the windows of one buffer so that they never
+/// overlap, and it does not touch the buffer until every I/O has completed:
+/// that is what makes the raw access in the backends sound.
+#[derive(Debug, Clone)]
+pub struct IoSlice {
+    buf: Arc<AlignedBuf>,
+    start: usize,
+    len: usize,
+}
+
+impl IoSlice {
+    pub fn new(buf: Arc<AlignedBuf>, start: usize, len: usize) -> Self {
+        assert!(start + len <= buf.len(), "I/O window outside its buffer");
+        Self { buf, start, len }
+    }
+
+    pub fn whole(buf: Arc<AlignedBuf>) -> Self {
+        let len = buf.len();
+        Self::new(buf, 0, len)
+    }
+
+    /// A window `[start, start + len)` inside this window.
+    pub fn new_sub(&self, start: usize, len: usize) -> Self {
+        assert!(start + len <= self.len, "sub-window outside its window");
+        Self::new(self.buf.clone(), self.start + start, len)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Raw start of the window, for the kernel or pread/pwrite.
+    pub fn as_ptr(&self) -> *mut u8 {
+        // SAFETY: start + len <= buf.len() (checked in `new`), so the offset
+        // stays inside the allocation.
+        unsafe { self.buf.as_ptr().add(self.start) }
+    }
+
+    /// The window as a slice, for writes (the kernel reads it) and for
+    /// inspection after a read completed.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf.as_slice()[self.start..self.start + self.len]
+    }
+
+    /// The window as a mutable slice.
+    ///
+    /// # Safety
+    /// The caller must be the only one accessing this window: it is the I/O
+    /// this window was created for, and no reference from `as_slice` is alive.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn as_mut_slice_unchecked(&self) -> &mut [u8] {
+        // SAFETY: forwarded to the caller's contract above.
+        unsafe { std::slice::from_raw_parts_mut(self.as_ptr(), self.len) }
+    }
+}
+
+/// Recycles buffers by size so the hot path does not pay for allocation and
+/// zeroing. Sizes are rounded up to a power of two; at most `keep` buffers of
+/// each size are kept.
+#[derive(Debug)]
+pub struct BufPool {
+    free: Mutex<Vec<Vec<AlignedBuf>>>,
+    keep: usize,
+}
+
+impl BufPool {
+    pub fn new(keep: usize) -> Self {
+        Self {
+            free: Mutex::new((0..64).map(|_| Vec::new()).collect()),
+            keep,
+        }
+    }
+
+    fn class(len: usize) -> (usize, usize) {
+        let size = len.max(SECTOR_BYTES as usize).next_power_of_two();
+        (size.trailing_zeros() as usize, size)
+    }
+
+    /// A buffer of at least `len` bytes. Its contents are whatever the last
+    /// user left: callers overwrite what they use.
+    pub fn get(&self, len: usize) -> AlignedBuf {
+        let (class, size) = Self::class(len);
+        let reused = self
+            .free
+            .lock()
+            .expect("buffer pool lock")
+            .get_mut(class)
+            .and_then(Vec::pop);
+        reused.unwrap_or_else(|| AlignedBuf::zeroed(size))
+    }
+
+    pub fn put(&self, buf: AlignedBuf) {
+        let (class, size) = Self::class(buf.len());
+        if size != buf.len() {
+            return;
+        }
+        let mut free = self.free.lock().expect("buffer pool lock");
+        if let Some(list) = free.get_mut(class)
+            && list.len() < self.keep
+        {
+            list.push(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_aligned_and_recycled_by_size_class() {
+        let pool = BufPool::new(2);
+        let b = pool.get(5000);
+        assert_eq!(b.len(), 8192);
+        assert_eq!(b.as_ptr() as usize % SECTOR_BYTES as usize, 0);
+        let addr = b.as_ptr() as usize;
+        pool.put(b);
+        let again = pool.get(8000);
+        assert_eq!(again.as_ptr() as usize, addr);
+        assert_eq!(pool.get(4096).len(), 4096);
+    }
+
+    #[test]
+    fn slices_are_windows_of_their_buffer() {
+        let mut b = AlignedBuf::zeroed(8192);
+        b.as_mut_slice()[4096] = 7;
+        let s = IoSlice::new(Arc::new(b), 4096, 4096);
+        assert_eq!(s.as_slice()[0], 7);
+        assert_eq!(s.len(), 4096);
+    }
+}

@@ -1,0 +1,112 @@
+//! Async helpers over a backend: submit several operations at once and wait
+//! for all of them, and small blocking file-system steps.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::backend::{IoBackend, IoOp};
+use crate::buf::{AlignedBuf, IoSlice};
+
+/// Submits every operation before waiting for any, so they are all in flight
+/// together, then returns the first error (all operations have completed by
+/// then, so no buffer is still in use by the device).
+pub async fn run_all(backend: &dyn IoBackend, ops: Vec<IoOp>) -> io::Result<()> {
+    let mut waits = Vec::with_capacity(ops.len());
+    for op in ops {
+        let (tx, rx) = oneshot::channel();
+        backend.submit(
+            op,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        waits.push(rx);
+    }
+    let mut first_err = None;
+    for rx in waits {
+        let r = rx
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("I/O backend dropped a request")));
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// Splits `[0, len)` of `buf`, to live at `file_offset` in the file, into
+/// windows of at most `io_size` bytes: one operation each.
+pub fn split(
+    buf: &Arc<AlignedBuf>,
+    buf_offset: usize,
+    len: usize,
+    file_offset: u64,
+    io_size: usize,
+    mut make: impl FnMut(u64, IoSlice) -> IoOp,
+) -> Vec<IoOp> {
+    (0..len)
+        .step_by(io_size)
+        .map(|at| {
+            let n = io_size.min(len - at);
+            make(
+                file_offset + at as u64,
+                IoSlice::new(buf.clone(), buf_offset + at, n),
+            )
+        })
+        .collect()
+}
+
+pub fn open_data(path: &Path, direct: bool, create: bool) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true).write(true);
+    if create {
+        o.create_new(true);
+    }
+    if direct {
+        o.custom_flags(libc::O_DIRECT);
+    }
+    o.open(path)
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Checks that `dir`'s filesystem accepts O_DIRECT for aligned I/O.
+pub fn probe_direct(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join(".direct-probe");
+    let result = (|| {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)?;
+        let buf = AlignedBuf::zeroed(crate::layout::SECTOR_BYTES as usize);
+        f.write_all_at(buf.as_slice(), 0)
+    })();
+    let _ = std::fs::remove_file(&path);
+    result.map_err(|e| e.to_string())
+}
+
+/// Free and total bytes of the filesystem holding `dir`.
+pub fn disk_space(dir: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: statvfs is plain old data; zeroed is a valid value for it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated path and st a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let unit = st.f_frsize;
+    Ok((st.f_bavail * unit, st.f_blocks * unit))
+}

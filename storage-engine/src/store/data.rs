@@ -1,0 +1,383 @@
+//! The data path: append, write, pad and read.
+//!
+//! A mutation builds one sector-aligned buffer for the region it touches:
+//! the cached tail sector (or the sector read back) in front of an unaligned
+//! append, or the edge blocks, read and verified, around an overwrite. It
+//! computes the new block checksums from that buffer (incrementally for an
+//! append into a partial block), then submits the data writes and the entry
+//! updates together and waits for all of them. Entries go to each block's
+//! other slot, so the previous state stays intact until the new one is.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use gfs_proto::ChunkHandle;
+
+use super::{Chunk, ChunkState, ChunkStore, Dir};
+use crate::backend::IoOp;
+use crate::buf::{AlignedBuf, IoSlice};
+use crate::error::{IoContext, Result, StoreError};
+use crate::io::{self as eio, run_all};
+use crate::layout::{self, BLOCK_BYTES, Entry, SECTOR_BYTES, align_down, align_up};
+
+fn block_start(b: usize) -> u64 {
+    b as u64 * BLOCK_BYTES
+}
+
+impl ChunkStore {
+    /// Appends `data` at the chunk's end; returns the offset it landed at.
+    pub async fn append(&self, handle: ChunkHandle, data: &[u8]) -> Result<u64> {
+        let chunk = self.chunk(handle)?;
+        let mut st = chunk.state.write().await;
+        let offset = st.length;
+        self.mutate(&chunk, &mut st, offset, data).await?;
+        Ok(offset)
+    }
+
+    /// Writes `data` at `offset`. Writing past the end fills the gap with
+    /// zeros. Returns the chunk's new length.
+    pub async fn write_at(&self, handle: ChunkHandle, offset: u64, data: &[u8]) -> Result<u64> {
+        let chunk = self.chunk(handle)?;
+        let mut st = chunk.state.write().await;
+        let cfg = &self.inner.config;
+        let len = data.len() as u64;
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > cfg.chunk_size_bytes)
+        {
+            let free = cfg.chunk_size_bytes.saturating_sub(offset);
+            return Err(StoreError::ChunkFull {
+                handle,
+                free,
+                requested: len,
+            });
+        }
+        if offset > st.length {
+            let gap = offset - st.length;
+            if gap + len > cfg.max_request_bytes {
+                return Err(StoreError::TooLarge {
+                    len: gap + len,
+                    max: cfg.max_request_bytes,
+                });
+            }
+            let mut filled = vec![0u8; gap as usize];
+            filled.extend_from_slice(data);
+            let at = st.length;
+            self.mutate(&chunk, &mut st, at, &filled).await?;
+        } else {
+            self.mutate(&chunk, &mut st, offset, data).await?;
+        }
+        Ok(st.length)
+    }
+
+    /// Pads the chunk with zeros up to the chunk size (record append moves on
+    /// to the next chunk). Returns the padded length.
+    pub async fn pad_to_end(&self, handle: ChunkHandle) -> Result<u64> {
+        let chunk = self.chunk(handle)?;
+        let mut st = chunk.state.write().await;
+        let limit = self.inner.config.chunk_size_bytes;
+        let piece = self.inner.config.max_request_bytes;
+        let zeros = vec![0u8; piece.min(limit - st.length) as usize];
+        while st.length < limit {
+            let n = (limit - st.length).min(piece) as usize;
+            let at = st.length;
+            self.mutate(&chunk, &mut st, at, &zeros[..n]).await?;
+        }
+        Ok(st.length)
+    }
+
+    pub(super) async fn mutate(
+        &self,
+        chunk: &Chunk,
+        st: &mut ChunkState,
+        off: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let handle = chunk.handle;
+        let dir = self.dir(chunk);
+        dir.check_writable()?;
+        if st.deleted {
+            return Err(StoreError::NotFound(handle));
+        }
+        let n = data.len() as u64;
+        let cfg = &self.inner.config;
+        if n > cfg.max_request_bytes {
+            return Err(StoreError::TooLarge {
+                len: n,
+                max: cfg.max_request_bytes,
+            });
+        }
+        if off > st.length {
+            return Err(StoreError::OutOfRange {
+                handle,
+                offset: off,
+                len: n,
+                length: st.length,
+            });
+        }
+        let end = off + n;
+        if end > cfg.chunk_size_bytes {
+            let free = cfg.chunk_size_bytes - st.length;
+            return Err(StoreError::ChunkFull {
+                handle,
+                free,
+                requested: n,
+            });
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let old_len = st.length;
+        let new_len = old_len.max(end);
+        let appending = off == old_len;
+        let first = (off / BLOCK_BYTES) as usize;
+        let last = ((end - 1) / BLOCK_BYTES) as usize;
+        let region_start = if appending {
+            align_down(off)
+        } else {
+            block_start(first)
+        };
+        let region_end = align_up(new_len)
+            .min(block_start(last + 1))
+            .max(align_up(end));
+        let region_len = (region_end - region_start) as usize;
+
+        let mut lease = self.lease(region_len).await?;
+        let mut buf = lease.buf.take().expect("fresh lease holds a buffer");
+
+        // Existing bytes the region must carry unchanged.
+        if appending {
+            if off % SECTOR_BYTES != 0 {
+                match &st.tail {
+                    Some((at, sector)) if *at == region_start => {
+                        buf.as_mut_slice()[..SECTOR_BYTES as usize].copy_from_slice(sector)
+                    }
+                    _ => {
+                        let sector = SECTOR_BYTES as usize;
+                        buf = self
+                            .read_into(dir, st, buf, region_start, 0, sector)
+                            .await?
+                    }
+                }
+            }
+        } else {
+            let mut edges = Vec::new();
+            if off > block_start(first) {
+                edges.push(first);
+            }
+            if end < block_start(last + 1).min(old_len) && (edges.is_empty() || last != first) {
+                edges.push(last);
+            }
+            for b in edges {
+                let at = (block_start(b) - region_start) as usize;
+                let have = (block_start(b + 1).min(old_len) - block_start(b)) as usize;
+                let aligned = align_up(have as u64) as usize;
+                buf = self
+                    .read_into(dir, st, buf, block_start(b), at, aligned)
+                    .await?;
+                // Never bless damaged bytes with a fresh checksum.
+                if crc32c::crc32c(&buf.as_slice()[at..at + have]) != st.crcs[b] {
+                    return Err(StoreError::Corrupt {
+                        handle,
+                        block: b as u64,
+                    });
+                }
+            }
+        }
+        {
+            let bytes = buf.as_mut_slice();
+            let at = (off - region_start) as usize;
+            bytes[at..at + data.len()].copy_from_slice(data);
+            bytes[(new_len - region_start) as usize..region_len].fill(0);
+        }
+
+        // New checksums, computed from the bytes about to be written.
+        let seq = st.next_seq;
+        let mut entries = Vec::with_capacity(last - first + 1);
+        for b in first..=last {
+            let blen = (new_len - block_start(b)).min(BLOCK_BYTES);
+            let crc = if appending && b == first && off > block_start(b) {
+                let new_part = (block_start(b + 1).min(end) - off) as usize;
+                crc32c::crc32c_append(st.crcs[b], &data[..new_part])
+            } else {
+                let at = (block_start(b) - region_start) as usize;
+                crc32c::crc32c(&buf.as_slice()[at..at + blen as usize])
+            };
+            let slot = st.slots.get(b).map_or(0, |s| 1 - s);
+            entries.push((
+                b,
+                slot,
+                Entry {
+                    seq,
+                    len: blen as u32,
+                    crc,
+                },
+            ));
+        }
+
+        let buf = Arc::new(buf);
+        let io_size = cfg.io_size_bytes as usize;
+        let mut ops = eio::split(&buf, 0, region_len, region_start, io_size, |offset, w| {
+            IoOp::Write {
+                file: st.data.clone(),
+                offset,
+                buf: w,
+            }
+        });
+        let meta_buf = self.entry_writes(st, &entries, &mut ops);
+
+        // ENOSPC is harmless when every byte written lies past the old end.
+        let overwrote = !appending || region_start < align_down(old_len);
+        let result = self.run_mutation(dir, ops, overwrote).await;
+        self.recycle(meta_buf);
+        lease.buf = Arc::try_unwrap(buf).ok();
+        result?;
+        let buf = lease
+            .buf
+            .as_ref()
+            .expect("every write completed, so no window is alive");
+
+        for (b, slot, e) in entries {
+            if b < st.crcs.len() {
+                st.crcs[b] = e.crc;
+                st.slots[b] = slot;
+            } else {
+                st.crcs.push(e.crc);
+                st.slots.push(slot);
+            }
+        }
+        st.next_seq = seq + 1;
+        st.length = new_len;
+        // Keep the cached tail sector in step with the disk: refresh it when
+        // this write covered the last sector, drop it when the end is aligned.
+        let tail_at = align_down(new_len);
+        if new_len % SECTOR_BYTES == 0 {
+            st.tail = None;
+        } else if tail_at >= region_start && tail_at + SECTOR_BYTES <= region_end {
+            let i = (tail_at - region_start) as usize;
+            st.tail = Some((tail_at, buf.as_slice()[i..i + SECTOR_BYTES as usize].into()));
+        }
+        dir.used_bytes
+            .fetch_add(new_len - old_len, Ordering::Relaxed);
+        chunk
+            .last_mutation_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Adds the metadata writes for `entries` to `ops`: one write per run of
+    /// consecutive blocks going to the same slot (an append needs at most
+    /// two). Returns the buffer the writes point into.
+    fn entry_writes(
+        &self,
+        st: &ChunkState,
+        entries: &[(usize, u8, Entry)],
+        ops: &mut Vec<IoOp>,
+    ) -> Arc<AlignedBuf> {
+        let blocks = layout::blocks_per_chunk(self.inner.config.chunk_size_bytes);
+        let mut buf = self.inner.pool.get(entries.len() * layout::ENTRY_BYTES);
+        for (i, (_, _, e)) in entries.iter().enumerate() {
+            let at = i * layout::ENTRY_BYTES;
+            buf.as_mut_slice()[at..at + layout::ENTRY_BYTES].copy_from_slice(&e.encode());
+        }
+        let buf = Arc::new(buf);
+        let mut i = 0;
+        while i < entries.len() {
+            let (b0, slot, _) = entries[i];
+            let mut j = i + 1;
+            while j < entries.len() && entries[j].1 == slot && entries[j].0 == b0 + (j - i) {
+                j += 1;
+            }
+            let window = IoSlice::new(
+                buf.clone(),
+                i * layout::ENTRY_BYTES,
+                (j - i) * layout::ENTRY_BYTES,
+            );
+            let offset = layout::entry_offset(blocks, b0, slot);
+            ops.push(IoOp::Write {
+                file: st.meta.clone(),
+                offset,
+                buf: window,
+            });
+            i = j;
+        }
+        buf
+    }
+
+    /// Reads `len` bytes at `file_offset` of the chunk's data into `buf` at
+    /// `at`, with several I/Os in flight. Hands the buffer back.
+    async fn read_into(
+        &self,
+        dir: &Dir,
+        st: &ChunkState,
+        buf: AlignedBuf,
+        file_offset: u64,
+        at: usize,
+        len: usize,
+    ) -> Result<AlignedBuf> {
+        let buf = Arc::new(buf);
+        let io_size = self.inner.config.io_size_bytes as usize;
+        let ops = eio::split(&buf, at, len, file_offset, io_size, |offset, w| {
+            IoOp::Read {
+                file: st.data.clone(),
+                offset,
+                buf: w,
+            }
+        });
+        let result = run_all(dir.backend.as_ref(), ops).await;
+        let buf = Arc::try_unwrap(buf).expect("every read completed, so no window is alive");
+        result.context(|| format!("read chunk data in {}", dir.root.display()))?;
+        Ok(buf)
+    }
+
+    /// Reads `len` bytes at `offset`. Every block the range touches is
+    /// verified against its checksum before any byte is returned.
+    pub async fn read(&self, handle: ChunkHandle, offset: u64, len: u64) -> Result<Bytes> {
+        let chunk = self.chunk(handle)?;
+        let st = chunk.state.read().await;
+        if st.deleted {
+            return Err(StoreError::NotFound(handle));
+        }
+        let max = self.inner.config.max_request_bytes;
+        if len > max {
+            return Err(StoreError::TooLarge { len, max });
+        }
+        let Some(end) = offset.checked_add(len).filter(|&e| e <= st.length) else {
+            return Err(StoreError::OutOfRange {
+                handle,
+                offset,
+                len,
+                length: st.length,
+            });
+        };
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let dir = self.dir(&chunk);
+        let first = (offset / BLOCK_BYTES) as usize;
+        let last = ((end - 1) / BLOCK_BYTES) as usize;
+        let region_start = block_start(first);
+        let region_len = align_up(block_start(last + 1).min(st.length) - region_start) as usize;
+        let mut lease = self.lease(region_len).await?;
+        let buf = lease.buf.take().expect("fresh lease holds a buffer");
+        let buf = self
+            .read_into(dir, &st, buf, region_start, 0, region_len)
+            .await?;
+        let bad = (first..=last).find(|&b| {
+            let at = (block_start(b) - region_start) as usize;
+            let blen = (block_start(b + 1).min(st.length) - block_start(b)) as usize;
+            crc32c::crc32c(&buf.as_slice()[at..at + blen]) != st.crcs[b]
+        });
+        lease.buf = Some(buf);
+        if let Some(b) = bad {
+            tracing::warn!(chunk = %handle, block = b, "checksum mismatch on read");
+            return Err(StoreError::Corrupt {
+                handle,
+                block: b as u64,
+            });
+        }
+        let start = (offset - region_start) as usize;
+        Ok(Bytes::from_owner(lease).slice(start..start + len as usize))
+    }
+}

@@ -1,0 +1,685 @@
+//! [`ChunkStore`]: the async, cloneable handle the chunkserver talks to.
+//!
+//! Concurrency: the chunk map sits behind a short std lock; each chunk has a
+//! tokio `RwLock` so reads run together and mutations of one chunk are
+//! serialised (the primary orders them anyway). I/O never happens under the
+//! map lock.
+//!
+//! Write path (append, write_at, pad): build one sector-aligned buffer for
+//! the affected region (reusing the cached tail sector or reading the edge
+//! blocks, verified, for an overwrite), compute the new block checksums
+//! (incrementally for an append into a partial block), then submit the data
+//! writes and the entry updates together and wait for all of them. The
+//! entries go to each block's other slot, so the old state stays readable
+//! until the new one is complete.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Instant;
+
+use gfs_proto::{ChunkHandle, ChunkVersion};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::backend::faulty::{FaultSwitch, FaultyBackend};
+use crate::backend::{IoBackend, IoOp};
+use crate::buf::{AlignedBuf, BufPool, IoSlice};
+use crate::config::{StoreConfig, StoreConfigFile};
+use crate::error::{IoContext, Result, StoreError};
+use crate::io::{self as eio, run_all};
+use crate::layout::{self, Header, SECTOR_BYTES};
+
+mod data;
+mod files;
+mod scrub;
+
+const STORE_MARKER: &str = "STORE";
+const CHUNKS: &str = "chunks";
+const QUARANTINE: &str = "quarantine";
+
+/// One chunk as `list` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkInfo {
+    pub handle: ChunkHandle,
+    pub version: ChunkVersion,
+    pub length: u64,
+}
+
+/// Space and health of one data directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub dir: PathBuf,
+    pub backend: &'static str,
+    pub direct_io: bool,
+    /// Bytes of chunk data stored here.
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+    /// Why the directory refuses writes, if it does.
+    pub poisoned: Option<String>,
+}
+
+/// A chunk found corrupt, by recovery or the scrubber.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorruptChunk {
+    pub handle: ChunkHandle,
+    pub dir: PathBuf,
+    pub reason: String,
+}
+
+/// What opening the store found and did.
+#[derive(Debug, Default)]
+pub struct RecoveryReport {
+    pub chunks: usize,
+    /// Chunks whose torn tail was cut: (handle, claimed length, recovered length).
+    pub cut: Vec<(ChunkHandle, u64, u64)>,
+    /// Chunks moved to `quarantine/`.
+    pub quarantined: Vec<CorruptChunk>,
+    /// Leftovers of interrupted creates and deletes that were removed.
+    pub removed: Vec<PathBuf>,
+    /// The backend chosen for each directory and why.
+    pub backends: Vec<(PathBuf, &'static str, String)>,
+}
+
+/// Cheap to clone; all clones share one store.
+#[derive(Clone, Debug)]
+pub struct ChunkStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: StoreConfig,
+    dirs: Vec<Dir>,
+    chunks: RwLock<HashMap<ChunkHandle, Arc<Chunk>>>,
+    creating: Mutex<HashSet<ChunkHandle>>,
+    pool: BufPool,
+    /// Buffer memory, in sectors.
+    memory: Arc<Semaphore>,
+    epoch: Instant,
+}
+
+#[derive(Debug)]
+struct Dir {
+    root: PathBuf,
+    chunks: PathBuf,
+    backend: Box<dyn IoBackend>,
+    direct: bool,
+    poisoned: Mutex<Option<String>>,
+    used_bytes: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Chunk {
+    handle: ChunkHandle,
+    dir: usize,
+    state: tokio::sync::RwLock<ChunkState>,
+    /// Milliseconds since the store's epoch at the last mutation.
+    last_mutation_ms: AtomicU64,
+}
+
+#[derive(Debug)]
+struct ChunkState {
+    version: u64,
+    length: u64,
+    crcs: Vec<u32>,
+    slots: Vec<u8>,
+    next_seq: u64,
+    synced_seq: u64,
+    header_seq: u64,
+    header_slot: u8,
+    data: Arc<File>,
+    meta: Arc<File>,
+    /// The last, partial sector of the data, so an unaligned append does not
+    /// have to read it back.
+    tail: Option<(u64, Box<[u8]>)>,
+    deleted: bool,
+}
+
+/// A pooled buffer that returns to the pool, and gives back its memory
+/// permit, when the last `Bytes` pointing into it is dropped.
+struct Leased {
+    buf: Option<AlignedBuf>,
+    pool: Weak<Inner>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Leased {
+    fn as_ref(&self) -> &[u8] {
+        self.buf.as_ref().map_or(&[], |b| b.as_slice())
+    }
+}
+
+impl Drop for Leased {
+    fn drop(&mut self) {
+        if let (Some(buf), Some(inner)) = (self.buf.take(), self.pool.upgrade()) {
+            inner.pool.put(buf);
+        }
+    }
+}
+
+fn data_path(dir: &Path, h: ChunkHandle) -> PathBuf {
+    dir.join(format!("{h}.chunk"))
+}
+
+fn meta_path(dir: &Path, h: ChunkHandle) -> PathBuf {
+    dir.join(format!("{h}.meta"))
+}
+
+fn parse_handle(stem: &str) -> Option<ChunkHandle> {
+    (stem.len() == 16)
+        .then(|| u64::from_str_radix(stem, 16).ok().map(ChunkHandle))
+        .flatten()
+}
+
+fn is_enospc(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC)
+}
+
+impl Dir {
+    fn check_writable(&self) -> Result<()> {
+        match &*self.poisoned.lock().expect("poison lock") {
+            Some(reason) => Err(StoreError::Poisoned {
+                dir: self.root.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the directory as refusing writes. Logged here, once, where the
+    /// failure is handled.
+    fn poison(&self, reason: String) -> StoreError {
+        let mut p = self.poisoned.lock().expect("poison lock");
+        if p.is_none() {
+            tracing::error!(dir = %self.root.display(), %reason, "data directory refuses further writes");
+            *p = Some(reason.clone());
+        }
+        StoreError::Poisoned {
+            dir: self.root.clone(),
+            reason,
+        }
+    }
+}
+
+/// Removes a leftover of an interrupted create or delete found at open.
+async fn remove_leftover(path: &Path, report: &mut RecoveryReport) -> Result<()> {
+    let p = path.to_path_buf();
+    blocking(move || std::fs::remove_file(&p).context(|| format!("remove {}", p.display())))
+        .await?;
+    tracing::info!(file = %path.display(), "removed leftover of an interrupted create or delete");
+    report.removed.push(path.to_path_buf());
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking store task panicked")
+}
+
+impl ChunkStore {
+    /// Opens (creating if needed) every data directory and recovers its chunks.
+    pub async fn open(config: StoreConfigFile) -> Result<(ChunkStore, RecoveryReport)> {
+        Self::open_inner(config, None).await
+    }
+
+    /// As `open`, with every directory's backend wrapped in a fault injector.
+    pub async fn open_with_faults(
+        config: StoreConfigFile,
+        faults: FaultSwitch,
+    ) -> Result<(ChunkStore, RecoveryReport)> {
+        Self::open_inner(config, Some(faults)).await
+    }
+
+    async fn open_inner(
+        config: StoreConfigFile,
+        faults: Option<FaultSwitch>,
+    ) -> Result<(ChunkStore, RecoveryReport)> {
+        let config = config.validate()?;
+        let mut report = RecoveryReport::default();
+        let mut dirs = Vec::new();
+        for (i, root) in config.dirs.iter().enumerate() {
+            let cfg = config.clone();
+            let root = root.clone();
+            let (dir, reason) = blocking(move || files::prepare_dir(&cfg, i, root)).await?;
+            let backend = match &faults {
+                Some(switch) => Box::new(FaultyBackend::new(dir.backend, switch.clone())),
+                None => dir.backend,
+            };
+            let dir = Dir { backend, ..dir };
+            tracing::info!(dir = %dir.root.display(), backend = dir.backend.name(), direct_io = dir.direct, %reason, "chunk store directory opened");
+            report
+                .backends
+                .push((dir.root.clone(), dir.backend.name(), reason));
+            dirs.push(dir);
+        }
+        let keep = 16;
+        let inner = Arc::new(Inner {
+            memory: Arc::new(Semaphore::new(
+                (config.buffer_memory_bytes / SECTOR_BYTES) as usize,
+            )),
+            config,
+            dirs,
+            chunks: RwLock::new(HashMap::new()),
+            creating: Mutex::new(HashSet::new()),
+            pool: BufPool::new(keep),
+            epoch: Instant::now(),
+        });
+        let store = ChunkStore { inner };
+        for i in 0..store.inner.dirs.len() {
+            store.recover_dir(i, &mut report).await?;
+        }
+        report.chunks = store.inner.chunks.read().expect("chunk map lock").len();
+        Ok((store, report))
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    fn chunk(&self, handle: ChunkHandle) -> Result<Arc<Chunk>> {
+        let map = self.inner.chunks.read().expect("chunk map lock");
+        map.get(&handle)
+            .cloned()
+            .ok_or(StoreError::NotFound(handle))
+    }
+
+    fn dir(&self, chunk: &Chunk) -> &Dir {
+        &self.inner.dirs[chunk.dir]
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.epoch.elapsed().as_millis() as u64
+    }
+
+    async fn lease(&self, len: usize) -> Result<Leased> {
+        let size = len.max(SECTOR_BYTES as usize).next_power_of_two();
+        let permits = (size as u64 / SECTOR_BYTES) as u32;
+        let permit = self
+            .inner
+            .memory
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+            .expect("the memory semaphore is never closed");
+        Ok(Leased {
+            buf: Some(self.inner.pool.get(size)),
+            pool: Arc::downgrade(&self.inner),
+            _permit: permit,
+        })
+    }
+
+    // ---- recovery -------------------------------------------------------
+
+    async fn recover_dir(&self, i: usize, report: &mut RecoveryReport) -> Result<()> {
+        let dir = &self.inner.dirs[i];
+        let chunks_dir = dir.chunks.clone();
+        let names = blocking(move || files::list_names(&chunks_dir)).await?;
+        for name in names {
+            let path = dir.chunks.join(&name);
+            if name.ends_with(".meta.tmp") {
+                remove_leftover(&path, report).await?;
+            } else if let Some(stem) = name.strip_suffix(".chunk") {
+                let has_meta =
+                    parse_handle(stem).is_some_and(|h| meta_path(&dir.chunks, h).exists());
+                if !has_meta && parse_handle(stem).is_some() {
+                    remove_leftover(&path, report).await?;
+                }
+            } else if let Some(stem) = name.strip_suffix(".meta") {
+                match parse_handle(stem) {
+                    Some(h) => self.recover_chunk(i, h, report).await?,
+                    None => {
+                        tracing::warn!(file = %path.display(), "ignoring unknown file in chunk directory")
+                    }
+                }
+            } else {
+                tracing::warn!(file = %path.display(), "ignoring unknown file in chunk directory");
+            }
+        }
+        eio::sync_dir(&dir.chunks).context(|| format!("fsync {}", dir.chunks.display()))?;
+        Ok(())
+    }
+
+    async fn recover_chunk(
+        &self,
+        i: usize,
+        h: ChunkHandle,
+        report: &mut RecoveryReport,
+    ) -> Result<()> {
+        let dir = &self.inner.dirs[i];
+        let (chunks_dir, direct) = (dir.chunks.clone(), dir.direct);
+        let chunk_size = self.inner.config.chunk_size_bytes;
+        let verify_all = self.inner.config.verify_on_open;
+        let outcome =
+            blocking(move || files::recover(&chunks_dir, h, direct, chunk_size, verify_all)).await;
+        match outcome {
+            Ok(files::Recovered { state, cut }) => {
+                if let Some((from, to)) = cut {
+                    tracing::warn!(chunk = %h, claimed = from, recovered = to, "cut torn tail");
+                    report.cut.push((h, from, to));
+                }
+                dir.used_bytes.fetch_add(state.length, Ordering::Relaxed);
+                let chunk = Arc::new(Chunk {
+                    handle: h,
+                    dir: i,
+                    state: tokio::sync::RwLock::new(state),
+                    last_mutation_ms: AtomicU64::new(0),
+                });
+                self.inner
+                    .chunks
+                    .write()
+                    .expect("chunk map lock")
+                    .insert(h, chunk);
+            }
+            Err(files::RecoverError::Corrupt(reason)) => {
+                let root = dir.root.clone();
+                let chunks_dir = dir.chunks.clone();
+                blocking(move || files::quarantine(&root, &chunks_dir, h)).await?;
+                tracing::error!(chunk = %h, %reason, "chunk quarantined at open");
+                report.quarantined.push(CorruptChunk {
+                    handle: h,
+                    dir: dir.root.clone(),
+                    reason,
+                });
+            }
+            Err(files::RecoverError::Store(e)) => return Err(e),
+        }
+        Ok(())
+    }
+
+    // ---- chunk lifecycle ------------------------------------------------
+
+    /// Creates an empty chunk in the directory with the most free space.
+    pub async fn create(&self, handle: ChunkHandle, version: ChunkVersion) -> Result<()> {
+        if self
+            .inner
+            .chunks
+            .read()
+            .expect("chunk map lock")
+            .contains_key(&handle)
+            || !self
+                .inner
+                .creating
+                .lock()
+                .expect("creating lock")
+                .insert(handle)
+        {
+            return Err(StoreError::AlreadyExists(handle));
+        }
+        let result = self.create_files(handle, version).await;
+        self.inner
+            .creating
+            .lock()
+            .expect("creating lock")
+            .remove(&handle);
+        let (i, state) = result?;
+        let chunk = Arc::new(Chunk {
+            handle,
+            dir: i,
+            state: tokio::sync::RwLock::new(state),
+            last_mutation_ms: AtomicU64::new(self.now_ms()),
+        });
+        self.inner
+            .chunks
+            .write()
+            .expect("chunk map lock")
+            .insert(handle, chunk);
+        Ok(())
+    }
+
+    async fn create_files(
+        &self,
+        h: ChunkHandle,
+        version: ChunkVersion,
+    ) -> Result<(usize, ChunkState)> {
+        let i = self.pick_dir()?;
+        let dir = &self.inner.dirs[i];
+        let (chunks_dir, direct) = (dir.chunks.clone(), dir.direct);
+        let chunk_size = self.inner.config.chunk_size_bytes;
+        let created =
+            blocking(move || files::create(&chunks_dir, h, version.0, direct, chunk_size)).await;
+        match created {
+            Ok(state) => Ok((i, state)),
+            Err((_, e)) if is_enospc(&e) => Err(StoreError::NoSpace {
+                dir: dir.root.clone(),
+            }),
+            Err((_, e)) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(StoreError::AlreadyExists(h))
+            }
+            Err((what, e)) => Err(StoreError::io(what, e)),
+        }
+    }
+
+    /// The writable directory with the most free space.
+    fn pick_dir(&self) -> Result<usize> {
+        let mut best: Option<(usize, u64)> = None;
+        let mut refusal = None;
+        for (i, d) in self.inner.dirs.iter().enumerate() {
+            if let Err(e) = d.check_writable() {
+                refusal = Some(e);
+                continue;
+            }
+            let free = eio::disk_space(&d.root).map(|(free, _)| free).unwrap_or(0);
+            if best.is_none_or(|(_, f)| free > f) {
+                best = Some((i, free));
+            }
+        }
+        best.map(|(i, _)| i)
+            .ok_or_else(|| refusal.expect("at least one directory exists"))
+    }
+
+    /// Takes a chunk out of the map for good (delete or quarantine).
+    async fn retire(&self, handle: ChunkHandle) -> Result<(Arc<Chunk>, u64)> {
+        let chunk = self.chunk(handle)?;
+        let mut st = chunk.state.write().await;
+        if st.deleted {
+            return Err(StoreError::NotFound(handle));
+        }
+        st.deleted = true;
+        self.inner
+            .chunks
+            .write()
+            .expect("chunk map lock")
+            .remove(&handle);
+        self.dir(&chunk)
+            .used_bytes
+            .fetch_sub(st.length, Ordering::Relaxed);
+        let length = st.length;
+        drop(st);
+        Ok((chunk, length))
+    }
+
+    /// Removes a chunk for good.
+    pub async fn delete(&self, handle: ChunkHandle) -> Result<()> {
+        let chunk = self.chunk(handle)?;
+        self.dir(&chunk).check_writable()?;
+        let (chunk, _) = self.retire(handle).await?;
+        let chunks_dir = self.dir(&chunk).chunks.clone();
+        blocking(move || files::delete(&chunks_dir, handle)).await
+    }
+
+    /// Moves a chunk aside into `quarantine/` (it is never deleted silently)
+    /// and forgets it.
+    pub async fn quarantine(&self, handle: ChunkHandle, reason: &str) -> Result<CorruptChunk> {
+        let (chunk, _) = self.retire(handle).await?;
+        let dir = self.dir(&chunk);
+        let (root, chunks_dir) = (dir.root.clone(), dir.chunks.clone());
+        blocking(move || files::quarantine(&root, &chunks_dir, handle)).await?;
+        tracing::error!(chunk = %handle, reason, "chunk quarantined");
+        Ok(CorruptChunk {
+            handle,
+            dir: dir.root.clone(),
+            reason: reason.into(),
+        })
+    }
+
+    /// Every chunk with its version and length, by handle.
+    pub async fn list(&self) -> Vec<ChunkInfo> {
+        let chunks: Vec<Arc<Chunk>> = self
+            .inner
+            .chunks
+            .read()
+            .expect("chunk map lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut out = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            let st = c.state.read().await;
+            if !st.deleted {
+                out.push(ChunkInfo {
+                    handle: c.handle,
+                    version: ChunkVersion(st.version),
+                    length: st.length,
+                });
+            }
+        }
+        out.sort_by_key(|c| c.handle);
+        out
+    }
+
+    pub async fn info(&self, handle: ChunkHandle) -> Result<ChunkInfo> {
+        let chunk = self.chunk(handle)?;
+        let st = chunk.state.read().await;
+        if st.deleted {
+            return Err(StoreError::NotFound(handle));
+        }
+        Ok(ChunkInfo {
+            handle,
+            version: ChunkVersion(st.version),
+            length: st.length,
+        })
+    }
+
+    /// Bytes used and free, backend and health, per data directory.
+    pub fn usage(&self) -> Vec<DiskUsage> {
+        self.inner
+            .dirs
+            .iter()
+            .map(|d| {
+                let (free, total) = eio::disk_space(&d.root).unwrap_or((0, 0));
+                DiskUsage {
+                    dir: d.root.clone(),
+                    backend: d.backend.name(),
+                    direct_io: d.direct,
+                    used_bytes: d.used_bytes.load(Ordering::Relaxed),
+                    free_bytes: free,
+                    total_bytes: total,
+                    poisoned: d.poisoned.lock().expect("poison lock").clone(),
+                }
+            })
+            .collect()
+    }
+
+    // ---- versions and durability -----------------------------------------
+
+    /// Records a new version durably (the header is fdatasynced).
+    pub async fn set_version(&self, handle: ChunkHandle, version: ChunkVersion) -> Result<()> {
+        let chunk = self.chunk(handle)?;
+        let dir = self.dir(&chunk);
+        dir.check_writable()?;
+        let mut st = chunk.state.write().await;
+        if st.deleted {
+            return Err(StoreError::NotFound(handle));
+        }
+        let synced = st.synced_seq;
+        self.write_header(dir, &chunk, &mut st, version.0, synced)
+            .await
+    }
+
+    /// Writes a new header to the slot not holding the current one, then
+    /// fdatasyncs the metadata file.
+    async fn write_header(
+        &self,
+        dir: &Dir,
+        chunk: &Chunk,
+        st: &mut ChunkState,
+        version: u64,
+        synced_seq: u64,
+    ) -> Result<()> {
+        let header = Header {
+            seq: st.header_seq + 1,
+            handle: chunk.handle.0,
+            version,
+            synced_seq,
+            chunk_size: self.inner.config.chunk_size_bytes,
+        };
+        let slot = 1 - st.header_slot;
+        // Metadata buffers are a few KiB and short-lived: they come from the
+        // pool without counting against the buffer memory bound.
+        let mut buf = self.inner.pool.get(SECTOR_BYTES as usize);
+        buf.as_mut_slice()[..layout::HEADER_BYTES].copy_from_slice(&header.encode());
+        let buf = Arc::new(buf);
+        let write = IoOp::Write {
+            file: st.meta.clone(),
+            offset: layout::header_offset(slot),
+            buf: IoSlice::new(buf.clone(), 0, layout::HEADER_BYTES),
+        };
+        self.run_mutation(dir, vec![write], true).await?;
+        self.run_mutation(
+            dir,
+            vec![IoOp::Sync {
+                file: st.meta.clone(),
+            }],
+            true,
+        )
+        .await?;
+        self.recycle(buf);
+        st.header_seq = header.seq;
+        st.header_slot = slot;
+        st.version = version;
+        st.synced_seq = synced_seq;
+        Ok(())
+    }
+
+    /// Makes everything written to the chunk durable (fdatasync of data and
+    /// checksums), then records that in the header so recovery can trust it.
+    pub async fn sync(&self, handle: ChunkHandle) -> Result<()> {
+        let chunk = self.chunk(handle)?;
+        let dir = self.dir(&chunk);
+        dir.check_writable()?;
+        let mut st = chunk.state.write().await;
+        if st.deleted {
+            return Err(StoreError::NotFound(handle));
+        }
+        let upto = st.next_seq - 1;
+        if upto == st.synced_seq {
+            return Ok(());
+        }
+        let syncs = vec![
+            IoOp::Sync {
+                file: st.data.clone(),
+            },
+            IoOp::Sync {
+                file: st.meta.clone(),
+            },
+        ];
+        self.run_mutation(dir, syncs, true).await?;
+        let version = st.version;
+        self.write_header(dir, &chunk, &mut st, version, upto).await
+    }
+
+    /// Runs mutation I/O. Any failure but ENOSPC poisons the directory: after
+    /// a failed write or fsync the kernel may have dropped dirty pages, so
+    /// nothing this store believes about the disk can be trusted. ENOSPC
+    /// poisons too unless the caller says it only wrote past the old end.
+    async fn run_mutation(&self, dir: &Dir, ops: Vec<IoOp>, enospc_is_fatal: bool) -> Result<()> {
+        match run_all(dir.backend.as_ref(), ops).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_enospc(&e) && !enospc_is_fatal => Err(StoreError::NoSpace {
+                dir: dir.root.clone(),
+            }),
+            Err(e) => Err(dir.poison(format!("write or fsync failed: {e}"))),
+        }
+    }
+
+    fn recycle(&self, buf: Arc<AlignedBuf>) {
+        if let Ok(buf) = Arc::try_unwrap(buf) {
+            self.inner.pool.put(buf);
+        }
+    }
+}
