@@ -189,7 +189,9 @@ impl ChunkStore {
             let bytes = buf.as_mut_slice();
             let at = (off - region_start) as usize;
             bytes[at..at + data.len()].copy_from_slice(data);
-            bytes[(new_len - region_start) as usize..region_len].fill(0);
+            // Past the new end the last sector is zeros (never stale pool bytes).
+            let data_end = ((new_len - region_start) as usize).min(region_len);
+            bytes[data_end..region_len].fill(0);
         }
 
         // New checksums, computed from the bytes about to be written.

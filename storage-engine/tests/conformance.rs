@@ -1,0 +1,412 @@
+//! The conformance suite: every backend (io_uring, portable, and the fault
+//! injector with nothing armed) must pass every case, against a plain
+//! in-memory model of each chunk.
+
+mod common;
+
+use common::{CHUNK, Harness, Kind, MAX_REQUEST, h, pattern, v};
+use gfs_storage_engine::{ChunkInfo, StoreError};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+macro_rules! for_every_backend {
+    ($($case:ident),* $(,)?) => {
+        mod uring { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::$case(super::Kind::Uring).await } )* }
+        mod portable { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::$case(super::Kind::Portable).await } )* }
+        mod faulty_off { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::$case(super::Kind::Faulty).await } )* }
+    };
+}
+
+for_every_backend!(
+    unaligned_appends_read_back_exactly,
+    overwrites_and_gaps_match_the_model_and_survive_reopen,
+    pad_fills_the_chunk_with_zeros_and_then_it_is_full,
+    versions_are_durable,
+    delete_removes_the_chunk_for_good,
+    bad_requests_get_clear_errors,
+    random_operations_match_the_model,
+    leftovers_of_interrupted_creates_and_deletes_are_removed,
+    usage_counts_bytes_per_directory,
+    concurrent_appends_to_one_chunk_are_serialised,
+);
+
+async fn unaligned_appends_read_back_exactly(kind: Kind) {
+    let hs = Harness::new(kind);
+    let (store, _) = hs.open().await;
+    store.create(h(1), v(1)).await.expect("create");
+    let mut model = Vec::new();
+    for (i, len) in [1usize, 4095, 4097, 65_535, 65_537, 200_000, 3, 131_072]
+        .iter()
+        .enumerate()
+    {
+        let data = pattern(i as u64, *len);
+        let off = store.append(h(1), &data).await.expect("append");
+        assert_eq!(off, model.len() as u64);
+        model.extend_from_slice(&data);
+    }
+    assert_eq!(
+        store.info(h(1)).await.expect("info").length,
+        model.len() as u64
+    );
+    assert_eq!(read_all(&store, 1, model.len()).await, model);
+    for (off, len) in [
+        (0, MAX_REQUEST as usize),
+        (1, 10),
+        (4095, 2),
+        (65_530, 70_000),
+        (model.len() - 1, 1),
+    ] {
+        let got = store
+            .read(h(1), off as u64, len as u64)
+            .await
+            .expect("read");
+        assert_eq!(&got[..], &model[off..off + len], "read {off}+{len}");
+    }
+}
+
+async fn overwrites_and_gaps_match_the_model_and_survive_reopen(kind: Kind) {
+    let hs = Harness::new(kind);
+    let (store, _) = hs.open().await;
+    store.create(h(2), v(3)).await.expect("create");
+    let mut model = pattern(9, 300_000);
+    store.append(h(2), &model[..200_000]).await.expect("append");
+    store.append(h(2), &model[200_000..]).await.expect("append");
+    // Overwrite across two block boundaries, starting and ending unaligned.
+    let patch = pattern(10, 140_000);
+    assert_eq!(
+        store.write_at(h(2), 60_001, &patch).await.expect("write"),
+        300_000
+    );
+    model[60_001..200_001].copy_from_slice(&patch);
+    // Overwrite inside one block.
+    store.write_at(h(2), 5, b"hello").await.expect("write");
+    model[5..10].copy_from_slice(b"hello");
+    // Overwrite the tail and extend.
+    let tail = pattern(11, 10_000);
+    assert_eq!(
+        store.write_at(h(2), 295_000, &tail).await.expect("write"),
+        305_000
+    );
+    model.truncate(295_000);
+    model.extend_from_slice(&tail);
+    // A gap is zero-filled.
+    assert_eq!(
+        store.write_at(h(2), 310_000, b"xyz").await.expect("write"),
+        310_003
+    );
+    model.resize(310_000, 0);
+    model.extend_from_slice(b"xyz");
+
+    let all = read_all(&store, 2, model.len()).await;
+    assert_eq!(all, model);
+    drop(store);
+    let (store, report) = hs.open().await;
+    assert_eq!(report.chunks, 1);
+    assert!(
+        report.cut.is_empty() && report.quarantined.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(read_all(&store, 2, model.len()).await, model);
+    assert_eq!(store.info(h(2)).await.expect("info").version, v(3));
+}
+
+async fn read_all(store: &gfs_storage_engine::ChunkStore, n: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < len {
+        let take = (len - out.len()).min(MAX_REQUEST as usize);
+        let got = store
+            .read(h(n), out.len() as u64, take as u64)
+            .await
+            .expect("read");
+        out.extend_from_slice(&got);
+    }
+    out
+}
+
+async fn pad_fills_the_chunk_with_zeros_and_then_it_is_full(kind: Kind) {
+    let hs = Harness::new(kind);
+    let (store, _) = hs.open().await;
+    store.create(h(3), v(1)).await.expect("create");
+    store.append(h(3), &pattern(1, 1000)).await.expect("append");
+    assert_eq!(store.pad_to_end(h(3)).await.expect("pad"), CHUNK);
+    let tail = store.read(h(3), 1000, 100_000).await.expect("read");
+    assert!(tail.iter().all(|&b| b == 0));
+    match store.append(h(3), b"x").await {
+        Err(StoreError::ChunkFull {
+            free: 0,
+            requested: 1,
+            ..
+        }) => {}
+        other => panic!("expected ChunkFull, got {other:?}"),
+    }
+    // A record that does not fit is refused whole.
+    store.create(h(4), v(1)).await.expect("create");
+    for _ in 0..3 {
+        store
+            .append(h(4), &[1; MAX_REQUEST as usize])
+            .await
+            .expect("append");
+    }
+    store
+        .append(h(4), &[2; MAX_REQUEST as usize - 10])
+        .await
+        .expect("append");
+    store
+        .append(h(4), b"0123456789")
+        .await
+        .expect("fits exactly");
+    assert!(matches!(
+        store.append(h(4), b"z").await,
+        Err(StoreError::ChunkFull { .. })
+    ));
+}
+
+async fn versions_are_durable(kind: Kind) {
+    let hs = Harness::new(kind);
+    let (store, _) = hs.open().await;
+    store.create(h(5), v(1)).await.expect("create");
+    store.append(h(5), b"abc").await.expect("append");
+    for n in 2..6 {
+        store.set_version(h(5), v(n)).await.expect("set version");
+    }
+    drop(store);
+    let (store, _) = hs.open().await;
+    assert_eq!(
+        store.list().await,
+        vec![ChunkInfo {
+            handle: h(5),
+            version: v(5),
+            length: 3
+        }]
+    );
+}
+
+async fn delete_removes_the_chunk_for_good(kind: Kind) {
+    let hs = Harness::new(kind);
+    let (store, _) = hs.open().await;
+    store.create(h(6), v(1)).await.expect("create");
+    store.create(h(7), v(1)).await.expect("create");
+    store.append(h(6), b"doomed").await.expect("append");
+    store.delete(h(6)).await.expect("delete");
+    assert!(matches!(
+        store.read(h(6), 0, 1).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.delete(h(6)).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let left: Vec<_> = std::fs::read_dir(hs.chunks_dir())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .filter(|n| n.starts_with("0000000000000006"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    drop(store);
+    let (store, _) = hs.open().await;
+    assert_eq!(
+        store
+            .list()
+            .await
+            .iter()
+            .map(|c| c.handle)
+            .collect::<Vec<_>>(),
+        vec![h(7)]
+    );
+    // The handle can be used again.
+    store.create(h(6), v(2)).await.expect("recreate");
+}
+
+async fn bad_requests_get_clear_errors(kind: Kind) {
+    let hs = Harness::new(kind);
+    let (store, _) = hs.open().await;
+    store.create(h(8), v(1)).await.expect("create");
+    store.append(h(8), &[1; 100]).await.expect("append");
+    assert!(matches!(
+        store.create(h(8), v(1)).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        store.read(h(99), 0, 1).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.append(h(99), b"x").await,
+        Err(StoreError::NotFound(_))
+    ));
+    let err = store.read(h(8), 50, 51).await.expect_err("past the end");
+    assert_eq!(
+        err.to_string(),
+        "chunk 0000000000000008: range 50+51 is outside its length 100"
+    );
+    assert!(matches!(
+        store.read(h(8), u64::MAX, 2).await,
+        Err(StoreError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        store.read(h(8), 100, 1).await,
+        Err(StoreError::OutOfRange { .. })
+    ));
+    assert_eq!(store.read(h(8), 100, 0).await.expect("empty read").len(), 0);
+    assert!(matches!(
+        store.read(h(8), 0, MAX_REQUEST + 1).await,
+        Err(StoreError::TooLarge { .. })
+    ));
+    let big = vec![0u8; MAX_REQUEST as usize + 1];
+    assert!(matches!(
+        store.append(h(8), &big).await,
+        Err(StoreError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        store.write_at(h(8), u64::MAX - 1, b"ab").await,
+        Err(StoreError::ChunkFull { .. })
+    ));
+    assert!(matches!(
+        store.write_at(h(8), CHUNK, b"a").await,
+        Err(StoreError::ChunkFull { free: 0, .. })
+    ));
+    // Nothing above changed the chunk.
+    assert_eq!(
+        &store.read(h(8), 0, 100).await.expect("read")[..],
+        &[1; 100][..]
+    );
+}
+
+async fn random_operations_match_the_model(kind: Kind) {
+    let hs = Harness::new(kind);
+    let (mut store, _) = hs.open().await;
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let mut models: Vec<Vec<u8>> = vec![Vec::new(); 3];
+    for (i, _) in models.iter().enumerate() {
+        store.create(h(100 + i as u64), v(1)).await.expect("create");
+    }
+    for step in 0..300u64 {
+        let c = rng.random_range(0..models.len());
+        let handle = h(100 + c as u64);
+        let model = &mut models[c];
+        match rng.random_range(0..10) {
+            0..=3 => {
+                let len = rng.random_range(1..40_000);
+                let data = pattern(step, len);
+                match store.append(handle, &data).await {
+                    Ok(off) => {
+                        assert_eq!(off, model.len() as u64);
+                        model.extend_from_slice(&data);
+                    }
+                    Err(StoreError::ChunkFull { .. }) => {
+                        assert!(model.len() + len > CHUNK as usize)
+                    }
+                    Err(e) => panic!("append: {e}"),
+                }
+            }
+            4..=5 if !model.is_empty() => {
+                let off = rng.random_range(0..model.len());
+                let len = rng.random_range(1..70_000).min(CHUNK as usize - off);
+                let data = pattern(step, len);
+                store
+                    .write_at(handle, off as u64, &data)
+                    .await
+                    .expect("write_at");
+                if off + len > model.len() {
+                    model.resize(off + len, 0);
+                }
+                model[off..off + len].copy_from_slice(&data);
+            }
+            6..=7 if !model.is_empty() => {
+                let off = rng.random_range(0..model.len());
+                let len = rng.random_range(0..=(model.len() - off).min(MAX_REQUEST as usize));
+                let got = store
+                    .read(handle, off as u64, len as u64)
+                    .await
+                    .expect("read");
+                assert_eq!(&got[..], &model[off..off + len], "step {step}");
+            }
+            8 => store.sync(handle).await.expect("sync"),
+            9 if step % 3 == 0 => {
+                drop(store);
+                let (s, report) = hs.open().await;
+                assert!(
+                    report.cut.is_empty() && report.quarantined.is_empty(),
+                    "{report:?}"
+                );
+                store = s;
+            }
+            _ => {}
+        }
+    }
+    for (i, model) in models.iter().enumerate() {
+        let info = store.info(h(100 + i as u64)).await.expect("info");
+        assert_eq!(info.length, model.len() as u64);
+        assert_eq!(read_all(&store, 100 + i as u64, model.len()).await, *model);
+    }
+}
+
+async fn leftovers_of_interrupted_creates_and_deletes_are_removed(kind: Kind) {
+    let hs = Harness::new(kind);
+    let (store, _) = hs.open().await;
+    store.create(h(9), v(1)).await.expect("create");
+    drop(store);
+    let chunks = hs.chunks_dir();
+    // A create that died before its metadata was renamed into place, and a
+    // delete that died after removing the metadata.
+    std::fs::write(chunks.join("000000000000000a.chunk"), b"").expect("write");
+    std::fs::write(chunks.join("000000000000000a.meta.tmp"), b"partial").expect("write");
+    std::fs::write(chunks.join("000000000000000b.chunk"), vec![0u8; 4096]).expect("write");
+    let (store, report) = hs.open().await;
+    assert_eq!(report.removed.len(), 3, "{report:?}");
+    assert_eq!(report.chunks, 1);
+    assert_eq!(store.list().await.len(), 1);
+    let mut names: Vec<_> = std::fs::read_dir(&chunks)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["0000000000000009.chunk", "0000000000000009.meta"]
+    );
+}
+
+async fn usage_counts_bytes_per_directory(kind: Kind) {
+    let hs = Harness::new(kind);
+    let (store, _) = hs.open().await;
+    store.create(h(11), v(1)).await.expect("create");
+    store.append(h(11), &[7; 12_345]).await.expect("append");
+    let u = &store.usage()[0];
+    assert_eq!(u.used_bytes, 12_345);
+    assert!(u.free_bytes > 0 && u.total_bytes >= u.free_bytes);
+    assert_eq!(u.poisoned, None);
+    assert!(u.direct_io);
+    drop(store);
+    let (store, _) = hs.open().await;
+    assert_eq!(store.usage()[0].used_bytes, 12_345);
+}
+
+async fn concurrent_appends_to_one_chunk_are_serialised(kind: Kind) {
+    let hs = Harness::new(kind);
+    let (store, _) = hs.open().await;
+    store.create(h(12), v(1)).await.expect("create");
+    let mut tasks = Vec::new();
+    for t in 0..8u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut placed = Vec::new();
+            for i in 0..10u8 {
+                let rec = vec![t * 16 + i; 1000 + usize::from(t) * 7];
+                placed.push((store.append(h(12), &rec).await.expect("append"), rec));
+            }
+            placed
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        for (off, rec) in task.await.expect("task") {
+            let got = store
+                .read(h(12), off, rec.len() as u64)
+                .await
+                .expect("read");
+            assert_eq!(&got[..], &rec[..]);
+            total += rec.len() as u64;
+        }
+    }
+    assert_eq!(store.info(h(12)).await.expect("info").length, total);
+}
