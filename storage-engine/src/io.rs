@@ -77,7 +77,9 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Checks that `dir`'s filesystem accepts O_DIRECT for aligned I/O.
+/// Checks that `dir`'s filesystem accepts O_DIRECT for aligned I/O. Only a
+/// refusal (EINVAL, at open or at the write) counts: a full disk must not
+/// demote a directory to buffered I/O.
 pub fn probe_direct(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::FileExt;
     let path = dir.join(".direct-probe");
@@ -93,7 +95,10 @@ pub fn probe_direct(dir: &Path) -> Result<(), String> {
         f.write_all_at(buf.as_slice(), 0)
     })();
     let _ = std::fs::remove_file(&path);
-    result.map_err(|e| e.to_string())
+    match result {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(e.to_string()),
+        _ => Ok(()),
+    }
 }
 
 /// Free and total bytes of the filesystem holding `dir`.

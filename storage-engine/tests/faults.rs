@@ -1,0 +1,369 @@
+//! One test per injected fault, plus damage done to the files on disk.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{CHUNK, Harness, Kind, h, pattern, v};
+use gfs_storage_engine::{ChunkStore, StoreError};
+
+async fn store_with(kind: Kind, data: &[u8]) -> (Harness, ChunkStore) {
+    let hs = Harness::new(kind);
+    let (store, _) = hs.open().await;
+    store.create(h(1), v(1)).await.expect("create");
+    store.append(h(1), data).await.expect("append");
+    (hs, store)
+}
+
+/// Flips one bit in the middle of block `block` of chunk 1's data file.
+fn flip_on_disk(hs: &Harness, block: u64) {
+    use std::os::unix::fs::FileExt;
+    let path = hs.chunks_dir().join("0000000000000001.chunk");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let at = block * 65_536 + 1_000;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).expect("read");
+    f.write_all_at(&[b[0] ^ 0x04], at).expect("write");
+    f.sync_all().expect("sync");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bit_flip_on_read_is_caught_by_the_read_and_by_the_scrubber() {
+    let data = pattern(1, 200_000);
+    let (hs, store) = store_with(Kind::Faulty, &data).await;
+    hs.faults.arm(|f| f.flip_bit_on_read = 1);
+    match store.read(h(1), 0, 200_000).await {
+        Err(StoreError::Corrupt { handle, block }) => {
+            assert_eq!(handle, h(1));
+            assert!(block < 4);
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // The flip happened in memory; the disk is fine, so a retry succeeds.
+    assert_eq!(
+        &store.read(h(1), 0, 200_000).await.expect("read")[..],
+        &data[..]
+    );
+
+    hs.faults.arm(|f| f.flip_bit_on_read = 1);
+    let found = store.scrub_pass(0, Duration::ZERO).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].handle, h(1));
+    assert!(
+        found[0].reason.starts_with("checksum mismatch in block"),
+        "{}",
+        found[0].reason
+    );
+    assert!(store.scrub_pass(0, Duration::ZERO).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bit_flip_on_disk_is_never_served_and_the_scrubber_reports_it() {
+    let data = pattern(2, 250_000);
+    let (hs, store) = store_with(Kind::Uring, &data).await;
+    flip_on_disk(&hs, 2);
+    let err = store
+        .read(h(1), 140_000, 10)
+        .await
+        .expect_err("corrupt block");
+    assert_eq!(
+        err.to_string(),
+        "chunk 0000000000000001: checksum mismatch in block 2"
+    );
+    // Blocks that are intact still read.
+    assert_eq!(
+        &store.read(h(1), 0, 131_072).await.expect("read")[..],
+        &data[..131_072]
+    );
+    let (task, mut rx) = store.spawn_scrubber();
+    let report = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("scrubber reports in time")
+        .expect("scrubber alive");
+    task.abort();
+    assert_eq!(report.handle, h(1));
+    assert_eq!(report.reason, "checksum mismatch in block 2");
+    // An overwrite touching the damaged block refuses to bless it.
+    assert!(matches!(
+        store.write_at(h(1), 140_000, b"x").await,
+        Err(StoreError::Corrupt { block: 2, .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_verification_at_open_quarantines_damaged_synced_data() {
+    let hs = {
+        let (hs, store) = store_with(Kind::Uring, &pattern(3, 200_000)).await;
+        store.sync(h(1)).await.expect("sync");
+        hs
+    };
+    flip_on_disk(&hs, 1);
+    let mut hs = hs;
+    hs.verify_on_open = true;
+    let (store, report) = hs.open().await;
+    assert_eq!(report.quarantined.len(), 1, "{report:?}");
+    assert_eq!(report.quarantined[0].handle, h(1));
+    assert_eq!(
+        report.quarantined[0].reason,
+        "block 1: synced data fails its checksum"
+    );
+    assert!(store.list().await.is_empty());
+    let moved: Vec<_> = std::fs::read_dir(hs.root().join("quarantine"))
+        .expect("quarantine dir")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    assert_eq!(moved.len(), 2, "{moved:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_with_no_valid_header_is_quarantined_not_deleted() {
+    let (hs, store) = store_with(Kind::Uring, b"precious").await;
+    drop(store);
+    let meta = hs.chunks_dir().join("0000000000000001.meta");
+    let mut image = std::fs::read(&meta).expect("read meta");
+    image[..8192].fill(0xff);
+    std::fs::write(&meta, image).expect("write meta");
+    let (store, report) = hs.open().await;
+    assert_eq!(report.quarantined.len(), 1);
+    assert_eq!(report.quarantined[0].reason, "no valid header");
+    assert!(store.list().await.is_empty());
+    assert_eq!(
+        std::fs::read_dir(hs.root().join("quarantine"))
+            .expect("dir")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_write_is_cut_at_recovery() {
+    let before = pattern(4, 100_000);
+    let (hs, store) = store_with(Kind::Faulty, &before).await;
+    store.sync(h(1)).await.expect("sync");
+    hs.faults.arm(|f| f.torn_write = 1);
+    let err = store
+        .append(h(1), &pattern(5, 150_000))
+        .await
+        .expect_err("torn");
+    assert!(matches!(err, StoreError::Poisoned { .. }), "{err}");
+    // The store refuses writes until it is reopened, and still serves reads.
+    assert!(matches!(
+        store.append(h(1), b"x").await,
+        Err(StoreError::Poisoned { .. })
+    ));
+    assert_eq!(
+        &store.read(h(1), 0, 100_000).await.expect("read")[..],
+        &before[..]
+    );
+    drop(store);
+
+    let (store, report) = hs.open().await;
+    assert_eq!(report.cut.len(), 1, "{report:?}");
+    let (handle, claimed, recovered) = report.cut[0];
+    assert_eq!((handle, claimed), (h(1), 250_000));
+    // The torn append's first I/O wrote only its first half; the blocks it
+    // completed may survive (they verify), everything from the first block
+    // that does not is cut.
+    assert!(
+        (100_000..250_000).contains(&recovered),
+        "recovered {recovered}"
+    );
+    assert_eq!(
+        recovered % 65_536,
+        0,
+        "the cut falls on the first failing block"
+    );
+    assert_eq!(store.info(h(1)).await.expect("info").length, recovered);
+    let got = store
+        .read(h(1), 0, recovered)
+        .await
+        .expect("every kept byte verifies");
+    assert_eq!(&got[..100_000], &before[..]);
+    assert_eq!(
+        &got[100_000..],
+        &pattern(5, 150_000)[..recovered as usize - 100_000]
+    );
+    assert!(matches!(
+        store.read(h(1), recovered, 1).await,
+        Err(StoreError::OutOfRange { .. })
+    ));
+    // Appending resumes at the cut, and the discarded tail never comes back.
+    let after = pattern(6, 5_000);
+    assert_eq!(store.append(h(1), &after).await.expect("append"), recovered);
+    drop(store);
+    let (store, report) = hs.open().await;
+    assert!(report.cut.is_empty(), "{report:?}");
+    assert_eq!(
+        store.info(h(1)).await.expect("info").length,
+        recovered + 5_000
+    );
+    assert_eq!(
+        &store.read(h(1), recovered, 5_000).await.expect("read")[..],
+        &after[..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enospc_is_a_clear_error_that_leaves_earlier_data_intact() {
+    let before = pattern(7, 70_001);
+    let (hs, store) = store_with(Kind::Faulty, &before).await;
+    hs.faults.arm(|f| f.write_enospc = 1);
+    let err = store
+        .append(h(1), &pattern(8, 50_000))
+        .await
+        .expect_err("no space");
+    assert!(matches!(err, StoreError::NoSpace { .. }), "{err}");
+    assert_eq!(store.info(h(1)).await.expect("info").length, 70_001);
+    assert_eq!(
+        &store.read(h(1), 0, 70_001).await.expect("read")[..],
+        &before[..]
+    );
+    // Not poisoned: once space is back, appends continue where they were.
+    assert_eq!(store.usage()[0].poisoned, None);
+    assert_eq!(store.append(h(1), b"more").await.expect("append"), 70_001);
+    drop(store);
+    let (store, report) = hs.open().await;
+    assert!(report.quarantined.is_empty(), "{report:?}");
+    let got = store.read(h(1), 0, 70_005).await.expect("read");
+    assert_eq!(&got[..70_001], &before[..]);
+    assert_eq!(&got[70_001..], b"more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_refuses_all_later_writes() {
+    let (hs, store) = store_with(Kind::Faulty, b"data").await;
+    store.create(h(2), v(1)).await.expect("create");
+    hs.faults.arm(|f| f.sync_eio = 1);
+    let err = store.sync(h(1)).await.expect_err("fsync fails");
+    assert!(matches!(err, StoreError::Poisoned { .. }), "{err}");
+    assert!(err.to_string().contains("write or fsync failed"), "{err}");
+    // Never retried, and every kind of write is refused, on every chunk.
+    assert_eq!(hs.faults.pending().sync_eio, 0);
+    assert!(matches!(
+        store.sync(h(1)).await,
+        Err(StoreError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        store.append(h(2), b"x").await,
+        Err(StoreError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        store.write_at(h(1), 0, b"x").await,
+        Err(StoreError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        store.set_version(h(1), v(2)).await,
+        Err(StoreError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        store.create(h(3), v(1)).await,
+        Err(StoreError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        store.delete(h(2)).await,
+        Err(StoreError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        store.pad_to_end(h(2)).await,
+        Err(StoreError::Poisoned { .. })
+    ));
+    assert!(store.usage()[0].poisoned.is_some());
+    // Reads still work.
+    assert_eq!(&store.read(h(1), 0, 4).await.expect("read")[..], b"data");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eio_on_write_poisons_and_eio_on_read_does_not() {
+    let (hs, store) = store_with(Kind::Faulty, b"abc").await;
+    hs.faults.arm(|f| f.read_eio = 1);
+    let err = store.read(h(1), 0, 3).await.expect_err("eio");
+    assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    assert_eq!(&store.read(h(1), 0, 3).await.expect("read")[..], b"abc");
+    assert_eq!(store.append(h(1), b"d").await.expect("append"), 3);
+
+    hs.faults.arm(|f| f.write_eio = 1);
+    assert!(matches!(
+        store.append(h(1), b"e").await,
+        Err(StoreError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        store.append(h(1), b"f").await,
+        Err(StoreError::Poisoned { .. })
+    ));
+}
+
+/// A real full disk: a small tmpfs. Needs root to mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_full_disk_gives_no_space_and_keeps_what_was_written() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let hs = Harness::new(Kind::Uring);
+    std::fs::create_dir_all(hs.root()).expect("mkdir");
+    let mnt = hs.root();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("run mount");
+    assert!(status.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+
+    let (store, _) = hs.open().await;
+    let mut written: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut hit = false;
+    'fill: for c in 1..10u64 {
+        match store.create(h(c), v(1)).await {
+            Ok(()) => {}
+            Err(StoreError::NoSpace { .. }) => {
+                hit = true;
+                break;
+            }
+            Err(e) => panic!("create: {e}"),
+        }
+        loop {
+            let rec = pattern(c, 50_000);
+            match store.append(h(c), &rec).await {
+                Ok(_) => written.push((c, rec)),
+                Err(StoreError::NoSpace { .. }) => {
+                    hit = true;
+                    break 'fill;
+                }
+                Err(StoreError::ChunkFull { .. }) => break,
+                Err(e) => panic!("append: {e}"),
+            }
+        }
+    }
+    assert!(hit, "a 3 MiB tmpfs must fill up");
+    assert!(!written.is_empty());
+    let check = |store: ChunkStore, written: Vec<(u64, Vec<u8>)>| async move {
+        let mut offsets = std::collections::HashMap::new();
+        for (c, rec) in &written {
+            let off = offsets.entry(*c).or_insert(0u64);
+            let got = store
+                .read(h(*c), *off, rec.len() as u64)
+                .await
+                .expect("read");
+            assert_eq!(&got[..], &rec[..]);
+            *off += rec.len() as u64;
+        }
+    };
+    check(store.clone(), written.clone()).await;
+    drop(store);
+    let (store, report) = hs.open().await;
+    assert!(report.quarantined.is_empty(), "{report:?}");
+    check(store, written).await;
+    let _ = CHUNK;
+}
