@@ -11,5 +11,5 @@ pub const fn max_record_bytes(chunk_size_bytes: u64) -> u64 {
     chunk_size_bytes / 4
 }
 
-const _: () = assert!(DEFAULT_CHUNK_SIZE_BYTES % CHECKSUM_BLOCK_BYTES == 0);
+const _: () = assert!(DEFAULT_CHUNK_SIZE_BYTES.is_multiple_of(CHECKSUM_BLOCK_BYTES));
 const _: () = assert!(CHECKSUM_BLOCK_BYTES.is_power_of_two());

@@ -38,7 +38,7 @@ impl AlignedBuf {
     /// the sector size.
     pub fn zeroed(len: usize) -> Self {
         assert!(
-            len > 0 && len % SECTOR_BYTES as usize == 0,
+            len > 0 && len.is_multiple_of(SECTOR_BYTES as usize),
             "unaligned buffer length {len}"
         );
         let layout = Self::layout(len);

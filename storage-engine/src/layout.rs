@@ -24,7 +24,7 @@ pub const SECTOR_BYTES: u64 = 4096;
 /// Bytes covered by one CRC32C.
 pub const BLOCK_BYTES: u64 = CHECKSUM_BLOCK_BYTES;
 
-const _: () = assert!(BLOCK_BYTES % SECTOR_BYTES == 0);
+const _: () = assert!(BLOCK_BYTES.is_multiple_of(SECTOR_BYTES));
 
 pub const META_MAGIC: u32 = 0x4346_5347; // "GSFC" little-endian
 pub const META_FORMAT: u16 = 1;

@@ -148,7 +148,7 @@ impl ChunkStore {
 
         // Existing bytes the region must carry unchanged.
         if appending {
-            if off % SECTOR_BYTES != 0 {
+            if !off.is_multiple_of(SECTOR_BYTES) {
                 match &st.tail {
                     Some((at, sector)) if *at == region_start => {
                         buf.as_mut_slice()[..SECTOR_BYTES as usize].copy_from_slice(sector)
@@ -254,7 +254,7 @@ impl ChunkStore {
         // Keep the cached tail sector in step with the disk: refresh it when
         // this write covered the last sector, drop it when the end is aligned.
         let tail_at = align_down(new_len);
-        if new_len % SECTOR_BYTES == 0 {
+        if new_len.is_multiple_of(SECTOR_BYTES) {
             st.tail = None;
         } else if tail_at >= region_start && tail_at + SECTOR_BYTES <= region_end {
             let i = (tail_at - region_start) as usize;
