@@ -1,1 +1,137 @@
-fn main() {}
+//! `gfs-bench`: throughput benchmarks that print each figure next to the
+//! limit measured in the same run.
+
+mod engine;
+mod raw;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gfs-bench",
+    version,
+    about = "gfs-rs throughput benchmarks, each against a limit measured in the same run"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The storage engine against the raw device (O_DIRECT io_uring, like fio) on one directory.
+    Engine(engine::EngineArgs),
+    /// Raw device only, with and without io_uring registered buffers, with
+    /// the CPU time each spends: the evidence for whether registered buffers pay.
+    RegisteredBuffers {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 1 << 30)]
+        size: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::RegisteredBuffers { dir, size, runs } => {
+            println!(
+                "{:<5} {:<10} {:>12} {:>12} {:>14}",
+                "run", "buffers", "write MB/s", "read MB/s", "CPU ms/GiB"
+            );
+            for run in 1..=runs {
+                for fixed in [false, true] {
+                    let cpu = cpu_time();
+                    let (w, r) = raw::measure(&dir, size, 1 << 20, 8, fixed)?;
+                    let cpu_ms = (cpu_time() - cpu).as_secs_f64() * 1e3 / (2 * size) as f64
+                        * (1u64 << 30) as f64;
+                    let kind = if fixed { "registered" } else { "plain" };
+                    println!(
+                        "{run:<5} {kind:<10} {:>12.0} {:>12.0} {cpu_ms:>14.1}",
+                        mb_s(size, w),
+                        mb_s(size, r)
+                    );
+                }
+            }
+        }
+        Command::Engine(args) => {
+            let json = args.json;
+            let report = rt.block_on(engine::run(args))?;
+            engine::print_table(&report);
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// User plus system CPU time of this process so far.
+fn cpu_time() -> Duration {
+    // SAFETY: rusage is plain old data and getrusage only writes into it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Decimal megabytes per second.
+pub fn mb_s(bytes: u64, took: Duration) -> f64 {
+    bytes as f64 / 1e6 / took.as_secs_f64()
+}
+
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
+
+/// Incompressible bytes (benchmarks never write zeros).
+pub fn fill_random(buf: &mut [u8], seed: u64) {
+    use rand::{RngCore, SeedableRng};
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(buf);
+}
+
+/// A progress bar on a terminal; hidden when stderr is not one.
+pub fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .expect("valid progress template"),
+    );
+    bar.set_message(what.to_string());
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+/// Drops the page cache so buffered reads come from the device (needs root;
+/// only used when a directory refused O_DIRECT).
+pub fn drop_page_cache() {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    if std::fs::write("/proc/sys/vm/drop_caches", "1").is_err() {
+        eprintln!("warning: could not drop the page cache; buffered read figures may be flattered");
+    }
+}

@@ -1,0 +1,240 @@
+//! `gfs-bench engine`: the storage engine against the raw device, in one
+//! run, on one directory.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use gfs_proto::{ChunkHandle, ChunkVersion};
+use gfs_storage_engine::{ChunkStore, StoreConfigFile};
+use serde::Serialize;
+
+use crate::{mb_s, median};
+
+const MIB: usize = 1 << 20;
+
+#[derive(clap::Args, Debug)]
+pub struct EngineArgs {
+    /// Directory on the disk to measure (a scratch subdirectory is used and removed).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Bytes written and read per measurement.
+    #[arg(long, default_value_t = 2 << 30)]
+    pub size: u64,
+    /// Repetitions; the figures reported are medians.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Requests in flight, for the raw device and for the engine alike
+    /// (the engine gets this many chunks written or read concurrently).
+    #[arg(long, default_value_t = 8)]
+    pub depth: usize,
+    /// Engine reads: request size (at most the engine's 8 MiB request limit).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub read_request: u64,
+    /// Engine reads: chunks read concurrently.
+    #[arg(long, default_value_t = 2)]
+    pub read_lanes: usize,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize, Debug, Clone, Copy)]
+pub struct Run {
+    pub raw_write_mb_s: f64,
+    pub raw_read_mb_s: f64,
+    pub engine_write_mb_s: f64,
+    pub engine_read_mb_s: f64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub size_bytes: u64,
+    pub request_bytes: usize,
+    pub depth: usize,
+    pub backend: String,
+    pub direct_io: bool,
+    pub raw_write_mb_s: f64,
+    pub raw_read_mb_s: f64,
+    pub engine_write_mb_s: f64,
+    pub engine_read_mb_s: f64,
+    pub write_ratio: f64,
+    pub read_ratio: f64,
+    pub runs: Vec<Run>,
+}
+
+pub async fn run(args: EngineArgs) -> Result<Report> {
+    let scratch = args
+        .dir
+        .join(format!("gfs-bench-engine-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
+    let result = run_in(&args, &scratch).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+async fn run_in(args: &EngineArgs, scratch: &Path) -> Result<Report> {
+    let chunk = gfs_proto::limits::DEFAULT_CHUNK_SIZE_BYTES;
+    let size = args.size.div_ceil(chunk).max(1) * chunk;
+    let mut runs = Vec::new();
+    let mut backend = (String::new(), false);
+    let data = {
+        let mut d = vec![0u8; MIB];
+        crate::fill_random(&mut d, 42);
+        d
+    };
+    for i in 0..args.runs {
+        let progress = crate::progress(size * 4, &format!("run {}/{}", i + 1, args.runs));
+        let (raw_w, raw_r) = {
+            let (dir, size, depth) = (scratch.to_path_buf(), size, args.depth);
+            tokio::task::spawn_blocking(move || crate::raw::measure(&dir, size, MIB, depth, false))
+                .await??
+        };
+        progress.inc(size * 2);
+        let store_dir = scratch.join("store");
+        let cfg = StoreConfigFile {
+            io_depth: args.depth as u32,
+            ..StoreConfigFile::for_dir(&store_dir)
+        };
+        let (store, _) = ChunkStore::open(cfg).await?;
+        let usage = &store.usage()[0];
+        backend = (usage.backend.to_string(), usage.direct_io);
+        let chunks = size / chunk;
+        let eng_w = fill(&store, chunks, chunk, args.depth, &data).await?;
+        progress.inc(size);
+        if !usage.direct_io {
+            crate::drop_page_cache();
+        }
+        let eng_r = read_back(&store, chunks, chunk, args.read_lanes, args.read_request).await?;
+        progress.finish_and_clear();
+        drop(store);
+        std::fs::remove_dir_all(&store_dir)?;
+        let run = Run {
+            raw_write_mb_s: mb_s(size, raw_w),
+            raw_read_mb_s: mb_s(size, raw_r),
+            engine_write_mb_s: mb_s(size, eng_w),
+            engine_read_mb_s: mb_s(size, eng_r),
+        };
+        if !args.json {
+            eprintln!(
+                "run {}: raw write {:.0} read {:.0} | engine write {:.0} read {:.0} MB/s",
+                i + 1,
+                run.raw_write_mb_s,
+                run.raw_read_mb_s,
+                run.engine_write_mb_s,
+                run.engine_read_mb_s
+            );
+        }
+        runs.push(run);
+    }
+    let pick = |f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
+    let (rw, rr) = (pick(|r| r.raw_write_mb_s), pick(|r| r.raw_read_mb_s));
+    let (ew, er) = (pick(|r| r.engine_write_mb_s), pick(|r| r.engine_read_mb_s));
+    Ok(Report {
+        size_bytes: size,
+        request_bytes: MIB,
+        depth: args.depth,
+        backend: backend.0,
+        direct_io: backend.1,
+        raw_write_mb_s: rw,
+        raw_read_mb_s: rr,
+        engine_write_mb_s: ew,
+        engine_read_mb_s: er,
+        write_ratio: ew / rw,
+        read_ratio: er / rr,
+        runs,
+    })
+}
+
+/// Fills `chunks` chunks with 1 MiB appends, `depth` chunks at a time.
+async fn fill(
+    store: &ChunkStore,
+    chunks: u64,
+    chunk: u64,
+    depth: usize,
+    data: &[u8],
+) -> Result<Duration> {
+    for c in 0..chunks {
+        store.create(ChunkHandle(c + 1), ChunkVersion(1)).await?;
+    }
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..depth as u64 {
+        let (store, data) = (store.clone(), data.to_vec());
+        tasks.spawn(async move {
+            for c in (lane..chunks).step_by(depth) {
+                for _ in 0..chunk / MIB as u64 {
+                    store.append(ChunkHandle(c + 1), &data).await?;
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(started.elapsed())
+}
+
+/// Reads every chunk back whole in requests of `request` bytes (each
+/// verified against its checksums), `lanes` chunks at a time. The engine
+/// splits a request into 1 MiB device I/Os and its ring keeps at most
+/// `--depth` of them in flight, as the raw measurement does; more lanes than
+/// one only let checksum verification overlap the next I/O.
+async fn read_back(
+    store: &ChunkStore,
+    chunks: u64,
+    chunk: u64,
+    lanes: usize,
+    request: u64,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..lanes as u64 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            for c in (lane..chunks).step_by(lanes) {
+                for i in 0..chunk / request {
+                    let got = store.read(ChunkHandle(c + 1), i * request, request).await?;
+                    anyhow::ensure!(got.len() as u64 == request, "short read");
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(started.elapsed())
+}
+
+pub fn print_table(r: &Report) {
+    println!(
+        "engine benchmark: {} MiB per measurement, 1 MiB requests, {} in flight, backend {} (O_DIRECT {}), median of {} runs",
+        r.size_bytes >> 20,
+        r.depth,
+        r.backend,
+        r.direct_io,
+        r.runs.len()
+    );
+    println!(
+        "{:<8} {:>16} {:>16} {:>8} {:>8}",
+        "", "raw device MB/s", "engine MB/s", "ratio", "target"
+    );
+    println!(
+        "{:<8} {:>16.0} {:>16.0} {:>7.1}% {:>7}%",
+        "write",
+        r.raw_write_mb_s,
+        r.engine_write_mb_s,
+        r.write_ratio * 100.0,
+        90
+    );
+    println!(
+        "{:<8} {:>16.0} {:>16.0} {:>7.1}% {:>7}%",
+        "read",
+        r.raw_read_mb_s,
+        r.engine_read_mb_s,
+        r.read_ratio * 100.0,
+        90
+    );
+}

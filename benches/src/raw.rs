@@ -1,0 +1,122 @@
+//! The device limit, measured the way fio measures it
+//! (`--ioengine=io_uring --direct=1 --bs=1M --iodepth=8`): sequential
+//! O_DIRECT writes then reads of one file, with a fixed number of
+//! requests in flight. Independent of the storage engine on purpose.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use io_uring::{IoUring, opcode, types};
+
+/// One aligned buffer per slot in flight.
+struct Slots {
+    bufs: Vec<gfs_storage_engine::buf::AlignedBuf>,
+}
+
+impl Slots {
+    fn new(depth: usize, bs: usize, random: bool) -> Self {
+        let bufs = (0..depth)
+            .map(|i| {
+                let mut b = gfs_storage_engine::buf::AlignedBuf::zeroed(bs);
+                if random {
+                    crate::fill_random(b.as_mut_slice(), i as u64);
+                }
+                b
+            })
+            .collect();
+        Self { bufs }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Dir {
+    Write,
+    Read,
+}
+
+fn run(file: &File, size: u64, bs: usize, depth: usize, dir: Dir, fixed: bool) -> Result<Duration> {
+    let mut ring = IoUring::new(depth as u32).context("create io_uring")?;
+    let mut slots = Slots::new(depth, bs, matches!(dir, Dir::Write));
+    if fixed {
+        let iovecs: Vec<libc::iovec> = slots
+            .bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_slice().as_mut_ptr().cast(),
+                iov_len: bs,
+            })
+            .collect();
+        // SAFETY: the registered buffers stay allocated until after the ring
+        // is dropped (explicit drops at the end of this function).
+        unsafe { ring.submitter().register_buffers(&iovecs) }.context("register buffers")?;
+    }
+    let fd = types::Fd(file.as_raw_fd());
+    let total = size.div_ceil(bs as u64);
+    let (mut next, mut done, mut in_flight) = (0u64, 0u64, 0usize);
+    let mut free: Vec<usize> = (0..depth).collect();
+    let started = Instant::now();
+    while done < total {
+        while in_flight < depth && next < total {
+            let slot = free.pop().expect("a slot is free while in_flight < depth");
+            let ptr = slots.bufs[slot].as_mut_slice().as_mut_ptr();
+            let offset = next * bs as u64;
+            let (n, i) = (bs as u32, slot as u16);
+            let sqe = match (dir, fixed) {
+                (Dir::Write, false) => opcode::Write::new(fd, ptr, n).offset(offset).build(),
+                (Dir::Read, false) => opcode::Read::new(fd, ptr, n).offset(offset).build(),
+                (Dir::Write, true) => opcode::WriteFixed::new(fd, ptr, n, i)
+                    .offset(offset)
+                    .build(),
+                (Dir::Read, true) => opcode::ReadFixed::new(fd, ptr, n, i).offset(offset).build(),
+            };
+            // SAFETY: the buffer of `slot` is not reused until its completion is reaped.
+            unsafe { ring.submission().push(&sqe.user_data(slot as u64)) }
+                .map_err(|_| anyhow::anyhow!("submission queue full"))?;
+            next += 1;
+            in_flight += 1;
+        }
+        ring.submit_and_wait(1).context("io_uring submit")?;
+        for cqe in ring.completion() {
+            if cqe.result() != bs as i32 {
+                bail!("raw I/O returned {} (expected {bs})", cqe.result());
+            }
+            free.push(cqe.user_data() as usize);
+            in_flight -= 1;
+            done += 1;
+        }
+    }
+    let took = started.elapsed();
+    drop(ring);
+    drop(slots);
+    Ok(took)
+}
+
+/// Writes then reads `size` bytes of `dir/raw-limit.dat`; returns both
+/// durations. The file is removed afterwards.
+pub fn measure(
+    dir: &Path,
+    size: u64,
+    bs: usize,
+    depth: usize,
+    fixed: bool,
+) -> Result<(Duration, Duration)> {
+    let path = dir.join("raw-limit.dat");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .with_context(|| format!("open {} with O_DIRECT", path.display()))?;
+    let write = run(&file, size, bs, depth, Dir::Write, fixed)?;
+    file.sync_all()?;
+    let read = run(&file, size, bs, depth, Dir::Read, fixed)?;
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok((write, read))
+}
