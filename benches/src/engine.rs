@@ -34,6 +34,9 @@ pub struct EngineArgs {
     /// Engine reads: chunks read concurrently.
     #[arg(long, default_value_t = 2)]
     pub read_lanes: usize,
+    /// Do not register the engine's buffers with io_uring (to compare CPU cost).
+    #[arg(long)]
+    pub plain_buffers: bool,
     /// Print one JSON object as the last line.
     #[arg(long)]
     pub json: bool,
@@ -45,6 +48,9 @@ pub struct Run {
     pub raw_read_mb_s: f64,
     pub engine_write_mb_s: f64,
     pub engine_read_mb_s: f64,
+    /// CPU time of the whole process (all threads) per GiB moved.
+    pub engine_write_cpu_ms_per_gib: f64,
+    pub engine_read_cpu_ms_per_gib: f64,
 }
 
 #[derive(Serialize, Debug)]
@@ -54,12 +60,15 @@ pub struct Report {
     pub depth: usize,
     pub backend: String,
     pub direct_io: bool,
+    pub registered_buffers: bool,
     pub raw_write_mb_s: f64,
     pub raw_read_mb_s: f64,
     pub engine_write_mb_s: f64,
     pub engine_read_mb_s: f64,
     pub write_ratio: f64,
     pub read_ratio: f64,
+    pub engine_write_cpu_ms_per_gib: f64,
+    pub engine_read_cpu_ms_per_gib: f64,
     pub runs: Vec<Run>,
 }
 
@@ -77,7 +86,7 @@ async fn run_in(args: &EngineArgs, scratch: &Path) -> Result<Report> {
     let chunk = gfs_proto::limits::DEFAULT_CHUNK_SIZE_BYTES;
     let size = args.size.div_ceil(chunk).max(1) * chunk;
     let mut runs = Vec::new();
-    let mut backend = (String::new(), false);
+    let mut backend = (String::new(), false, false);
     let data = {
         let mut d = vec![0u8; MIB];
         crate::fill_random(&mut d, 42);
@@ -98,14 +107,23 @@ async fn run_in(args: &EngineArgs, scratch: &Path) -> Result<Report> {
         };
         let (store, _) = ChunkStore::open(cfg).await?;
         let usage = &store.usage()[0];
-        backend = (usage.backend.to_string(), usage.direct_io);
+        backend = (
+            usage.backend.to_string(),
+            usage.direct_io,
+            usage.registered_buffers,
+        );
         let chunks = size / chunk;
+        let per_gib = |cpu: Duration| cpu.as_secs_f64() * 1e3 / (size as f64 / (1u64 << 30) as f64);
+        let cpu = crate::cpu_time();
         let eng_w = fill(&store, chunks, chunk, args.depth, &data).await?;
+        let cpu_w = per_gib(crate::cpu_time() - cpu);
         progress.inc(size);
         if !usage.direct_io {
             crate::drop_page_cache();
         }
+        let cpu = crate::cpu_time();
         let eng_r = read_back(&store, chunks, chunk, args.read_lanes, args.read_request).await?;
+        let cpu_r = per_gib(crate::cpu_time() - cpu);
         progress.finish_and_clear();
         drop(store);
         std::fs::remove_dir_all(&store_dir)?;
@@ -114,6 +132,8 @@ async fn run_in(args: &EngineArgs, scratch: &Path) -> Result<Report> {
             raw_read_mb_s: mb_s(size, raw_r),
             engine_write_mb_s: mb_s(size, eng_w),
             engine_read_mb_s: mb_s(size, eng_r),
+            engine_write_cpu_ms_per_gib: cpu_w,
+            engine_read_cpu_ms_per_gib: cpu_r,
         };
         if !args.json {
             eprintln!(
@@ -136,12 +156,15 @@ async fn run_in(args: &EngineArgs, scratch: &Path) -> Result<Report> {
         depth: args.depth,
         backend: backend.0,
         direct_io: backend.1,
+        registered_buffers: backend.2,
         raw_write_mb_s: rw,
         raw_read_mb_s: rr,
         engine_write_mb_s: ew,
         engine_read_mb_s: er,
         write_ratio: ew / rw,
         read_ratio: er / rr,
+        engine_write_cpu_ms_per_gib: pick(|r| r.engine_write_cpu_ms_per_gib),
+        engine_read_cpu_ms_per_gib: pick(|r| r.engine_read_cpu_ms_per_gib),
         runs,
     })
 }

@@ -81,7 +81,7 @@ fn main() -> Result<()> {
 }
 
 /// User plus system CPU time of this process so far.
-fn cpu_time() -> Duration {
+pub fn cpu_time() -> Duration {
     // SAFETY: rusage is plain old data and getrusage only writes into it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: RUSAGE_SELF with a valid out-pointer.

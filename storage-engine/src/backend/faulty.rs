@@ -73,6 +73,10 @@ impl IoBackend for FaultyBackend {
         "faulty"
     }
 
+    fn registered_buffers(&self) -> bool {
+        self.inner.registered_buffers()
+    }
+
     fn submit(&self, op: IoOp, done: IoCallback) {
         let s = &self.switch;
         let fail = |op: IoOp, done: IoCallback, code| {

@@ -61,6 +61,11 @@ pub trait IoBackend: Send + Sync + std::fmt::Debug {
 
     /// Queues `op`; `done` is called exactly once when it completes.
     fn submit(&self, op: IoOp, done: IoCallback);
+
+    /// Whether I/O into the store's buffer arena uses registered buffers.
+    fn registered_buffers(&self) -> bool {
+        false
+    }
 }
 
 /// Which backend a directory gets, and why (for the log line).

@@ -9,18 +9,21 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 use std::thread;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use io_uring::{IoUring, opcode, squeue, types};
 
 use super::{IoBackend, IoCallback, IoOp};
+use crate::buf::Arena;
 
 const WAKE: u64 = u64::MAX;
 
 #[derive(Debug)]
 pub struct UringBackend {
     tx: Option<Sender<(IoOp, IoCallback)>>,
+    registered: bool,
     wake: OwnedFd,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -32,8 +35,25 @@ pub fn probe() -> Result<(), String> {
 }
 
 impl UringBackend {
-    pub fn new(depth: u32, name: &str) -> io::Result<Self> {
+    /// Starts the ring thread. With an arena, the arena is registered with
+    /// the ring and I/O into it uses fixed-buffer operations; if the kernel
+    /// refuses the registration (RLIMIT_MEMLOCK), plain operations are used
+    /// and a warning says so.
+    pub fn new(depth: u32, name: &str, arena: Option<Arc<Arena>>) -> io::Result<Self> {
         let ring = IoUring::new((depth + 1).next_power_of_two())?;
+        let arena = arena.and_then(|a| {
+            let (base, len) = a.region();
+            let iov = [libc::iovec { iov_base: base.cast(), iov_len: len }];
+            // SAFETY: the arena is kept alive by the worker, which owns the
+            // ring, for as long as the registration exists.
+            match unsafe { ring.submitter().register_buffers(&iov) } {
+                Ok(()) => Some(a),
+                Err(e) => {
+                    tracing::warn!(error = %e, bytes = len, "io_uring refused to register the buffer arena; using plain I/O");
+                    None
+                }
+            }
+        });
         // SAFETY: eventfd has no memory-safety preconditions; the result is checked.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if raw < 0 {
@@ -42,12 +62,14 @@ impl UringBackend {
         // SAFETY: raw is a freshly created descriptor that nothing else owns.
         let wake = unsafe { OwnedFd::from_raw_fd(raw) };
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut worker = Worker::new(ring, depth as usize, rx, wake.try_clone()?);
+        let registered = arena.is_some();
+        let mut worker = Worker::new(ring, depth as usize, rx, wake.try_clone()?, arena);
         let thread = thread::Builder::new()
             .name(format!("gfs-uring-{name}"))
             .spawn(move || worker.run())?;
         Ok(Self {
             tx: Some(tx),
+            registered,
             wake,
             thread: Some(thread),
         })
@@ -63,6 +85,10 @@ impl UringBackend {
 impl IoBackend for UringBackend {
     fn name(&self) -> &'static str {
         "io_uring"
+    }
+
+    fn registered_buffers(&self) -> bool {
+        self.registered
     }
 
     fn submit(&self, op: IoOp, done: IoCallback) {
@@ -96,6 +122,9 @@ struct Pending {
 
 struct Worker {
     ring: IoUring,
+    /// The registered arena (buffer index 0), if registration succeeded.
+    /// Declared after the ring so it outlives the registration.
+    arena: Option<Arc<Arena>>,
     depth: usize,
     rx: Receiver<(IoOp, IoCallback)>,
     wake: OwnedFd,
@@ -106,9 +135,16 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(ring: IoUring, depth: usize, rx: Receiver<(IoOp, IoCallback)>, wake: OwnedFd) -> Self {
+    fn new(
+        ring: IoUring,
+        depth: usize,
+        rx: Receiver<(IoOp, IoCallback)>,
+        wake: OwnedFd,
+        arena: Option<Arc<Arena>>,
+    ) -> Self {
         Self {
             ring,
+            arena,
             depth,
             rx,
             wake,
@@ -198,18 +234,25 @@ impl Worker {
                 (buf.len() - p.moved) as u32,
             )
         };
+        let fixed = |buf: &crate::buf::IoSlice| self.arena.is_some() && buf.is_registered();
         let sqe = match &p.op {
             IoOp::Read { file, offset, buf } => {
                 let (ptr, len) = rest(buf);
-                opcode::Read::new(types::Fd(file.as_raw_fd()), ptr, len)
-                    .offset(offset + p.moved as u64)
-                    .build()
+                let (fd, at) = (types::Fd(file.as_raw_fd()), offset + p.moved as u64);
+                if fixed(buf) {
+                    opcode::ReadFixed::new(fd, ptr, len, 0).offset(at).build()
+                } else {
+                    opcode::Read::new(fd, ptr, len).offset(at).build()
+                }
             }
             IoOp::Write { file, offset, buf } => {
                 let (ptr, len) = rest(buf);
-                opcode::Write::new(types::Fd(file.as_raw_fd()), ptr, len)
-                    .offset(offset + p.moved as u64)
-                    .build()
+                let (fd, at) = (types::Fd(file.as_raw_fd()), offset + p.moved as u64);
+                if fixed(buf) {
+                    opcode::WriteFixed::new(fd, ptr, len, 0).offset(at).build()
+                } else {
+                    opcode::Write::new(fd, ptr, len).offset(at).build()
+                }
             }
             IoOp::Sync { file } => opcode::Fsync::new(types::Fd(file.as_raw_fd()))
                 .flags(types::FsyncFlags::DATASYNC)

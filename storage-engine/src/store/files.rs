@@ -14,14 +14,19 @@ use super::{ChunkState, Dir, QUARANTINE, STORE_MARKER, data_path, meta_path};
 use crate::backend::portable::PortableBackend;
 use crate::backend::uring::{self, UringBackend};
 use crate::backend::{self, ChosenBackend, IoBackend};
-use crate::buf::AlignedBuf;
+use crate::buf::{AlignedBuf, Arena};
 use crate::config::StoreConfig;
 use crate::error::{IoContext, Result, StoreError};
 use crate::io as eio;
 use crate::layout::{self, BLOCK_BYTES, Header, align_up, blocks_for_length};
 use crate::recovery::{self, Verdict};
 
-pub(super) fn prepare_dir(cfg: &StoreConfig, i: usize, root: PathBuf) -> Result<(Dir, String)> {
+pub(super) fn prepare_dir(
+    cfg: &StoreConfig,
+    i: usize,
+    root: PathBuf,
+    arena: Option<Arc<Arena>>,
+) -> Result<(Dir, String)> {
     let chunks = root.join(super::CHUNKS);
     for d in [&root, &chunks, &root.join(QUARANTINE)] {
         std::fs::create_dir_all(d).context(|| format!("create {}", d.display()))?;
@@ -32,7 +37,8 @@ pub(super) fn prepare_dir(cfg: &StoreConfig, i: usize, root: PathBuf) -> Result<
     let name = format!("d{i}");
     let backend: Box<dyn IoBackend> = match choice.kind {
         ChosenBackend::Uring => Box::new(
-            UringBackend::new(cfg.io_depth, &name).context(|| "start io_uring thread".into())?,
+            UringBackend::new(cfg.io_depth, &name, arena)
+                .context(|| "start io_uring thread".into())?,
         ),
         ChosenBackend::Portable => Box::new(
             PortableBackend::new(cfg.portable_threads, &name)

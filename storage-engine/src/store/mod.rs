@@ -26,7 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::faulty::{FaultSwitch, FaultyBackend};
 use crate::backend::{IoBackend, IoOp};
-use crate::buf::{AlignedBuf, BufPool, IoSlice};
+use crate::buf::{AlignedBuf, Arena, BufPool, IoSlice};
 use crate::config::{StoreConfig, StoreConfigFile};
 use crate::error::{IoContext, Result, StoreError};
 use crate::io::{self as eio, run_all};
@@ -54,6 +54,8 @@ pub struct DiskUsage {
     pub dir: PathBuf,
     pub backend: &'static str,
     pub direct_io: bool,
+    /// I/O buffers are registered with io_uring.
+    pub registered_buffers: bool,
     /// Bytes of chunk data stored here.
     pub used_bytes: u64,
     pub free_bytes: u64,
@@ -241,11 +243,13 @@ impl ChunkStore {
     ) -> Result<(ChunkStore, RecoveryReport)> {
         let config = config.validate()?;
         let mut report = RecoveryReport::default();
+        let arena = config
+            .registered_buffers
+            .then(|| Arena::new(config.buffer_memory_bytes as usize));
         let mut dirs = Vec::new();
         for (i, root) in config.dirs.iter().enumerate() {
-            let cfg = config.clone();
-            let root = root.clone();
-            let (dir, reason) = blocking(move || files::prepare_dir(&cfg, i, root)).await?;
+            let (cfg, root, arena) = (config.clone(), root.clone(), arena.clone());
+            let (dir, reason) = blocking(move || files::prepare_dir(&cfg, i, root, arena)).await?;
             let backend = match &faults {
                 Some(switch) => Box::new(FaultyBackend::new(dir.backend, switch.clone())),
                 None => dir.backend,
@@ -266,7 +270,7 @@ impl ChunkStore {
             dirs,
             chunks: RwLock::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
-            pool: BufPool::new(keep),
+            pool: BufPool::new(keep, arena),
             epoch: Instant::now(),
         });
         let store = ChunkStore { inner };
@@ -296,9 +300,13 @@ impl ChunkStore {
         self.inner.epoch.elapsed().as_millis() as u64
     }
 
+    /// A buffer of at least `len` bytes, counted against the memory bound.
     async fn lease(&self, len: usize) -> Result<Leased> {
+        // Count what the heap pool would allocate (a power of two), capped at
+        // the whole bound so a request never waits for more than exists.
         let size = len.max(SECTOR_BYTES as usize).next_power_of_two();
-        let permits = (size as u64 / SECTOR_BYTES) as u32;
+        let total = self.inner.config.buffer_memory_bytes / SECTOR_BYTES;
+        let permits = (size as u64 / SECTOR_BYTES).min(total) as u32;
         let permit = self
             .inner
             .memory
@@ -307,7 +315,7 @@ impl ChunkStore {
             .await
             .expect("the memory semaphore is never closed");
         Ok(Leased {
-            buf: Some(self.inner.pool.get(size)),
+            buf: Some(self.inner.pool.get(len)),
             pool: Arc::downgrade(&self.inner),
             _permit: permit,
         })
@@ -566,6 +574,7 @@ impl ChunkStore {
                     dir: d.root.clone(),
                     backend: d.backend.name(),
                     direct_io: d.direct,
+                    registered_buffers: d.backend.registered_buffers(),
                     used_bytes: d.used_bytes.load(Ordering::Relaxed),
                     free_bytes: free,
                     total_bytes: total,

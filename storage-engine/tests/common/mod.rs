@@ -70,7 +70,15 @@ impl Harness {
             Kind::Portable => "portable",
             Kind::Faulty => "faulty",
         };
-        assert_eq!(store.usage()[0].backend, want);
+        let usage = &store.usage()[0];
+        assert_eq!(usage.backend, want);
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        // As root, RLIMIT_MEMLOCK does not stop io_uring from pinning the arena.
+        assert_eq!(
+            usage.registered_buffers,
+            root && self.kind != Kind::Portable
+        );
         (store, report)
     }
 }
