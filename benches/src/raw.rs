@@ -95,8 +95,70 @@ fn run(file: &File, size: u64, bs: usize, depth: usize, dir: Dir, fixed: bool) -
     Ok(took)
 }
 
-/// Writes then reads `size` bytes of `dir/raw-limit.dat`; returns both
-/// durations. The file is removed afterwards.
+/// A scratch file measured with O_DIRECT: `write` then `read`, so a caller
+/// can interleave other measurements between the two.
+pub struct RawFile {
+    path: std::path::PathBuf,
+    file: File,
+    size: u64,
+    bs: usize,
+    depth: usize,
+    fixed: bool,
+}
+
+impl RawFile {
+    pub fn create(dir: &Path, size: u64, bs: usize, depth: usize, fixed: bool) -> Result<Self> {
+        let path = dir.join("raw-limit.dat");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .with_context(|| format!("open {} with O_DIRECT", path.display()))?;
+        Ok(Self {
+            path,
+            file,
+            size,
+            bs,
+            depth,
+            fixed,
+        })
+    }
+
+    pub fn write(&self) -> Result<Duration> {
+        let took = run(
+            &self.file,
+            self.size,
+            self.bs,
+            self.depth,
+            Dir::Write,
+            self.fixed,
+        )?;
+        self.file.sync_all()?;
+        Ok(took)
+    }
+
+    pub fn read(&self) -> Result<Duration> {
+        run(
+            &self.file,
+            self.size,
+            self.bs,
+            self.depth,
+            Dir::Read,
+            self.fixed,
+        )
+    }
+}
+
+impl Drop for RawFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Writes then reads `size` bytes of a scratch file in `dir`.
 pub fn measure(
     dir: &Path,
     size: u64,
@@ -104,19 +166,6 @@ pub fn measure(
     depth: usize,
     fixed: bool,
 ) -> Result<(Duration, Duration)> {
-    let path = dir.join("raw-limit.dat");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&path)
-        .with_context(|| format!("open {} with O_DIRECT", path.display()))?;
-    let write = run(&file, size, bs, depth, Dir::Write, fixed)?;
-    file.sync_all()?;
-    let read = run(&file, size, bs, depth, Dir::Read, fixed)?;
-    drop(file);
-    std::fs::remove_file(&path)?;
-    Ok((write, read))
+    let raw = RawFile::create(dir, size, bs, depth, fixed)?;
+    Ok((raw.write()?, raw.read()?))
 }

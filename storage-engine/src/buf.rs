@@ -121,32 +121,65 @@ impl Drop for AlignedBuf {
 /// arena is too fragmented for a request, the pool falls back to a plain
 /// heap buffer, so this never blocks or fails a request.
 pub struct Arena {
-    base: AlignedBuf,
+    base: NonNull<u8>,
+    len: usize,
     free: Mutex<Vec<(usize, usize)>>,
 }
 
+// SAFETY: the arena owns its mapping; extents handed out are disjoint and
+// each is accessed through the AlignedBuf that owns it.
+unsafe impl Send for Arena {}
+// SAFETY: as above; the free list is behind a mutex.
+unsafe impl Sync for Arena {}
+
 impl std::fmt::Debug for Arena {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Arena")
-            .field("bytes", &self.base.len())
-            .finish()
+        f.debug_struct("Arena").field("bytes", &self.len).finish()
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: base and len are exactly the mapping made in `new`, and no
+        // extent outlives the arena (each holds an Arc to it).
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }
 
 pub const ARENA_UNIT: usize = 64 << 10;
 
 impl Arena {
+    /// Maps `bytes` (rounded up to 64 KiB) of zeroed, page-aligned memory.
+    /// An anonymous mapping costs nothing until touched, unlike an aligned
+    /// heap allocation, which the allocator zeroes eagerly.
     pub fn new(bytes: usize) -> Arc<Self> {
         let units = bytes.div_ceil(ARENA_UNIT).max(1);
+        let len = units * ARENA_UNIT;
+        // SAFETY: an anonymous private mapping with no address hint; checked below.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            alloc::handle_alloc_error(AlignedBuf::layout(len));
+        }
+        let base = NonNull::new(raw.cast::<u8>()).expect("mmap never returns null on success");
         Arc::new(Self {
-            base: AlignedBuf::zeroed(units * ARENA_UNIT),
+            base,
+            len,
             free: Mutex::new(vec![(0, units)]),
         })
     }
 
     /// Start and length of the whole arena, for registration.
     pub fn region(&self) -> (*mut u8, usize) {
-        (self.base.as_ptr(), self.base.len())
+        (self.base.as_ptr(), self.len)
     }
 
     /// An extent of at least `len` bytes, or `None` if none is free.
@@ -162,7 +195,7 @@ impl Arena {
         }
         drop(free);
         // SAFETY: start + units <= the arena's unit count, so the offset stays
-        // inside the arena's allocation.
+        // inside the arena's mapping.
         let ptr = unsafe { self.base.as_ptr().add(start * ARENA_UNIT) };
         let ptr = NonNull::new(ptr).expect("offset of a non-null allocation");
         let origin = Origin::Arena {
