@@ -410,3 +410,58 @@ async fn concurrent_appends_to_one_chunk_are_serialised(kind: Kind) {
     }
     assert_eq!(store.info(h(12)).await.expect("info").length, total);
 }
+
+/// Several data directories (one per disk): chunks spread over them, usage
+/// is per directory, and a restart finds every chunk where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_directories_are_served_by_one_store() {
+    common::init_tracing();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let cfg = || gfs_storage_engine::StoreConfigFile {
+        dirs: vec![tmp.path().join("disk0"), tmp.path().join("disk1")],
+        ..common::config_for(&tmp.path().join("unused"), Kind::Uring, false)
+    };
+    let (store, report) = gfs_storage_engine::ChunkStore::open(cfg())
+        .await
+        .expect("open");
+    assert_eq!(report.backends.len(), 2);
+    for n in 0..8 {
+        store.create(h(n), v(1)).await.expect("create");
+        store
+            .append(h(n), &pattern(n, 10_000 + n as usize))
+            .await
+            .expect("append");
+    }
+    let usage = store.usage();
+    assert_eq!(usage.len(), 2);
+    assert_eq!(
+        usage.iter().map(|u| u.used_bytes).sum::<u64>(),
+        (0..8).map(|n| 10_000 + n).sum()
+    );
+    let on_disk = |d: &str| {
+        std::fs::read_dir(tmp.path().join(d).join("chunks"))
+            .expect("list")
+            .count()
+            / 2
+    };
+    assert_eq!(on_disk("disk0") + on_disk("disk1"), 8);
+    // Both directories sit on one filesystem here, so the tie-break spreads them.
+    assert!(
+        on_disk("disk0") >= 3 && on_disk("disk1") >= 3,
+        "{} / {}",
+        on_disk("disk0"),
+        on_disk("disk1")
+    );
+    drop(store);
+    let (store, report) = gfs_storage_engine::ChunkStore::open(cfg())
+        .await
+        .expect("reopen");
+    assert_eq!(report.chunks, 8);
+    for n in 0..8u64 {
+        let len = 10_000 + n;
+        assert_eq!(
+            &store.read(h(n), 0, len).await.expect("read")[..],
+            &pattern(n, len as usize)[..]
+        );
+    }
+}

@@ -367,3 +367,33 @@ async fn a_real_full_disk_gives_no_space_and_keeps_what_was_written() {
     check(store, written).await;
     let _ = CHUNK;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrubber_keeps_to_its_rate_and_skips_busy_chunks() {
+    let (_hs, store) = store_with(Kind::Uring, &pattern(9, 250_000)).await;
+    store.create(h(2), v(1)).await.expect("create");
+    store
+        .append(h(2), &pattern(10, 250_000))
+        .await
+        .expect("append");
+    // Both chunks were just written: with a one-hour idle rule nothing is read.
+    let started = std::time::Instant::now();
+    assert!(
+        store
+            .scrub_pass(1, Duration::from_secs(3600))
+            .await
+            .is_empty()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "busy chunks are skipped, not throttled"
+    );
+    // 500,000 bytes at 1,000,000 bytes/s cannot take less than half a second.
+    let started = std::time::Instant::now();
+    assert!(store.scrub_pass(1_000_000, Duration::ZERO).await.is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        started.elapsed()
+    );
+}

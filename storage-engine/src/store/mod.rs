@@ -462,9 +462,12 @@ impl ChunkStore {
         }
     }
 
-    /// The writable directory with the most free space.
+    /// The writable directory with the most free space, counted in whole
+    /// GiB; among directories with as much (the same filesystem, or disks
+    /// within a GiB of each other), the one holding the fewest chunk bytes,
+    /// so chunks spread.
     fn pick_dir(&self) -> Result<usize> {
-        let mut best: Option<(usize, u64)> = None;
+        let mut best: Option<(usize, (u64, std::cmp::Reverse<u64>))> = None;
         let mut refusal = None;
         for (i, d) in self.inner.dirs.iter().enumerate() {
             if let Err(e) = d.check_writable() {
@@ -472,8 +475,12 @@ impl ChunkStore {
                 continue;
             }
             let free = eio::disk_space(&d.root).map(|(free, _)| free).unwrap_or(0);
-            if best.is_none_or(|(_, f)| free > f) {
-                best = Some((i, free));
+            let key = (
+                free >> 30,
+                std::cmp::Reverse(d.used_bytes.load(Ordering::Relaxed)),
+            );
+            if best.is_none_or(|(_, k)| key > k) {
+                best = Some((i, key));
             }
         }
         best.map(|(i, _)| i)
