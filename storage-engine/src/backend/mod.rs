@@ -141,7 +141,7 @@ mod tests {
         assert_eq!((c.kind, c.direct), (ChosenBackend::Portable, false));
         assert_eq!(
             c.reason,
-            "the filesystem refuses O_DIRECT (EINVAL), so I/O is buffered"
+            "O_DIRECT is unavailable (EINVAL), so I/O is buffered"
         );
     }
 
