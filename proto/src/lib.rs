@@ -9,6 +9,7 @@
 //!
 //! Modules:
 //! - [`types`]: identifiers and versions;
+//! - [`path`]: [`GfsPath`], validated once at the wire boundary;
 //! - [`limits`]: chunk and block sizes, request bounds.
 //!
 //! The `.proto` files and the generated tonic code of the master and
@@ -16,6 +17,8 @@
 //! services; nothing in this crate talks to the network yet.
 
 pub mod limits;
+pub mod path;
 pub mod types;
 
-pub use types::{ChunkHandle, ChunkVersion};
+pub use path::{GfsPath, PathError};
+pub use types::{ChunkHandle, ChunkVersion, NodeId};

@@ -25,6 +25,16 @@ impl fmt::Display for ChunkVersion {
     }
 }
 
+/// Identity of a server (a master in the Raft group, or a chunkserver).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeId(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "n{}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
