@@ -1,6 +1,21 @@
 //! The gfs-rs master: namespace, chunk table, leases and placement,
 //! replicated with openraft and persisted in RocksDB.
 //!
-//! Nothing is implemented yet: the master is built by its own issue ("The
-//! Raft-replicated master"). This crate exists so that the workspace has its
-//! final shape; it exports nothing and pretends nothing.
+//! Built so far (the pure core, no I/O, no clock):
+//! - [`state`]: the replicated state machine: `MasterState::apply(Request)
+//!   -> Outcome`, with the namespace as a prefix-compressed path table
+//!   ([`state::PathTable`]), the chunk table and handle allocator, leases,
+//!   deleted trees awaiting reclaim, and per-client reply caches that make
+//!   retried mutations idempotent;
+//! - [`placement`]: where a new chunk's replicas go.
+//!
+//! Invariants: the leader stamps `now_ms` into every request, so replicas
+//! applying the same log agree exactly; a lease grant bumps the chunk
+//! version; a different primary is granted only after the old lease has
+//! expired plus a grace period.
+//!
+//! Not built yet (see the master issue's note): the openraft + RocksDB
+//! storage, the tonic services and the `gfs-master` binary.
+
+pub mod placement;
+pub mod state;

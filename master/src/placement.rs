@@ -1,0 +1,110 @@
+//! Where a new chunk's replicas go: live chunkservers only, never a full or
+//! draining one, least used (by fraction of disk) first, spread across
+//! racks before any rack gets a second replica. Pure: the leader feeds it
+//! its soft view of the chunkservers and puts the answer in the log entry.
+
+use gfs_proto::NodeId;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerView {
+    pub id: NodeId,
+    pub rack: String,
+    pub used_bytes: u64,
+    pub capacity_bytes: u64,
+    pub live: bool,
+    pub draining: bool,
+}
+
+impl ServerView {
+    fn free(&self) -> u64 {
+        self.capacity_bytes.saturating_sub(self.used_bytes)
+    }
+}
+
+/// Up to `n` servers for a new chunk, best first. Servers with less than
+/// `min_free_bytes` free count as full. Empty if no server qualifies.
+pub fn place(servers: &[ServerView], n: usize, min_free_bytes: u64) -> Vec<NodeId> {
+    let mut candidates: Vec<&ServerView> = servers
+        .iter()
+        .filter(|s| s.live && !s.draining && s.free() >= min_free_bytes && s.capacity_bytes > 0)
+        .collect();
+    // Least used fraction first (compared exactly, by cross-multiplying),
+    // then by id so equal servers are picked in a stable order.
+    candidates.sort_by(|a, b| {
+        let fa = u128::from(a.used_bytes) * u128::from(b.capacity_bytes);
+        let fb = u128::from(b.used_bytes) * u128::from(a.capacity_bytes);
+        fa.cmp(&fb).then(a.id.cmp(&b.id))
+    });
+    let mut chosen: Vec<&ServerView> = Vec::with_capacity(n);
+    // First one per rack, then fill up from whatever is left.
+    for s in &candidates {
+        if chosen.len() < n && !chosen.iter().any(|c| c.rack == s.rack) {
+            chosen.push(s);
+        }
+    }
+    for s in &candidates {
+        if chosen.len() < n && !chosen.iter().any(|c| c.id == s.id) {
+            chosen.push(s);
+        }
+    }
+    chosen.iter().map(|s| s.id).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(id: u64, rack: &str, used: u64) -> ServerView {
+        ServerView {
+            id: NodeId(id),
+            rack: rack.into(),
+            used_bytes: used,
+            capacity_bytes: 100,
+            live: true,
+            draining: false,
+        }
+    }
+
+    fn ids(v: Vec<NodeId>) -> Vec<u64> {
+        v.into_iter().map(|n| n.0).collect()
+    }
+
+    #[test]
+    fn spreads_across_racks_least_used_first() {
+        let servers = [
+            s(1, "r1", 10),
+            s(2, "r1", 5),
+            s(3, "r2", 50),
+            s(4, "r3", 90),
+            s(5, "r2", 20),
+        ];
+        assert_eq!(ids(place(&servers, 3, 1)), [2, 5, 4]);
+        assert_eq!(ids(place(&servers, 5, 1)), [2, 5, 4, 1, 3]);
+    }
+
+    #[test]
+    fn fills_up_within_a_rack_when_racks_run_out() {
+        let servers = [s(1, "r1", 30), s(2, "r1", 10), s(3, "r1", 20)];
+        assert_eq!(ids(place(&servers, 2, 1)), [2, 3]);
+    }
+
+    #[test]
+    fn never_picks_dead_draining_or_full_servers() {
+        let mut dead = s(1, "r1", 0);
+        dead.live = false;
+        let mut draining = s(2, "r2", 0);
+        draining.draining = true;
+        let full = s(3, "r3", 99);
+        let ok = s(4, "r4", 50);
+        assert_eq!(ids(place(&[dead, draining, full, ok], 3, 2)), [4]);
+        assert!(place(&[], 3, 0).is_empty());
+    }
+
+    #[test]
+    fn usage_is_compared_as_a_fraction_of_capacity() {
+        let mut big = s(1, "r1", 400);
+        big.capacity_bytes = 1000; // 40 % used
+        let small = s(2, "r2", 50); // 50 % used
+        assert_eq!(ids(place(&[small, big], 1, 1)), [1]);
+    }
+}

@@ -1,0 +1,700 @@
+//! The master's replicated state machine, as pure code: no I/O, no clock,
+//! no randomness. The leader stamps the time into every [`Request`]; every
+//! replica applying the same requests in the same order reaches the same
+//! state and the same replies.
+//!
+//! State: the namespace (a prefix-compressed [`PathTable`] from full path to
+//! [`Inode`]), the chunk table (version and reference count per handle, and
+//! the handle allocator), lease records, deleted files awaiting reclaim, and
+//! the recent replies of each client session (so a retried mutation gets
+//! its first reply instead of a second execution).
+
+pub mod table;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::ControlFlow;
+
+use gfs_proto::{ChunkHandle, ChunkVersion, GfsPath, NodeId};
+use serde::{Deserialize, Serialize};
+
+pub use table::PathTable;
+
+/// Replies remembered per client session.
+pub const SESSION_REPLIES: usize = 32;
+/// A session unseen for this long is forgotten.
+pub const SESSION_TTL_MS: u64 = 10 * 60 * 1000;
+/// Largest page a list returns.
+pub const MAX_LIST_PAGE: usize = 10_000;
+pub const MAX_REPLICATION: u8 = 16;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    pub length: u64,
+    pub mtime_ms: u64,
+    pub replication: u8,
+    pub chunks: Vec<ChunkHandle>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Inode {
+    Dir { mtime_ms: u64 },
+    File(FileMeta),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkMeta {
+    pub version: ChunkVersion,
+    /// Files (live, deleted or snapshotted) referencing the chunk.
+    pub refs: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub primary: NodeId,
+    pub version: ChunkVersion,
+    pub expires_at_ms: u64,
+}
+
+/// A deleted file or directory tree: hidden, with its deletion time, until
+/// it is undeleted or reclaimed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    pub path: GfsPath,
+    pub deleted_at_ms: u64,
+    /// Entries relative to `path` ("" is `path` itself), in path order.
+    pub entries: Vec<(String, Inode)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Client session; 0 means "no deduplication".
+    pub client: u64,
+    /// Per-session request number; a retry reuses it.
+    pub seq: u64,
+    /// Leader's clock when it proposed the request.
+    pub now_ms: u64,
+    pub cmd: Command,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Mkdir {
+        path: GfsPath,
+        parents: bool,
+    },
+    /// Exclusive create of an empty file.
+    Create {
+        path: GfsPath,
+        replication: u8,
+    },
+    /// Atomic rename of a file or a whole directory tree.
+    Rename {
+        from: GfsPath,
+        to: GfsPath,
+    },
+    /// Hides the file or tree; it stays recoverable until reclaimed.
+    Delete {
+        path: GfsPath,
+        recursive: bool,
+    },
+    Undelete {
+        id: u64,
+    },
+    /// Adds chunk number `index` to a file. Asking for an index the file
+    /// already has returns that chunk, so racing appenders and retries
+    /// agree on one chunk. `replicas` is the leader's placement, echoed.
+    AddChunk {
+        path: GfsPath,
+        index: u64,
+        replicas: Vec<NodeId>,
+    },
+    /// Grants (bumping the version) or extends a chunk lease.
+    GrantLease {
+        handle: ChunkHandle,
+        primary: NodeId,
+        duration_ms: u64,
+        grace_ms: u64,
+    },
+    /// Extends the leases `primary` holds on `handles` (heartbeats).
+    ExtendLeases {
+        primary: NodeId,
+        handles: Vec<ChunkHandle>,
+        duration_ms: u64,
+    },
+    /// Raises a file's length (never lowers it).
+    SetLength {
+        path: GfsPath,
+        length: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Done,
+    Deleted {
+        id: u64,
+    },
+    Undeleted {
+        path: GfsPath,
+    },
+    Chunk {
+        handle: ChunkHandle,
+        version: ChunkVersion,
+        index: u64,
+        replicas: Vec<NodeId>,
+    },
+    Lease {
+        handle: ChunkHandle,
+        lease: Lease,
+        granted: bool,
+    },
+    Extended {
+        handles: Vec<ChunkHandle>,
+    },
+}
+
+/// Errors that cross the wire; each tells the caller what to do next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MetaError {
+    #[error("{0} does not exist")]
+    NotFound(GfsPath),
+    #[error("{0} already exists")]
+    AlreadyExists(GfsPath),
+    #[error("{0} is not a directory")]
+    NotADirectory(GfsPath),
+    #[error("{0} is a directory")]
+    IsADirectory(GfsPath),
+    #[error("{0} is not empty (delete it recursively)")]
+    DirectoryNotEmpty(GfsPath),
+    #[error("cannot move {from} into itself ({to})")]
+    RenameIntoItself { from: GfsPath, to: GfsPath },
+    #[error("the root directory cannot be {0}")]
+    Root(String),
+    #[error("no deleted entry {0}")]
+    NoSuchDeleted(u64),
+    #[error("chunk {0} does not exist")]
+    NoSuchChunk(ChunkHandle),
+    #[error("{path} has {chunks} chunks; chunk {index} cannot be added yet")]
+    ChunkIndexGap {
+        path: GfsPath,
+        chunks: u64,
+        index: u64,
+    },
+    #[error("chunk {handle} is leased to {primary} until {expires_at_ms} ms")]
+    LeaseHeld {
+        handle: ChunkHandle,
+        primary: NodeId,
+        expires_at_ms: u64,
+    },
+    #[error("length {length} exceeds what the {chunks} chunks of {path} hold")]
+    LengthBeyondChunks {
+        path: GfsPath,
+        length: u64,
+        chunks: u64,
+    },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+pub type Outcome = Result<Reply, MetaError>;
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    pub name: String,
+    pub inode: Inode,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    pub entries: Vec<Listed>,
+    /// Pass as `after` to get the next page; `None` at the end.
+    pub next_after: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Session {
+    replies: VecDeque<(u64, Outcome)>,
+    last_seen_ms: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct MasterState {
+    chunk_size_bytes: u64,
+    ns: PathTable<Inode>,
+    chunks: HashMap<ChunkHandle, ChunkMeta>,
+    next_handle: u64,
+    leases: HashMap<ChunkHandle, Lease>,
+    deleted: BTreeMap<u64, Deleted>,
+    next_deleted: u64,
+    sessions: HashMap<u64, Session>,
+}
+
+fn key(p: &GfsPath) -> &[u8] {
+    p.as_str().as_bytes()
+}
+
+/// The file at `path`, borrowing only the namespace (so the chunk table can
+/// be used alongside).
+fn file_mut<'a>(
+    ns: &'a mut PathTable<Inode>,
+    path: &GfsPath,
+) -> Result<&'a mut FileMeta, MetaError> {
+    match ns.get_mut(key(path)) {
+        Some(Inode::File(f)) => Ok(f),
+        Some(Inode::Dir { .. }) => Err(MetaError::IsADirectory(path.clone())),
+        None => Err(MetaError::NotFound(path.clone())),
+    }
+}
+
+impl MasterState {
+    pub fn new(chunk_size_bytes: u64) -> Self {
+        let mut ns = PathTable::default();
+        ns.insert(b"/", Inode::Dir { mtime_ms: 0 });
+        Self {
+            chunk_size_bytes,
+            ns,
+            chunks: HashMap::new(),
+            next_handle: 1,
+            leases: HashMap::new(),
+            deleted: BTreeMap::new(),
+            next_deleted: 1,
+            sessions: HashMap::new(),
+        }
+    }
+
+    /// Applies one request. A request a session already had applied gets
+    /// the reply it got then, and changes nothing.
+    pub fn apply(&mut self, req: Request) -> Outcome {
+        if req.client != 0
+            && let Some(s) = self.sessions.get_mut(&req.client)
+        {
+            s.last_seen_ms = s.last_seen_ms.max(req.now_ms);
+            if let Some((_, reply)) = s.replies.iter().find(|(seq, _)| *seq == req.seq) {
+                return reply.clone();
+            }
+        }
+        let outcome = self.execute(req.now_ms, req.cmd);
+        if req.client != 0 {
+            self.remember(req.client, req.seq, req.now_ms, outcome.clone());
+        }
+        outcome
+    }
+
+    fn remember(&mut self, client: u64, seq: u64, now_ms: u64, outcome: Outcome) {
+        if !self.sessions.contains_key(&client) && self.sessions.len() % 1024 == 1023 {
+            self.sessions
+                .retain(|_, s| s.last_seen_ms + SESSION_TTL_MS >= now_ms);
+        }
+        let s = self.sessions.entry(client).or_default();
+        s.last_seen_ms = s.last_seen_ms.max(now_ms);
+        s.replies.push_back((seq, outcome));
+        if s.replies.len() > SESSION_REPLIES {
+            s.replies.pop_front();
+        }
+    }
+
+    fn execute(&mut self, now: u64, cmd: Command) -> Outcome {
+        match cmd {
+            Command::Mkdir { path, parents } => self.mkdir(now, &path, parents),
+            Command::Create { path, replication } => self.create(now, &path, replication),
+            Command::Rename { from, to } => self.rename(now, &from, &to),
+            Command::Delete { path, recursive } => self.delete(now, &path, recursive),
+            Command::Undelete { id } => self.undelete(now, id),
+            Command::AddChunk {
+                path,
+                index,
+                replicas,
+            } => self.add_chunk(now, &path, index, replicas),
+            Command::GrantLease {
+                handle,
+                primary,
+                duration_ms,
+                grace_ms,
+            } => self.grant_lease(now, handle, primary, duration_ms, grace_ms),
+            Command::ExtendLeases {
+                primary,
+                handles,
+                duration_ms,
+            } => Ok(self.extend_leases(now, primary, &handles, duration_ms)),
+            Command::SetLength { path, length } => self.set_length(now, &path, length),
+        }
+    }
+
+    // ---- reads ----------------------------------------------------------
+
+    pub fn stat(&self, path: &GfsPath) -> Result<&Inode, MetaError> {
+        self.ns
+            .get(key(path))
+            .ok_or_else(|| MetaError::NotFound(path.clone()))
+    }
+
+    /// One page of a directory's children in name order, after `after`.
+    pub fn list(
+        &self,
+        dir: &GfsPath,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, MetaError> {
+        match self.stat(dir)? {
+            Inode::Dir { .. } => {}
+            Inode::File(_) => return Err(MetaError::NotADirectory(dir.clone())),
+        }
+        let prefix = dir.child_prefix();
+        let after_key = after.map(|a| format!("{prefix}{a}"));
+        let limit = limit.clamp(1, MAX_LIST_PAGE);
+        let mut entries = Vec::new();
+        let mut more = false;
+        self.ns.scan(
+            prefix.as_bytes(),
+            after_key.as_deref().map(str::as_bytes),
+            true,
+            |k, v| {
+                if k.len() == prefix.len() {
+                    // The root itself: its key is its children's prefix.
+                    return ControlFlow::Continue(());
+                }
+                if entries.len() == limit {
+                    more = true;
+                    return ControlFlow::Break(());
+                }
+                let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                entries.push(Listed {
+                    name,
+                    inode: v.clone(),
+                });
+                ControlFlow::Continue(())
+            },
+        );
+        let next_after = if more {
+            entries.last().map(|e| e.name.clone())
+        } else {
+            None
+        };
+        Ok(Page {
+            entries,
+            next_after,
+        })
+    }
+
+    pub fn chunk(&self, handle: ChunkHandle) -> Option<ChunkMeta> {
+        self.chunks.get(&handle).copied()
+    }
+
+    pub fn lease(&self, handle: ChunkHandle) -> Option<Lease> {
+        self.leases.get(&handle).copied()
+    }
+
+    pub fn deleted(&self) -> impl Iterator<Item = (u64, &Deleted)> {
+        self.deleted.iter().map(|(id, d)| (*id, d))
+    }
+
+    pub fn files(&self) -> usize {
+        self.ns.len()
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    // ---- namespace mutations ----------------------------------------------
+
+    fn dir_exists(&self, p: &GfsPath) -> Result<(), MetaError> {
+        match self.ns.get(key(p)) {
+            Some(Inode::Dir { .. }) => Ok(()),
+            Some(Inode::File(_)) => Err(MetaError::NotADirectory(p.clone())),
+            None => Err(MetaError::NotFound(p.clone())),
+        }
+    }
+
+    fn touch(&mut self, dir: Option<GfsPath>, now: u64) {
+        if let Some(d) = dir
+            && let Some(Inode::Dir { mtime_ms }) = self.ns.get_mut(key(&d))
+        {
+            *mtime_ms = (*mtime_ms).max(now);
+        }
+    }
+
+    fn mkdir(&mut self, now: u64, path: &GfsPath, parents: bool) -> Outcome {
+        match self.ns.get(key(path)) {
+            Some(Inode::Dir { .. }) if parents => return Ok(Reply::Done),
+            Some(_) => return Err(MetaError::AlreadyExists(path.clone())),
+            None => {}
+        }
+        let mut missing = Vec::new();
+        for a in path.ancestors() {
+            match self.ns.get(key(&a)) {
+                Some(Inode::Dir { .. }) => {}
+                Some(Inode::File(_)) => return Err(MetaError::NotADirectory(a)),
+                None if parents => missing.push(a),
+                None => return Err(MetaError::NotFound(a)),
+            }
+        }
+        for d in missing.iter().chain(std::iter::once(path)) {
+            self.ns.insert(key(d), Inode::Dir { mtime_ms: now });
+        }
+        self.touch(missing.first().unwrap_or(path).parent(), now);
+        Ok(Reply::Done)
+    }
+
+    fn create(&mut self, now: u64, path: &GfsPath, replication: u8) -> Outcome {
+        if !(1..=MAX_REPLICATION).contains(&replication) {
+            return Err(MetaError::InvalidArgument(format!(
+                "replication {replication} is not in 1..={MAX_REPLICATION}"
+            )));
+        }
+        if self.ns.contains(key(path)) {
+            return Err(MetaError::AlreadyExists(path.clone()));
+        }
+        let parent = path
+            .parent()
+            .ok_or_else(|| MetaError::AlreadyExists(path.clone()))?;
+        self.dir_exists(&parent)?;
+        let file = FileMeta {
+            length: 0,
+            mtime_ms: now,
+            replication,
+            chunks: Vec::new(),
+        };
+        self.ns.insert(key(path), Inode::File(file));
+        self.touch(Some(parent), now);
+        Ok(Reply::Done)
+    }
+
+    /// Removes `path` and everything below it; returns the entries relative
+    /// to `path`, in path order.
+    fn take_tree(&mut self, path: &GfsPath) -> Vec<(String, Inode)> {
+        let mut keys = vec![path.as_str().to_string()];
+        if matches!(self.ns.get(key(path)), Some(Inode::Dir { .. })) {
+            let below = self.ns.collect_prefix(path.child_prefix().as_bytes());
+            keys.extend(
+                below
+                    .into_iter()
+                    .map(|(k, _)| String::from_utf8_lossy(&k).into_owned()),
+            );
+        }
+        let base = path.as_str().len();
+        keys.into_iter()
+            .filter_map(|k| {
+                let inode = self.ns.remove(k.as_bytes())?;
+                Some((k[base..].to_string(), inode))
+            })
+            .collect()
+    }
+
+    fn put_tree(&mut self, at: &GfsPath, entries: Vec<(String, Inode)>) {
+        for (rel, inode) in entries {
+            self.ns.insert(format!("{at}{rel}").as_bytes(), inode);
+        }
+    }
+
+    fn rename(&mut self, now: u64, from: &GfsPath, to: &GfsPath) -> Outcome {
+        if from.is_root() || to.is_root() {
+            return Err(MetaError::Root("renamed".into()));
+        }
+        self.stat(from)?;
+        if from == to {
+            return Ok(Reply::Done);
+        }
+        if from.is_ancestor_of(to) {
+            return Err(MetaError::RenameIntoItself {
+                from: from.clone(),
+                to: to.clone(),
+            });
+        }
+        if self.ns.contains(key(to)) {
+            return Err(MetaError::AlreadyExists(to.clone()));
+        }
+        let to_parent = to.parent().expect("not the root");
+        self.dir_exists(&to_parent)?;
+        let tree = self.take_tree(from);
+        self.put_tree(to, tree);
+        self.touch(from.parent(), now);
+        self.touch(Some(to_parent), now);
+        Ok(Reply::Done)
+    }
+
+    fn delete(&mut self, now: u64, path: &GfsPath, recursive: bool) -> Outcome {
+        if path.is_root() {
+            return Err(MetaError::Root("deleted".into()));
+        }
+        if let Inode::Dir { .. } = self.stat(path)? {
+            let mut has_children = false;
+            self.ns
+                .scan(path.child_prefix().as_bytes(), None, true, |_, _| {
+                    has_children = true;
+                    ControlFlow::Break(())
+                });
+            if has_children && !recursive {
+                return Err(MetaError::DirectoryNotEmpty(path.clone()));
+            }
+        }
+        let entries = self.take_tree(path);
+        for (_, inode) in &entries {
+            if let Inode::File(f) = inode {
+                for h in &f.chunks {
+                    // A deleted chunk can no longer be written.
+                    self.leases.remove(h);
+                }
+            }
+        }
+        let id = self.next_deleted;
+        self.next_deleted += 1;
+        self.deleted.insert(
+            id,
+            Deleted {
+                path: path.clone(),
+                deleted_at_ms: now,
+                entries,
+            },
+        );
+        self.touch(path.parent(), now);
+        Ok(Reply::Deleted { id })
+    }
+
+    fn undelete(&mut self, now: u64, id: u64) -> Outcome {
+        let d = self.deleted.get(&id).ok_or(MetaError::NoSuchDeleted(id))?;
+        if self.ns.contains(key(&d.path)) {
+            return Err(MetaError::AlreadyExists(d.path.clone()));
+        }
+        let parent = d.path.parent().expect("the root is never deleted");
+        self.dir_exists(&parent)?;
+        let d = self.deleted.remove(&id).expect("checked above");
+        self.put_tree(&d.path, d.entries);
+        self.touch(Some(parent), now);
+        Ok(Reply::Undeleted { path: d.path })
+    }
+
+    fn add_chunk(
+        &mut self,
+        now: u64,
+        path: &GfsPath,
+        index: u64,
+        replicas: Vec<NodeId>,
+    ) -> Outcome {
+        let f = file_mut(&mut self.ns, path)?;
+        let have = f.chunks.len() as u64;
+        if index < have {
+            let handle = f.chunks[index as usize];
+            let version = self
+                .chunks
+                .get(&handle)
+                .map_or(ChunkVersion(0), |c| c.version);
+            return Ok(Reply::Chunk {
+                handle,
+                version,
+                index,
+                replicas,
+            });
+        }
+        if index > have {
+            return Err(MetaError::ChunkIndexGap {
+                path: path.clone(),
+                chunks: have,
+                index,
+            });
+        }
+        let handle = ChunkHandle(self.next_handle);
+        self.next_handle += 1;
+        f.chunks.push(handle);
+        f.mtime_ms = f.mtime_ms.max(now);
+        let version = ChunkVersion(1);
+        self.chunks.insert(handle, ChunkMeta { version, refs: 1 });
+        Ok(Reply::Chunk {
+            handle,
+            version,
+            index,
+            replicas,
+        })
+    }
+
+    fn set_length(&mut self, now: u64, path: &GfsPath, length: u64) -> Outcome {
+        let chunk_size = self.chunk_size_bytes;
+        let f = file_mut(&mut self.ns, path)?;
+        let cap = f.chunks.len() as u64 * chunk_size;
+        if length > cap {
+            let chunks = f.chunks.len() as u64;
+            return Err(MetaError::LengthBeyondChunks {
+                path: path.clone(),
+                length,
+                chunks,
+            });
+        }
+        if length > f.length {
+            f.length = length;
+            f.mtime_ms = f.mtime_ms.max(now);
+        }
+        Ok(Reply::Done)
+    }
+
+    // ---- leases ---------------------------------------------------------
+
+    fn grant_lease(
+        &mut self,
+        now: u64,
+        handle: ChunkHandle,
+        primary: NodeId,
+        duration_ms: u64,
+        grace_ms: u64,
+    ) -> Outcome {
+        let chunk = self
+            .chunks
+            .get_mut(&handle)
+            .ok_or(MetaError::NoSuchChunk(handle))?;
+        if let Some(l) = self.leases.get_mut(&handle) {
+            if l.primary == primary && now < l.expires_at_ms {
+                l.expires_at_ms = l.expires_at_ms.max(now + duration_ms);
+                return Ok(Reply::Lease {
+                    handle,
+                    lease: *l,
+                    granted: false,
+                });
+            }
+            // Another primary only once the old lease has certainly expired,
+            // with `grace_ms` for clock drift between masters and servers.
+            if l.primary != primary && now < l.expires_at_ms + grace_ms {
+                let (primary, expires_at_ms) = (l.primary, l.expires_at_ms);
+                return Err(MetaError::LeaseHeld {
+                    handle,
+                    primary,
+                    expires_at_ms,
+                });
+            }
+        }
+        chunk.version = ChunkVersion(chunk.version.0 + 1);
+        let lease = Lease {
+            primary,
+            version: chunk.version,
+            expires_at_ms: now + duration_ms,
+        };
+        self.leases.insert(handle, lease);
+        Ok(Reply::Lease {
+            handle,
+            lease,
+            granted: true,
+        })
+    }
+
+    fn extend_leases(
+        &mut self,
+        now: u64,
+        primary: NodeId,
+        handles: &[ChunkHandle],
+        duration_ms: u64,
+    ) -> Reply {
+        let mut extended = Vec::new();
+        for h in handles {
+            if let Some(l) = self.leases.get_mut(h)
+                && l.primary == primary
+                && now < l.expires_at_ms
+            {
+                l.expires_at_ms = l.expires_at_ms.max(now + duration_ms);
+                extended.push(*h);
+            }
+        }
+        Reply::Extended { handles: extended }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,468 @@
+//! The state machine, fed one request at a time, checked by exact replies.
+
+use super::*;
+
+const MIB: u64 = 1 << 20;
+
+fn p(s: &str) -> GfsPath {
+    GfsPath::parse(s).expect("valid path")
+}
+
+struct Sim {
+    st: MasterState,
+    now: u64,
+    seq: u64,
+}
+
+impl Sim {
+    fn new() -> Self {
+        Self {
+            st: MasterState::new(MIB),
+            now: 1_000,
+            seq: 0,
+        }
+    }
+
+    /// Applies `cmd` as a fresh request of client 7.
+    fn run(&mut self, cmd: Command) -> Outcome {
+        self.seq += 1;
+        self.st.apply(Request {
+            client: 7,
+            seq: self.seq,
+            now_ms: self.now,
+            cmd,
+        })
+    }
+
+    fn names(&self, dir: &str) -> Vec<String> {
+        let page = self.st.list(&p(dir), None, 1000).expect("list");
+        page.entries.into_iter().map(|e| e.name).collect()
+    }
+}
+
+fn mkdir(path: &str, parents: bool) -> Command {
+    Command::Mkdir {
+        path: p(path),
+        parents,
+    }
+}
+
+fn create(path: &str) -> Command {
+    Command::Create {
+        path: p(path),
+        replication: 3,
+    }
+}
+
+#[test]
+fn mkdir_with_and_without_parents() {
+    let mut s = Sim::new();
+    assert_eq!(
+        s.run(mkdir("/a/b", false)),
+        Err(MetaError::NotFound(p("/a")))
+    );
+    assert_eq!(s.run(mkdir("/a/b/c", true)), Ok(Reply::Done));
+    assert_eq!(s.names("/a/b"), ["c"]);
+    assert_eq!(
+        s.run(mkdir("/a/b", false)),
+        Err(MetaError::AlreadyExists(p("/a/b")))
+    );
+    assert_eq!(
+        s.run(mkdir("/a/b", true)),
+        Ok(Reply::Done),
+        "-p accepts an existing dir"
+    );
+    assert_eq!(s.run(create("/a/f")), Ok(Reply::Done));
+    assert_eq!(
+        s.run(mkdir("/a/f/g", true)),
+        Err(MetaError::NotADirectory(p("/a/f")))
+    );
+    assert_eq!(
+        s.run(mkdir("/a/f", true)),
+        Err(MetaError::AlreadyExists(p("/a/f")))
+    );
+}
+
+#[test]
+fn create_is_exclusive_and_a_retry_gets_its_first_reply() {
+    let mut s = Sim::new();
+    let req = Request {
+        client: 9,
+        seq: 1,
+        now_ms: 5,
+        cmd: create("/f"),
+    };
+    assert_eq!(s.st.apply(req.clone()), Ok(Reply::Done));
+    // The reply was lost; the client retries the same request.
+    assert_eq!(s.st.apply(req.clone()), Ok(Reply::Done));
+    // A different request (another client) for the same path is refused.
+    assert_eq!(s.run(create("/f")), Err(MetaError::AlreadyExists(p("/f"))));
+    assert_eq!(
+        s.st.stat(&p("/f")),
+        Ok(&Inode::File(FileMeta {
+            length: 0,
+            mtime_ms: 5,
+            replication: 3,
+            chunks: vec![]
+        }))
+    );
+    assert_eq!(
+        s.run(Command::Create {
+            path: p("/g"),
+            replication: 0
+        })
+        .map_err(|e| e.to_string()),
+        Err("invalid argument: replication 0 is not in 1..=16".into())
+    );
+    assert_eq!(
+        s.run(create("/nope/f")),
+        Err(MetaError::NotFound(p("/nope")))
+    );
+    assert_eq!(
+        s.run(create("/f/x")),
+        Err(MetaError::NotADirectory(p("/f")))
+    );
+}
+
+#[test]
+fn list_is_one_level_in_name_order_and_paged() {
+    let mut s = Sim::new();
+    s.run(mkdir("/d/sub", true)).expect("mkdir");
+    for n in ["b", "a", "c", "sub/deep"] {
+        s.run(create(&format!("/d/{n}"))).expect("create");
+    }
+    assert_eq!(s.names("/d"), ["a", "b", "c", "sub"]);
+    let first = s.st.list(&p("/d"), None, 2).expect("list");
+    assert_eq!(
+        first
+            .entries
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(first.next_after.as_deref(), Some("b"));
+    let second = s.st.list(&p("/d"), Some("b"), 2).expect("list");
+    assert_eq!(
+        second
+            .entries
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>(),
+        ["c", "sub"]
+    );
+    assert_eq!(second.next_after, None);
+    assert_eq!(
+        s.st.list(&p("/d/a"), None, 10),
+        Err(MetaError::NotADirectory(p("/d/a")))
+    );
+    assert_eq!(s.names("/"), ["d"]);
+}
+
+#[test]
+fn rename_moves_a_file_or_a_whole_tree_atomically() {
+    let mut s = Sim::new();
+    s.run(mkdir("/src/x", true)).expect("mkdir");
+    s.run(create("/src/x/f")).expect("create");
+    s.run(create("/src/g")).expect("create");
+    s.run(mkdir("/dst", false)).expect("mkdir");
+    assert_eq!(
+        s.run(Command::Rename {
+            from: p("/src"),
+            to: p("/dst/moved")
+        }),
+        Ok(Reply::Done)
+    );
+    assert_eq!(s.names("/"), ["dst"]);
+    assert_eq!(s.names("/dst/moved"), ["g", "x"]);
+    assert_eq!(s.names("/dst/moved/x"), ["f"]);
+    assert!(s.st.stat(&p("/src/g")).is_err());
+    assert_eq!(
+        s.run(Command::Rename {
+            from: p("/dst"),
+            to: p("/dst/moved/inner")
+        }),
+        Err(MetaError::RenameIntoItself {
+            from: p("/dst"),
+            to: p("/dst/moved/inner")
+        })
+    );
+    assert_eq!(
+        s.run(Command::Rename {
+            from: p("/dst/moved/g"),
+            to: p("/dst/moved/x/f")
+        }),
+        Err(MetaError::AlreadyExists(p("/dst/moved/x/f")))
+    );
+    assert_eq!(
+        s.run(Command::Rename {
+            from: p("/nope"),
+            to: p("/x")
+        }),
+        Err(MetaError::NotFound(p("/nope")))
+    );
+    assert_eq!(
+        s.run(Command::Rename {
+            from: p("/dst/moved/g"),
+            to: p("/missing/g")
+        }),
+        Err(MetaError::NotFound(p("/missing")))
+    );
+    assert_eq!(
+        s.run(Command::Rename {
+            from: p("/dst/moved/g"),
+            to: p("/g2")
+        }),
+        Ok(Reply::Done)
+    );
+    assert_eq!(s.names("/"), ["dst", "g2"]);
+}
+
+#[test]
+fn delete_hides_and_undelete_restores() {
+    let mut s = Sim::new();
+    s.run(mkdir("/d/e", true)).expect("mkdir");
+    s.run(create("/d/e/f")).expect("create");
+    s.run(Command::AddChunk {
+        path: p("/d/e/f"),
+        index: 0,
+        replicas: vec![],
+    })
+    .expect("chunk");
+    assert_eq!(
+        s.run(Command::Delete {
+            path: p("/d"),
+            recursive: false
+        }),
+        Err(MetaError::DirectoryNotEmpty(p("/d")))
+    );
+    s.now = 2_000;
+    assert_eq!(
+        s.run(Command::Delete {
+            path: p("/d"),
+            recursive: true
+        }),
+        Ok(Reply::Deleted { id: 1 })
+    );
+    assert_eq!(s.names("/"), Vec::<String>::new());
+    let (id, d) = s.st.deleted().next().expect("one deleted tree");
+    assert_eq!((id, &d.path, d.deleted_at_ms), (1, &p("/d"), 2_000));
+    let rel: Vec<&str> = d.entries.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(rel, ["", "/e", "/e/f"]);
+    // The deleted file still holds its chunk until it is reclaimed.
+    assert_eq!(s.st.chunk(ChunkHandle(1)).map(|c| c.refs), Some(1));
+    assert_eq!(
+        s.run(Command::Undelete { id: 1 }),
+        Ok(Reply::Undeleted { path: p("/d") })
+    );
+    assert_eq!(s.names("/d/e"), ["f"]);
+    assert_eq!(
+        s.run(Command::Undelete { id: 1 }),
+        Err(MetaError::NoSuchDeleted(1))
+    );
+    assert_eq!(
+        s.run(Command::Delete {
+            path: p("/"),
+            recursive: true
+        })
+        .map_err(|e| e.to_string()),
+        Err("the root directory cannot be deleted".into())
+    );
+    // Undelete refuses to overwrite a path that was reused meanwhile.
+    s.run(Command::Delete {
+        path: p("/d/e/f"),
+        recursive: false,
+    })
+    .expect("delete");
+    s.run(create("/d/e/f")).expect("recreate");
+    assert_eq!(
+        s.run(Command::Undelete { id: 2 }),
+        Err(MetaError::AlreadyExists(p("/d/e/f")))
+    );
+}
+
+#[test]
+fn chunks_are_added_by_index_so_racers_and_retries_agree() {
+    let mut s = Sim::new();
+    s.run(create("/f")).expect("create");
+    let add = |i| Command::AddChunk {
+        path: p("/f"),
+        index: i,
+        replicas: vec![NodeId(2), NodeId(5)],
+    };
+    let first = Reply::Chunk {
+        handle: ChunkHandle(1),
+        version: ChunkVersion(1),
+        index: 0,
+        replicas: vec![NodeId(2), NodeId(5)],
+    };
+    assert_eq!(s.run(add(0)), Ok(first.clone()));
+    assert_eq!(
+        s.run(add(0)),
+        Ok(first),
+        "a second appender gets the same chunk"
+    );
+    assert_eq!(
+        s.run(add(2)),
+        Err(MetaError::ChunkIndexGap {
+            path: p("/f"),
+            chunks: 1,
+            index: 2
+        })
+    );
+    assert!(matches!(
+        s.run(add(1)),
+        Ok(Reply::Chunk {
+            handle: ChunkHandle(2),
+            ..
+        })
+    ));
+    assert_eq!(s.st.chunk_count(), 2);
+    assert_eq!(
+        s.run(Command::SetLength {
+            path: p("/f"),
+            length: MIB + 5
+        }),
+        Ok(Reply::Done)
+    );
+    assert_eq!(
+        s.run(Command::SetLength {
+            path: p("/f"),
+            length: 10
+        }),
+        Ok(Reply::Done)
+    );
+    let Ok(Inode::File(f)) = s.st.stat(&p("/f")) else {
+        panic!("file")
+    };
+    assert_eq!(f.length, MIB + 5, "length never goes down");
+    assert_eq!(
+        s.run(Command::SetLength {
+            path: p("/f"),
+            length: 2 * MIB + 1
+        }),
+        Err(MetaError::LengthBeyondChunks {
+            path: p("/f"),
+            length: 2 * MIB + 1,
+            chunks: 2
+        })
+    );
+}
+
+#[test]
+fn leases_bump_the_version_on_grant_and_never_overlap() {
+    let mut s = Sim::new();
+    s.run(create("/f")).expect("create");
+    s.run(Command::AddChunk {
+        path: p("/f"),
+        index: 0,
+        replicas: vec![],
+    })
+    .expect("chunk");
+    let h = ChunkHandle(1);
+    let grant = |n| Command::GrantLease {
+        handle: h,
+        primary: NodeId(n),
+        duration_ms: 60_000,
+        grace_ms: 1_000,
+    };
+    let lease = |n, v, exp| Lease {
+        primary: NodeId(n),
+        version: ChunkVersion(v),
+        expires_at_ms: exp,
+    };
+    assert_eq!(
+        s.run(grant(1)),
+        Ok(Reply::Lease {
+            handle: h,
+            lease: lease(1, 2, 61_000),
+            granted: true
+        })
+    );
+    // The same primary asking again extends without a new version.
+    s.now = 30_000;
+    assert_eq!(
+        s.run(grant(1)),
+        Ok(Reply::Lease {
+            handle: h,
+            lease: lease(1, 2, 90_000),
+            granted: false
+        })
+    );
+    // Another primary waits for expiry plus the grace period.
+    s.now = 90_500;
+    assert_eq!(
+        s.run(grant(2)),
+        Err(MetaError::LeaseHeld {
+            handle: h,
+            primary: NodeId(1),
+            expires_at_ms: 90_000
+        })
+    );
+    s.now = 91_000;
+    assert_eq!(
+        s.run(grant(2)),
+        Ok(Reply::Lease {
+            handle: h,
+            lease: lease(2, 3, 151_000),
+            granted: true
+        })
+    );
+    // Heartbeat extensions only touch leases the server holds.
+    s.now = 100_000;
+    let ext = |n| Command::ExtendLeases {
+        primary: NodeId(n),
+        handles: vec![h, ChunkHandle(99)],
+        duration_ms: 60_000,
+    };
+    assert_eq!(s.run(ext(1)), Ok(Reply::Extended { handles: vec![] }));
+    assert_eq!(s.run(ext(2)), Ok(Reply::Extended { handles: vec![h] }));
+    assert_eq!(s.st.lease(h), Some(lease(2, 3, 160_000)));
+    assert_eq!(
+        s.run(Command::GrantLease {
+            handle: ChunkHandle(99),
+            primary: NodeId(1),
+            duration_ms: 1,
+            grace_ms: 0
+        }),
+        Err(MetaError::NoSuchChunk(ChunkHandle(99)))
+    );
+}
+
+#[test]
+fn replicas_applying_the_same_log_agree_exactly() {
+    let log: Vec<Request> = (0..200u64)
+        .map(|i| {
+            let cmd = match i % 5 {
+                0 => mkdir(&format!("/d{}", i % 7), true),
+                1 => create(&format!("/d{}/f{i}", (i - 1) % 7)),
+                2 => Command::AddChunk {
+                    path: p(&format!("/d{}/f{}", (i - 2) % 7, i - 1)),
+                    index: 0,
+                    replicas: vec![],
+                },
+                3 => Command::Rename {
+                    from: p(&format!("/d{}/f{}", (i - 3) % 7, i - 2)),
+                    to: p(&format!("/d{}/g{i}", (i - 3) % 7)),
+                },
+                _ => Command::Delete {
+                    path: p(&format!("/d{}", i % 3)),
+                    recursive: i % 2 == 0,
+                },
+            };
+            Request {
+                client: i % 4,
+                seq: i,
+                now_ms: i * 10,
+                cmd,
+            }
+        })
+        .collect();
+    let run = |log: &[Request]| {
+        let mut st = MasterState::new(MIB);
+        let replies: Vec<Outcome> = log.iter().cloned().map(|r| st.apply(r)).collect();
+        let listing = st.list(&GfsPath::root(), None, 100).expect("list");
+        (replies, listing, st.chunk_count(), st.files())
+    };
+    assert_eq!(run(&log), run(&log));
+}
