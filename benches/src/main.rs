@@ -2,7 +2,11 @@
 //! limit measured in the same run.
 
 mod engine;
+mod meta_memory;
 mod raw;
+
+#[global_allocator]
+static ALLOC: meta_memory::Counting = meta_memory::Counting;
 
 use std::time::Duration;
 
@@ -24,6 +28,8 @@ struct Cli {
 enum Command {
     /// The storage engine against the raw device (O_DIRECT io_uring, like fio) on one directory.
     Engine(engine::EngineArgs),
+    /// Bytes of master memory per file and per chunk for N files in a realistic tree.
+    MetaMemory(meta_memory::MetaMemoryArgs),
     /// Raw device only, with and without io_uring registered buffers, with
     /// the CPU time each spends: the evidence for whether registered buffers pay.
     RegisteredBuffers {
@@ -48,6 +54,13 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
+        Command::MetaMemory(args) => {
+            let report = meta_memory::run(&args)?;
+            meta_memory::print_table(&report);
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+        }
         Command::RegisteredBuffers { dir, size, runs } => {
             println!(
                 "{:<5} {:<10} {:>12} {:>12} {:>14}",

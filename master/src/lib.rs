@@ -7,15 +7,20 @@
 //!   ([`state::PathTable`]), the chunk table and handle allocator, leases,
 //!   deleted trees awaiting reclaim, and per-client reply caches that make
 //!   retried mutations idempotent;
-//! - [`placement`]: where a new chunk's replicas go.
+//! - [`placement`]: where a new chunk's replicas go;
+//! - [`store`]: openraft's log and state-machine storage on RocksDB
+//!   (column families `log`, `meta`, `sm`; synced, batched appends; applied
+//!   changes and `last_applied` in one batch; snapshots), passing openraft's
+//!   storage test suite.
 //!
 //! Invariants: the leader stamps `now_ms` into every request, so replicas
 //! applying the same log agree exactly; a lease grant bumps the chunk
 //! version; a different primary is granted only after the old lease has
 //! expired plus a grace period.
 //!
-//! Not built yet (see the master issue's note): the openraft + RocksDB
-//! storage, the tonic services and the `gfs-master` binary.
+//! Not built yet (see the master issue's note): the Raft network, the tonic
+//! services and the `gfs-master` binary.
 
 pub mod placement;
 pub mod state;
+pub mod store;

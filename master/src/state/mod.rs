@@ -9,6 +9,7 @@
 //! the recent replies of each client session (so a retried mutation gets
 //! its first reply instead of a second execution).
 
+pub mod persist;
 pub mod table;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -212,7 +213,7 @@ pub struct Page {
     pub next_after: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Session {
     replies: VecDeque<(u64, Outcome)>,
     last_seen_ms: u64,
@@ -228,6 +229,9 @@ pub struct MasterState {
     deleted: BTreeMap<u64, Deleted>,
     next_deleted: u64,
     sessions: HashMap<u64, Session>,
+    /// Keys changed since the last `take_dirty`: what the storage layer must
+    /// write (or delete) in the same batch as `last_applied`.
+    dirty: Vec<persist::Key>,
 }
 
 fn key(p: &GfsPath) -> &[u8] {
@@ -260,6 +264,7 @@ impl MasterState {
             deleted: BTreeMap::new(),
             next_deleted: 1,
             sessions: HashMap::new(),
+            dirty: vec![persist::Key::Path("/".into()), persist::Key::Counters],
         }
     }
 
@@ -283,9 +288,16 @@ impl MasterState {
 
     fn remember(&mut self, client: u64, seq: u64, now_ms: u64, outcome: Outcome) {
         if !self.sessions.contains_key(&client) && self.sessions.len() % 1024 == 1023 {
-            self.sessions
-                .retain(|_, s| s.last_seen_ms + SESSION_TTL_MS >= now_ms);
+            let dirty = &mut self.dirty;
+            self.sessions.retain(|c, s| {
+                let keep = s.last_seen_ms + SESSION_TTL_MS >= now_ms;
+                if !keep {
+                    dirty.push(persist::Key::Session(*c));
+                }
+                keep
+            });
         }
+        self.dirty.push(persist::Key::Session(client));
         let s = self.sessions.entry(client).or_default();
         s.last_seen_ms = s.last_seen_ms.max(now_ms);
         s.replies.push_back((seq, outcome));
@@ -412,6 +424,7 @@ impl MasterState {
             && let Some(Inode::Dir { mtime_ms }) = self.ns.get_mut(key(&d))
         {
             *mtime_ms = (*mtime_ms).max(now);
+            self.dirty.push(persist::Key::Path(d.as_str().into()));
         }
     }
 
@@ -431,7 +444,7 @@ impl MasterState {
             }
         }
         for d in missing.iter().chain(std::iter::once(path)) {
-            self.ns.insert(key(d), Inode::Dir { mtime_ms: now });
+            self.ns_put(d.as_str(), Inode::Dir { mtime_ms: now });
         }
         self.touch(missing.first().unwrap_or(path).parent(), now);
         Ok(Reply::Done)
@@ -456,7 +469,7 @@ impl MasterState {
             replication,
             chunks: Vec::new(),
         };
-        self.ns.insert(key(path), Inode::File(file));
+        self.ns_put(path.as_str(), Inode::File(file));
         self.touch(Some(parent), now);
         Ok(Reply::Done)
     }
@@ -477,14 +490,21 @@ impl MasterState {
         keys.into_iter()
             .filter_map(|k| {
                 let inode = self.ns.remove(k.as_bytes())?;
-                Some((k[base..].to_string(), inode))
+                let rel = k[base..].to_string();
+                self.dirty.push(persist::Key::Path(k));
+                Some((rel, inode))
             })
             .collect()
     }
 
+    fn ns_put(&mut self, path: &str, inode: Inode) {
+        self.ns.insert(path.as_bytes(), inode);
+        self.dirty.push(persist::Key::Path(path.into()));
+    }
+
     fn put_tree(&mut self, at: &GfsPath, entries: Vec<(String, Inode)>) {
         for (rel, inode) in entries {
-            self.ns.insert(format!("{at}{rel}").as_bytes(), inode);
+            self.ns_put(&format!("{at}{rel}"), inode);
         }
     }
 
@@ -534,7 +554,9 @@ impl MasterState {
             if let Inode::File(f) = inode {
                 for h in &f.chunks {
                     // A deleted chunk can no longer be written.
-                    self.leases.remove(h);
+                    if self.leases.remove(h).is_some() {
+                        self.dirty.push(persist::Key::Lease(*h));
+                    }
                 }
             }
         }
@@ -548,6 +570,8 @@ impl MasterState {
                 entries,
             },
         );
+        self.dirty
+            .extend([persist::Key::Deleted(id), persist::Key::Counters]);
         self.touch(path.parent(), now);
         Ok(Reply::Deleted { id })
     }
@@ -560,6 +584,7 @@ impl MasterState {
         let parent = d.path.parent().expect("the root is never deleted");
         self.dir_exists(&parent)?;
         let d = self.deleted.remove(&id).expect("checked above");
+        self.dirty.push(persist::Key::Deleted(id));
         self.put_tree(&d.path, d.entries);
         self.touch(Some(parent), now);
         Ok(Reply::Undeleted { path: d.path })
@@ -600,6 +625,11 @@ impl MasterState {
         f.mtime_ms = f.mtime_ms.max(now);
         let version = ChunkVersion(1);
         self.chunks.insert(handle, ChunkMeta { version, refs: 1 });
+        self.dirty.extend([
+            persist::Key::Path(path.as_str().into()),
+            persist::Key::Chunk(handle),
+            persist::Key::Counters,
+        ]);
         Ok(Reply::Chunk {
             handle,
             version,
@@ -623,6 +653,7 @@ impl MasterState {
         if length > f.length {
             f.length = length;
             f.mtime_ms = f.mtime_ms.max(now);
+            self.dirty.push(persist::Key::Path(path.as_str().into()));
         }
         Ok(Reply::Done)
     }
@@ -644,6 +675,7 @@ impl MasterState {
         if let Some(l) = self.leases.get_mut(&handle) {
             if l.primary == primary && now < l.expires_at_ms {
                 l.expires_at_ms = l.expires_at_ms.max(now + duration_ms);
+                self.dirty.push(persist::Key::Lease(handle));
                 return Ok(Reply::Lease {
                     handle,
                     lease: *l,
@@ -668,6 +700,8 @@ impl MasterState {
             expires_at_ms: now + duration_ms,
         };
         self.leases.insert(handle, lease);
+        self.dirty
+            .extend([persist::Key::Chunk(handle), persist::Key::Lease(handle)]);
         Ok(Reply::Lease {
             handle,
             lease,
@@ -690,6 +724,7 @@ impl MasterState {
             {
                 l.expires_at_ms = l.expires_at_ms.max(now + duration_ms);
                 extended.push(*h);
+                self.dirty.push(persist::Key::Lease(*h));
             }
         }
         Reply::Extended { handles: extended }
