@@ -258,11 +258,6 @@ impl IoSlice {
         self.buf.is_registered()
     }
 
-    pub fn whole(buf: Arc<AlignedBuf>) -> Self {
-        let len = buf.len();
-        Self::new(buf, 0, len)
-    }
-
     /// A window `[start, start + len)` inside this window.
     pub fn new_sub(&self, start: usize, len: usize) -> Self {
         assert!(start + len <= self.len, "sub-window outside its window");

@@ -621,6 +621,10 @@ impl MasterState {
         }
         let handle = ChunkHandle(self.next_handle);
         self.next_handle += 1;
+        if f.chunks.capacity() == 0 {
+            // Most files have one chunk; Vec's first growth would reserve four.
+            f.chunks.reserve_exact(1);
+        }
         f.chunks.push(handle);
         f.mtime_ms = f.mtime_ms.max(now);
         let version = ChunkVersion(1);
