@@ -1,6 +1,11 @@
-//! The gfs-rs client library and the `gfs` command line.
+//! The gfs-rs client library.
 //!
-//! Nothing is implemented yet: the master side of the client comes with the
-//! master issue, the data path with the data-path issue. This crate exists so
-//! that the workspace has its final shape; it exports nothing and pretends
-//! nothing.
+//! - [`master`]: the master side: leader discovery, retries through
+//!   failovers with idempotent mutations, chunk location cache.
+//!
+//! The data path (chunkservers, `Writer`/`Reader`, record append) comes with
+//! the chunkserver issue.
+
+pub mod master;
+
+pub use master::{MasterClient, MasterError, MasterOptions};

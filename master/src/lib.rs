@@ -22,5 +22,6 @@
 //! services and the `gfs-master` binary.
 
 pub mod placement;
+pub mod server;
 pub mod state;
 pub mod store;

@@ -12,13 +12,15 @@
 //! - [`path`]: [`GfsPath`], validated once at the wire boundary;
 //! - [`limits`]: chunk and block sizes, request bounds.
 //!
-//! The `.proto` files and the generated tonic code of the master and
-//! chunkserver services land here with the issues that introduce those
-//! services; nothing in this crate talks to the network yet.
+//! - [`wire`]: the generated tonic code of `proto/master.proto` (client
+//!   metadata, chunkserver heartbeats, admin, Raft) and the wire-error
+//!   mapping (`ErrorDetail` in status details: what to do next).
 
+pub mod codec;
 pub mod limits;
 pub mod path;
 pub mod types;
+pub mod wire;
 
 pub use path::{GfsPath, PathError};
 pub use types::{ChunkHandle, ChunkVersion, NodeId};

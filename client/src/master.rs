@@ -1,0 +1,496 @@
+//! The client's master side: a list of masters, the one believed to lead,
+//! retries that follow leader hints and back off while there is no leader,
+//! and a cache of chunk locations. A failover shows up as a delay, never as
+//! an error: every mutation carries (client id, sequence number), reused on
+//! retry, so a mutation whose reply was lost is answered, not re-applied.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gfs_proto::wire::master::master_admin_client::MasterAdminClient;
+use gfs_proto::wire::master::master_meta_client::MasterMetaClient;
+use gfs_proto::wire::master::{
+    ChunkInfo, CreateRequest, DeleteRequest, Empty, FileInfo, ListReply, ListRequest,
+    LocateRequest, MkdirRequest, RenameRequest, ReportLengthRequest, Session, StatRequest,
+    StatusReply, UndeleteRequest, WriteChunkRequest,
+};
+use gfs_proto::wire::{ErrorKind, MAX_MESSAGE_BYTES, detail_of};
+use tokio::sync::Semaphore;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Response, Status};
+
+/// Mutations one client keeps in flight at most: the masters remember the
+/// last 32 replies per client, so a retry always finds its first reply.
+pub const MAX_IN_FLIGHT_MUTATIONS: usize = 32;
+
+#[derive(Clone, Debug)]
+pub struct MasterOptions {
+    /// Give up on a request after this long without an answer.
+    pub deadline: Duration,
+    /// Bound on one attempt against one master.
+    pub attempt_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// How long a cached chunk location is trusted.
+    pub location_ttl: Duration,
+}
+
+impl Default for MasterOptions {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(30),
+            attempt_timeout: Duration::from_secs(2),
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(200),
+            location_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An error the masters answered (or the deadline, as `Unavailable`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct MasterError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl MasterError {
+    fn from_status(s: &Status) -> Self {
+        let d = detail_of(s);
+        Self {
+            kind: d.kind(),
+            message: d.message,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    addrs: Vec<String>,
+    meta: Vec<MasterMetaClient<Channel>>,
+    admin: Vec<MasterAdminClient<Channel>>,
+    leader: AtomicUsize,
+    client_id: u64,
+    seq: AtomicU64,
+    mutations: Semaphore,
+    opts: MasterOptions,
+    locations: Mutex<HashMap<(String, u64), (ChunkInfo, Instant)>>,
+}
+
+/// A handle to the masters; cheap to clone, shared by tasks.
+#[derive(Clone, Debug)]
+pub struct MasterClient {
+    inner: Arc<Inner>,
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Retry at once at this master.
+    Goto(usize),
+    /// Retry at the next master after a pause.
+    Rotate,
+    Fail,
+}
+
+/// Pure retry decision, from the status and the master list.
+fn next_step(s: &Status, addrs: &[String], current: usize) -> Next {
+    let d = detail_of(s);
+    match d.kind() {
+        ErrorKind::NotLeader => match addrs.iter().position(|a| *a == d.leader_addr) {
+            Some(i) if i != current => Next::Goto(i),
+            _ => Next::Rotate,
+        },
+        ErrorKind::Unavailable => Next::Rotate,
+        _ => Next::Fail,
+    }
+}
+
+impl MasterClient {
+    /// A client of the masters at `addrs` ("host:port"); connects lazily.
+    pub fn new(addrs: &[String], opts: MasterOptions) -> Result<Self, MasterError> {
+        if addrs.is_empty() {
+            return Err(MasterError {
+                kind: ErrorKind::InvalidArgument,
+                message: "no master addresses".into(),
+            });
+        }
+        let mut meta = Vec::new();
+        let mut admin = Vec::new();
+        for a in addrs {
+            let ch = Endpoint::from_shared(format!("http://{a}"))
+                .map_err(|e| MasterError {
+                    kind: ErrorKind::InvalidArgument,
+                    message: format!("bad master address {a}: {e}"),
+                })?
+                .connect_timeout(Duration::from_millis(300))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(Duration::from_secs(2))
+                .connect_lazy();
+            meta.push(
+                MasterMetaClient::new(ch.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            );
+            admin.push(MasterAdminClient::new(ch));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                addrs: addrs.to_vec(),
+                meta,
+                admin,
+                leader: AtomicUsize::new(0),
+                client_id: rand::random::<u64>() | 1,
+                seq: AtomicU64::new(1),
+                mutations: Semaphore::new(MAX_IN_FLIGHT_MUTATIONS),
+                opts,
+                locations: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn addrs(&self) -> &[String] {
+        &self.inner.addrs
+    }
+
+    fn session(&self) -> Option<Session> {
+        Some(Session {
+            client_id: self.inner.client_id,
+            seq: self.inner.seq.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// Runs `attempt` against the leader, following hints and backing off
+    /// until it answers or the deadline passes.
+    async fn call<T, F, Fut>(&self, attempt: F) -> Result<T, MasterError>
+    where
+        F: Fn(MasterMetaClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let inner = &self.inner;
+        let start = Instant::now();
+        let mut backoff = inner.opts.backoff_min;
+        let mut i = inner.leader.load(Ordering::Relaxed) % inner.addrs.len();
+        loop {
+            let fut = attempt(inner.meta[i].clone());
+            let status = match tokio::time::timeout(inner.opts.attempt_timeout, fut).await {
+                Ok(Ok(r)) => {
+                    inner.leader.store(i, Ordering::Relaxed);
+                    return Ok(r.into_inner());
+                }
+                Ok(Err(s)) => s,
+                Err(_) => Status::unavailable(format!("{} did not answer", inner.addrs[i])),
+            };
+            let step = next_step(&status, &inner.addrs, i);
+            if step == Next::Fail {
+                return Err(MasterError::from_status(&status));
+            }
+            if start.elapsed() >= inner.opts.deadline {
+                return Err(MasterError {
+                    kind: ErrorKind::Unavailable,
+                    message: format!(
+                        "no master answered within {:?}: {}",
+                        inner.opts.deadline,
+                        status.message()
+                    ),
+                });
+            }
+            match step {
+                Next::Goto(j) => i = j,
+                _ => {
+                    i = (i + 1) % inner.addrs.len();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(inner.opts.backoff_max);
+                }
+            }
+        }
+    }
+
+    async fn mutate<T, F, Fut>(&self, attempt: F) -> Result<T, MasterError>
+    where
+        F: Fn(MasterMetaClient<Channel>, Option<Session>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let _permit = self
+            .inner
+            .mutations
+            .acquire()
+            .await
+            .map_err(|_| MasterError {
+                kind: ErrorKind::Internal,
+                message: "client closed".into(),
+            })?;
+        let session = self.session();
+        self.call(|c| attempt(c, session)).await
+    }
+
+    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<(), MasterError> {
+        self.mutate(|mut c, session| {
+            let path = path.to_string();
+            async move {
+                c.mkdir(MkdirRequest {
+                    session,
+                    path,
+                    parents,
+                })
+                .await
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Exclusive create; `replication` 0 takes the masters' default.
+    pub async fn create(&self, path: &str, replication: u32) -> Result<(), MasterError> {
+        self.mutate(|mut c, session| {
+            let path = path.to_string();
+            async move {
+                c.create(CreateRequest {
+                    session,
+                    path,
+                    replication,
+                })
+                .await
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), MasterError> {
+        self.mutate(|mut c, session| {
+            let (from, to) = (from.to_string(), to.to_string());
+            async move { c.rename(RenameRequest { session, from, to }).await }
+        })
+        .await?;
+        self.forget(from);
+        Ok(())
+    }
+
+    /// Hides `path`; returns the id that undeletes it.
+    pub async fn delete(&self, path: &str, recursive: bool) -> Result<u64, MasterError> {
+        let r = self
+            .mutate(|mut c, session| {
+                let path = path.to_string();
+                async move {
+                    c.delete(DeleteRequest {
+                        session,
+                        path,
+                        recursive,
+                    })
+                    .await
+                }
+            })
+            .await?;
+        self.forget(path);
+        Ok(r.deleted_id)
+    }
+
+    pub async fn undelete(&self, deleted_id: u64) -> Result<String, MasterError> {
+        self.mutate(|mut c, session| async move {
+            c.undelete(UndeleteRequest {
+                session,
+                deleted_id,
+            })
+            .await
+        })
+        .await
+        .map(|r| r.path)
+    }
+
+    /// Stat; `stale` serves from any master without confirming leadership.
+    pub async fn stat(&self, path: &str, stale: bool) -> Result<FileInfo, MasterError> {
+        self.call(|mut c| {
+            let path = path.to_string();
+            async move { c.stat(StatRequest { path, stale }).await }
+        })
+        .await
+    }
+
+    /// One page of a directory listing after `after` ("" from the start).
+    pub async fn list_page(
+        &self,
+        path: &str,
+        after: &str,
+        limit: u32,
+        stale: bool,
+    ) -> Result<ListReply, MasterError> {
+        self.call(|mut c| {
+            let (path, after) = (path.to_string(), after.to_string());
+            async move {
+                c.list(ListRequest {
+                    path,
+                    after,
+                    limit,
+                    stale,
+                })
+                .await
+            }
+        })
+        .await
+    }
+
+    /// A whole directory listing, page by page.
+    pub async fn list(&self, path: &str) -> Result<Vec<FileInfo>, MasterError> {
+        let mut all = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self.list_page(path, &after, 1000, false).await?;
+            all.extend(page.entries);
+            if page.next_after.is_empty() {
+                return Ok(all);
+            }
+            after = page.next_after;
+        }
+    }
+
+    /// Raises the recorded length of a file (after acknowledged writes).
+    pub async fn report_length(&self, path: &str, length: u64) -> Result<(), MasterError> {
+        self.mutate(|mut c, session| {
+            let path = path.to_string();
+            async move {
+                c.report_length(ReportLengthRequest {
+                    session,
+                    path,
+                    length,
+                })
+                .await
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Where chunk `index` of `path` lives; cached for `location_ttl`.
+    pub async fn locate(&self, path: &str, index: u64) -> Result<Option<ChunkInfo>, MasterError> {
+        let key = (path.to_string(), index);
+        if let Some((c, at)) = self.cache().get(&key)
+            && at.elapsed() < self.inner.opts.location_ttl
+        {
+            return Ok(Some(c.clone()));
+        }
+        let reply = self
+            .call(|mut c| {
+                let path = path.to_string();
+                async move {
+                    c.locate(LocateRequest {
+                        path,
+                        first_index: index,
+                        count: 16,
+                        stale: false,
+                    })
+                    .await
+                }
+            })
+            .await?;
+        let now = Instant::now();
+        let mut cache = self.cache();
+        for c in &reply.found {
+            cache.insert((path.to_string(), c.index), (c.clone(), now));
+        }
+        Ok(reply.found.into_iter().find(|c| c.index == index))
+    }
+
+    /// Write access to chunk `index` (added if it is the next one), with
+    /// its primary and lease.
+    pub async fn write_chunk(&self, path: &str, index: u64) -> Result<ChunkInfo, MasterError> {
+        let info = self
+            .mutate(|mut c, session| {
+                let path = path.to_string();
+                async move {
+                    c.write_chunk(WriteChunkRequest {
+                        session,
+                        path,
+                        index,
+                    })
+                    .await
+                }
+            })
+            .await?;
+        self.cache()
+            .insert((path.to_string(), index), (info.clone(), Instant::now()));
+        Ok(info)
+    }
+
+    /// Drops cached locations of `path` (after an error from a replica).
+    pub fn forget(&self, path: &str) {
+        self.cache().retain(|(p, _), _| p != path);
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), (ChunkInfo, Instant)>> {
+        self.inner
+            .locations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Status of the master at `addrs[i]` (admin).
+    pub async fn status_of(&self, i: usize) -> Result<StatusReply, MasterError> {
+        let mut c = self.inner.admin[i].clone();
+        match tokio::time::timeout(self.inner.opts.attempt_timeout, c.status(Empty {})).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(MasterError::from_status(&s)),
+            Err(_) => Err(MasterError {
+                kind: ErrorKind::Unavailable,
+                message: format!("{} did not answer", self.inner.addrs[i]),
+            }),
+        }
+    }
+
+    /// Admin client of the master at `addrs[i]`.
+    pub fn admin(&self, i: usize) -> MasterAdminClient<Channel> {
+        self.inner.admin[i].clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gfs_proto::wire::{ErrorDetail, error, status};
+
+    use super::*;
+
+    fn addrs() -> Vec<String> {
+        vec!["a:1".into(), "b:1".into(), "c:1".into()]
+    }
+
+    fn not_leader(hint: &str) -> Status {
+        status(ErrorDetail {
+            kind: ErrorKind::NotLeader as i32,
+            message: String::new(),
+            leader_id: u64::from(!hint.is_empty()),
+            leader_addr: hint.into(),
+        })
+    }
+
+    #[test]
+    fn hints_are_followed_and_everything_else_decides_exactly() {
+        let a = addrs();
+        assert_eq!(next_step(&not_leader("c:1"), &a, 0), Next::Goto(2));
+        assert_eq!(next_step(&not_leader(""), &a, 0), Next::Rotate);
+        assert_eq!(
+            next_step(&not_leader("a:1"), &a, 0),
+            Next::Rotate,
+            "self hint"
+        );
+        assert_eq!(
+            next_step(&not_leader("z:9"), &a, 1),
+            Next::Rotate,
+            "unknown hint"
+        );
+        assert_eq!(
+            next_step(&Status::unavailable("refused"), &a, 0),
+            Next::Rotate
+        );
+        assert_eq!(
+            next_step(&error(ErrorKind::AlreadyExists, "/x"), &a, 0),
+            Next::Fail
+        );
+        assert_eq!(
+            next_step(&Status::invalid_argument("bad"), &a, 0),
+            Next::Fail
+        );
+    }
+}

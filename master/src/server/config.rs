@@ -1,0 +1,239 @@
+//! The `gfs-master` configuration: a TOML file, overridden by flags, checked
+//! once into [`MasterConfig`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use gfs_proto::limits::DEFAULT_CHUNK_SIZE_BYTES;
+use serde::Deserialize;
+
+/// The file as written; every field optional so flags can fill the gaps.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub id: Option<u64>,
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    /// Every master of the cluster, this one included: id -> "host:port".
+    #[serde(default)]
+    pub peers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub raft: RaftFile,
+    #[serde(default)]
+    pub chunks: ChunksFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftFile {
+    pub heartbeat_ms: Option<u64>,
+    pub election_min_ms: Option<u64>,
+    pub election_max_ms: Option<u64>,
+    pub snapshot_every_entries: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunksFile {
+    pub chunk_size_bytes: Option<u64>,
+    pub default_replication: Option<u8>,
+    pub lease_ms: Option<u64>,
+    pub lease_grace_ms: Option<u64>,
+    /// A chunkserver silent for this long is dead for placement and reads.
+    pub chunkserver_timeout_ms: Option<u64>,
+    /// Servers with less free space are full for placement.
+    pub min_free_bytes: Option<u64>,
+}
+
+/// Raft timing. Defaults are tuned for a loaded 2-core machine on loopback:
+/// a heartbeat every 50 ms keeps followers quiet through scheduling hiccups
+/// of a few hundred ms; an election starts 300-600 ms after the last
+/// heartbeat (openraft also makes followers refuse votes for
+/// `election_max_ms` after hearing from a leader, the "leader lease").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftTimings {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    pub snapshot_every_entries: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasterConfig {
+    pub id: u64,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub peers: BTreeMap<u64, String>,
+    pub raft: RaftTimings,
+    pub chunk_size_bytes: u64,
+    pub default_replication: u8,
+    pub lease_ms: u64,
+    pub lease_grace_ms: u64,
+    pub chunkserver_timeout_ms: u64,
+    pub min_free_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("missing `{0}` (set it in the config file or with --{0})")]
+    Missing(&'static str),
+    #[error("peer id `{0}` is not a positive integer")]
+    BadPeerId(String),
+    #[error("peers must include this master's own id {0}")]
+    SelfNotInPeers(u64),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ConfigFile {
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// Checks the file into a config. An empty peer list means a
+    /// single-master cluster of this node alone.
+    pub fn validate(self) -> Result<MasterConfig, ConfigError> {
+        let ConfigFile {
+            id,
+            listen,
+            data_dir,
+            peers,
+            raft,
+            chunks,
+        } = self;
+        let id = id.ok_or(ConfigError::Missing("id"))?;
+        let listen = listen.ok_or(ConfigError::Missing("listen"))?;
+        let data_dir = data_dir.ok_or(ConfigError::Missing("data-dir"))?;
+        if id == 0 {
+            return Err(ConfigError::Invalid("id must be positive".into()));
+        }
+        let mut peer_map = BTreeMap::new();
+        for (k, v) in peers {
+            let pid: u64 = k.parse().map_err(|_| ConfigError::BadPeerId(k.clone()))?;
+            if pid == 0 {
+                return Err(ConfigError::BadPeerId(k));
+            }
+            peer_map.insert(pid, v);
+        }
+        if peer_map.is_empty() {
+            peer_map.insert(id, listen.to_string());
+        }
+        if !peer_map.contains_key(&id) {
+            return Err(ConfigError::SelfNotInPeers(id));
+        }
+        let raft = RaftTimings {
+            heartbeat_ms: raft.heartbeat_ms.unwrap_or(50),
+            election_min_ms: raft.election_min_ms.unwrap_or(300),
+            election_max_ms: raft.election_max_ms.unwrap_or(600),
+            snapshot_every_entries: raft.snapshot_every_entries.unwrap_or(50_000),
+        };
+        if raft.heartbeat_ms == 0 || raft.election_min_ms <= raft.heartbeat_ms * 2 {
+            return Err(ConfigError::Invalid(
+                "raft.election_min_ms must exceed twice raft.heartbeat_ms".into(),
+            ));
+        }
+        if raft.election_max_ms <= raft.election_min_ms {
+            return Err(ConfigError::Invalid(
+                "raft.election_max_ms must exceed raft.election_min_ms".into(),
+            ));
+        }
+        let chunk_size_bytes = chunks.chunk_size_bytes.unwrap_or(DEFAULT_CHUNK_SIZE_BYTES);
+        if chunk_size_bytes == 0 || chunk_size_bytes % gfs_proto::limits::CHECKSUM_BLOCK_BYTES != 0
+        {
+            return Err(ConfigError::Invalid(
+                "chunks.chunk_size_bytes must be a positive multiple of 64 KiB".into(),
+            ));
+        }
+        let default_replication = chunks.default_replication.unwrap_or(3);
+        if default_replication == 0 || default_replication > crate::state::MAX_REPLICATION {
+            return Err(ConfigError::Invalid(format!(
+                "chunks.default_replication must be 1..={}",
+                crate::state::MAX_REPLICATION
+            )));
+        }
+        Ok(MasterConfig {
+            id,
+            listen,
+            data_dir,
+            peers: peer_map,
+            raft,
+            chunk_size_bytes,
+            default_replication,
+            lease_ms: chunks.lease_ms.unwrap_or(60_000),
+            lease_grace_ms: chunks.lease_grace_ms.unwrap_or(5_000),
+            chunkserver_timeout_ms: chunks.chunkserver_timeout_ms.unwrap_or(15_000),
+            min_free_bytes: chunks.min_free_bytes.unwrap_or(DEFAULT_CHUNK_SIZE_BYTES),
+        })
+    }
+}
+
+/// Parses `id=host:port`, the `--peer` flag's form.
+pub fn parse_peer(s: &str) -> Result<(String, String), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected ID=HOST:PORT"))?;
+    Ok((id.to_string(), addr.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_file_validates_with_defaults_filled() {
+        let f = ConfigFile::parse(
+            r#"
+            id = 2
+            listen = "127.0.0.2:7000"
+            data_dir = "/var/lib/gfs/master"
+            [peers]
+            1 = "127.0.0.1:7000"
+            2 = "127.0.0.2:7000"
+            3 = "127.0.0.3:7000"
+            [raft]
+            heartbeat_ms = 40
+            "#,
+        )
+        .unwrap();
+        let c = f.validate().unwrap();
+        assert_eq!(c.id, 2);
+        assert_eq!(c.peers.len(), 3);
+        assert_eq!(c.peers[&3], "127.0.0.3:7000");
+        assert_eq!(c.raft.heartbeat_ms, 40);
+        assert_eq!(c.raft.election_min_ms, 300);
+        assert_eq!(c.default_replication, 3);
+        assert_eq!(c.lease_ms, 60_000);
+    }
+
+    #[test]
+    fn missing_and_invalid_fields_say_which() {
+        assert_eq!(
+            ConfigFile::default().validate().unwrap_err(),
+            ConfigError::Missing("id")
+        );
+        let base = |extra: &str| {
+            ConfigFile::parse(&format!(
+                "id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/x\"\n{extra}"
+            ))
+            .unwrap()
+            .validate()
+        };
+        assert!(base("").is_ok(), "a lone master needs no peers");
+        assert_eq!(
+            base("[peers]\n2 = \"a:1\"").unwrap_err(),
+            ConfigError::SelfNotInPeers(1)
+        );
+        assert_eq!(
+            base("[peers]\nx = \"a:1\"").unwrap_err(),
+            ConfigError::BadPeerId("x".into())
+        );
+        assert!(matches!(
+            base("[raft]\nheartbeat_ms = 200").unwrap_err(),
+            ConfigError::Invalid(_)
+        ));
+        assert!(ConfigFile::parse("bogus = 1").is_err());
+        assert_eq!(parse_peer("3=h:1").unwrap(), ("3".into(), "h:1".into()));
+        assert!(parse_peer("h:1").is_err());
+    }
+}

@@ -1,0 +1,360 @@
+//! The client metadata service. Every request is validated into domain
+//! types first (paths into `GfsPath`), then either proposed through the log
+//! (mutations) or served from the applied state behind the read gate.
+
+use std::sync::Arc;
+
+use gfs_proto::wire::master::master_meta_server::MasterMeta;
+use gfs_proto::wire::master::{
+    ChunkInfo, CreateRequest, DeleteReply, DeleteRequest, Empty, FileInfo, ListReply, ListRequest,
+    LocateReply, LocateRequest, MkdirRequest, RenameRequest, ReportLengthRequest, Session,
+    StatRequest, UndeleteReply, UndeleteRequest, WriteChunkRequest,
+};
+use gfs_proto::wire::{ErrorKind, error};
+use gfs_proto::{ChunkHandle, ChunkVersion, GfsPath, NodeId};
+use tonic::{Request, Response, Status};
+
+use super::node::{Node, meta_status, now_ms};
+use crate::placement::place;
+use crate::state::{Command, FileMeta, Inode, MAX_LIST_PAGE, MAX_REPLICATION, Reply};
+
+#[derive(Debug, Clone)]
+pub struct MetaService {
+    pub node: Arc<Node>,
+}
+
+pub fn path(raw: &str) -> Result<GfsPath, Status> {
+    GfsPath::parse(raw).map_err(|e| error(ErrorKind::InvalidPath, format!("`{raw}`: {e}")))
+}
+
+fn session(s: Option<Session>) -> (u64, u64) {
+    s.map(|s| (s.client_id, s.seq)).unwrap_or((0, 0))
+}
+
+fn info(name: String, inode: &Inode) -> FileInfo {
+    match inode {
+        Inode::Dir { mtime_ms } => FileInfo {
+            name,
+            is_dir: true,
+            length: 0,
+            mtime_ms: *mtime_ms,
+            replication: 0,
+            chunks: 0,
+        },
+        Inode::File(f) => FileInfo {
+            name,
+            is_dir: false,
+            length: f.length,
+            mtime_ms: f.mtime_ms,
+            replication: u32::from(f.replication),
+            chunks: f.chunks.len() as u64,
+        },
+    }
+}
+
+fn unexpected(r: Reply) -> Status {
+    error(ErrorKind::Internal, format!("unexpected reply {r:?}"))
+}
+
+impl MetaService {
+    fn file(&self, p: &GfsPath) -> Result<FileMeta, Status> {
+        let a = self.node.state();
+        match a.state.stat(p).map_err(|e| meta_status(&e))? {
+            Inode::File(f) => Ok(f.clone()),
+            Inode::Dir { .. } => Err(error(
+                ErrorKind::IsADirectory,
+                format!("{p} is a directory"),
+            )),
+        }
+    }
+
+    fn chunk_info(&self, index: u64, handle: ChunkHandle) -> ChunkInfo {
+        let now = now_ms();
+        let timeout = self.node.cfg.chunkserver_timeout_ms;
+        let (version, lease) = {
+            let a = self.node.state();
+            (
+                a.state
+                    .chunk(handle)
+                    .map(|c| c.version)
+                    .unwrap_or(ChunkVersion(0)),
+                a.state.lease(handle),
+            )
+        };
+        let soft = self.node.soft();
+        let replicas = soft
+            .replicas(handle, version, now, timeout)
+            .into_iter()
+            .map(|s| gfs_proto::wire::master::Replica {
+                node_id: s.id.0,
+                addr: s.addr.clone(),
+            })
+            .collect();
+        let (primary, lease_expires_ms) = match lease {
+            Some(l) if l.expires_at_ms > now => (l.primary.0, l.expires_at_ms),
+            _ => (0, 0),
+        };
+        ChunkInfo {
+            index,
+            handle: handle.0,
+            version: version.0,
+            replicas,
+            primary,
+            lease_expires_ms,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl MasterMeta for MetaService {
+    async fn mkdir(&self, req: Request<MkdirRequest>) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        let p = path(&r.path)?;
+        let (c, s) = session(r.session);
+        let cmd = Command::Mkdir {
+            path: p,
+            parents: r.parents,
+        };
+        self.node.propose(c, s, cmd).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn create(&self, req: Request<CreateRequest>) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        let p = path(&r.path)?;
+        let replication = match r.replication {
+            0 => self.node.cfg.default_replication,
+            n if n <= u32::from(MAX_REPLICATION) => n as u8,
+            n => {
+                return Err(error(
+                    ErrorKind::InvalidArgument,
+                    format!("replication {n} exceeds {MAX_REPLICATION}"),
+                ));
+            }
+        };
+        let (c, s) = session(r.session);
+        let cmd = Command::Create {
+            path: p,
+            replication,
+        };
+        self.node.propose(c, s, cmd).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn stat(&self, req: Request<StatRequest>) -> Result<Response<FileInfo>, Status> {
+        let r = req.into_inner();
+        let p = path(&r.path)?;
+        self.node.read_gate(r.stale).await?;
+        let a = self.node.state();
+        let inode = a.state.stat(&p).map_err(|e| meta_status(&e))?;
+        Ok(Response::new(info(p.as_str().to_string(), inode)))
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
+        let r = req.into_inner();
+        let p = path(&r.path)?;
+        if r.after.contains('/') || r.after.contains('\0') {
+            return Err(error(ErrorKind::InvalidArgument, "`after` must be a name"));
+        }
+        let limit = if r.limit == 0 {
+            1000
+        } else {
+            (r.limit as usize).min(MAX_LIST_PAGE)
+        };
+        self.node.read_gate(r.stale).await?;
+        let a = self.node.state();
+        let after = (!r.after.is_empty()).then_some(r.after.as_str());
+        let page = a
+            .state
+            .list(&p, after, limit)
+            .map_err(|e| meta_status(&e))?;
+        Ok(Response::new(ListReply {
+            entries: page
+                .entries
+                .into_iter()
+                .map(|e| info(e.name, &e.inode))
+                .collect(),
+            next_after: page.next_after.unwrap_or_default(),
+        }))
+    }
+
+    async fn rename(&self, req: Request<RenameRequest>) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        let (from, to) = (path(&r.from)?, path(&r.to)?);
+        let (c, s) = session(r.session);
+        self.node
+            .propose(c, s, Command::Rename { from, to })
+            .await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteReply>, Status> {
+        let r = req.into_inner();
+        let p = path(&r.path)?;
+        let (c, s) = session(r.session);
+        let cmd = Command::Delete {
+            path: p,
+            recursive: r.recursive,
+        };
+        match self.node.propose(c, s, cmd).await? {
+            Reply::Deleted { id } => Ok(Response::new(DeleteReply { deleted_id: id })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn undelete(
+        &self,
+        req: Request<UndeleteRequest>,
+    ) -> Result<Response<UndeleteReply>, Status> {
+        let r = req.into_inner();
+        let (c, s) = session(r.session);
+        let cmd = Command::Undelete { id: r.deleted_id };
+        match self.node.propose(c, s, cmd).await? {
+            Reply::Undeleted { path } => Ok(Response::new(UndeleteReply {
+                path: path.as_str().to_string(),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn locate(&self, req: Request<LocateRequest>) -> Result<Response<LocateReply>, Status> {
+        let r = req.into_inner();
+        let p = path(&r.path)?;
+        self.node.read_gate(r.stale).await?;
+        let f = self.file(&p)?;
+        let count = (r.count.clamp(1, 1024)) as usize;
+        let first = usize::try_from(r.first_index).unwrap_or(usize::MAX);
+        let found = f
+            .chunks
+            .iter()
+            .enumerate()
+            .skip(first)
+            .take(count)
+            .map(|(i, h)| self.chunk_info(i as u64, *h))
+            .collect();
+        Ok(Response::new(LocateReply {
+            length: f.length,
+            chunks: f.chunks.len() as u64,
+            found,
+        }))
+    }
+
+    async fn write_chunk(
+        &self,
+        req: Request<WriteChunkRequest>,
+    ) -> Result<Response<ChunkInfo>, Status> {
+        let r = req.into_inner();
+        let p = path(&r.path)?;
+        let node = &self.node;
+        if !node.is_leader() {
+            return Err(node.not_leader(None));
+        }
+        node.read_gate(false).await?;
+        let f = self.file(&p)?;
+        let now = now_ms();
+        let timeout = node.cfg.chunkserver_timeout_ms;
+        // Place only a chunk that does not exist yet; the command is
+        // idempotent by index, so a racing or retried request gets the
+        // chunk that won.
+        let replicas = if r.index == f.chunks.len() as u64 {
+            let views = node.soft().views(now, timeout);
+            let chosen = place(&views, usize::from(f.replication), node.cfg.min_free_bytes);
+            if chosen.is_empty() {
+                return Err(error(
+                    ErrorKind::NoSpace,
+                    "no live chunkserver with free space to place a chunk on",
+                ));
+            }
+            chosen
+        } else {
+            Vec::new()
+        };
+        let (handle, version, placed) = match node
+            .propose(
+                0,
+                0,
+                Command::AddChunk {
+                    path: p.clone(),
+                    index: r.index,
+                    replicas,
+                },
+            )
+            .await?
+        {
+            Reply::Chunk {
+                handle,
+                version,
+                replicas,
+                ..
+            } => (handle, version, replicas),
+            other => return Err(unexpected(other)),
+        };
+        {
+            let mut soft = node.soft();
+            for n in &placed {
+                soft.expect(handle, *n, version);
+            }
+        }
+        let lease = node.state().state.lease(handle);
+        if let Some(l) = lease
+            && l.expires_at_ms > now
+        {
+            return Ok(Response::new(self.chunk_info(r.index, handle)));
+        }
+        // Grant to a live, up-to-date replica; the same primary as before
+        // if it is still one (the lease is then extended, not re-granted).
+        let candidates: Vec<NodeId> = node
+            .soft()
+            .replicas(handle, version, now, timeout)
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        let primary = lease
+            .map(|l| l.primary)
+            .filter(|p| candidates.contains(p))
+            .or_else(|| candidates.first().copied())
+            .ok_or_else(|| {
+                error(
+                    ErrorKind::Unavailable,
+                    format!("no live up-to-date replica of chunk {handle}"),
+                )
+            })?;
+        let granted = node
+            .propose(
+                0,
+                0,
+                Command::GrantLease {
+                    handle,
+                    primary,
+                    duration_ms: node.cfg.lease_ms,
+                    grace_ms: node.cfg.lease_grace_ms,
+                },
+            )
+            .await?;
+        if let Reply::Lease { lease, .. } = granted {
+            // The replicas that were current take the new version with the
+            // first mutation under this lease; until they report it, count
+            // them at the version the lease names.
+            let mut soft = node.soft();
+            for n in candidates {
+                soft.expect(handle, n, lease.version);
+            }
+        }
+        Ok(Response::new(self.chunk_info(r.index, handle)))
+    }
+
+    async fn report_length(
+        &self,
+        req: Request<ReportLengthRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        let p = path(&r.path)?;
+        let (c, s) = session(r.session);
+        let cmd = Command::SetLength {
+            path: p,
+            length: r.length,
+        };
+        self.node.propose(c, s, cmd).await?;
+        Ok(Response::new(Empty {}))
+    }
+}

@@ -1,0 +1,218 @@
+//! Raft between masters over tonic: openraft's requests and replies travel
+//! postcard-encoded inside `RaftMessage`. One lazily connected channel per
+//! peer, reused by every replication stream; each call is bounded by
+//! openraft's own deadline so a stopped peer (SIGSTOP) cannot hang a stream.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gfs_proto::wire::master::raft_client::RaftClient;
+use gfs_proto::wire::master::raft_server::Raft as RaftRpc;
+use gfs_proto::wire::master::{Empty, RaftMessage};
+use gfs_proto::wire::{ErrorKind, MAX_MESSAGE_BYTES, error};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::store::TypeConfig;
+
+type NodeId = u64;
+
+/// Makes a channel to `addr`, connecting on first use, from `local` when
+/// set (so that firewall rules can tell masters apart on loopback).
+pub fn channel(addr: &str, local: Option<IpAddr>) -> Result<Channel, String> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad address {addr}: {e}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .local_address(local);
+    Ok(ep.connect_lazy())
+}
+
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// This master's own IP, the source of its outgoing connections.
+    pub local: Option<IpAddr>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            target,
+            client: channel(&node.addr, self.local).map(|c| {
+                RaftClient::new(c)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES * 8)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES * 8)
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct PeerClient {
+    target: NodeId,
+    client: Result<RaftClient<Channel>, String>,
+}
+
+fn encode<T: Serialize>(v: &T) -> RaftMessage {
+    RaftMessage {
+        payload: Bytes::from(postcard::to_stdvec(v).expect("raft messages serialize")),
+    }
+}
+
+fn decode<T: DeserializeOwned>(m: &RaftMessage) -> Result<T, postcard::Error> {
+    postcard::from_bytes(&m.payload)
+}
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        kind: &'static str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            RPCError::Unreachable(Unreachable::new(&NetErr(e.to_string())))
+        };
+        let client = self.client.as_mut().map_err(|e| unreachable(e))?;
+        let mut request = Request::new(encode(req));
+        request.set_timeout(option.hard_ttl());
+        let reply = match kind {
+            "append" => client.append_entries(request).await,
+            "vote" => client.vote(request).await,
+            _ => client.install_snapshot(request).await,
+        }
+        .map_err(|s| {
+            if s.code() == tonic::Code::Unavailable {
+                unreachable(&s)
+            } else {
+                RPCError::Network(NetworkError::new(&NetErr(format!(
+                    "{kind} to {}: {s}",
+                    self.target
+                ))))
+            }
+        })?;
+        let r: Result<Resp, RaftError<NodeId, E>> = decode(reply.get_ref()).map_err(|e| {
+            RPCError::Network(NetworkError::new(&NetErr(format!(
+                "undecodable {kind} reply from {}: {e}",
+                self.target
+            ))))
+        })?;
+        r.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
+    }
+}
+
+#[derive(Debug)]
+struct NetErr(String);
+
+impl std::fmt::Display for NetErr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NetErr {}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("append", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call("snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("vote", &rpc, &option).await
+    }
+}
+
+/// The receiving side: decodes, hands to the local Raft, encodes the result
+/// (errors included) for the sender.
+#[derive(Clone)]
+pub struct RaftService {
+    pub raft: Raft<TypeConfig>,
+}
+
+impl std::fmt::Debug for RaftService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftService").finish_non_exhaustive()
+    }
+}
+
+fn undecodable(what: &str, e: postcard::Error) -> Status {
+    error(
+        ErrorKind::InvalidArgument,
+        format!("undecodable {what}: {e}"),
+    )
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> =
+            decode(req.get_ref()).map_err(|e| undecodable("append-entries", e))?;
+        Ok(Response::new(encode(&self.raft.append_entries(rpc).await)))
+    }
+
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<NodeId> = decode(req.get_ref()).map_err(|e| undecodable("vote", e))?;
+        Ok(Response::new(encode(&self.raft.vote(rpc).await)))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> =
+            decode(req.get_ref()).map_err(|e| undecodable("install-snapshot", e))?;
+        Ok(Response::new(encode(
+            &self.raft.install_snapshot(rpc).await,
+        )))
+    }
+
+    async fn elect(&self, _req: Request<Empty>) -> Result<Response<Empty>, Status> {
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| error(ErrorKind::Internal, e.to_string()))?;
+        Ok(Response::new(Empty {}))
+    }
+}

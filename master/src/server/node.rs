@@ -1,0 +1,156 @@
+//! One running master: its Raft handle, the applied state it serves reads
+//! from, the soft chunkserver view, and the two gates every service uses:
+//! [`Node::propose`] (a mutation through the log, stamped with the leader's
+//! clock) and [`Node::read_gate`] (ReadIndex, or nothing for stale reads).
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gfs_proto::wire::{ErrorDetail, ErrorKind, error, status};
+use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{BasicNode, Raft};
+use tonic::Status;
+
+use super::config::MasterConfig;
+use super::soft::Soft;
+use crate::state::{Command, MetaError, Reply, Request};
+use crate::store::{Applied, TypeConfig};
+
+pub struct Node {
+    pub cfg: MasterConfig,
+    pub raft: Raft<TypeConfig>,
+    pub applied: Arc<RwLock<Applied>>,
+    pub soft: Mutex<Soft>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.cfg.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Wall-clock milliseconds: what the leader stamps into commands (lease
+/// expiry is compared against the next leader's clock, so masters need
+/// synchronised clocks; the lease grace period covers their skew).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The wire form of a state-machine error.
+pub fn meta_status(e: &MetaError) -> Status {
+    let kind = match e {
+        MetaError::NotFound(_) | MetaError::NoSuchDeleted(_) | MetaError::NoSuchChunk(_) => {
+            ErrorKind::NotFound
+        }
+        MetaError::AlreadyExists(_) => ErrorKind::AlreadyExists,
+        MetaError::NotADirectory(_) => ErrorKind::NotADirectory,
+        MetaError::IsADirectory(_) => ErrorKind::IsADirectory,
+        MetaError::DirectoryNotEmpty(_) => ErrorKind::DirectoryNotEmpty,
+        MetaError::RenameIntoItself { .. } | MetaError::Root(_) => ErrorKind::Conflict,
+        MetaError::LeaseHeld { .. } => ErrorKind::LeaseHeld,
+        MetaError::ChunkIndexGap { .. }
+        | MetaError::LengthBeyondChunks { .. }
+        | MetaError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+    };
+    error(kind, e.to_string())
+}
+
+impl Node {
+    /// `NotLeader`, with the leader's id and address when one is known.
+    pub fn not_leader(&self, fwd: Option<ForwardToLeader<u64, BasicNode>>) -> Status {
+        let (leader_id, leader_addr) = match fwd {
+            Some(ForwardToLeader {
+                leader_id: Some(id),
+                leader_node,
+            }) => (id, leader_node.map(|n| n.addr).unwrap_or_default()),
+            _ => self.leader_hint(),
+        };
+        status(ErrorDetail {
+            kind: ErrorKind::NotLeader as i32,
+            message: if leader_id == 0 {
+                format!(
+                    "master {} is not the leader; no leader is known",
+                    self.cfg.id
+                )
+            } else {
+                format!(
+                    "master {} is not the leader; try {leader_addr}",
+                    self.cfg.id
+                )
+            },
+            leader_id,
+            leader_addr,
+        })
+    }
+
+    /// The leader this master believes in, as (id, address); (0, "") if none.
+    pub fn leader_hint(&self) -> (u64, String) {
+        let m = self.raft.metrics().borrow().clone();
+        match m.current_leader {
+            Some(id) => {
+                let addr = m
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.addr.clone())
+                    .unwrap_or_default();
+                (id, addr)
+            }
+            None => (0, String::new()),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.cfg.id)
+    }
+
+    /// Proposes `cmd` and waits for it to be applied here.
+    pub async fn propose(&self, client: u64, seq: u64, cmd: Command) -> Result<Reply, Status> {
+        let req = Request {
+            client,
+            seq,
+            now_ms: now_ms(),
+            cmd,
+        };
+        match self.raft.client_write(req).await {
+            Ok(r) => r.data.map_err(|e| meta_status(&e)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(self.not_leader(Some(f)))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(error(ErrorKind::InvalidArgument, e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(error(ErrorKind::Unavailable, e.to_string())),
+        }
+    }
+
+    /// Waits until this master may serve a linearizable read (it is the
+    /// leader, confirmed by a quorum, and has applied everything committed
+    /// before the read arrived). Stale reads pass at once.
+    pub async fn read_gate(&self, stale: bool) -> Result<(), Status> {
+        if stale {
+            return Ok(());
+        }
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(self.not_leader(Some(f)))
+            }
+            Err(RaftError::APIError(e)) => Err(error(ErrorKind::Unavailable, e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(error(ErrorKind::Unavailable, e.to_string())),
+        }
+    }
+
+    pub fn soft(&self) -> std::sync::MutexGuard<'_, Soft> {
+        self.soft.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn state(&self) -> std::sync::RwLockReadGuard<'_, Applied> {
+        self.applied.read().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,211 @@
+//! Soft state every master learns from chunkserver heartbeats: which
+//! chunkservers are alive, their disks and racks, and where each chunk's
+//! replicas are. Never persisted; rebuilt after a restart from the next
+//! full reports. Pure: the caller passes the time.
+
+use std::collections::{HashMap, HashSet};
+
+use gfs_proto::{ChunkHandle, ChunkVersion, NodeId};
+
+use crate::placement::ServerView;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunkserver {
+    pub id: NodeId,
+    pub addr: String,
+    pub rack: String,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub draining: bool,
+    pub last_seen_ms: u64,
+    /// Whether a full chunk report arrived since this master started.
+    pub reported: bool,
+}
+
+/// One heartbeat, already validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Beat {
+    pub id: NodeId,
+    pub addr: String,
+    pub rack: String,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub draining: bool,
+    /// `Some` for a full report.
+    pub chunks: Option<Vec<(ChunkHandle, ChunkVersion)>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Soft {
+    servers: HashMap<NodeId, Chunkserver>,
+    /// handle -> (server, version it reported)
+    locations: HashMap<ChunkHandle, Vec<(NodeId, ChunkVersion)>>,
+    held: HashMap<NodeId, HashSet<ChunkHandle>>,
+}
+
+impl Soft {
+    /// Records a heartbeat; returns whether the server still owes a full
+    /// report.
+    pub fn beat(&mut self, b: Beat, now_ms: u64) -> bool {
+        let s = self.servers.entry(b.id).or_insert_with(|| Chunkserver {
+            id: b.id,
+            addr: String::new(),
+            rack: String::new(),
+            capacity_bytes: 0,
+            used_bytes: 0,
+            draining: false,
+            last_seen_ms: 0,
+            reported: false,
+        });
+        s.addr = b.addr;
+        s.rack = b.rack;
+        s.capacity_bytes = b.capacity_bytes;
+        s.used_bytes = b.used_bytes;
+        s.draining = b.draining;
+        s.last_seen_ms = now_ms;
+        if let Some(chunks) = b.chunks {
+            s.reported = true;
+            self.replace_report(b.id, chunks);
+        }
+        !self.servers[&b.id].reported
+    }
+
+    fn replace_report(&mut self, id: NodeId, chunks: Vec<(ChunkHandle, ChunkVersion)>) {
+        if let Some(old) = self.held.remove(&id) {
+            for h in old {
+                if let Some(v) = self.locations.get_mut(&h) {
+                    v.retain(|(n, _)| *n != id);
+                    if v.is_empty() {
+                        self.locations.remove(&h);
+                    }
+                }
+            }
+        }
+        let mut held = HashSet::with_capacity(chunks.len());
+        for (h, ver) in chunks {
+            if held.insert(h) {
+                self.locations.entry(h).or_default().push((id, ver));
+            }
+        }
+        self.held.insert(id, held);
+    }
+
+    /// Notes a replica the leader just placed, before its server reports it.
+    pub fn expect(&mut self, handle: ChunkHandle, id: NodeId, version: ChunkVersion) {
+        let locs = self.locations.entry(handle).or_default();
+        match locs.iter_mut().find(|(n, _)| *n == id) {
+            Some((_, v)) => *v = (*v).max(version),
+            None => {
+                locs.push((id, version));
+                self.held.entry(id).or_default().insert(handle);
+            }
+        }
+    }
+
+    pub fn is_live(&self, id: NodeId, now_ms: u64, timeout_ms: u64) -> bool {
+        self.servers
+            .get(&id)
+            .is_some_and(|s| s.last_seen_ms + timeout_ms >= now_ms)
+    }
+
+    pub fn server(&self, id: NodeId) -> Option<&Chunkserver> {
+        self.servers.get(&id)
+    }
+
+    /// Live servers holding `handle` at `version` or newer.
+    pub fn replicas(
+        &self,
+        handle: ChunkHandle,
+        version: ChunkVersion,
+        now_ms: u64,
+        timeout_ms: u64,
+    ) -> Vec<&Chunkserver> {
+        self.locations
+            .get(&handle)
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| *v >= version)
+            .filter(|(n, _)| self.is_live(*n, now_ms, timeout_ms))
+            .filter_map(|(n, _)| self.servers.get(n))
+            .collect()
+    }
+
+    /// The placement view of every known server.
+    pub fn views(&self, now_ms: u64, timeout_ms: u64) -> Vec<ServerView> {
+        let mut v: Vec<ServerView> = self
+            .servers
+            .values()
+            .map(|s| ServerView {
+                id: s.id,
+                rack: s.rack.clone(),
+                used_bytes: s.used_bytes,
+                capacity_bytes: s.capacity_bytes,
+                live: s.last_seen_ms + timeout_ms >= now_ms,
+                draining: s.draining,
+            })
+            .collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    pub fn live_count(&self, now_ms: u64, timeout_ms: u64) -> usize {
+        self.servers
+            .values()
+            .filter(|s| s.last_seen_ms + timeout_ms >= now_ms)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(id: u64, chunks: Option<Vec<(u64, u64)>>) -> Beat {
+        Beat {
+            id: NodeId(id),
+            addr: format!("127.0.0.1:{}", 9000 + id),
+            rack: format!("r{}", id % 2),
+            capacity_bytes: 100,
+            used_bytes: id,
+            draining: false,
+            chunks: chunks.map(|c| {
+                c.into_iter()
+                    .map(|(h, v)| (ChunkHandle(h), ChunkVersion(v)))
+                    .collect()
+            }),
+        }
+    }
+
+    #[test]
+    fn full_reports_replace_locations_and_versions_filter_stale() {
+        let mut s = Soft::default();
+        assert!(s.beat(beat(1, None), 0), "owes a full report");
+        assert!(!s.beat(beat(1, Some(vec![(7, 2), (8, 1)])), 10));
+        assert!(!s.beat(beat(2, Some(vec![(7, 1)])), 10));
+        let ids = |v: Vec<&Chunkserver>| v.iter().map(|c| c.id.0).collect::<Vec<_>>();
+        assert_eq!(ids(s.replicas(ChunkHandle(7), ChunkVersion(2), 10, 5)), [1]);
+        assert_eq!(
+            ids(s.replicas(ChunkHandle(7), ChunkVersion(1), 10, 5)),
+            [1, 2]
+        );
+        // A new full report drops what the server no longer holds.
+        s.beat(beat(1, Some(vec![(8, 1)])), 11);
+        assert_eq!(ids(s.replicas(ChunkHandle(7), ChunkVersion(1), 11, 5)), [2]);
+        // Silence past the timeout makes a server dead.
+        assert!(ids(s.replicas(ChunkHandle(7), ChunkVersion(1), 16, 5)).is_empty());
+        assert_eq!(s.live_count(16, 5), 1);
+        let v = s.views(16, 5);
+        assert_eq!((v[0].id.0, v[0].live, v[1].live), (1, true, false));
+    }
+
+    #[test]
+    fn expected_replicas_count_until_reported_otherwise() {
+        let mut s = Soft::default();
+        s.beat(beat(3, Some(vec![])), 0);
+        s.expect(ChunkHandle(9), NodeId(3), ChunkVersion(1));
+        s.expect(ChunkHandle(9), NodeId(3), ChunkVersion(2));
+        assert_eq!(s.replicas(ChunkHandle(9), ChunkVersion(2), 0, 5).len(), 1);
+        s.beat(beat(3, Some(vec![])), 1);
+        assert!(s.replicas(ChunkHandle(9), ChunkVersion(1), 1, 5).is_empty());
+    }
+}

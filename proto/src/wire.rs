@@ -1,0 +1,111 @@
+//! Generated protobuf and tonic code of the master's services, and the
+//! mapping between wire errors and what the caller should do next.
+
+use bytes::Bytes;
+use prost::Message;
+use tonic::{Code, Status};
+
+/// `gfs.master.v1`: messages, clients (`*_client`) and servers (`*_server`).
+pub mod master {
+    #![allow(missing_debug_implementations, clippy::all)]
+    tonic::include_proto!("gfs.master.v1");
+}
+
+pub use master::{ErrorDetail, ErrorKind};
+
+/// Largest message any gfs service decodes (S2): metadata is small, and
+/// data moves in frames well below this.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+impl ErrorKind {
+    fn code(self) -> Code {
+        match self {
+            ErrorKind::NotLeader | ErrorKind::Unavailable => Code::Unavailable,
+            ErrorKind::NotFound => Code::NotFound,
+            ErrorKind::AlreadyExists => Code::AlreadyExists,
+            ErrorKind::InvalidPath | ErrorKind::InvalidArgument => Code::InvalidArgument,
+            ErrorKind::NotADirectory
+            | ErrorKind::IsADirectory
+            | ErrorKind::DirectoryNotEmpty
+            | ErrorKind::Conflict
+            | ErrorKind::LeaseHeld => Code::FailedPrecondition,
+            ErrorKind::NoSpace => Code::ResourceExhausted,
+            ErrorKind::Internal | ErrorKind::Unspecified => Code::Internal,
+        }
+    }
+}
+
+/// A status carrying `detail`, with a gRPC code that matches its kind.
+pub fn status(detail: ErrorDetail) -> Status {
+    let code = detail.kind().code();
+    let msg = detail.message.clone();
+    Status::with_details(code, msg, Bytes::from(detail.encode_to_vec()))
+}
+
+/// Shorthand for an error without a leader hint.
+pub fn error(kind: ErrorKind, message: impl Into<String>) -> Status {
+    status(ErrorDetail {
+        kind: kind as i32,
+        message: message.into(),
+        leader_id: 0,
+        leader_addr: String::new(),
+    })
+}
+
+/// What a status says, whether a gfs server sent it or the transport made it
+/// up (a refused connection, a deadline): the latter become `Unavailable`
+/// (or `InvalidArgument` for a request the peer could not decode).
+pub fn detail_of(s: &Status) -> ErrorDetail {
+    if let Ok(d) = ErrorDetail::decode(s.details())
+        && d.kind() != ErrorKind::Unspecified
+    {
+        return d;
+    }
+    let kind = match s.code() {
+        Code::InvalidArgument => ErrorKind::InvalidArgument,
+        Code::NotFound => ErrorKind::NotFound,
+        Code::AlreadyExists => ErrorKind::AlreadyExists,
+        Code::ResourceExhausted => ErrorKind::NoSpace,
+        Code::Internal | Code::Unimplemented | Code::DataLoss => ErrorKind::Internal,
+        _ => ErrorKind::Unavailable,
+    };
+    ErrorDetail {
+        kind: kind as i32,
+        message: s.message().to_string(),
+        leader_id: 0,
+        leader_addr: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_round_trip_with_matching_codes() {
+        let s = status(ErrorDetail {
+            kind: ErrorKind::NotLeader as i32,
+            message: "not the leader".into(),
+            leader_id: 2,
+            leader_addr: "127.0.0.2:7000".into(),
+        });
+        assert_eq!(s.code(), Code::Unavailable);
+        let d = detail_of(&s);
+        assert_eq!(d.kind(), ErrorKind::NotLeader);
+        assert_eq!((d.leader_id, d.leader_addr.as_str()), (2, "127.0.0.2:7000"));
+        assert_eq!(
+            detail_of(&error(ErrorKind::NotFound, "/a")).kind(),
+            ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn transport_statuses_map_to_retryable_or_invalid() {
+        let d = detail_of(&Status::unavailable("connection refused"));
+        assert_eq!(d.kind(), ErrorKind::Unavailable);
+        let d = detail_of(&Status::deadline_exceeded("slow"));
+        assert_eq!(d.kind(), ErrorKind::Unavailable);
+        let d = detail_of(&Status::invalid_argument("bad protobuf"));
+        assert_eq!(d.kind(), ErrorKind::InvalidArgument);
+    }
+}
