@@ -2,6 +2,8 @@
 //! limit measured in the same run.
 
 mod engine;
+mod failover;
+mod meta;
 mod meta_memory;
 mod raw;
 
@@ -28,6 +30,10 @@ struct Cli {
 enum Command {
     /// The storage engine against the raw device (O_DIRECT io_uring, like fio) on one directory.
     Engine(engine::EngineArgs),
+    /// Creates, stats and lists per second against a 3-master cluster it starts.
+    Meta(meta::MetaArgs),
+    /// kill -9 the leader K times under a create load: time to the next mutation.
+    Failover(failover::FailoverArgs),
     /// Bytes of master memory per file and per chunk for N files in a realistic tree.
     MetaMemory(meta_memory::MetaMemoryArgs),
     /// Raw device only, with and without io_uring registered buffers, with
@@ -79,6 +85,20 @@ fn main() -> Result<()> {
                         mb_s(size, r)
                     );
                 }
+            }
+        }
+        Command::Meta(args) => {
+            let report = rt.block_on(meta::run(&args))?;
+            meta::print_table(&report);
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+        }
+        Command::Failover(args) => {
+            let report = rt.block_on(failover::run(&args))?;
+            failover::print_table(&report);
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
             }
         }
         Command::Engine(args) => {

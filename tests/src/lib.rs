@@ -1,8 +1,47 @@
-//! Cluster-level tests of gfs-rs: the harness that starts real master and
-//! chunkserver processes on loopback, each in its own temporary directory,
-//! and the integration, fault and bad-input suites that run against it.
+//! Cluster-level tests of gfs-rs: the harness that starts real processes
+//! on loopback, each in its own temporary directory, and the suites that
+//! run against it (`tests/tests/`).
 //!
-//! There is no cluster to start yet (the master and chunkserver arrive with
-//! their issues), so this crate holds no tests. The storage engine's own
-//! suites (conformance of every backend, injected faults, the SIGKILL crash
-//! test) live beside the engine in `storage-engine/tests/`.
+//! - [`masters`]: a cluster of `gfs-master` processes, each on its own
+//!   127.x.y.z address and a port picked free; kill -9, SIGSTOP/SIGCONT,
+//!   restart and wipe one, wait for a leader; every child is ended when the
+//!   harness is dropped (also on a failing test) and dies with the test
+//!   process (`PR_SET_PDEATHSIG`).
+//! - [`history`]: a workload of create / rename / stat / delete whose every
+//!   result is predicted exactly, so a lost acknowledged mutation, a stale
+//!   read or a duplicated execution fails the test.
+//!
+//! The storage engine's own suites live beside the engine in
+//! `storage-engine/tests/`.
+
+pub mod history;
+pub mod masters;
+
+/// A binary of this workspace, built next to the test executable by
+/// `cargo test --workspace --all-targets` (or named by `GFS_BIN_DIR`).
+pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = match std::env::var_os("GFS_BIN_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe()?;
+            // A binary sits in target/<profile>/, a test in
+            // target/<profile>/deps/.
+            let here = exe
+                .parent()
+                .ok_or_else(|| anyhow::anyhow!("no directory above {}", exe.display()))?;
+            if here.join(name).exists() {
+                here.to_path_buf()
+            } else {
+                here.parent().unwrap_or(here).to_path_buf()
+            }
+        }
+    };
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: run the suite with `cargo test --workspace --all-targets` \
+         (which builds every binary) or set GFS_BIN_DIR",
+        path.display()
+    );
+    Ok(path)
+}

@@ -1,0 +1,141 @@
+//! `gfs-bench meta`: creates, stats and lists per second with C concurrent
+//! clients against a 3-master cluster this command starts itself.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use gfs_client::{MasterClient, MasterOptions};
+use gfs_tests::masters::{MasterCluster, Timings};
+use serde::Serialize;
+
+#[derive(clap::Args, Debug)]
+pub struct MetaArgs {
+    /// Client counts to measure, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    pub clients: Vec<usize>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Entries in the directory each list call reads (one page).
+    #[arg(long, default_value_t = 100)]
+    pub list_entries: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MetaReport {
+    pub clients: Vec<usize>,
+    pub creates_per_s: Vec<f64>,
+    pub stats_per_s: Vec<f64>,
+    pub lists_per_s: Vec<f64>,
+    pub list_entries: u32,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Create,
+    Stat,
+    List,
+}
+
+/// Runs `op` from `n` clients for `secs`; returns operations per second.
+async fn phase(
+    masters: &[String],
+    n: usize,
+    secs: f64,
+    op: Op,
+    round: usize,
+    page: u32,
+) -> Result<f64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..n {
+        let client = MasterClient::new(masters, MasterOptions::default())?;
+        let dir = format!("/bench/r{round}/c{c}");
+        client.mkdir(&dir, true).await?;
+        let (stop, done) = (stop.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let r = match op {
+                    Op::Create => client.create(&format!("{dir}/part-{i:06}"), 0).await,
+                    Op::Stat => client
+                        .stat(&format!("/bench/list/f{}", i % u64::from(page)), false)
+                        .await
+                        .map(|_| ()),
+                    Op::List => client
+                        .list_page("/bench/list", "", page, false)
+                        .await
+                        .map(|_| ()),
+                };
+                r?;
+                i += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let count = done.load(Ordering::Relaxed);
+    let took = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await??;
+    }
+    Ok(count as f64 / took.as_secs_f64())
+}
+
+pub async fn run(args: &MetaArgs) -> Result<MetaReport> {
+    let cluster = MasterCluster::start(3, Timings::default())?;
+    cluster.leader(Duration::from_secs(20)).await?;
+    let masters = cluster.addrs();
+    let setup = MasterClient::new(&masters, MasterOptions::default())?;
+    setup.mkdir("/bench/list", true).await?;
+    for i in 0..args.list_entries {
+        setup.create(&format!("/bench/list/f{i}"), 0).await?;
+    }
+    let mut report = MetaReport {
+        clients: args.clients.clone(),
+        creates_per_s: Vec::new(),
+        stats_per_s: Vec::new(),
+        lists_per_s: Vec::new(),
+        list_entries: args.list_entries,
+        seconds: args.seconds,
+    };
+    for (round, &n) in args.clients.iter().enumerate() {
+        let p = args.list_entries;
+        report
+            .creates_per_s
+            .push(phase(&masters, n, args.seconds, Op::Create, round, p).await?);
+        report
+            .stats_per_s
+            .push(phase(&masters, n, args.seconds, Op::Stat, round, p).await?);
+        report
+            .lists_per_s
+            .push(phase(&masters, n, args.seconds, Op::List, round, p).await?);
+    }
+    Ok(report)
+}
+
+pub fn print_table(r: &MetaReport) {
+    println!(
+        "3 masters on loopback, linearizable reads; list = one page of {} entries; {} s per figure",
+        r.list_entries, r.seconds
+    );
+    println!(
+        "{:>8} {:>12} {:>12} {:>12}",
+        "clients", "creates/s", "stats/s", "lists/s"
+    );
+    for (i, c) in r.clients.iter().enumerate() {
+        println!(
+            "{c:>8} {:>12.0} {:>12.0} {:>12.0}",
+            r.creates_per_s[i], r.stats_per_s[i], r.lists_per_s[i]
+        );
+    }
+}

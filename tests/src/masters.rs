@@ -1,0 +1,341 @@
+//! A cluster of real `gfs-master` processes on loopback.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use gfs_client::{MasterClient, MasterOptions};
+
+static CLUSTERS: AtomicU32 = AtomicU32::new(0);
+
+/// Raft timings of the harness: the binary's defaults unless a test asks.
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    pub heartbeat_ms: Option<u64>,
+    pub election_min_ms: Option<u64>,
+    pub election_max_ms: Option<u64>,
+    pub snapshot_every: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct MasterProc {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    stopped: bool,
+}
+
+#[derive(Debug)]
+pub struct MasterCluster {
+    pub masters: Vec<MasterProc>,
+    bin: PathBuf,
+    timings: Timings,
+    _dir: tempfile::TempDir,
+}
+
+/// A loopback address of its own for each cluster of this process, so that
+/// concurrent tests (and firewall rules) can tell clusters apart.
+fn cluster_ip(n: u32) -> [u8; 3] {
+    let pid = std::process::id();
+    [
+        ((pid >> 8) % 200 + 20) as u8,
+        (pid % 250) as u8,
+        (n % 25 * 10) as u8,
+    ]
+}
+
+fn free_port(ip: Ipv4Addr) -> anyhow::Result<u16> {
+    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+impl MasterCluster {
+    /// Starts `n` masters listing each other as peers.
+    pub fn start(n: usize, timings: Timings) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let [a, b, c] = cluster_ip(CLUSTERS.fetch_add(1, Ordering::Relaxed));
+        let mut masters = Vec::new();
+        for i in 0..n {
+            let ip = Ipv4Addr::new(127, a, b, c + 1 + i as u8);
+            let port = free_port(ip)?;
+            masters.push(MasterProc {
+                id: i as u64 + 1,
+                addr: format!("{ip}:{port}"),
+                data_dir: dir.path().join(format!("m{}", i + 1)),
+                log: dir.path().join(format!("m{}.log", i + 1)),
+                child: None,
+                stopped: false,
+            });
+        }
+        let mut c = Self {
+            masters,
+            bin: crate::binary("gfs-master")?,
+            timings,
+            _dir: dir,
+        };
+        for i in 0..n {
+            c.spawn(i)?;
+        }
+        Ok(c)
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.masters.iter().map(|m| m.addr.clone()).collect()
+    }
+
+    /// A client of every master.
+    pub fn client(&self) -> MasterClient {
+        MasterClient::new(&self.addrs(), MasterOptions::default()).expect("valid addresses")
+    }
+
+    /// A client of master `i` alone, failing fast (for per-master reads).
+    pub fn client_of(&self, i: usize) -> MasterClient {
+        let opts = MasterOptions {
+            deadline: Duration::from_millis(500),
+            attempt_timeout: Duration::from_millis(500),
+            ..MasterOptions::default()
+        };
+        MasterClient::new(&[self.masters[i].addr.clone()], opts).expect("valid address")
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let peers: Vec<String> = self
+            .masters
+            .iter()
+            .map(|m| format!("{}={}", m.id, m.addr))
+            .collect();
+        let m = &mut self.masters[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--id")
+            .arg(m.id.to_string())
+            .arg("--listen")
+            .arg(&m.addr)
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for p in &peers {
+            cmd.arg("--peer").arg(p);
+        }
+        let t = &self.timings;
+        for (flag, v) in [
+            ("--heartbeat-ms", t.heartbeat_ms),
+            ("--election-min-ms", t.election_min_ms),
+            ("--election-max-ms", t.election_max_ms),
+            ("--snapshot-every", t.snapshot_every),
+        ] {
+            if let Some(v) = v {
+                cmd.arg(flag).arg(v.to_string());
+            }
+        }
+        // SAFETY: prctl is async-signal-safe and touches no memory of the
+        // parent; it only asks the kernel to SIGKILL the child when the test
+        // process dies, so no master outlives a crashed test.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        m.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("spawning {}", self.bin.display()))?,
+        );
+        m.stopped = false;
+        Ok(())
+    }
+
+    fn signal(&mut self, i: usize, sig: i32) -> anyhow::Result<()> {
+        let child = self.masters[i]
+            .child
+            .as_ref()
+            .context("master is not running")?;
+        let pid = i32::try_from(child.id())?;
+        // SAFETY: plain syscall on the pid of a child we spawned and have
+        // not reaped.
+        if unsafe { libc::kill(pid, sig) } != 0 {
+            bail!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// `kill -9` master `i` and reap it.
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut c) = self.masters[i].child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        self.masters[i].stopped = false;
+        Ok(())
+    }
+
+    /// SIGTERM master `i` and wait for it to exit.
+    pub fn terminate(&mut self, i: usize) -> anyhow::Result<std::process::ExitStatus> {
+        self.signal(i, libc::SIGTERM)?;
+        let mut c = self.masters[i].child.take().context("not running")?;
+        Ok(c.wait()?)
+    }
+
+    pub fn stop(&mut self, i: usize) -> anyhow::Result<()> {
+        self.signal(i, libc::SIGSTOP)?;
+        self.masters[i].stopped = true;
+        Ok(())
+    }
+
+    pub fn cont(&mut self, i: usize) -> anyhow::Result<()> {
+        self.signal(i, libc::SIGCONT)?;
+        self.masters[i].stopped = false;
+        Ok(())
+    }
+
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i)?;
+        self.spawn(i)
+    }
+
+    /// Kills master `i`, deletes its data directory and starts it again.
+    pub fn wipe(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i)?;
+        std::fs::remove_dir_all(&self.masters[i].data_dir)?;
+        self.spawn(i)
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.masters[i].child.is_some()
+    }
+
+    /// The index of the master every running, unstopped master agrees
+    /// leads, waiting up to `within`.
+    pub async fn leader(&self, within: Duration) -> anyhow::Result<usize> {
+        let start = Instant::now();
+        loop {
+            let mut seen = Vec::new();
+            for i in 0..self.masters.len() {
+                if !self.is_running(i) || self.masters[i].stopped {
+                    continue;
+                }
+                if let Ok(s) = self.client_of(i).status_of(0).await {
+                    seen.push((i, s));
+                }
+            }
+            let leaders: Vec<usize> = seen
+                .iter()
+                .filter(|(_, s)| s.state == "leader")
+                .map(|(i, _)| *i)
+                .collect();
+            if let [l] = leaders[..] {
+                let id = self.masters[l].id;
+                if seen.iter().all(|(_, s)| s.leader_id == id) {
+                    return Ok(l);
+                }
+            }
+            if start.elapsed() > within {
+                bail!("no agreed leader within {within:?}: {seen:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The tail of master `i`'s log, for failure messages.
+    pub fn log_tail(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(&self.masters[i].log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for MasterCluster {
+    fn drop(&mut self) {
+        for m in &mut self.masters {
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// An nftables table dropping traffic between one master and the others,
+/// in both directions; removed on drop. Clients (other source addresses)
+/// still reach every master.
+#[derive(Debug)]
+pub struct Partition {
+    table: String,
+}
+
+static PARTITIONS: AtomicU32 = AtomicU32::new(0);
+
+impl Partition {
+    /// Whether this machine can run partition tests (root and `nft`).
+    pub fn available() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        root && Command::new("nft")
+            .arg("list")
+            .arg("tables")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Cuts master `i` off from the other masters of `c`.
+    pub fn isolate(c: &MasterCluster, i: usize) -> anyhow::Result<Self> {
+        let ip = |m: &MasterProc| m.addr.split(':').next().unwrap_or_default().to_string();
+        let lone = ip(&c.masters[i]);
+        let others: Vec<String> = c
+            .masters
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, m)| ip(m))
+            .collect();
+        let set = others.join(", ");
+        let table = format!(
+            "gfs_test_{}_{}",
+            std::process::id(),
+            PARTITIONS.fetch_add(1, Ordering::Relaxed)
+        );
+        let script = format!(
+            "table ip {table} {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n  \
+             ip saddr {lone} ip daddr {{ {set} }} drop\n  ip saddr {{ {set} }} ip daddr {lone} drop\n }}\n}}\n"
+        );
+        nft(&script)?;
+        Ok(Self { table })
+    }
+}
+
+fn nft(script: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .arg("-f")
+        .arg("-")
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("running nft")?;
+    child
+        .stdin
+        .take()
+        .context("nft stdin")?
+        .write_all(script.as_bytes())?;
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "nft -f failed ({status}) on:\n{script}");
+    Ok(())
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = nft(&format!("delete table ip {}\n", self.table));
+    }
+}

@@ -1,0 +1,315 @@
+//! Bad input against the master services (RELIABILITY.md S1, S3, S5) and
+//! leases across a failover. Every bad request gets a clear error, touches
+//! no state, and the process stays up.
+
+#![allow(clippy::unwrap_used)] // a test states its expectations by unwrapping
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes};
+use gfs_client::MasterClient;
+use gfs_proto::wire::master::master_chunkserver_client::MasterChunkserverClient;
+use gfs_proto::wire::master::{ChunkReport, HeartbeatRequest};
+use gfs_proto::wire::{ErrorKind, detail_of};
+use gfs_tests::masters::{MasterCluster, Timings};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Channel;
+
+/// Sends bytes as they are, to reach the server's decoder with anything.
+#[derive(Debug, Default, Clone)]
+struct RawCodec;
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+async fn raw_call(ch: Channel, method: &str, body: Vec<u8>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(ch).max_encoding_message_size(64 << 20);
+    grpc.ready().await.expect("channel ready");
+    let path = method.parse().expect("method path");
+    match grpc
+        .unary(tonic::Request::new(Bytes::from(body)), path, RawCodec)
+        .await
+    {
+        Ok(r) => panic!("{method} accepted garbage, answered {:?}", r.get_ref()),
+        Err(s) => s,
+    }
+}
+
+async fn leader_channel(c: &MasterCluster) -> Channel {
+    let l = c.leader(Duration::from_secs(10)).await.expect("leader");
+    Channel::from_shared(format!("http://{}", c.masters[l].addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s1_malformed_protobuf_is_invalid_argument_and_the_master_stays_up() {
+    let c = MasterCluster::start(3, Timings::default()).expect("start");
+    let ch = leader_channel(&c).await;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        // path field (2) claims 5 bytes, one follows
+        ("/gfs.master.v1.MasterMeta/Create", vec![0x12, 0x05, b'/']),
+        // path field (2) with the varint wire type
+        ("/gfs.master.v1.MasterMeta/Create", vec![0x10, 0x01]),
+        // huge length prefix
+        (
+            "/gfs.master.v1.MasterMeta/Mkdir",
+            vec![0x12, 0xff, 0xff, 0xff, 0xff, 0x0f, b'/'],
+        ),
+        // truncated varint
+        ("/gfs.master.v1.MasterMeta/Stat", vec![0x10, 0xff]),
+        // well-formed envelope, undecodable Raft payload
+        (
+            "/gfs.master.v1.Raft/AppendEntries",
+            vec![0x0a, 0x03, 0xff, 0xfe, 0xfd],
+        ),
+        ("/gfs.master.v1.Raft/Vote", vec![0x0a, 0x01, 0x07]),
+        ("/gfs.master.v1.MasterChunkserver/Heartbeat", vec![0x08]),
+    ];
+    for (method, body) in cases {
+        let s = raw_call(ch.clone(), method, body.clone()).await;
+        assert_eq!(
+            s.code(),
+            tonic::Code::InvalidArgument,
+            "{method} {body:?}: {s:?}"
+        );
+    }
+    // Over the size limit: refused before decoding (S2's bound).
+    let s = raw_call(
+        ch.clone(),
+        "/gfs.master.v1.MasterMeta/Create",
+        vec![0u8; 17 << 20],
+    )
+    .await;
+    assert!(
+        matches!(
+            s.code(),
+            tonic::Code::ResourceExhausted | tonic::Code::OutOfRange
+        ),
+        "{s:?}"
+    );
+    // Still up, still serving, nothing created.
+    let cl = c.client();
+    cl.create("/ok", 0).await.expect("create after garbage");
+    let names: Vec<String> = cl
+        .list("/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["ok"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_bad_paths_are_rejected_before_touching_state() {
+    let c = MasterCluster::start(1, Timings::default()).expect("start");
+    let cl = c.client();
+    c.leader(Duration::from_secs(10)).await.expect("leader");
+    let long_component = format!("/{}", "a".repeat(256));
+    let long_path = "/abcdefgh".repeat(512);
+    for p in [
+        "/a/../b",
+        "/a/./b",
+        "//a",
+        "/a/",
+        "",
+        "a/b",
+        "/a\0b",
+        long_component.as_str(),
+        long_path.as_str(),
+    ] {
+        let e = cl.create(p, 0).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidPath, "{p:?}: {e}");
+        let e = cl.mkdir(p, true).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidPath, "{p:?}: {e}");
+        let e = cl.rename("/x", p).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidPath, "{p:?}: {e}");
+        let e = cl.stat(p, false).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidPath, "{p:?}: {e}");
+    }
+    // Non-UTF-8 cannot even be a protobuf string.
+    let l = c.leader(Duration::from_secs(1)).await.unwrap();
+    let ch = Channel::from_shared(format!("http://{}", c.masters[l].addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let s = raw_call(
+        ch,
+        "/gfs.master.v1.MasterMeta/Create",
+        vec![0x12, 0x03, b'/', 0xff, 0xfe],
+    )
+    .await;
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    assert!(cl.list("/").await.unwrap().is_empty(), "state was touched");
+}
+
+fn beat(id: u64, addr: &str, chunks: &[(u64, u64)], extend: &[u64]) -> HeartbeatRequest {
+    HeartbeatRequest {
+        node_id: id,
+        addr: addr.into(),
+        rack: format!("rack{id}"),
+        capacity_bytes: 1 << 40,
+        used_bytes: id << 30,
+        draining: false,
+        full_report: true,
+        chunks: chunks
+            .iter()
+            .map(|(h, v)| ChunkReport {
+                handle: *h,
+                version: *v,
+                length: 0,
+            })
+            .collect(),
+        extend_leases: extend.to_vec(),
+    }
+}
+
+/// Fake chunkservers heartbeating to every master.
+async fn heartbeat_all(c: &MasterCluster, chunks: &[(u64, u64)]) {
+    for m in &c.masters {
+        let Ok(ch) = Channel::from_shared(format!("http://{}", m.addr))
+            .unwrap()
+            .connect()
+            .await
+        else {
+            continue;
+        };
+        let mut cs = MasterChunkserverClient::new(ch);
+        for id in 1..=3u64 {
+            let _ = cs
+                .heartbeat(beat(id, &format!("127.0.0.1:{}", 9000 + id), chunks, &[]))
+                .await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s5_bad_handles_offsets_and_reports_get_clear_errors() {
+    let c = MasterCluster::start(1, Timings::default()).expect("start");
+    let l = c.leader(Duration::from_secs(10)).await.expect("leader");
+    let cl = c.client();
+    heartbeat_all(&c, &[]).await;
+    cl.create("/f", 0).await.unwrap();
+    // Skipping chunk indexes, lengths past the chunks, overflowing values.
+    let e = cl.write_chunk("/f", 1).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
+    let e = cl.report_length("/f", u64::MAX).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
+    assert!(cl.locate("/f", u64::MAX).await.unwrap().is_none());
+    let e = cl.undelete(u64::MAX).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+    let e = cl.write_chunk("/nope", 0).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+    // Nonsense heartbeats.
+    let ch = Channel::from_shared(format!("http://{}", c.masters[l].addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut cs = MasterChunkserverClient::new(ch);
+    for bad in [
+        beat(0, "127.0.0.1:1", &[], &[]),
+        beat(4, "", &[], &[]),
+        HeartbeatRequest {
+            used_bytes: u64::MAX,
+            ..beat(5, "127.0.0.1:1", &[], &[])
+        },
+    ] {
+        let s = cs.heartbeat(bad).await.unwrap_err();
+        assert_eq!(detail_of(&s).kind(), ErrorKind::InvalidArgument, "{s:?}");
+    }
+    // Extending a lease on an unknown handle extends nothing.
+    let r = cs
+        .heartbeat(beat(1, "127.0.0.1:9001", &[], &[424242]))
+        .await
+        .unwrap();
+    assert!(r.get_ref().extended.is_empty());
+    // The file is intact.
+    let info = cl.stat("/f", false).await.unwrap();
+    assert_eq!((info.length, info.chunks), (0, 0));
+}
+
+/// A lease granted before a failover is honoured by the next leader: same
+/// primary, same version, no second grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_survive_a_leader_kill() {
+    let mut c = MasterCluster::start(3, Timings::default()).expect("start");
+    let l = c.leader(Duration::from_secs(10)).await.expect("leader");
+    heartbeat_all(&c, &[]).await;
+    let cl: MasterClient = c.client();
+    cl.create("/data", 3).await.unwrap();
+    let first = cl.write_chunk("/data", 0).await.unwrap();
+    assert_ne!(first.primary, 0, "{first:?}");
+    assert_eq!(first.replicas.len(), 3, "{first:?}");
+    c.kill(l).expect("kill");
+    // The chunkservers report the chunk at its granted version everywhere.
+    heartbeat_all(&c, &[(first.handle, first.version)]).await;
+    c.leader(Duration::from_secs(10)).await.expect("new leader");
+    let again = cl.write_chunk("/data", 0).await.unwrap();
+    assert_eq!(
+        (again.handle, again.version, again.primary),
+        (first.handle, first.version, first.primary),
+        "the new leader re-granted instead of honouring the lease"
+    );
+    // The same primary's extension request is honoured by the new leader.
+    let nl = c.leader(Duration::from_secs(1)).await.unwrap();
+    let ch = Channel::from_shared(format!("http://{}", c.masters[nl].addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut cs = MasterChunkserverClient::new(ch);
+    let r = cs
+        .heartbeat(beat(
+            first.primary,
+            &format!("127.0.0.1:{}", 9000 + first.primary),
+            &[(first.handle, first.version)],
+            &[first.handle],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.get_ref().extended, [first.handle]);
+    // Another server asking to extend it gets nothing.
+    let other = first.primary % 3 + 1;
+    let r = cs
+        .heartbeat(beat(
+            other,
+            &format!("127.0.0.1:{}", 9000 + other),
+            &[],
+            &[first.handle],
+        ))
+        .await
+        .unwrap();
+    assert!(r.get_ref().extended.is_empty());
+}

@@ -1,0 +1,269 @@
+//! Three real `gfs-master` processes under faults (RELIABILITY.md R2, R4,
+//! R5, R13, graceful hand-over) with a workload whose every reply is
+//! predicted (see `gfs_tests::history`).
+
+#![allow(clippy::unwrap_used)] // a test states its expectations by unwrapping
+
+use std::time::Duration;
+
+use gfs_proto::wire::ErrorKind;
+use gfs_tests::history::Workload;
+use gfs_tests::masters::{MasterCluster, Partition, Timings};
+
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+fn assert_clean(c: &MasterCluster, report: &gfs_tests::history::Report) {
+    if !report.violations.is_empty() {
+        for i in 0..c.masters.len() {
+            eprintln!("--- master {} log tail ---\n{}", i + 1, c.log_tail(i));
+        }
+    }
+    assert!(
+        report.violations.is_empty(),
+        "{} violations, first: {:?}",
+        report.violations.len(),
+        &report.violations[..report.violations.len().min(5)]
+    );
+    assert!(
+        report.ops > 50,
+        "too little work to mean anything: {}",
+        report.ops
+    );
+}
+
+async fn start() -> MasterCluster {
+    let c = MasterCluster::start(3, Timings::default()).expect("start masters");
+    c.leader(LEADER_WAIT).await.expect("a leader");
+    c
+}
+
+/// Mutations go to whichever master leads; reads go through a client that
+/// starts at the last master, so a read that is not linearizable (served
+/// by a follower behind the leader) shows up as a violation.
+fn workload(c: &MasterCluster, root: &str) -> Workload {
+    let mut reversed = c.addrs();
+    reversed.reverse();
+    let checker = gfs_client::MasterClient::new(&reversed, Default::default()).expect("addrs");
+    Workload::start(c.client(), checker, 3, root)
+}
+
+/// R2: kill -9 the leader three times under load; every reply stays
+/// exactly as predicted and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r2_kill_the_leader_repeatedly() {
+    let mut c = start().await;
+    let w = workload(&c, "/r2");
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let l = c.leader(LEADER_WAIT).await.expect("a leader");
+        c.kill(l).expect("kill leader");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        c.restart(l).expect("restart");
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let report = w.finish().await;
+    assert_clean(&c, &report);
+}
+
+/// R4: SIGSTOP the leader past the election timeout. A request it received
+/// while stopped is never acknowledged, and once resumed it serves no stale
+/// read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r4_stopped_leader_acknowledges_nothing_and_reads_nothing_stale() {
+    let mut c = start().await;
+    let w = workload(&c, "/r4");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let old = c.leader(LEADER_WAIT).await.expect("a leader");
+    c.stop(old).expect("SIGSTOP");
+    // A create sent to the stopped leader alone.
+    let lonely = c.client_of(old);
+    let mut opts = gfs_client::MasterOptions {
+        deadline: Duration::from_secs(4),
+        attempt_timeout: Duration::from_secs(4),
+        ..Default::default()
+    };
+    opts.backoff_max = Duration::from_millis(50);
+    let stuck = gfs_client::MasterClient::new(&[c.masters[old].addr.clone()], opts).unwrap();
+    let pending = tokio::spawn(async move { stuck.create("/r4-stuck", 0).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let new = c.leader(LEADER_WAIT).await.expect("a new leader");
+    assert_ne!(new, old);
+    // Written while the old leader sleeps.
+    let cl = c.client();
+    cl.create("/r4-during", 0)
+        .await
+        .expect("create during the stop");
+    c.cont(old).expect("SIGCONT");
+    match lonely.stat("/r4-during", false).await {
+        Ok(_) => {}
+        Err(e) => assert!(
+            matches!(e.kind, ErrorKind::NotLeader | ErrorKind::Unavailable),
+            "old leader answered a linearizable read wrongly: {e}"
+        ),
+    }
+    let stuck_result = pending.await.expect("join");
+    assert!(
+        stuck_result.is_err(),
+        "the deposed leader acknowledged a create: {stuck_result:?}"
+    );
+    let e = cl.stat("/r4-stuck", false).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = w.finish().await;
+    assert_clean(&c, &report);
+}
+
+/// R3: partition the leader away from the other masters (nftables), then
+/// heal. The majority elects a new leader; the old one acknowledges nothing
+/// and serves no stale linearizable read; nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3_partitioned_leader_acknowledges_nothing() {
+    if !Partition::available() {
+        eprintln!("skipped: needs root and nft (scripts/setup installs nftables)");
+        return;
+    }
+    let c = start().await;
+    let w = workload(&c, "/r3");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let old = c.leader(LEADER_WAIT).await.expect("a leader");
+    let cut = Partition::isolate(&c, old).expect("nft partition");
+    // The majority side elects a leader of its own.
+    let start = std::time::Instant::now();
+    let new = loop {
+        let mut found = None;
+        for i in (0..3).filter(|i| *i != old) {
+            if let Ok(s) = c.client_of(i).status_of(0).await
+                && s.state == "leader"
+            {
+                found = Some(i);
+            }
+        }
+        if let Some(i) = found {
+            break i;
+        }
+        assert!(start.elapsed() < LEADER_WAIT, "majority elected no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let cl = c.client();
+    c.client_of(new)
+        .create("/r3-during", 0)
+        .await
+        .expect("create on the majority");
+    // The isolated master: a linearizable read never misses that create,
+    // and a create sent to it alone is never acknowledged.
+    match c.client_of(old).stat("/r3-during", false).await {
+        Ok(_) => panic!("the isolated master confirmed a read without a quorum"),
+        Err(e) => assert!(
+            matches!(e.kind, ErrorKind::NotLeader | ErrorKind::Unavailable),
+            "{e}"
+        ),
+    }
+    let e = c.client_of(old).create("/r3-lost", 0).await.unwrap_err();
+    assert!(
+        matches!(e.kind, ErrorKind::NotLeader | ErrorKind::Unavailable),
+        "{e}"
+    );
+    // Stale reads are allowed there, and say so by being explicit.
+    let _ = c.client_of(old).stat("/", true).await.expect("stale read");
+    drop(cut);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let e = cl.stat("/r3-lost", false).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+    cl.stat("/r3-during", false)
+        .await
+        .expect("acknowledged create kept");
+    let report = w.finish().await;
+    assert_clean(&c, &report);
+}
+
+/// R5: kill -9 every master at once and restart them; in-flight mutations
+/// are retried by the client and everything acknowledged is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r5_kill_every_master_and_restart() {
+    let mut c = start().await;
+    let w = workload(&c, "/r5");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for i in 0..3 {
+        c.kill(i).expect("kill");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..3 {
+        c.restart(i).expect("restart");
+    }
+    c.leader(LEADER_WAIT).await.expect("a leader after restart");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let report = w.finish().await;
+    assert_clean(&c, &report);
+}
+
+/// R13: a follower whose data directory is wiped rejoins by Raft snapshot
+/// (the leader has compacted its log) with no manual step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r13_wiped_master_rejoins_by_snapshot() {
+    let timings = Timings {
+        snapshot_every: Some(40),
+        ..Timings::default()
+    };
+    let mut c = MasterCluster::start(3, timings).expect("start");
+    let l = c.leader(LEADER_WAIT).await.expect("leader");
+    let w = workload(&c, "/r13");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let report = w.finish().await;
+    assert_clean(&c, &report);
+    let f = (l + 1) % 3;
+    c.wipe(f).expect("wipe");
+    let want = c.client_of(l).status_of(0).await.expect("leader status");
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(s) = c.client_of(f).status_of(0).await
+            && s.applied_index >= want.applied_index
+        {
+            assert_eq!(
+                s.files, want.files,
+                "rejoined master holds the same namespace"
+            );
+            assert!(s.snapshot_index > 0, "caught up without a snapshot: {s:?}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "wiped master did not catch up:\n{}",
+            c.log_tail(f)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its applied state serves stale reads of what was written before.
+    let listed = c
+        .client_of(f)
+        .list_page("/r13", "", 100, true)
+        .await
+        .expect("stale list");
+    assert_eq!(listed.entries.len(), 3);
+}
+
+/// SIGTERM on the leader hands leadership over before exiting; the cluster
+/// keeps serving and the process exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_leadership_over() {
+    let mut c = start().await;
+    let cl = c.client();
+    cl.create("/before", 0).await.expect("create");
+    let l = c.leader(LEADER_WAIT).await.expect("leader");
+    let status = c.terminate(l).expect("terminate");
+    assert!(
+        status.success(),
+        "exit status {status:?}:\n{}",
+        c.log_tail(l)
+    );
+    assert!(
+        c.log_tail(l).contains("leadership handed over"),
+        "{}",
+        c.log_tail(l)
+    );
+    let nl = c.leader(LEADER_WAIT).await.expect("new leader");
+    assert_ne!(nl, l);
+    cl.create("/after", 0)
+        .await
+        .expect("create after hand-over");
+    cl.stat("/before", false).await.expect("nothing lost");
+}
