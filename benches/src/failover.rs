@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use gfs_client::{MasterClient, MasterOptions};
+use gfs_master::server::config::{
+    DEFAULT_ELECTION_MAX_MS, DEFAULT_ELECTION_MIN_MS, DEFAULT_HEARTBEAT_MS,
+};
 use gfs_tests::masters::{MasterCluster, Timings};
 use serde::Serialize;
 
@@ -21,6 +24,12 @@ pub struct FailoverArgs {
     /// Steady-state time between a restart and the next kill.
     #[arg(long, default_value_t = 1500)]
     pub settle_ms: u64,
+    #[arg(long, default_value_t = DEFAULT_HEARTBEAT_MS)]
+    pub heartbeat_ms: u64,
+    #[arg(long, default_value_t = DEFAULT_ELECTION_MIN_MS)]
+    pub election_min_ms: u64,
+    #[arg(long, default_value_t = DEFAULT_ELECTION_MAX_MS)]
+    pub election_max_ms: u64,
     #[arg(long)]
     pub json: bool,
 }
@@ -48,7 +57,13 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 pub async fn run(args: &FailoverArgs) -> Result<FailoverReport> {
-    let mut cluster = MasterCluster::start(3, Timings::default())?;
+    let timings = Timings {
+        heartbeat_ms: Some(args.heartbeat_ms),
+        election_min_ms: Some(args.election_min_ms),
+        election_max_ms: Some(args.election_max_ms),
+        snapshot_every: None,
+    };
+    let mut cluster = MasterCluster::start(3, timings)?;
     cluster.leader(Duration::from_secs(20)).await?;
     let masters = cluster.addrs();
     let stop = Arc::new(AtomicBool::new(false));
@@ -125,8 +140,8 @@ pub async fn run(args: &FailoverArgs) -> Result<FailoverReport> {
         failed_ops: failed.load(Ordering::Relaxed),
         ops: ops.load(Ordering::Relaxed),
         each_ms: each,
-        heartbeat_ms: 50,
-        election_ms: (300, 600),
+        heartbeat_ms: args.heartbeat_ms,
+        election_ms: (args.election_min_ms, args.election_max_ms),
     })
 }
 

@@ -46,6 +46,10 @@ pub struct ChunksFile {
     pub min_free_bytes: Option<u64>,
 }
 
+pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
+pub const DEFAULT_ELECTION_MIN_MS: u64 = 300;
+pub const DEFAULT_ELECTION_MAX_MS: u64 = 600;
+
 /// Raft timing. Defaults are tuned for a loaded 2-core machine on loopback:
 /// a heartbeat every 50 ms keeps followers quiet through scheduling hiccups
 /// of a few hundred ms; an election starts 300-600 ms after the last
@@ -123,9 +127,9 @@ impl ConfigFile {
             return Err(ConfigError::SelfNotInPeers(id));
         }
         let raft = RaftTimings {
-            heartbeat_ms: raft.heartbeat_ms.unwrap_or(50),
-            election_min_ms: raft.election_min_ms.unwrap_or(300),
-            election_max_ms: raft.election_max_ms.unwrap_or(600),
+            heartbeat_ms: raft.heartbeat_ms.unwrap_or(DEFAULT_HEARTBEAT_MS),
+            election_min_ms: raft.election_min_ms.unwrap_or(DEFAULT_ELECTION_MIN_MS),
+            election_max_ms: raft.election_max_ms.unwrap_or(DEFAULT_ELECTION_MAX_MS),
             snapshot_every_entries: raft.snapshot_every_entries.unwrap_or(50_000),
         };
         if raft.heartbeat_ms == 0 || raft.election_min_ms <= raft.heartbeat_ms * 2 {
