@@ -32,6 +32,24 @@ fn write_err(node: &Node, e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -
     }
 }
 
+fn voters(node: &Node) -> BTreeSet<u64> {
+    node.raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect()
+}
+
+async fn change_voters(node: &Node, voters: BTreeSet<u64>) -> Result<Response<Empty>, Status> {
+    node.raft
+        .change_membership(voters, false)
+        .await
+        .map_err(|e| write_err(node, e))?;
+    Ok(Response::new(Empty {}))
+}
+
 /// Asks `target` to start an election and waits (up to `wait`) until this
 /// master sees another leader. openraft 0.9 has no transfer primitive, and
 /// followers refuse votes while they still hear from a leader (its lease),
@@ -158,20 +176,9 @@ impl MasterAdmin for AdminService {
             .add_learner(r.id, BasicNode { addr: r.addr }, true)
             .await
             .map_err(|e| write_err(node, e))?;
-        let mut voters: BTreeSet<u64> = node
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let mut voters = voters(node);
         voters.insert(r.id);
-        node.raft
-            .change_membership(voters, false)
-            .await
-            .map_err(|e| write_err(node, e))?;
-        Ok(Response::new(Empty {}))
+        change_voters(node, voters).await
     }
 
     async fn remove_master(
@@ -180,14 +187,7 @@ impl MasterAdmin for AdminService {
     ) -> Result<Response<Empty>, Status> {
         let r = req.into_inner();
         let node = &self.node;
-        let mut voters: BTreeSet<u64> = node
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let mut voters = voters(node);
         if !voters.remove(&r.id) {
             return Err(error(
                 ErrorKind::NotFound,
@@ -200,11 +200,7 @@ impl MasterAdmin for AdminService {
                 "cannot remove the last master",
             ));
         }
-        node.raft
-            .change_membership(voters, false)
-            .await
-            .map_err(|e| write_err(node, e))?;
-        Ok(Response::new(Empty {}))
+        change_voters(node, voters).await
     }
 
     async fn transfer_leader(
