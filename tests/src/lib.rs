@@ -39,8 +39,8 @@ pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
     let path = dir.join(name);
     anyhow::ensure!(
         path.exists(),
-        "{} is missing: run the suite with `cargo test --workspace --all-targets` \
-         (which builds every binary) or set GFS_BIN_DIR",
+        "{} is missing: run the suite with `scripts/test` (which builds every binary \
+         first) or set GFS_BIN_DIR",
         path.display()
     );
     Ok(path)
