@@ -9,6 +9,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".")
         .codec_path("crate::codec::GfsCodec")
-        .compile_protos(&["proto/master.proto"], &["proto"])?;
+        .compile_protos(
+            &["proto/master.proto", "proto/chunkserver.proto"],
+            &["proto"],
+        )?;
     Ok(())
 }

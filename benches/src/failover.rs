@@ -58,6 +58,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 pub async fn run(args: &FailoverArgs) -> Result<FailoverReport> {
     let timings = Timings {
+        extra_args: Vec::new(),
         heartbeat_ms: Some(args.heartbeat_ms),
         election_min_ms: Some(args.election_min_ms),
         election_max_ms: Some(args.election_max_ms),

@@ -1,6 +1,7 @@
 //! `gfs-bench`: throughput benchmarks that print each figure next to the
 //! limit measured in the same run.
 
+mod cluster;
 mod engine;
 mod failover;
 mod meta;
@@ -30,6 +31,11 @@ struct Cli {
 enum Command {
     /// The storage engine against the raw device (O_DIRECT io_uring, like fio) on one directory.
     Engine(engine::EngineArgs),
+    /// One client writing one large file to a local 3 + 4 cluster
+    /// (replication 3), against device write bandwidth / 3.
+    ClusterWrite(cluster::ClusterArgs),
+    /// One client reading one large file, against device read bandwidth.
+    ClusterRead(cluster::ClusterArgs),
     /// Creates, stats and lists per second against a 3-master cluster it starts.
     Meta(meta::MetaArgs),
     /// kill -9 the leader K times under a create load: time to the next mutation.
@@ -97,6 +103,23 @@ fn main() -> Result<()> {
         Command::Failover(args) => {
             let report = rt.block_on(failover::run(&args))?;
             failover::print_table(&report);
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+        }
+        Command::ClusterWrite(args) | Command::ClusterRead(args) if args.size == 0 => {
+            anyhow::bail!("--size must be positive");
+        }
+        Command::ClusterWrite(args) => {
+            let report = rt.block_on(cluster::run(&args, false))?;
+            cluster::print_table(&report);
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+        }
+        Command::ClusterRead(args) => {
+            let report = rt.block_on(cluster::run(&args, true))?;
+            cluster::print_table(&report);
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             }

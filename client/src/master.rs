@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use gfs_proto::wire::master::master_admin_client::MasterAdminClient;
 use gfs_proto::wire::master::master_meta_client::MasterMetaClient;
 use gfs_proto::wire::master::{
-    ChunkInfo, CreateRequest, DeleteRequest, Empty, FileInfo, ListReply, ListRequest,
+    ChunkInfo, CreateRequest, DeleteRequest, Empty, FileInfo, ListReply, ListRequest, LocateReply,
     LocateRequest, MkdirRequest, RenameRequest, ReportLengthRequest, Session, StatRequest,
     StatusReply, UndeleteRequest, WriteChunkRequest,
 };
@@ -59,7 +59,14 @@ pub struct MasterError {
 }
 
 impl MasterError {
-    fn from_status(s: &Status) -> Self {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn from_status(s: &Status) -> Self {
         let d = detail_of(s);
         Self {
             kind: d.kind(),
@@ -79,6 +86,7 @@ struct Inner {
     mutations: Semaphore,
     opts: MasterOptions,
     locations: Mutex<HashMap<(String, u64), (ChunkInfo, Instant)>>,
+    chunk_size: AtomicU64,
 }
 
 /// A handle to the masters; cheap to clone, shared by tasks.
@@ -148,6 +156,7 @@ impl MasterClient {
                 mutations: Semaphore::new(MAX_IN_FLIGHT_MUTATIONS),
                 opts,
                 locations: Mutex::new(HashMap::new()),
+                chunk_size: AtomicU64::new(0),
             }),
         })
     }
@@ -364,6 +373,64 @@ impl MasterClient {
         .map(|_| ())
     }
 
+    /// The file's length and chunk count as the masters know them, and the
+    /// locations of up to `count` chunks from `first` (cached). Never
+    /// served from the cache.
+    pub async fn locate_file(
+        &self,
+        path: &str,
+        first: u64,
+        count: u32,
+    ) -> Result<LocateReply, MasterError> {
+        let reply = self
+            .call(|mut c| {
+                let path = path.to_string();
+                async move {
+                    c.locate(LocateRequest {
+                        path,
+                        first_index: first,
+                        count,
+                        stale: false,
+                    })
+                    .await
+                }
+            })
+            .await?;
+        self.inner
+            .chunk_size
+            .store(reply.chunk_size_bytes, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut cache = self.cache();
+        for c in &reply.found {
+            cache.insert((path.to_string(), c.index), (c.clone(), now));
+        }
+        drop(cache);
+        Ok(reply)
+    }
+
+    /// The cluster's chunk size, once any locate has answered (0 before).
+    pub fn chunk_size(&self) -> u64 {
+        self.inner.chunk_size.load(Ordering::Relaxed)
+    }
+
+    /// This client's id (sessions, record ids).
+    pub fn client_id(&self) -> u64 {
+        self.inner.client_id
+    }
+
+    /// A cached location of chunk `index`, if fresh.
+    pub fn cached(&self, path: &str, index: u64) -> Option<ChunkInfo> {
+        self.cache()
+            .get(&(path.to_string(), index))
+            .filter(|(_, at)| at.elapsed() < self.inner.opts.location_ttl)
+            .map(|(c, _)| c.clone())
+    }
+
+    /// Drops the cached location of one chunk (after a replica error).
+    pub fn forget_chunk(&self, path: &str, index: u64) {
+        self.cache().remove(&(path.to_string(), index));
+    }
+
     /// Where chunk `index` of `path` lives; cached for `location_ttl`.
     pub async fn locate(&self, path: &str, index: u64) -> Result<Option<ChunkInfo>, MasterError> {
         let key = (path.to_string(), index);
@@ -372,39 +439,30 @@ impl MasterClient {
         {
             return Ok(Some(c.clone()));
         }
-        let reply = self
-            .call(|mut c| {
-                let path = path.to_string();
-                async move {
-                    c.locate(LocateRequest {
-                        path,
-                        first_index: index,
-                        count: 16,
-                        stale: false,
-                    })
-                    .await
-                }
-            })
-            .await?;
-        let now = Instant::now();
-        let mut cache = self.cache();
-        for c in &reply.found {
-            cache.insert((path.to_string(), c.index), (c.clone(), now));
-        }
+        let reply = self.locate_file(path, index, 16).await?;
         Ok(reply.found.into_iter().find(|c| c.index == index))
     }
 
     /// Write access to chunk `index` (added if it is the next one), with
     /// its primary and lease.
-    pub async fn write_chunk(&self, path: &str, index: u64) -> Result<ChunkInfo, MasterError> {
+    /// `failed` names replicas that failed a mutation under the current
+    /// lease: the leader gives the chunk a new version without them.
+    pub async fn write_chunk(
+        &self,
+        path: &str,
+        index: u64,
+        failed: &[u64],
+    ) -> Result<ChunkInfo, MasterError> {
         let info = self
             .mutate(|mut c, session| {
                 let path = path.to_string();
+                let failed = failed.to_vec();
                 async move {
                     c.write_chunk(WriteChunkRequest {
                         session,
                         path,
                         index,
+                        failed,
                     })
                     .await
                 }

@@ -51,6 +51,18 @@ struct Args {
     /// Log entries between Raft snapshots.
     #[arg(long)]
     snapshot_every: Option<u64>,
+    /// Grace after a lease's expiry before another primary is chosen.
+    #[arg(long)]
+    lease_grace_ms: Option<u64>,
+    /// Chunk size (a multiple of 64 KiB; every chunkserver must agree).
+    #[arg(long)]
+    chunk_size_bytes: Option<u64>,
+    /// A chunkserver silent for this long counts as dead.
+    #[arg(long)]
+    chunkserver_timeout_ms: Option<u64>,
+    /// Chunkservers with less free space get no new chunks.
+    #[arg(long)]
+    min_free_bytes: Option<u64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -90,6 +102,12 @@ fn start(a: Args) -> Result<(), String> {
     file.raft.election_max_ms = a.election_max_ms.or(file.raft.election_max_ms);
     file.raft.snapshot_every_entries = a.snapshot_every.or(file.raft.snapshot_every_entries);
     file.chunks.lease_ms = a.lease_ms.or(file.chunks.lease_ms);
+    file.chunks.lease_grace_ms = a.lease_grace_ms.or(file.chunks.lease_grace_ms);
+    file.chunks.chunk_size_bytes = a.chunk_size_bytes.or(file.chunks.chunk_size_bytes);
+    file.chunks.chunkserver_timeout_ms = a
+        .chunkserver_timeout_ms
+        .or(file.chunks.chunkserver_timeout_ms);
+    file.chunks.min_free_bytes = a.min_free_bytes.or(file.chunks.min_free_bytes);
     let cfg = file.validate().map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -19,6 +19,7 @@
 pub mod codec;
 pub mod limits;
 pub mod path;
+pub mod record;
 pub mod types;
 pub mod wire;
 

@@ -11,7 +11,16 @@ pub mod master {
     tonic::include_proto!("gfs.master.v1");
 }
 
+/// `gfs.chunk.v1`: the chunkserver's data and control planes.
+pub mod chunk {
+    #![allow(missing_debug_implementations, clippy::all)]
+    tonic::include_proto!("gfs.chunk.v1");
+}
+
 pub use master::{ErrorDetail, ErrorKind};
+
+/// Largest frame of chunk data on the wire (push and read).
+pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
 /// Largest message any gfs service decodes (S2): metadata is small, and
 /// data moves in frames well below this.
@@ -29,7 +38,10 @@ impl ErrorKind {
             | ErrorKind::DirectoryNotEmpty
             | ErrorKind::Conflict
             | ErrorKind::LeaseHeld => Code::FailedPrecondition,
-            ErrorKind::NoSpace => Code::ResourceExhausted,
+            ErrorKind::NoSpace | ErrorKind::Busy => Code::ResourceExhausted,
+            ErrorKind::StaleVersion | ErrorKind::NotPrimary => Code::FailedPrecondition,
+            ErrorKind::DataMissing => Code::NotFound,
+            ErrorKind::Corrupt => Code::DataLoss,
             ErrorKind::Internal | ErrorKind::Unspecified => Code::Internal,
         }
     }

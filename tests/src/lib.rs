@@ -14,6 +14,7 @@
 //! The storage engine's own suites live beside the engine in
 //! `storage-engine/tests/`.
 
+pub mod cluster;
 pub mod history;
 pub mod masters;
 
@@ -44,4 +45,53 @@ pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
         path.display()
     );
     Ok(path)
+}
+
+/// Starts `bin` with `args`, output appended to `log`, killed by the kernel
+/// if the test process dies (`PR_SET_PDEATHSIG`), so no server outlives a
+/// crashed test.
+pub fn spawn_child(
+    bin: &std::path::Path,
+    args: &[String],
+    log: &std::path::Path,
+    rust_log: &str,
+) -> anyhow::Result<std::process::Child> {
+    use anyhow::Context;
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(args)
+        .env("RUST_LOG", rust_log)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the
+    // parent; it only asks the kernel to SIGKILL the child when the test
+    // process dies.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("spawning {}", bin.display()))
+}
+
+/// The last `n` lines of a log file, for failure messages.
+pub fn tail(log: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `n` incompressible bytes, the same for the same seed.
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut v = vec![0u8; n];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
 }

@@ -1,7 +1,6 @@
 //! A cluster of real `gfs-master` processes on loopback.
 
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use gfs_client::{MasterClient, MasterOptions};
 
-static CLUSTERS: AtomicU32 = AtomicU32::new(0);
+pub(crate) static CLUSTERS: AtomicU32 = AtomicU32::new(0);
 
 /// Raft timings of the harness: the binary's defaults unless a test asks.
 #[derive(Clone, Debug, Default)]
@@ -19,6 +18,8 @@ pub struct Timings {
     pub election_min_ms: Option<u64>,
     pub election_max_ms: Option<u64>,
     pub snapshot_every: Option<u64>,
+    /// More flags for every master (chunk size, lease timings, ...).
+    pub extra_args: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -41,7 +42,7 @@ pub struct MasterCluster {
 
 /// A loopback address of its own for each cluster of this process, so that
 /// concurrent tests (and firewall rules) can tell clusters apart.
-fn cluster_ip(n: u32) -> [u8; 3] {
+pub(crate) fn cluster_ip(n: u32) -> [u8; 3] {
     let pid = std::process::id();
     [
         ((pid >> 8) % 200 + 20) as u8,
@@ -50,7 +51,7 @@ fn cluster_ip(n: u32) -> [u8; 3] {
     ]
 }
 
-fn free_port(ip: Ipv4Addr) -> anyhow::Result<u16> {
+pub(crate) fn free_port(ip: Ipv4Addr) -> anyhow::Result<u16> {
     Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
@@ -110,23 +111,17 @@ impl MasterCluster {
             .map(|m| format!("{}={}", m.id, m.addr))
             .collect();
         let m = &mut self.masters[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&m.log)?;
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("--id")
-            .arg(m.id.to_string())
-            .arg("--listen")
-            .arg(&m.addr)
-            .arg("--data-dir")
-            .arg(&m.data_dir)
-            .env("RUST_LOG", "info,openraft=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        let mut args: Vec<String> = vec![
+            "--id".into(),
+            m.id.to_string(),
+            "--listen".into(),
+            m.addr.clone(),
+            "--data-dir".into(),
+            m.data_dir.display().to_string(),
+        ];
         for p in &peers {
-            cmd.arg("--peer").arg(p);
+            args.push("--peer".into());
+            args.push(p.clone());
         }
         let t = &self.timings;
         for (flag, v) in [
@@ -136,22 +131,17 @@ impl MasterCluster {
             ("--snapshot-every", t.snapshot_every),
         ] {
             if let Some(v) = v {
-                cmd.arg(flag).arg(v.to_string());
+                args.push(flag.into());
+                args.push(v.to_string());
             }
         }
-        // SAFETY: prctl is async-signal-safe and touches no memory of the
-        // parent; it only asks the kernel to SIGKILL the child when the test
-        // process dies, so no master outlives a crashed test.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        m.child = Some(
-            cmd.spawn()
-                .with_context(|| format!("spawning {}", self.bin.display()))?,
-        );
+        args.extend(t.extra_args.iter().cloned());
+        m.child = Some(crate::spawn_child(
+            &self.bin,
+            &args,
+            &m.log,
+            "info,openraft=warn",
+        )?);
         m.stopped = false;
         Ok(())
     }
@@ -249,9 +239,7 @@ impl MasterCluster {
 
     /// The tail of master `i`'s log, for failure messages.
     pub fn log_tail(&self, i: usize) -> String {
-        let text = std::fs::read_to_string(&self.masters[i].log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        crate::tail(&self.masters[i].log, 30)
     }
 }
 

@@ -192,6 +192,8 @@ fn beat(id: u64, addr: &str, chunks: &[(u64, u64)], extend: &[u64]) -> Heartbeat
             })
             .collect(),
         extend_leases: extend.to_vec(),
+        changed: Vec::new(),
+        removed: Vec::new(),
     }
 }
 
@@ -222,14 +224,14 @@ async fn s5_bad_handles_offsets_and_reports_get_clear_errors() {
     heartbeat_all(&c, &[]).await;
     cl.create("/f", 0).await.unwrap();
     // Skipping chunk indexes, lengths past the chunks, overflowing values.
-    let e = cl.write_chunk("/f", 1).await.unwrap_err();
+    let e = cl.write_chunk("/f", 1, &[]).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
     let e = cl.report_length("/f", u64::MAX).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
     assert!(cl.locate("/f", u64::MAX).await.unwrap().is_none());
     let e = cl.undelete(u64::MAX).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
-    let e = cl.write_chunk("/nope", 0).await.unwrap_err();
+    let e = cl.write_chunk("/nope", 0, &[]).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
     // Nonsense heartbeats.
     let ch = Channel::from_shared(format!("http://{}", c.masters[l].addr))
@@ -269,14 +271,14 @@ async fn leases_survive_a_leader_kill() {
     heartbeat_all(&c, &[]).await;
     let cl: MasterClient = c.client();
     cl.create("/data", 3).await.unwrap();
-    let first = cl.write_chunk("/data", 0).await.unwrap();
+    let first = cl.write_chunk("/data", 0, &[]).await.unwrap();
     assert_ne!(first.primary, 0, "{first:?}");
     assert_eq!(first.replicas.len(), 3, "{first:?}");
     c.kill(l).expect("kill");
     // The chunkservers report the chunk at its granted version everywhere.
     heartbeat_all(&c, &[(first.handle, first.version)]).await;
     c.leader(Duration::from_secs(10)).await.expect("new leader");
-    let again = cl.write_chunk("/data", 0).await.unwrap();
+    let again = cl.write_chunk("/data", 0, &[]).await.unwrap();
     assert_eq!(
         (again.handle, again.version, again.primary),
         (first.handle, first.version, first.primary),

@@ -35,7 +35,15 @@ fn validate(r: &HeartbeatRequest) -> Result<(), Status> {
             "addr must be 1..=256 bytes and rack at most 256",
         ));
     }
-    if r.chunks.len() > MAX_REPORT_CHUNKS || r.extend_leases.len() > MAX_REPORT_CHUNKS {
+    if [
+        r.chunks.len(),
+        r.extend_leases.len(),
+        r.changed.len(),
+        r.removed.len(),
+    ]
+    .iter()
+    .any(|n| *n > MAX_REPORT_CHUNKS)
+    {
         return Err(error(
             ErrorKind::InvalidArgument,
             "report names too many chunks",
@@ -73,6 +81,12 @@ impl MasterChunkserver for ChunkserverService {
                     .map(|c| (ChunkHandle(c.handle), ChunkVersion(c.version)))
                     .collect()
             }),
+            changed: r
+                .changed
+                .iter()
+                .map(|c| (ChunkHandle(c.handle), ChunkVersion(c.version)))
+                .collect(),
+            removed: r.removed.iter().map(|h| ChunkHandle(*h)).collect(),
         };
         let want_full_report = node.soft().beat(beat, now_ms());
         let (leader_id, _) = node.leader_hint();

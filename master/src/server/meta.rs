@@ -236,6 +236,7 @@ impl MasterMeta for MetaService {
             length: f.length,
             chunks: f.chunks.len() as u64,
             found,
+            chunk_size_bytes: self.node.cfg.chunk_size_bytes,
         }))
     }
 
@@ -256,6 +257,9 @@ impl MasterMeta for MetaService {
         // Place only a chunk that does not exist yet; the command is
         // idempotent by index, so a racing or retried request gets the
         // chunk that won.
+        let existing = usize::try_from(r.index)
+            .ok()
+            .and_then(|i| f.chunks.get(i).copied());
         let replicas = if r.index == f.chunks.len() as u64 {
             let views = node.soft().views(now, timeout);
             let chosen = place(&views, usize::from(f.replication), node.cfg.min_free_bytes);
@@ -269,25 +273,33 @@ impl MasterMeta for MetaService {
         } else {
             Vec::new()
         };
-        let (handle, version, placed) = match node
-            .propose(
-                0,
-                0,
-                Command::AddChunk {
-                    path: p.clone(),
-                    index: r.index,
+        // An existing chunk needs no log entry (the common case: every
+        // write to a chunk asks until its client caches the lease).
+        let (handle, version, placed) = match existing {
+            Some(h) => {
+                let v = node.state().state.chunk(h).map(|c| c.version);
+                (h, v.unwrap_or(ChunkVersion(0)), Vec::new())
+            }
+            None => match node
+                .propose(
+                    0,
+                    0,
+                    Command::AddChunk {
+                        path: p.clone(),
+                        index: r.index,
+                        replicas,
+                    },
+                )
+                .await?
+            {
+                Reply::Chunk {
+                    handle,
+                    version,
                     replicas,
-                },
-            )
-            .await?
-        {
-            Reply::Chunk {
-                handle,
-                version,
-                replicas,
-                ..
-            } => (handle, version, replicas),
-            other => return Err(unexpected(other)),
+                    ..
+                } => (handle, version, replicas),
+                other => return Err(unexpected(other)),
+            },
         };
         {
             let mut soft = node.soft();
@@ -296,8 +308,19 @@ impl MasterMeta for MetaService {
             }
         }
         let lease = node.state().state.lease(handle);
+        let failed: Vec<NodeId> = r.failed.iter().map(|n| NodeId(*n)).collect();
+        if !failed.is_empty() {
+            // Those replicas missed a mutation: they must not count as
+            // current even before the new version makes them stale.
+            let mut soft = node.soft();
+            for n in &failed {
+                soft.forget(handle, *n);
+            }
+        }
+        let bump = lease.is_some_and(|l| l.version == version && !failed.is_empty());
         if let Some(l) = lease
             && l.expires_at_ms > now
+            && !bump
         {
             return Ok(Response::new(self.chunk_info(r.index, handle)));
         }
@@ -319,6 +342,16 @@ impl MasterMeta for MetaService {
                     format!("no live up-to-date replica of chunk {handle}"),
                 )
             })?;
+        // The grant gives the chunk version + 1. Count the current
+        // replicas at it before the grant is visible, so no reader of the
+        // new version ever sees the chunk without replicas; they take the
+        // new version with the first mutation under the lease.
+        {
+            let mut soft = node.soft();
+            for n in &candidates {
+                soft.expect(handle, *n, ChunkVersion(version.0 + 1));
+            }
+        }
         let granted = node
             .propose(
                 0,
@@ -328,13 +361,11 @@ impl MasterMeta for MetaService {
                     primary,
                     duration_ms: node.cfg.lease_ms,
                     grace_ms: node.cfg.lease_grace_ms,
+                    bump,
                 },
             )
             .await?;
         if let Reply::Lease { lease, .. } = granted {
-            // The replicas that were current take the new version with the
-            // first mutation under this lease; until they report it, count
-            // them at the version the lease names.
             let mut soft = node.soft();
             for n in candidates {
                 soft.expect(handle, n, lease.version);

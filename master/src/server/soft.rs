@@ -33,6 +33,10 @@ pub struct Beat {
     pub draining: bool,
     /// `Some` for a full report.
     pub chunks: Option<Vec<(ChunkHandle, ChunkVersion)>>,
+    /// Without a full report: chunks created or at a new version since the
+    /// server's last heartbeat here, and chunks it no longer holds.
+    pub changed: Vec<(ChunkHandle, ChunkVersion)>,
+    pub removed: Vec<ChunkHandle>,
 }
 
 #[derive(Debug, Default)]
@@ -67,7 +71,38 @@ impl Soft {
             s.reported = true;
             self.replace_report(b.id, chunks);
         }
+        for (h, v) in b.changed {
+            self.set(h, b.id, v);
+        }
+        for h in b.removed {
+            self.forget(h, b.id);
+        }
         !self.servers[&b.id].reported
+    }
+
+    fn set(&mut self, handle: ChunkHandle, id: NodeId, version: ChunkVersion) {
+        let locs = self.locations.entry(handle).or_default();
+        match locs.iter_mut().find(|(n, _)| *n == id) {
+            Some((_, v)) => *v = version,
+            None => {
+                locs.push((id, version));
+                self.held.entry(id).or_default().insert(handle);
+            }
+        }
+    }
+
+    /// Drops one replica: its server no longer holds it, or it failed a
+    /// mutation and is about to be stale.
+    pub fn forget(&mut self, handle: ChunkHandle, id: NodeId) {
+        if let Some(locs) = self.locations.get_mut(&handle) {
+            locs.retain(|(n, _)| *n != id);
+            if locs.is_empty() {
+                self.locations.remove(&handle);
+            }
+        }
+        if let Some(held) = self.held.get_mut(&id) {
+            held.remove(&handle);
+        }
     }
 
     fn replace_report(&mut self, id: NodeId, chunks: Vec<(ChunkHandle, ChunkVersion)>) {
@@ -173,6 +208,8 @@ mod tests {
                     .map(|(h, v)| (ChunkHandle(h), ChunkVersion(v)))
                     .collect()
             }),
+            changed: Vec::new(),
+            removed: Vec::new(),
         }
     }
 
@@ -207,5 +244,27 @@ mod tests {
         assert_eq!(s.replicas(ChunkHandle(9), ChunkVersion(2), 0, 5).len(), 1);
         s.beat(beat(3, Some(vec![])), 1);
         assert!(s.replicas(ChunkHandle(9), ChunkVersion(1), 1, 5).is_empty());
+    }
+
+    #[test]
+    fn incremental_reports_and_failed_replicas_update_locations() {
+        let mut s = Soft::default();
+        s.beat(beat(1, Some(vec![(7, 2)])), 0);
+        s.beat(beat(2, Some(vec![(7, 2)])), 0);
+        let ids = |v: Vec<&Chunkserver>| v.iter().map(|c| c.id.0).collect::<Vec<_>>();
+        let mut b = beat(1, None);
+        b.changed = vec![
+            (ChunkHandle(7), ChunkVersion(3)),
+            (ChunkHandle(8), ChunkVersion(1)),
+        ];
+        s.beat(b, 1);
+        assert_eq!(ids(s.replicas(ChunkHandle(7), ChunkVersion(3), 1, 5)), [1]);
+        assert_eq!(ids(s.replicas(ChunkHandle(8), ChunkVersion(1), 1, 5)), [1]);
+        let mut b = beat(1, None);
+        b.removed = vec![ChunkHandle(8)];
+        s.beat(b, 2);
+        assert!(s.replicas(ChunkHandle(8), ChunkVersion(1), 2, 5).is_empty());
+        s.forget(ChunkHandle(7), NodeId(2));
+        assert_eq!(ids(s.replicas(ChunkHandle(7), ChunkVersion(1), 2, 5)), [1]);
     }
 }

@@ -109,12 +109,15 @@ pub enum Command {
         index: u64,
         replicas: Vec<NodeId>,
     },
-    /// Grants (bumping the version) or extends a chunk lease.
+    /// Grants (bumping the version) or extends a chunk lease. With `bump`,
+    /// a live lease of the same primary gets a new version too: a replica
+    /// failed a mutation, and must be stale from now on.
     GrantLease {
         handle: ChunkHandle,
         primary: NodeId,
         duration_ms: u64,
         grace_ms: u64,
+        bump: bool,
     },
     /// Extends the leases `primary` holds on `handles` (heartbeats).
     ExtendLeases {
@@ -323,7 +326,8 @@ impl MasterState {
                 primary,
                 duration_ms,
                 grace_ms,
-            } => self.grant_lease(now, handle, primary, duration_ms, grace_ms),
+                bump,
+            } => self.grant_lease(now, handle, primary, (duration_ms, grace_ms), bump),
             Command::ExtendLeases {
                 primary,
                 handles,
@@ -669,15 +673,15 @@ impl MasterState {
         now: u64,
         handle: ChunkHandle,
         primary: NodeId,
-        duration_ms: u64,
-        grace_ms: u64,
+        (duration_ms, grace_ms): (u64, u64),
+        bump: bool,
     ) -> Outcome {
         let chunk = self
             .chunks
             .get_mut(&handle)
             .ok_or(MetaError::NoSuchChunk(handle))?;
         if let Some(l) = self.leases.get_mut(&handle) {
-            if l.primary == primary && now < l.expires_at_ms {
+            if l.primary == primary && now < l.expires_at_ms && !bump {
                 l.expires_at_ms = l.expires_at_ms.max(now + duration_ms);
                 self.dirty.push(persist::Key::Lease(handle));
                 return Ok(Reply::Lease {

@@ -365,6 +365,7 @@ fn leases_bump_the_version_on_grant_and_never_overlap() {
         primary: NodeId(n),
         duration_ms: 60_000,
         grace_ms: 1_000,
+        bump: false,
     };
     let lease = |n, v, exp| Lease {
         primary: NodeId(n),
@@ -408,6 +409,22 @@ fn leases_bump_the_version_on_grant_and_never_overlap() {
             granted: true
         })
     );
+    // A failed replica makes the same primary take a new version at once.
+    s.now = 95_000;
+    assert_eq!(
+        s.run(Command::GrantLease {
+            handle: h,
+            primary: NodeId(2),
+            duration_ms: 60_000,
+            grace_ms: 1_000,
+            bump: true,
+        }),
+        Ok(Reply::Lease {
+            handle: h,
+            lease: lease(2, 4, 155_000),
+            granted: true
+        })
+    );
     // Heartbeat extensions only touch leases the server holds.
     s.now = 100_000;
     let ext = |n| Command::ExtendLeases {
@@ -417,13 +434,14 @@ fn leases_bump_the_version_on_grant_and_never_overlap() {
     };
     assert_eq!(s.run(ext(1)), Ok(Reply::Extended { handles: vec![] }));
     assert_eq!(s.run(ext(2)), Ok(Reply::Extended { handles: vec![h] }));
-    assert_eq!(s.st.lease(h), Some(lease(2, 3, 160_000)));
+    assert_eq!(s.st.lease(h), Some(lease(2, 4, 160_000)));
     assert_eq!(
         s.run(Command::GrantLease {
             handle: ChunkHandle(99),
             primary: NodeId(1),
             duration_ms: 1,
-            grace_ms: 0
+            grace_ms: 0,
+            bump: false,
         }),
         Err(MetaError::NoSuchChunk(ChunkHandle(99)))
     );
@@ -499,6 +517,7 @@ fn persisting_dirty_keys_reproduces_the_state_exactly() {
                 primary: NodeId(i % 2),
                 duration_ms: 50,
                 grace_ms: 5,
+                bump: false,
             },
             4 => Command::SetLength {
                 path: p(&format!("/d{}/f{}", (i - 3) % 5, i - 3)),

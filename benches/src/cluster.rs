@@ -1,0 +1,174 @@
+//! `gfs-bench cluster-write` / `cluster-read`: one client, one large file,
+//! a local cluster of 3 masters and 4 chunkservers with replication 3 on
+//! one disk, against that disk's O_DIRECT bandwidth measured in the same
+//! run. Limits: write = device write bandwidth / 3 (every byte lands three
+//! times on the one disk), read = device read bandwidth.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use gfs_client::{Client, Reader, Writer};
+use gfs_tests::cluster::{Cluster, Spec};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{fill_random, mb_s, median, progress, raw};
+
+#[derive(clap::Args, Debug)]
+pub struct ClusterArgs {
+    /// Directory on the disk under test (chunkserver data and the raw
+    /// measurement go there).
+    #[arg(long, default_value = "gfs-data")]
+    pub dir: PathBuf,
+    /// Bytes in the file.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub size: u64,
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// An existing cluster instead of a local one (then the limit is still
+    /// measured on --dir of this host).
+    #[arg(long, value_delimiter = ',')]
+    pub masters: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterReport {
+    pub bench: &'static str,
+    pub size: u64,
+    pub runs: usize,
+    pub mb_s: f64,
+    pub limit_mb_s: f64,
+    pub ratio: f64,
+    pub device_write_mb_s: f64,
+    pub device_read_mb_s: f64,
+    pub each_mb_s: Vec<f64>,
+}
+
+async fn write_file(c: &Client, path: &str, size: u64, block: &[u8]) -> Result<Duration> {
+    let bar = progress(size, "write");
+    let start = Instant::now();
+    let mut w = Writer::create(c, path).await?;
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        w.write_all(&block[..n]).await?;
+        left -= n as u64;
+        bar.inc(n as u64);
+    }
+    w.close().await?;
+    bar.finish_and_clear();
+    Ok(start.elapsed())
+}
+
+async fn read_file(c: &Client, path: &str, size: u64) -> Result<Duration> {
+    let bar = progress(size, "read");
+    let start = Instant::now();
+    let mut r = Reader::open(c, path).await?;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut got = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    anyhow::ensure!(got == size, "read {got} of {size} bytes");
+    Ok(start.elapsed())
+}
+
+pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let (mut dev_w, mut dev_r, mut each) = (Vec::new(), Vec::new(), Vec::new());
+    let _local;
+    let masters = if args.masters.is_empty() {
+        let cluster = Cluster::start(Spec {
+            chunk_size_bytes: gfs_proto::limits::DEFAULT_CHUNK_SIZE_BYTES,
+            lease_ms: 60_000,
+            lease_grace_ms: 5_000,
+            chunkserver_timeout_ms: 15_000,
+            heartbeat_ms: 500,
+            base_dir: Some(args.dir.clone()),
+            ..Spec::default()
+        })
+        .await?;
+        let m = cluster.masters.addrs();
+        _local = Some(cluster);
+        m
+    } else {
+        _local = None;
+        args.masters.clone()
+    };
+    let client = Client::connect(&masters)?;
+    let mut block = vec![0u8; 8 << 20];
+    fill_random(&mut block, 7);
+    for run in 0..args.runs {
+        // The device first, then the cluster, alternating, so both see the
+        // same state of the disk.
+        let (w, r) = raw::measure(&args.dir, args.size, 1 << 20, 8, false)?;
+        dev_w.push(mb_s(args.size, w));
+        dev_r.push(mb_s(args.size, r));
+        let path = format!(
+            "/bench/{}-{}-{run}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        client.mkdir("/bench", true).await?;
+        let took = write_file(&client, &path, args.size, &block).await?;
+        let took = if read {
+            read_file(&client, &path, args.size).await?
+        } else {
+            took
+        };
+        each.push(mb_s(args.size, took));
+        client.delete(&path, false).await?;
+    }
+    let (device_write_mb_s, device_read_mb_s) = (median(dev_w), median(dev_r));
+    let limit = if read {
+        device_read_mb_s
+    } else {
+        device_write_mb_s / 3.0
+    };
+    let got = median(each.clone());
+    Ok(ClusterReport {
+        bench: if read {
+            "cluster-read"
+        } else {
+            "cluster-write"
+        },
+        size: args.size,
+        runs: args.runs,
+        mb_s: got,
+        limit_mb_s: limit,
+        ratio: got / limit,
+        device_write_mb_s,
+        device_read_mb_s,
+        each_mb_s: each,
+    })
+}
+
+pub fn print_table(r: &ClusterReport) {
+    println!(
+        "{:<14} {:>10} {:>12} {:>8}   (device O_DIRECT write {:.0} MB/s, read {:.0} MB/s; runs {:?})",
+        r.bench,
+        "MB/s",
+        "limit MB/s",
+        "ratio",
+        r.device_write_mb_s,
+        r.device_read_mb_s,
+        r.each_mb_s.iter().map(|x| x.round()).collect::<Vec<_>>()
+    );
+    println!(
+        "{:<14} {:>10.1} {:>12.1} {:>7.0}%",
+        "",
+        r.mb_s,
+        r.limit_mb_s,
+        r.ratio * 100.0
+    );
+}

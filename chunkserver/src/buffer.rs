@@ -1,0 +1,142 @@
+//! Pushed data waiting for the mutation that names it, keyed by data id.
+//! Bounded in bytes; entries expire. Pure: the caller passes the time.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+#[derive(Debug)]
+pub struct DataBuffer {
+    entries: HashMap<u64, Entry>,
+    /// Bytes held plus bytes reserved by pushes still arriving.
+    used: u64,
+    cap: u64,
+    ttl_ms: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    data: Bytes,
+    expires_ms: u64,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("push buffer full: {used} of {cap} bytes in use, {wanted} more wanted")]
+pub struct Full {
+    pub used: u64,
+    pub cap: u64,
+    pub wanted: u64,
+}
+
+impl DataBuffer {
+    pub fn new(cap: u64, ttl_ms: u64) -> Self {
+        Self {
+            entries: HashMap::new(),
+            used: 0,
+            cap,
+            ttl_ms,
+        }
+    }
+
+    /// Room for a push of `bytes`, dropping expired entries first.
+    pub fn reserve(&mut self, bytes: u64, now_ms: u64) -> Result<(), Full> {
+        if self.used + bytes > self.cap {
+            self.expire(now_ms);
+        }
+        if self.used + bytes > self.cap {
+            return Err(Full {
+                used: self.used,
+                cap: self.cap,
+                wanted: bytes,
+            });
+        }
+        self.used += bytes;
+        Ok(())
+    }
+
+    /// Gives back a reservation whose push failed.
+    pub fn release(&mut self, bytes: u64) {
+        self.used = self.used.saturating_sub(bytes);
+    }
+
+    /// Stores a push that `reserve`d `reserved` bytes. A data id pushed
+    /// again (a retry) replaces the old data.
+    pub fn insert(&mut self, id: u64, data: Bytes, reserved: u64, now_ms: u64) {
+        self.used = self.used.saturating_sub(reserved) + data.len() as u64;
+        let expires_ms = now_ms + self.ttl_ms;
+        if let Some(old) = self.entries.insert(id, Entry { data, expires_ms }) {
+            self.used -= old.data.len() as u64;
+        }
+    }
+
+    pub fn get(&self, id: u64, now_ms: u64) -> Option<Bytes> {
+        self.entries
+            .get(&id)
+            .filter(|e| e.expires_ms > now_ms)
+            .map(|e| e.data.clone())
+    }
+
+    /// Drops data a committed mutation used.
+    pub fn remove(&mut self, id: u64) {
+        if let Some(e) = self.entries.remove(&id) {
+            self.used -= e.data.len() as u64;
+        }
+    }
+
+    pub fn expire(&mut self, now_ms: u64) {
+        let mut freed = 0;
+        self.entries.retain(|_, e| {
+            let keep = e.expires_ms > now_ms;
+            if !keep {
+                freed += e.data.len() as u64;
+            }
+            keep
+        });
+        self.used -= freed;
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_bound_memory_and_expiry_frees_it() {
+        let mut b = DataBuffer::new(100, 10);
+        b.reserve(60, 0).unwrap();
+        assert_eq!(
+            b.reserve(50, 0),
+            Err(Full {
+                used: 60,
+                cap: 100,
+                wanted: 50
+            })
+        );
+        b.insert(1, Bytes::from(vec![7; 60]), 60, 0);
+        assert_eq!(b.get(1, 5).unwrap().len(), 60);
+        // Expired at 10: the reservation succeeds by dropping it.
+        b.reserve(50, 10).unwrap();
+        assert_eq!(b.get(1, 10), None);
+        assert_eq!(b.used(), 50);
+        b.release(50);
+        assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn a_repeated_push_replaces_and_remove_frees() {
+        let mut b = DataBuffer::new(100, 10);
+        b.reserve(30, 0).unwrap();
+        b.insert(1, Bytes::from(vec![1; 30]), 30, 0);
+        b.reserve(20, 1).unwrap();
+        b.insert(1, Bytes::from(vec![2; 20]), 20, 1);
+        assert_eq!(b.used(), 20);
+        assert_eq!(b.get(1, 2).unwrap()[0], 2);
+        b.remove(1);
+        b.remove(1);
+        assert_eq!(b.used(), 0);
+    }
+}

@@ -1,0 +1,166 @@
+//! Heartbeats to every master: liveness, disk use, chunk reports (full at
+//! start and when a master asks, incremental otherwise), lease extension
+//! requests; the leader's answer extends leases and names chunks to delete.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gfs_proto::ChunkHandle;
+use gfs_proto::wire::master::master_chunkserver_client::MasterChunkserverClient;
+use gfs_proto::wire::master::{ChunkReport, HeartbeatReply, HeartbeatRequest};
+use gfs_storage_engine::StoreError;
+use tonic::transport::Endpoint;
+
+use crate::service::{Shared, now_ms};
+
+/// A primary asks to extend a lease while it saw a mutation this recently.
+const EXTEND_IF_MUTATED_WITHIN_MS: u64 = 30_000;
+
+/// Runs one heartbeat loop per master until the task is dropped.
+pub fn spawn(shared: Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
+    shared
+        .cfg
+        .masters
+        .clone()
+        .into_iter()
+        .map(|m| tokio::spawn(beat_forever(shared.clone(), m)))
+        .collect()
+}
+
+async fn beat_forever(shared: Arc<Shared>, master: String) {
+    let channel = match Endpoint::from_shared(format!("http://{master}")) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy(),
+        Err(e) => {
+            tracing::error!(%master, error = %e, "bad master address; not heartbeating to it");
+            return;
+        }
+    };
+    let mut client = MasterChunkserverClient::new(channel)
+        .max_encoding_message_size(gfs_proto::wire::MAX_MESSAGE_BYTES);
+    let period = Duration::from_millis(shared.cfg.heartbeat_ms);
+    let mut acked: Option<u64> = None;
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let (req, upto) = request(&shared, acked).await;
+        match client.heartbeat(req).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                acked = (!reply.want_full_report).then_some(upto);
+                handle_reply(&shared, reply).await;
+            }
+            Err(s) => {
+                tracing::debug!(%master, error = %s.message(), "heartbeat failed");
+            }
+        }
+    }
+}
+
+/// The next heartbeat: a full report if the master has none from us (or
+/// fell behind the change log), else the changes since its last answer.
+async fn request(shared: &Shared, acked: Option<u64>) -> (HeartbeatRequest, u64) {
+    let now = now_ms();
+    let delta = acked.and_then(|seq| {
+        shared
+            .changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .since(seq)
+    });
+    let (capacity, used) = shared.store.usage().iter().fold((0, 0), |(c, u), d| {
+        (c + d.total_bytes, u + d.used_bytes.min(d.total_bytes))
+    });
+    // Report used space as the disk sees it, so placement avoids full disks
+    // whatever else fills them.
+    let free: u64 = shared.store.usage().iter().map(|d| d.free_bytes).sum();
+    let used = used.max(capacity.saturating_sub(free));
+    let extend_leases = shared
+        .leases
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|(_, l)| {
+            l.expires_ms > now
+                && now.saturating_sub(l.last_mutation_ms) < EXTEND_IF_MUTATED_WITHIN_MS
+        })
+        .map(|(h, _)| h.0)
+        .collect();
+    let mut req = HeartbeatRequest {
+        node_id: shared.cfg.id,
+        addr: shared.cfg.advertise.clone(),
+        rack: shared.cfg.rack.clone(),
+        capacity_bytes: capacity,
+        used_bytes: used,
+        draining: false,
+        full_report: false,
+        chunks: Vec::new(),
+        extend_leases,
+        changed: Vec::new(),
+        removed: Vec::new(),
+    };
+    let upto = match delta {
+        Some(d) => {
+            req.changed = d
+                .changed
+                .into_iter()
+                .map(|(h, v)| ChunkReport {
+                    handle: h.0,
+                    version: v.0,
+                    length: 0,
+                })
+                .collect();
+            req.removed = d.removed.into_iter().map(|h| h.0).collect();
+            d.upto
+        }
+        None => {
+            // Take the log position first: a change racing the listing is
+            // sent again next time, never lost.
+            let head = shared
+                .changes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .head();
+            req.full_report = true;
+            req.chunks = shared
+                .store
+                .list()
+                .await
+                .into_iter()
+                .map(|c| ChunkReport {
+                    handle: c.handle.0,
+                    version: c.version.0,
+                    length: c.length,
+                })
+                .collect();
+            head
+        }
+    };
+    (req, upto)
+}
+
+async fn handle_reply(shared: &Shared, reply: HeartbeatReply) {
+    if !reply.leader {
+        return;
+    }
+    if !reply.extended.is_empty() {
+        let mut leases = shared.leases.lock().unwrap_or_else(|p| p.into_inner());
+        for h in &reply.extended {
+            if let Some(l) = leases.get_mut(&ChunkHandle(*h)) {
+                l.expires_ms = l.expires_ms.max(reply.lease_expires_ms);
+            }
+        }
+    }
+    for h in reply.delete_chunks {
+        let h = ChunkHandle(h);
+        match shared.store.delete(h).await {
+            Ok(()) | Err(StoreError::NotFound(_)) => shared.note(h, None),
+            Err(e) => {
+                tracing::warn!(chunk = %h, error = %e, "could not delete a chunk the master named")
+            }
+        }
+    }
+}

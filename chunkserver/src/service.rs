@@ -1,0 +1,597 @@
+//! The chunkserver's gRPC service: push (pipelined along the chain), mutate
+//! (the primary orders, applies and forwards), apply (a secondary), read
+//! (checksums verified), delete.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use gfs_proto::record::RecordId;
+use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
+use gfs_proto::wire::chunk::chunkserver_server::Chunkserver;
+use gfs_proto::wire::chunk::{
+    ApplyReply, ApplyRequest, DeleteRequest, Empty, MutateReply, MutateRequest, MutationKind,
+    PushFrame, PushReply, ReadReply, ReadRequest,
+};
+use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, error};
+use gfs_proto::{ChunkHandle, ChunkVersion};
+use gfs_storage_engine::{ChunkInfo, ChunkStore, StoreError};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::buffer::DataBuffer;
+use crate::changes::Changes;
+use crate::config::ChunkserverConfig;
+use crate::order::{AppendPlan, Committed, Fence, fence_mutation, fence_read, plan_append};
+
+/// Longest chain a push may name.
+const MAX_CHAIN: usize = 16;
+/// Bound on one forwarded call to a peer.
+const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What this server knows of a lease it holds as primary.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeldLease {
+    pub expires_ms: u64,
+    pub last_mutation_ms: u64,
+}
+
+/// Per chunk: mutations are applied one at a time, in serial order.
+#[derive(Debug, Default)]
+struct Ordered {
+    serial: u64,
+    committed: Committed,
+}
+
+/// State shared by the service and the heartbeat loops.
+#[derive(Debug)]
+pub struct Shared {
+    pub cfg: ChunkserverConfig,
+    pub store: ChunkStore,
+    buffer: Mutex<DataBuffer>,
+    ordered: Mutex<HashMap<ChunkHandle, Arc<tokio::sync::Mutex<Ordered>>>>,
+    pub leases: Mutex<HashMap<ChunkHandle, HeldLease>>,
+    pub changes: Mutex<Changes>,
+    peers: Mutex<HashMap<String, ChunkserverClient<Channel>>>,
+}
+
+impl Shared {
+    pub fn new(cfg: ChunkserverConfig, store: ChunkStore) -> Arc<Self> {
+        Arc::new(Self {
+            buffer: Mutex::new(DataBuffer::new(cfg.buffer_bytes, cfg.buffer_ttl_ms)),
+            cfg,
+            store,
+            ordered: Mutex::default(),
+            leases: Mutex::default(),
+            changes: Mutex::new(Changes::new(1 << 16)),
+            peers: Mutex::default(),
+        })
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn note(&self, handle: ChunkHandle, version: Option<ChunkVersion>) {
+        Self::lock(&self.changes).note(handle, version);
+    }
+
+    fn ordered(&self, h: ChunkHandle) -> Arc<tokio::sync::Mutex<Ordered>> {
+        Self::lock(&self.ordered).entry(h).or_default().clone()
+    }
+
+    fn data(&self, id: u64, len: u64) -> Result<Bytes, Status> {
+        let d = Self::lock(&self.buffer).get(id, now_ms()).ok_or_else(|| {
+            error(
+                ErrorKind::DataMissing,
+                format!("data {id:#x} is not buffered here (expired or never pushed): push again"),
+            )
+        })?;
+        if d.len() as u64 != len {
+            return Err(error(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "data {id:#x} holds {} bytes, the mutation names {len}",
+                    d.len()
+                ),
+            ));
+        }
+        Ok(d)
+    }
+
+    fn peer(&self, addr: &str) -> Result<ChunkserverClient<Channel>, Status> {
+        let mut peers = Self::lock(&self.peers);
+        if let Some(c) = peers.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| {
+                error(
+                    ErrorKind::InvalidArgument,
+                    format!("bad address {addr}: {e}"),
+                )
+            })?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let c = ChunkserverClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        peers.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// The chunk's state here, creating it (at `version`) if it is absent
+    /// and the mutation starts a new chunk.
+    async fn local(&self, h: ChunkHandle, version: u64, create: bool) -> Result<ChunkInfo, Status> {
+        match self.store.info(h).await {
+            Ok(i) => Ok(i),
+            Err(StoreError::NotFound(_)) if create => {
+                match self.store.create(h, ChunkVersion(version)).await {
+                    Ok(()) | Err(StoreError::AlreadyExists(_)) => {}
+                    Err(e) => return Err(store_status(e)),
+                }
+                self.note(h, Some(ChunkVersion(version)));
+                self.store.info(h).await.map_err(store_status)
+            }
+            Err(e) => Err(store_status(e)),
+        }
+    }
+
+    /// Version fencing for a mutation; adopts a newer version durably.
+    async fn fence(&self, info: &ChunkInfo, version: u64) -> Result<(), Status> {
+        match fence_mutation(info.version.0, version) {
+            Fence::Current => Ok(()),
+            Fence::Adopt => {
+                self.store
+                    .set_version(info.handle, ChunkVersion(version))
+                    .await
+                    .map_err(store_status)?;
+                self.note(info.handle, Some(ChunkVersion(version)));
+                Ok(())
+            }
+            Fence::Refuse => Err(error(
+                ErrorKind::StaleVersion,
+                format!(
+                    "chunk {} is at version {} here, the request names {version}: ask the master again",
+                    info.handle, info.version.0
+                ),
+            )),
+        }
+    }
+
+    /// Applies one mutation locally; returns the chunk's new length.
+    async fn apply_local(
+        &self,
+        h: ChunkHandle,
+        kind: MutationKind,
+        offset: u64,
+        data: &[u8],
+        sync: bool,
+    ) -> Result<u64, Status> {
+        let len = match kind {
+            MutationKind::Pad => self.store.pad_to_end(h).await,
+            _ => self.store.write_at(h, offset, data).await,
+        }
+        .map_err(store_status)?;
+        if sync {
+            self.store.sync(h).await.map_err(store_status)?;
+        }
+        Ok(len)
+    }
+
+    fn held_lease(&self, h: ChunkHandle, claimed_expiry: u64, now: u64) -> Result<(), Status> {
+        let mut leases = Self::lock(&self.leases);
+        let l = leases.entry(h).or_default();
+        l.expires_ms = l.expires_ms.max(claimed_expiry);
+        if now >= l.expires_ms {
+            return Err(error(
+                ErrorKind::NotPrimary,
+                format!("no valid lease on chunk {h} here: ask the master for the primary"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Maps an engine error to what the caller should do.
+pub fn store_status(e: StoreError) -> Status {
+    let kind = match &e {
+        StoreError::NotFound(_) => ErrorKind::NotFound,
+        StoreError::OutOfRange { .. }
+        | StoreError::ChunkFull { .. }
+        | StoreError::TooLarge { .. }
+        | StoreError::AlreadyExists(_) => ErrorKind::InvalidArgument,
+        StoreError::Corrupt { .. } => ErrorKind::Corrupt,
+        StoreError::NoSpace { .. } => ErrorKind::NoSpace,
+        StoreError::Poisoned { .. } | StoreError::Io { .. } | StoreError::Config(_) => {
+            ErrorKind::Internal
+        }
+    };
+    error(kind, e.to_string())
+}
+
+fn invalid(msg: impl Into<String>) -> Status {
+    error(ErrorKind::InvalidArgument, msg)
+}
+
+fn kind_of(k: i32, allow_pad: bool) -> Result<MutationKind, Status> {
+    match MutationKind::try_from(k) {
+        Ok(MutationKind::Write | MutationKind::Append) => {
+            Ok(MutationKind::try_from(k).unwrap_or_default())
+        }
+        Ok(MutationKind::Pad) if allow_pad => Ok(MutationKind::Pad),
+        _ => Err(invalid(format!("mutation kind {k} is not valid here"))),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ChunkService {
+    pub shared: Arc<Shared>,
+}
+
+impl ChunkService {
+    fn check_size(&self, offset: u64, len: u64) -> Result<(), Status> {
+        let max = self.shared.cfg.store.max_request_bytes;
+        if len > max {
+            return Err(invalid(format!(
+                "{len} bytes exceed the {max}-byte mutation limit"
+            )));
+        }
+        let size = self.shared.cfg.chunk_size_bytes;
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(invalid(format!(
+                "range {offset}+{len} is outside the {size}-byte chunk"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Forwards a mutation to every secondary at once; returns the node ids
+    /// that failed it, and whether one only lacked the pushed data.
+    async fn forward(&self, r: &MutateRequest, apply: ApplyRequest) -> (Vec<u64>, bool) {
+        let mut calls = tokio::task::JoinSet::new();
+        for s in &r.secondaries {
+            let (id, req) = (s.node_id, apply);
+            match self.shared.peer(&s.addr) {
+                Ok(mut c) => {
+                    calls.spawn(async move {
+                        let res = tokio::time::timeout(PEER_TIMEOUT, c.apply(req)).await;
+                        (id, res)
+                    });
+                }
+                Err(_) => {
+                    calls.spawn(async move { (id, Ok(Err(invalid("bad secondary address")))) });
+                }
+            }
+        }
+        let (mut failed, mut missing) = (Vec::new(), false);
+        while let Some(done) = calls.join_next().await {
+            let Ok((id, res)) = done else { continue };
+            match res {
+                Ok(Ok(_)) => {}
+                Ok(Err(s)) if gfs_proto::wire::detail_of(&s).kind() == ErrorKind::DataMissing => {
+                    missing = true
+                }
+                Ok(Err(s)) => {
+                    tracing::warn!(secondary = id, error = %s.message(), "secondary failed a mutation");
+                    failed.push(id);
+                }
+                Err(_) => {
+                    tracing::warn!(secondary = id, "secondary timed out");
+                    failed.push(id);
+                }
+            }
+        }
+        failed.sort_unstable();
+        (failed, missing)
+    }
+}
+
+#[tonic::async_trait]
+impl Chunkserver for ChunkService {
+    async fn push(
+        &self,
+        req: Request<Streaming<PushFrame>>,
+    ) -> Result<Response<PushReply>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| invalid("empty push"))?;
+        let total = first.total_bytes;
+        let max = self.shared.cfg.store.max_request_bytes;
+        if first.data_id == 0 || total > max || first.chain.len() > MAX_CHAIN {
+            return Err(invalid(format!(
+                "push needs a nonzero data id, at most {max} bytes and {MAX_CHAIN} servers"
+            )));
+        }
+        Shared::lock(&self.shared.buffer)
+            .reserve(total, now_ms())
+            .map_err(|e| error(ErrorKind::Busy, e.to_string()))?;
+        let received = self.receive(first, &mut inbound, total).await;
+        match received {
+            Ok((id, data, downstream)) => {
+                Shared::lock(&self.shared.buffer).insert(id, data, total, now_ms());
+                let below = match downstream {
+                    Some(task) => match task.await {
+                        Ok(Ok(r)) => r.into_inner().stored,
+                        Ok(Err(s)) => {
+                            tracing::debug!(error = %s.message(), "push down the chain failed");
+                            0
+                        }
+                        Err(_) => 0,
+                    },
+                    None => 0,
+                };
+                Ok(Response::new(PushReply { stored: 1 + below }))
+            }
+            Err(e) => {
+                Shared::lock(&self.shared.buffer).release(total);
+                Err(e)
+            }
+        }
+    }
+
+    async fn mutate(&self, req: Request<MutateRequest>) -> Result<Response<MutateReply>, Status> {
+        let r = req.into_inner();
+        let kind = kind_of(r.kind, false)?;
+        let h = ChunkHandle(r.handle);
+        let sh = &self.shared;
+        if r.secondaries.len() > MAX_CHAIN {
+            return Err(invalid("too many secondaries"));
+        }
+        let record_max = gfs_proto::limits::max_record_bytes(sh.cfg.chunk_size_bytes);
+        match kind {
+            MutationKind::Append if r.length > record_max.min(sh.cfg.store.max_request_bytes) => {
+                return Err(invalid(format!(
+                    "a record of {} bytes exceeds the limit of {}",
+                    r.length,
+                    record_max.min(sh.cfg.store.max_request_bytes)
+                )));
+            }
+            MutationKind::Append => self.check_size(0, r.length)?,
+            _ => self.check_size(r.offset, r.length)?,
+        }
+        let now = now_ms();
+        sh.held_lease(h, r.lease_expires_ms, now)?;
+        let data = sh.data(r.data_id, r.length)?;
+        let order = sh.ordered(h);
+        let mut order = order.lock().await;
+        let create = kind == MutationKind::Append || r.offset == 0;
+        let info = sh.local(h, r.version, create).await?;
+        sh.fence(&info, r.version).await?;
+        let id = RecordId {
+            client_id: r.client_id,
+            seq: r.seq,
+        };
+        let (applied_kind, offset) = match kind {
+            MutationKind::Append => {
+                let dup = (r.client_id != 0)
+                    .then(|| order.committed.find(id))
+                    .flatten();
+                match plan_append(info.length, sh.cfg.chunk_size_bytes, r.length, dup) {
+                    AppendPlan::Duplicate(at) => {
+                        return Ok(Response::new(MutateReply {
+                            offset: at,
+                            chunk_length: info.length,
+                            chunk_full: false,
+                            failed: Vec::new(),
+                        }));
+                    }
+                    AppendPlan::Pad => (MutationKind::Pad, info.length),
+                    AppendPlan::At(at) => (MutationKind::Write, at),
+                }
+            }
+            _ => (MutationKind::Write, r.offset),
+        };
+        let length = sh
+            .apply_local(h, applied_kind, offset, &data, r.sync)
+            .await?;
+        order.serial += 1;
+        let apply = ApplyRequest {
+            handle: r.handle,
+            version: r.version,
+            kind: applied_kind as i32,
+            offset,
+            data_id: r.data_id,
+            length: if applied_kind == MutationKind::Pad {
+                0
+            } else {
+                r.length
+            },
+            serial: order.serial,
+            sync: r.sync,
+            create: offset == 0 && applied_kind != MutationKind::Pad,
+        };
+        let (failed, missing) = self.forward(&r, apply).await;
+        if missing && failed.is_empty() {
+            return Err(error(
+                ErrorKind::DataMissing,
+                "a secondary lacks the pushed data: push again and retry",
+            ));
+        }
+        let full = applied_kind == MutationKind::Pad;
+        if failed.is_empty() {
+            if kind == MutationKind::Append && !full && r.client_id != 0 {
+                order.committed.record(id, offset);
+            }
+            Shared::lock(&sh.buffer).remove(r.data_id);
+            if let Some(l) = Shared::lock(&sh.leases).get_mut(&h) {
+                l.last_mutation_ms = now;
+            }
+        }
+        Ok(Response::new(MutateReply {
+            offset,
+            chunk_length: length,
+            chunk_full: full,
+            failed,
+        }))
+    }
+
+    async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyReply>, Status> {
+        let r = req.into_inner();
+        let kind = kind_of(r.kind, true)?;
+        let h = ChunkHandle(r.handle);
+        let sh = &self.shared;
+        let data = if kind == MutationKind::Pad {
+            Bytes::new()
+        } else {
+            self.check_size(r.offset, r.length)?;
+            sh.data(r.data_id, r.length)?
+        };
+        let order = sh.ordered(h);
+        let _order = order.lock().await;
+        let info = sh.local(h, r.version, r.create).await?;
+        sh.fence(&info, r.version).await?;
+        let length = sh.apply_local(h, kind, r.offset, &data, r.sync).await?;
+        if kind != MutationKind::Pad {
+            Shared::lock(&sh.buffer).remove(r.data_id);
+        }
+        Ok(Response::new(ApplyReply {
+            chunk_length: length,
+        }))
+    }
+
+    async fn read(&self, req: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
+        let r = req.into_inner();
+        if r.length > MAX_FRAME_BYTES as u64 {
+            return Err(invalid(format!(
+                "a read returns at most {MAX_FRAME_BYTES} bytes, {} were asked for",
+                r.length
+            )));
+        }
+        let h = ChunkHandle(r.handle);
+        let sh = &self.shared;
+        let info = sh.store.info(h).await.map_err(store_status)?;
+        if fence_read(info.version.0, r.version) == Fence::Refuse {
+            return Err(error(
+                ErrorKind::StaleVersion,
+                format!(
+                    "chunk {h} is at version {} here, the reader expects {}: read another replica",
+                    info.version.0, r.version
+                ),
+            ));
+        }
+        let len = r.length.min(info.length.saturating_sub(r.offset));
+        let data = if len == 0 {
+            Bytes::new()
+        } else {
+            match sh.store.read(h, r.offset, len).await {
+                Ok(d) => d,
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    // Never served: the replica goes to quarantine, the
+                    // masters hear it is gone, and the reader tries another.
+                    tracing::error!(chunk = %h, error = %e, "corrupt replica quarantined");
+                    if sh.store.quarantine(h, &e.to_string()).await.is_ok() {
+                        sh.note(h, None);
+                    }
+                    return Err(store_status(e));
+                }
+                Err(e) => return Err(store_status(e)),
+            }
+        };
+        Ok(Response::new(ReadReply {
+            data,
+            chunk_length: info.length,
+        }))
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<Empty>, Status> {
+        let h = ChunkHandle(req.into_inner().handle);
+        match self.shared.store.delete(h).await {
+            Ok(()) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(store_status(e)),
+        }
+        self.shared.note(h, None);
+        Ok(Response::new(Empty {}))
+    }
+}
+
+type Downstream = tokio::task::JoinHandle<Result<Response<PushReply>, Status>>;
+
+impl ChunkService {
+    /// Receives a push while forwarding each frame down the chain.
+    async fn receive(
+        &self,
+        first: PushFrame,
+        inbound: &mut Streaming<PushFrame>,
+        total: u64,
+    ) -> Result<(u64, Bytes, Option<Downstream>), Status> {
+        let id = first.data_id;
+        let (tx, downstream) = match first.chain.first() {
+            Some(next) => {
+                let mut peer = self.shared.peer(next)?;
+                let (tx, rx) = mpsc::channel::<PushFrame>(4);
+                let task = tokio::spawn(async move {
+                    tokio::time::timeout(PEER_TIMEOUT, peer.push(ReceiverStream::new(rx)))
+                        .await
+                        .map_err(|_| error(ErrorKind::Unavailable, "next server timed out"))?
+                });
+                (Some(tx), Some(task))
+            }
+            None => (None, None),
+        };
+        let forward = |tx: &Option<mpsc::Sender<PushFrame>>, f: PushFrame| {
+            let tx = tx.clone();
+            async move {
+                if let Some(tx) = tx {
+                    // A dead next server shows in its reply; keep receiving.
+                    let _ = tx.send(f).await;
+                }
+            }
+        };
+        let mut got = first.data.len() as u64;
+        let mut parts = vec![first.data.clone()];
+        forward(
+            &tx,
+            PushFrame {
+                chain: first.chain[1.min(first.chain.len())..].to_vec(),
+                ..first
+            },
+        )
+        .await;
+        while let Some(f) = inbound.message().await? {
+            got += f.data.len() as u64;
+            if got > total {
+                return Err(invalid(format!(
+                    "push {id:#x} sent more than its {total} bytes"
+                )));
+            }
+            parts.push(f.data.clone());
+            forward(
+                &tx,
+                PushFrame {
+                    data: f.data,
+                    ..PushFrame::default()
+                },
+            )
+            .await;
+        }
+        drop(tx);
+        if got != total {
+            return Err(invalid(format!(
+                "push {id:#x} ended after {got} of {total} bytes"
+            )));
+        }
+        let data = if parts.len() == 1 {
+            parts.pop().unwrap_or_default()
+        } else {
+            let mut all = BytesMut::with_capacity(total as usize);
+            for p in parts {
+                all.extend_from_slice(&p);
+            }
+            all.freeze()
+        };
+        Ok((id, data, downstream))
+    }
+}

@@ -1,0 +1,513 @@
+//! `gfs`: the gfs-rs command line.
+
+mod cluster;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use gfs_client::{Client, MasterClient, Reader, RecordReader, Writer};
+use gfs_proto::wire::master::{
+    AddMasterRequest, Empty, FileInfo, RemoveMasterRequest, TransferLeaderRequest,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, Parser)]
+#[command(name = "gfs", version, about = "gfs-rs command line")]
+struct Args {
+    /// Comma-separated master addresses (host:port). Default: GFS_MASTERS,
+    /// else the local cluster's (`<cluster dir>/masters`).
+    #[arg(long, env = "GFS_MASTERS", value_delimiter = ',')]
+    masters: Vec<String>,
+    /// Directory of the local cluster (`gfs cluster`).
+    #[arg(
+        long,
+        env = "GFS_CLUSTER_DIR",
+        default_value = "gfs-cluster",
+        global = true
+    )]
+    dir: PathBuf,
+    /// Machine-readable output where a script would want it.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Make a directory (-p: with its parents, no error if it exists).
+    Mkdir {
+        path: String,
+        #[arg(short)]
+        p: bool,
+    },
+    /// Create an empty file (fails if it exists).
+    Touch {
+        path: String,
+        #[arg(long, default_value_t = 0)]
+        replication: u32,
+    },
+    /// A file's metadata, its chunks, versions and replicas.
+    Stat {
+        path: String,
+        /// Serve from any master without confirming leadership.
+        #[arg(long)]
+        stale: bool,
+    },
+    Ls {
+        #[arg(default_value = "/")]
+        path: String,
+        /// Long format: kind, size (human), chunks, replication, name.
+        #[arg(short)]
+        l: bool,
+    },
+    Mv {
+        from: String,
+        to: String,
+    },
+    /// Delete (recoverable with `undelete` until reclaimed).
+    Rm {
+        path: String,
+        #[arg(short)]
+        r: bool,
+    },
+    Undelete {
+        id: u64,
+    },
+    /// Copy a local file into gfs (creates REMOTE).
+    Put {
+        local: PathBuf,
+        remote: String,
+    },
+    /// Copy a gfs file to a local file.
+    Get {
+        remote: String,
+        local: PathBuf,
+    },
+    /// Write a gfs file to stdout.
+    Cat {
+        path: String,
+    },
+    /// Record-append each line of FILE (default stdin) to PATH, creating it
+    /// if needed; prints each record's offset.
+    Append {
+        path: String,
+        file: Option<PathBuf>,
+    },
+    /// Print each record of an appended file once, in file order.
+    Records {
+        path: String,
+    },
+    /// A local cluster: 3 masters and 4 chunkservers on 127.0.0.x.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    #[command(subcommand)]
+    Admin(Admin),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCmd {
+    /// Start it (data, logs and pids under --dir) and wait until it serves.
+    Start(cluster::StartArgs),
+    /// End exactly the processes `start` recorded.
+    Stop,
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum Admin {
+    /// Every master's view: role, term, leader, log and applied index.
+    Status,
+    /// Hand leadership to another master (0: the most up to date).
+    TransferLeader {
+        #[arg(default_value_t = 0)]
+        to: u64,
+    },
+    AddMaster {
+        id: u64,
+        addr: String,
+    },
+    RemoveMaster {
+        id: u64,
+    },
+}
+
+fn human(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn file_json(f: &FileInfo) -> serde_json::Value {
+    serde_json::json!({
+        "name": f.name,
+        "dir": f.is_dir,
+        "length": f.length,
+        "chunks": f.chunks,
+        "replication": f.replication,
+        "mtime_ms": f.mtime_ms,
+    })
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_string());
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+fn report(json: bool, verb: &str, path: &str, bytes: u64, start: Instant) {
+    let secs = start.elapsed().as_secs_f64();
+    let mb_s = bytes as f64 / 1e6 / secs.max(1e-9);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"op": verb, "path": path, "bytes": bytes, "seconds": secs, "mb_s": mb_s})
+        );
+    } else {
+        eprintln!(
+            "{verb} {path}: {} in {secs:.2} s ({mb_s:.1} MB/s)",
+            human(bytes)
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gfs: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn masters_of(a: &Args) -> anyhow::Result<Vec<String>> {
+    if !a.masters.is_empty() {
+        return Ok(a.masters.clone());
+    }
+    let file = a.dir.join("masters");
+    let text = std::fs::read_to_string(&file).with_context(|| {
+        format!(
+            "no masters given: pass --masters, set GFS_MASTERS, or start a local cluster \
+             (`gfs cluster start`; looked for {})",
+            file.display()
+        )
+    })?;
+    Ok(text.trim().split(',').map(String::from).collect())
+}
+
+async fn run(a: Args) -> anyhow::Result<()> {
+    if let Cmd::Cluster(c) = &a.cmd {
+        return run_cluster(&a, c).await;
+    }
+    let masters = masters_of(&a)?;
+    let client = Client::connect(&masters)?;
+    let c = client.master();
+    match a.cmd {
+        Cmd::Mkdir { path, p } => c.mkdir(&path, p).await?,
+        Cmd::Touch { path, replication } => c.create(&path, replication).await?,
+        Cmd::Stat { path, stale } => stat(&client, &path, stale, a.json).await?,
+        Cmd::Ls { path, l } => {
+            let list = c.list(&path).await?;
+            if a.json {
+                let v: Vec<_> = list.iter().map(file_json).collect();
+                println!("{}", serde_json::Value::Array(v));
+            }
+            for f in list.iter().filter(|_| !a.json) {
+                match (l, f.is_dir) {
+                    (false, _) => println!("{}{}", f.name, if f.is_dir { "/" } else { "" }),
+                    (true, true) => println!("d {:>10} {:>6} {:>3} {}/", "-", "-", "-", f.name),
+                    (true, false) => println!(
+                        "- {:>10} {:>6} r{:<2} {}",
+                        human(f.length),
+                        f.chunks,
+                        f.replication,
+                        f.name
+                    ),
+                }
+            }
+        }
+        Cmd::Mv { from, to } => c.rename(&from, &to).await?,
+        Cmd::Rm { path, r } => println!("deleted, undelete id {}", c.delete(&path, r).await?),
+        Cmd::Undelete { id } => println!("restored {}", c.undelete(id).await?),
+        Cmd::Put { local, remote } => {
+            let start = Instant::now();
+            let mut src = tokio::fs::File::open(&local)
+                .await
+                .with_context(|| format!("opening {}", local.display()))?;
+            let len = src.metadata().await?.len();
+            let bar = progress(len, "put");
+            let mut w = Writer::create(&client, &remote).await?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = src.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                w.write_all(&buf[..n]).await?;
+                bar.inc(n as u64);
+            }
+            let written = w.close().await?;
+            bar.finish_and_clear();
+            report(a.json, "put", &remote, written, start);
+        }
+        Cmd::Get { remote, local } => {
+            let start = Instant::now();
+            let mut r = Reader::open(&client, &remote).await?;
+            let bar = progress(r.len(), "get");
+            let mut dst = tokio::fs::File::create(&local)
+                .await
+                .with_context(|| format!("creating {}", local.display()))?;
+            let n = copy(&mut r, &mut dst, Some(&bar)).await?;
+            dst.flush().await?;
+            bar.finish_and_clear();
+            report(a.json, "get", &remote, n, start);
+        }
+        Cmd::Cat { path } => {
+            let mut r = Reader::open(&client, &path).await?;
+            let mut out = tokio::io::stdout();
+            copy(&mut r, &mut out, None).await?;
+            out.flush().await?;
+        }
+        Cmd::Append { path, file } => append(&client, &path, file, a.json).await?,
+        Cmd::Records { path } => {
+            let mut rr = RecordReader::open(&client, &path).await?;
+            let mut out = tokio::io::stdout();
+            while let Some(r) = rr.next().await? {
+                out.write_all(&r.data).await?;
+                out.write_all(b"\n").await?;
+            }
+            out.flush().await?;
+        }
+        Cmd::Admin(cmd) => admin(c, &masters, cmd).await?,
+        Cmd::Cluster(_) => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+async fn copy<W: tokio::io::AsyncWrite + Unpin>(
+    r: &mut Reader,
+    w: &mut W,
+    bar: Option<&ProgressBar>,
+) -> anyhow::Result<u64> {
+    let mut buf = vec![0u8; 4 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        w.write_all(&buf[..n]).await?;
+        total += n as u64;
+        if let Some(b) = bar {
+            b.inc(n as u64);
+        }
+    }
+}
+
+async fn stat(client: &Client, path: &str, stale: bool, json: bool) -> anyhow::Result<()> {
+    let f = client.master().stat(path, stale).await?;
+    let chunks = if f.is_dir {
+        Vec::new()
+    } else {
+        client.chunks(path).await?
+    };
+    let length = if f.is_dir {
+        0
+    } else {
+        client.length(path).await?
+    };
+    if json {
+        let cs: Vec<_> = chunks
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "index": c.index, "handle": c.handle, "version": c.version,
+                    "primary": c.primary,
+                    "replicas": c.replicas.iter().map(|r| serde_json::json!({"id": r.node_id, "addr": r.addr})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let mut v = file_json(&f);
+        v["length"] = length.into();
+        v["chunk_list"] = cs.into();
+        println!("{v}");
+        return Ok(());
+    }
+    if f.is_dir {
+        println!("{path}: directory");
+        return Ok(());
+    }
+    println!(
+        "{path}: {} ({length} bytes), {} chunks, replication {}",
+        human(length),
+        f.chunks,
+        f.replication
+    );
+    for c in &chunks {
+        let reps: Vec<String> = c
+            .replicas
+            .iter()
+            .map(|r| {
+                let p = if r.node_id == c.primary { "*" } else { "" };
+                format!("{}{p}@{}", r.node_id, r.addr)
+            })
+            .collect();
+        println!(
+            "  chunk {:>4}  handle {:016x}  version {:>3}  replicas {}",
+            c.index,
+            c.handle,
+            c.version,
+            reps.join(" ")
+        );
+    }
+    Ok(())
+}
+
+async fn append(
+    client: &Client,
+    path: &str,
+    file: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    match client.create(path, 0).await {
+        Ok(()) => {}
+        Err(e) if e.kind == gfs_proto::wire::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e.into()),
+    }
+    let text = match file {
+        Some(f) => tokio::fs::read(&f)
+            .await
+            .with_context(|| format!("reading {}", f.display()))?,
+        None => {
+            let mut v = Vec::new();
+            tokio::io::stdin().read_to_end(&mut v).await?;
+            v
+        }
+    };
+    let mut offsets = Vec::new();
+    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        offsets.push(client.append(path, line).await?);
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"path": path, "records": offsets.len(), "offsets": offsets})
+        );
+    } else {
+        for o in &offsets {
+            println!("{o}");
+        }
+    }
+    Ok(())
+}
+
+async fn run_cluster(a: &Args, c: &ClusterCmd) -> anyhow::Result<()> {
+    match c {
+        ClusterCmd::Start(s) => {
+            let masters = cluster::start(&a.dir, s).await?;
+            println!(
+                "cluster up: {} masters, {} chunkservers; data, logs and pids in {}",
+                s.masters,
+                s.chunkservers,
+                a.dir.display()
+            );
+            println!("export GFS_MASTERS={}", masters.join(","));
+        }
+        ClusterCmd::Stop => {
+            let n = cluster::stop(&a.dir)?;
+            println!("stopped {n} processes");
+        }
+        ClusterCmd::Status => {
+            let procs = cluster::status(&a.dir);
+            if procs.is_empty() {
+                bail!("no cluster recorded in {}", a.dir.display());
+            }
+            for (name, pid) in &procs {
+                match pid {
+                    Some(p) => println!("{name:<16} running (pid {p})"),
+                    None => println!("{name:<16} stopped"),
+                }
+            }
+            if let Ok(m) = masters_of(a) {
+                let mc = MasterClient::new(&m, gfs_client::MasterOptions::default())?;
+                admin(&mc, &m, Admin::Status).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn admin(c: &MasterClient, masters: &[String], cmd: Admin) -> anyhow::Result<()> {
+    if let Admin::Status = cmd {
+        for (i, addr) in masters.iter().enumerate() {
+            match c.status_of(i).await {
+                Ok(s) => println!(
+                    "{addr}: id {} {} term {} leader {} log {} applied {} files {} chunks {} chunkservers {}",
+                    s.id,
+                    s.state,
+                    s.term,
+                    s.leader_id,
+                    s.last_log_index,
+                    s.applied_index,
+                    s.files,
+                    s.chunks,
+                    s.chunkservers
+                ),
+                Err(e) => println!("{addr}: {e}"),
+            }
+        }
+        return Ok(());
+    }
+    let leader = leader_index(c, masters).await?;
+    let mut admin = c.admin(leader);
+    match cmd {
+        Admin::TransferLeader { to } => {
+            admin.transfer_leader(TransferLeaderRequest { to }).await?;
+        }
+        Admin::AddMaster { id, addr } => {
+            admin.add_master(AddMasterRequest { id, addr }).await?;
+        }
+        Admin::RemoveMaster { id } => {
+            admin.remove_master(RemoveMasterRequest { id }).await?;
+        }
+        Admin::Status => {
+            admin.status(Empty {}).await?;
+        }
+    }
+    println!("done");
+    Ok(())
+}
+
+async fn leader_index(c: &MasterClient, masters: &[String]) -> anyhow::Result<usize> {
+    for i in 0..masters.len() {
+        if let Ok(s) = c.status_of(i).await
+            && s.state == "leader"
+        {
+            return Ok(i);
+        }
+    }
+    anyhow::bail!("no master is the leader right now")
+}

@@ -1,0 +1,518 @@
+//! [`Client`]: the file system as a library. Metadata goes to the masters;
+//! data is pushed along the replica chain, mutated through the primary and
+//! read from one replica, with the retries the paper describes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use gfs_proto::record::{self, RecordId};
+use gfs_proto::wire::chunk::{MutateReply, MutateRequest, MutationKind, ReadRequest, Replica};
+use gfs_proto::wire::master::{ChunkInfo, FileInfo};
+use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES};
+
+use crate::chunks::{ChunkPool, PushError};
+use crate::master::{MasterClient, MasterError, MasterOptions};
+
+pub type Result<T, E = MasterError> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub master: MasterOptions,
+    /// Give up on one mutation after this long. It covers waiting out the
+    /// lease of a dead primary (60 s by default on the masters).
+    pub mutation_deadline: Duration,
+    /// Chunks a `Writer` keeps in flight.
+    pub write_depth: usize,
+    /// Pieces a `Reader` fetches ahead.
+    pub read_depth: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            master: MasterOptions::default(),
+            mutation_deadline: Duration::from_secs(120),
+            write_depth: 4,
+            read_depth: 4,
+        }
+    }
+}
+
+/// Cheap to clone; clones share connections, caches and the client id.
+#[derive(Clone, Debug)]
+pub struct Client {
+    master: MasterClient,
+    pool: ChunkPool,
+    opts: Arc<ClientOptions>,
+    record_seq: Arc<AtomicU64>,
+    /// The chunk each file's appends last went to.
+    append_index: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+/// Whether an error from a replica means that replica is unusable (as
+/// opposed to "refresh the locations" or "the request is wrong").
+pub(crate) fn replica_failed(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::Unavailable
+            | ErrorKind::Internal
+            | ErrorKind::NoSpace
+            | ErrorKind::Unspecified
+            | ErrorKind::Corrupt
+    )
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A cached lease is used only with this much of it left.
+const LEASE_MARGIN_MS: u64 = 2_000;
+
+impl Client {
+    pub fn connect(masters: &[String]) -> Result<Self> {
+        Self::with_options(masters, ClientOptions::default())
+    }
+
+    pub fn with_options(masters: &[String], opts: ClientOptions) -> Result<Self> {
+        Ok(Self {
+            master: MasterClient::new(masters, opts.master.clone())?,
+            pool: ChunkPool::default(),
+            opts: Arc::new(opts),
+            record_seq: Arc::new(AtomicU64::new(1)),
+            append_index: Arc::default(),
+        })
+    }
+
+    pub fn master(&self) -> &MasterClient {
+        &self.master
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.opts
+    }
+
+    // ---- metadata ---------------------------------------------------------
+
+    /// Creates an empty file (exclusive), replication 0 = the default.
+    pub async fn create(&self, path: &str, replication: u32) -> Result<()> {
+        self.master.create(path, replication).await
+    }
+
+    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<()> {
+        self.master.mkdir(path, parents).await
+    }
+
+    pub async fn stat(&self, path: &str) -> Result<FileInfo> {
+        self.master.stat(path, false).await
+    }
+
+    pub async fn list(&self, path: &str) -> Result<Vec<FileInfo>> {
+        self.master.list(path).await
+    }
+
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.master.rename(from, to).await
+    }
+
+    pub async fn delete(&self, path: &str, recursive: bool) -> Result<u64> {
+        self.master.delete(path, recursive).await
+    }
+
+    /// The cluster's chunk size (asks the masters once).
+    pub async fn chunk_size(&self, path: &str) -> Result<u64> {
+        match self.master.chunk_size() {
+            0 => Ok(self.master.locate_file(path, 0, 1).await?.chunk_size_bytes),
+            n => Ok(n),
+        }
+    }
+
+    /// Locations of every chunk of `path` (for `gfs stat`).
+    pub async fn chunks(&self, path: &str) -> Result<Vec<ChunkInfo>> {
+        let mut out = Vec::new();
+        loop {
+            let r = self
+                .master
+                .locate_file(path, out.len() as u64, 1024)
+                .await?;
+            let done = r.found.is_empty() || out.len() as u64 + r.found.len() as u64 >= r.chunks;
+            out.extend(r.found);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The file's length: what the masters recorded, or more if the last
+    /// chunk's replicas already hold more (acknowledged appends and writes
+    /// whose writer has not reported its length yet).
+    pub async fn length(&self, path: &str) -> Result<u64> {
+        let r = self.master.locate_file(path, 0, 1).await?;
+        if r.chunks == 0 {
+            return Ok(r.length);
+        }
+        let last = r.chunks - 1;
+        let (_, chunk_len) = self.read_piece(path, last, 0, 0).await?;
+        Ok(r.length.max(last * r.chunk_size_bytes + chunk_len))
+    }
+
+    /// Records the file's current length with the masters, so a reader
+    /// that trusts `stat` sees every acknowledged byte. Acknowledged data is
+    /// already on every replica's device (O_DIRECT); `WriteOptions::sync`
+    /// adds an fdatasync per mutation.
+    pub async fn sync(&self, path: &str) -> Result<u64> {
+        let len = self.length(path).await?;
+        self.master.report_length(path, len).await?;
+        Ok(len)
+    }
+
+    // ---- mutations --------------------------------------------------------
+
+    /// Write access to chunk `index`: the cached lease if enough of it is
+    /// left, else the masters (which add the chunk if it is the next one,
+    /// and give it a new version without `failed`).
+    async fn writable(&self, path: &str, index: u64, failed: &mut Vec<u64>) -> Result<ChunkInfo> {
+        if failed.is_empty()
+            && let Some(c) = self.master.cached(path, index)
+            && c.primary != 0
+            && c.lease_expires_ms > now_ms() + LEASE_MARGIN_MS
+        {
+            return Ok(c);
+        }
+        let info = self.master.write_chunk(path, index, failed).await?;
+        failed.clear();
+        Ok(info)
+    }
+
+    /// Makes sure chunk `index` exists (chunks are added in order).
+    pub(crate) async fn ensure_chunk(&self, path: &str, index: u64) -> Result<()> {
+        self.writable(path, index, &mut Vec::new())
+            .await
+            .map(|_| ())
+    }
+
+    /// One mutation of one chunk, retried until it is acknowledged by every
+    /// replica or the deadline passes. A replica that failed is reported to
+    /// the masters, which version it out.
+    pub(crate) async fn mutate_chunk(
+        &self,
+        path: &str,
+        index: u64,
+        m: Mutation,
+    ) -> Result<MutateReply> {
+        let deadline = Instant::now() + self.opts.mutation_deadline;
+        let mut failed = Vec::new();
+        let mut backoff = Duration::from_millis(10);
+        let data_id = rand::random::<u64>() | 1;
+        let mut last: MasterError;
+        loop {
+            last = match self
+                .mutate_once(path, index, &m, data_id, &mut failed)
+                .await
+            {
+                Ok(r) => return Ok(r),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(e)) => e,
+            };
+            self.master.forget_chunk(path, index);
+            if Instant::now() >= deadline {
+                return Err(MasterError::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "chunk {index} of {path}: no acknowledged mutation within {:?}: {}",
+                        self.opts.mutation_deadline, last.message
+                    ),
+                ));
+            }
+            tracing::debug!(%path, index, error = %last, "retrying a mutation");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    async fn mutate_once(
+        &self,
+        path: &str,
+        index: u64,
+        m: &Mutation,
+        data_id: u64,
+        failed: &mut Vec<u64>,
+    ) -> Result<MutateReply, Attempt> {
+        let info = self
+            .writable(path, index, failed)
+            .await
+            .map_err(|e| match e.kind {
+                ErrorKind::LeaseHeld | ErrorKind::Unavailable | ErrorKind::NoSpace => {
+                    Attempt::Retry(e)
+                }
+                _ => Attempt::Fatal(e),
+            })?;
+        let Some(primary) = info.replicas.iter().find(|r| r.node_id == info.primary) else {
+            return Err(Attempt::Retry(MasterError::new(
+                ErrorKind::Unavailable,
+                format!("chunk {index} of {path} has no live primary yet"),
+            )));
+        };
+        let chain: Vec<String> = info.replicas.iter().map(|r| r.addr.clone()).collect();
+        match self.pool.push(&chain, data_id, m.data.clone()).await {
+            Ok(()) => {}
+            Err(PushError::Broken(i)) => {
+                if let Some(r) = info.replicas.get(i) {
+                    failed.push(r.node_id);
+                }
+                return Err(Attempt::Retry(MasterError::new(
+                    ErrorKind::Unavailable,
+                    format!("push stopped at replica {i} of chunk {index}"),
+                )));
+            }
+            Err(PushError::Other(e)) if e.kind == ErrorKind::Busy => return Err(Attempt::Retry(e)),
+            Err(PushError::Other(e)) => return Err(Attempt::Fatal(e)),
+        }
+        let req = MutateRequest {
+            handle: info.handle,
+            version: info.version,
+            kind: m.kind as i32,
+            offset: m.offset,
+            data_id,
+            length: m.data.len() as u64,
+            secondaries: info
+                .replicas
+                .iter()
+                .filter(|r| r.node_id != info.primary)
+                .map(|r| Replica {
+                    node_id: r.node_id,
+                    addr: r.addr.clone(),
+                })
+                .collect(),
+            lease_expires_ms: info.lease_expires_ms,
+            client_id: m.record.map_or(0, |r| r.client_id),
+            seq: m.record.map_or(0, |r| r.seq),
+            sync: m.sync,
+        };
+        match self.pool.mutate(&primary.addr, req).await {
+            Ok(r) if r.failed.is_empty() => Ok(r),
+            Ok(r) => {
+                failed.extend(&r.failed);
+                Err(Attempt::Retry(MasterError::new(
+                    ErrorKind::Unavailable,
+                    format!("replicas {:?} failed a mutation of chunk {index}", r.failed),
+                )))
+            }
+            Err(e) => match e.kind {
+                ErrorKind::StaleVersion
+                | ErrorKind::NotPrimary
+                | ErrorKind::NotFound
+                | ErrorKind::DataMissing
+                | ErrorKind::Busy => Err(Attempt::Retry(e)),
+                k if replica_failed(k) => {
+                    failed.push(primary.node_id);
+                    Err(Attempt::Retry(e))
+                }
+                _ => Err(Attempt::Fatal(e)),
+            },
+        }
+    }
+
+    /// Writes `data` at `offset` of an existing file, piece by piece, each
+    /// piece acknowledged by every replica before the next is sent. The
+    /// masters' length is raised afterwards.
+    pub async fn write_at(&self, path: &str, offset: u64, data: &[u8]) -> Result<()> {
+        let cs = self.chunk_size(path).await?;
+        let mut at = 0usize;
+        while at < data.len() {
+            let pos = offset + at as u64;
+            let (index, in_chunk) = (pos / cs, pos % cs);
+            let n = (data.len() - at)
+                .min(MAX_FRAME_BYTES)
+                .min((cs - in_chunk) as usize);
+            self.write_piece(
+                path,
+                index,
+                in_chunk,
+                Bytes::copy_from_slice(&data[at..at + n]),
+                false,
+            )
+            .await?;
+            at += n;
+        }
+        if !data.is_empty() {
+            self.master
+                .report_length(path, offset + data.len() as u64)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn write_piece(
+        &self,
+        path: &str,
+        index: u64,
+        offset: u64,
+        data: Bytes,
+        sync: bool,
+    ) -> Result<()> {
+        // Chunks are added in order: make sure the ones before exist.
+        if self.master.cached(path, index).is_none() && index > 0 {
+            let r = self.master.locate_file(path, 0, 1).await?;
+            for i in r.chunks..index {
+                self.ensure_chunk(path, i).await?;
+            }
+        }
+        let m = Mutation {
+            kind: MutationKind::Write,
+            offset,
+            data,
+            record: None,
+            sync,
+        };
+        self.mutate_chunk(path, index, m).await.map(|_| ())
+    }
+
+    /// Appends one record atomically, at least once, at an offset the
+    /// primary chooses; returns that offset in the file. A record is at
+    /// most a quarter of a chunk (minus its frame header).
+    pub async fn append(&self, path: &str, payload: &[u8]) -> Result<u64> {
+        let cs = self.chunk_size(path).await?;
+        let id = RecordId {
+            client_id: self.master.client_id(),
+            seq: self.record_seq.fetch_add(1, Ordering::Relaxed),
+        };
+        let max = (gfs_proto::limits::max_record_bytes(cs) as usize).min(MAX_FRAME_BYTES);
+        if payload.len() + record::HEADER_BYTES > max {
+            return Err(MasterError::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "a record holds at most {} bytes here, not {}",
+                    max - record::HEADER_BYTES,
+                    payload.len()
+                ),
+            ));
+        }
+        let framed = Bytes::from(record::encode(id, payload));
+        let known = self
+            .append_index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .copied();
+        let mut index = match known {
+            Some(i) => i,
+            None => self
+                .master
+                .locate_file(path, 0, 1)
+                .await?
+                .chunks
+                .saturating_sub(1),
+        };
+        loop {
+            let m = Mutation {
+                kind: MutationKind::Append,
+                offset: 0,
+                data: framed.clone(),
+                record: Some(id),
+                sync: false,
+            };
+            let r = self.mutate_chunk(path, index, m).await?;
+            if !r.chunk_full {
+                self.append_index
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(path.to_string(), index);
+                return Ok(index * cs + r.offset);
+            }
+            index += 1;
+        }
+    }
+
+    // ---- reads ------------------------------------------------------------
+
+    /// Up to `len` bytes of chunk `index` from `offset`, from the first
+    /// replica that answers with verified data, and the chunk's length on
+    /// that replica. A chunk the file does not have reads as empty.
+    pub(crate) async fn read_piece(
+        &self,
+        path: &str,
+        index: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(Bytes, u64)> {
+        let mut last = None;
+        for round in 0..3 {
+            if round > 0 {
+                self.master.forget_chunk(path, index);
+                tokio::time::sleep(Duration::from_millis(50 * round)).await;
+            }
+            let Some(info) = self.master.locate(path, index).await? else {
+                return Ok((Bytes::new(), 0));
+            };
+            // Spread readers over the replicas.
+            let n = info.replicas.len();
+            let start = if n == 0 { 0 } else { rand::random_range(0..n) };
+            for k in 0..n {
+                let r = &info.replicas[(start + k) % n];
+                let req = ReadRequest {
+                    handle: info.handle,
+                    version: info.version,
+                    offset,
+                    length: len,
+                };
+                match self.pool.read(&r.addr, req).await {
+                    Ok(reply) => return Ok((reply.data, reply.chunk_length)),
+                    Err(e) => {
+                        tracing::debug!(replica = r.node_id, error = %e, "read failed; trying another replica");
+                        last = Some(e);
+                    }
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            MasterError::new(
+                ErrorKind::Unavailable,
+                format!("chunk {index} of {path} has no live replica"),
+            )
+        }))
+    }
+
+    /// Up to `len` bytes from `offset`; fewer at the end of the file.
+    pub async fn read_at(&self, path: &str, offset: u64, len: u64) -> Result<Bytes> {
+        let cs = self.chunk_size(path).await?;
+        let mut out = BytesMut::new();
+        let mut pos = offset;
+        let end = offset.saturating_add(len);
+        while pos < end {
+            let (index, in_chunk) = (pos / cs, pos % cs);
+            let n = (end - pos).min(MAX_FRAME_BYTES as u64).min(cs - in_chunk);
+            let (data, _) = self.read_piece(path, index, in_chunk, n).await?;
+            let got = data.len() as u64;
+            if out.is_empty() && got == len {
+                return Ok(data);
+            }
+            out.extend_from_slice(&data);
+            pos += got;
+            if got < n {
+                break;
+            }
+        }
+        Ok(out.freeze())
+    }
+}
+
+/// One mutation as the client retries it.
+#[derive(Clone, Debug)]
+pub(crate) struct Mutation {
+    pub kind: MutationKind,
+    pub offset: u64,
+    pub data: Bytes,
+    pub record: Option<RecordId>,
+    pub sync: bool,
+}
+
+enum Attempt {
+    Retry(MasterError),
+    Fatal(MasterError),
+}

@@ -1,0 +1,214 @@
+//! A whole cluster of real processes on loopback: 3 masters (the
+//! [`MasterCluster`] harness) and chunkservers, each with its own address,
+//! port and data directory; small chunks and short leases for tests.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use gfs_client::{Client, ClientOptions, MasterOptions};
+
+use crate::masters::{MasterCluster, Timings, cluster_ip, free_port};
+
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub masters: usize,
+    pub chunkservers: usize,
+    pub chunk_size_bytes: u64,
+    pub lease_ms: u64,
+    pub lease_grace_ms: u64,
+    pub chunkserver_timeout_ms: u64,
+    pub heartbeat_ms: u64,
+    /// Where the chunkservers' data directories go (default: the system
+    /// temporary directory).
+    pub base_dir: Option<PathBuf>,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Self {
+            masters: 3,
+            chunkservers: 4,
+            chunk_size_bytes: 1 << 20,
+            lease_ms: 3_000,
+            lease_grace_ms: 500,
+            chunkserver_timeout_ms: 2_000,
+            heartbeat_ms: 200,
+            base_dir: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ServerProc {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub masters: MasterCluster,
+    pub servers: Vec<ServerProc>,
+    pub spec: Spec,
+    bin: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts the masters, then the chunkservers, and waits until the
+    /// leader sees every chunkserver.
+    pub async fn start(spec: Spec) -> anyhow::Result<Self> {
+        let extra_args = [
+            ("--chunk-size-bytes", spec.chunk_size_bytes),
+            ("--lease-ms", spec.lease_ms),
+            ("--lease-grace-ms", spec.lease_grace_ms),
+            ("--chunkserver-timeout-ms", spec.chunkserver_timeout_ms),
+            ("--min-free-bytes", 0),
+        ]
+        .iter()
+        .flat_map(|(f, v)| [f.to_string(), v.to_string()])
+        .collect();
+        let masters = MasterCluster::start(
+            spec.masters,
+            Timings {
+                extra_args,
+                ..Timings::default()
+            },
+        )?;
+        masters.leader(Duration::from_secs(20)).await?;
+        let dir = match &spec.base_dir {
+            Some(d) => tempfile::tempdir_in(d)?,
+            None => tempfile::tempdir()?,
+        };
+        let [a, b, c] =
+            cluster_ip(crate::masters::CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let mut servers = Vec::new();
+        for i in 0..spec.chunkservers {
+            let ip = Ipv4Addr::new(127, a, b, c + 1 + i as u8);
+            servers.push(ServerProc {
+                id: i as u64 + 1,
+                addr: format!("{ip}:{}", free_port(ip)?),
+                data_dir: dir.path().join(format!("cs{}", i + 1)),
+                log: dir.path().join(format!("cs{}.log", i + 1)),
+                child: None,
+            });
+        }
+        let mut c = Self {
+            masters,
+            servers,
+            spec,
+            bin: crate::binary("gfs-chunkserver")?,
+            _dir: dir,
+        };
+        for i in 0..c.servers.len() {
+            c.spawn(i)?;
+        }
+        c.wait_servers(c.servers.len(), Duration::from_secs(20))
+            .await?;
+        Ok(c)
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let s = &mut self.servers[i];
+        let args: Vec<String> = vec![
+            "--id".into(),
+            s.id.to_string(),
+            "--listen".into(),
+            s.addr.clone(),
+            "--data-dir".into(),
+            s.data_dir.display().to_string(),
+            "--rack".into(),
+            format!("rack-{}", i % 2),
+            "--master".into(),
+            self.masters.addrs().join(","),
+            "--chunk-size-bytes".into(),
+            self.spec.chunk_size_bytes.to_string(),
+            "--heartbeat-ms".into(),
+            self.spec.heartbeat_ms.to_string(),
+        ];
+        s.child = Some(crate::spawn_child(&self.bin, &args, &s.log, "info")?);
+        Ok(())
+    }
+
+    /// Until the leader counts `n` live chunkservers.
+    pub async fn wait_servers(&self, n: usize, within: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let l = self.masters.leader(within).await?;
+            if let Ok(s) = self.masters.client_of(l).status_of(0).await
+                && s.chunkservers as usize >= n
+            {
+                return Ok(());
+            }
+            if start.elapsed() > within {
+                bail!(
+                    "the leader does not see {n} chunkservers within {within:?}; cs1 log:\n{}",
+                    crate::tail(&self.servers[0].log, 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A client with deadlines suited to the short test leases.
+    pub fn client(&self) -> Client {
+        let opts = ClientOptions {
+            master: MasterOptions::default(),
+            mutation_deadline: Duration::from_secs(40),
+            ..ClientOptions::default()
+        };
+        Client::with_options(&self.masters.addrs(), opts).expect("valid addresses")
+    }
+
+    /// `kill -9` chunkserver `i`.
+    pub fn kill_server(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut c) = self.servers[i].child.take() {
+            c.kill().context("kill")?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    pub fn restart_server(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill_server(i)?;
+        self.spawn(i)
+    }
+
+    /// The index of the chunkserver with node id `id`.
+    pub fn server_index(&self, id: u64) -> Option<usize> {
+        self.servers.iter().position(|s| s.id == id)
+    }
+
+    pub fn server_log(&self, i: usize) -> String {
+        crate::tail(&self.servers[i].log, 30)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("GFS_TEST_LOGS").is_some() {
+            for (i, s) in self.servers.iter().enumerate() {
+                eprintln!(
+                    "--- chunkserver {} ({}):\n{}",
+                    s.id,
+                    s.addr,
+                    self.server_log(i)
+                );
+            }
+            for i in 0..self.masters.masters.len() {
+                eprintln!("--- master {}:\n{}", i + 1, self.masters.log_tail(i));
+            }
+        }
+        for s in &mut self.servers {
+            if let Some(mut c) = s.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The data path end to end against real processes: 3 masters, 4
+//! chunkservers, 1 MiB chunks, 3 s leases.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gfs_client::{Reader, RecordReader, Writer};
+use gfs_tests::cluster::{Cluster, Spec};
+use gfs_tests::random_bytes;
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+async fn read_all(c: &gfs_client::Client, path: &str) -> Vec<u8> {
+    let mut r = Reader::open(c, path).await.expect("open");
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).await.expect("read");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn put_and_get_of_multi_chunk_files_round_trip() {
+    let cluster = Cluster::start(Spec::default()).await.expect("cluster");
+    let c = cluster.client();
+    c.mkdir("/data", true).await.expect("mkdir");
+    // 5.5 chunks, written through the streaming writer in odd-sized calls.
+    let data = random_bytes((5 << 20) + (512 << 10) + 17, 1);
+    let mut w = Writer::create(&c, "/data/big").await.expect("create");
+    for part in data.chunks(300_001) {
+        w.write_all(part).await.expect("write");
+    }
+    assert_eq!(w.close().await.expect("close"), data.len() as u64);
+    let info = c.stat("/data/big").await.expect("stat");
+    assert_eq!((info.length, info.chunks), (data.len() as u64, 6));
+    assert!(read_all(&c, "/data/big").await == data, "read back differs");
+
+    // Random reads, across chunk boundaries, and past the end.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    for _ in 0..20 {
+        let off = rng.random_range(0..data.len() as u64);
+        let len = rng.random_range(1..3_000_000u64);
+        let got = c.read_at("/data/big", off, len).await.expect("read_at");
+        let end = (off + len).min(data.len() as u64) as usize;
+        assert!(got[..] == data[off as usize..end], "read_at({off}, {len})");
+    }
+    // Seek in the streaming reader.
+    let mut r = Reader::open(&c, "/data/big").await.expect("open");
+    r.seek(std::io::SeekFrom::Start(3 << 20))
+        .await
+        .expect("seek");
+    let mut buf = vec![0u8; 1000];
+    r.read_exact(&mut buf).await.expect("read after seek");
+    assert!(buf[..] == data[3 << 20..(3 << 20) + 1000]);
+
+    // write_at over an existing region, then an empty file.
+    c.write_at("/data/big", (1 << 20) - 10, b"0123456789abcdefghij")
+        .await
+        .expect("write_at");
+    let mut want = data.clone();
+    want[(1 << 20) - 10..(1 << 20) + 10].copy_from_slice(b"0123456789abcdefghij");
+    assert!(read_all(&c, "/data/big").await == want);
+    c.create("/data/empty", 0).await.expect("create empty");
+    assert!(read_all(&c, "/data/empty").await.is_empty());
+}
+
+/// Each client (its own id, caches and append position) appends `per`
+/// records to `/log`; returns every acknowledged record with its offset.
+async fn append_with(
+    clients: Vec<gfs_client::Client>,
+    per: u64,
+    pause: Duration,
+) -> HashMap<Vec<u8>, u64> {
+    let mut tasks = Vec::new();
+    for (w, c) in clients.into_iter().enumerate() {
+        let w = w as u64;
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(w);
+            let mut acked = Vec::new();
+            for i in 0..per {
+                let len = rng.random_range(1..150_000usize);
+                let mut rec = format!("w{w}-r{i}-").into_bytes();
+                rec.resize(len.max(rec.len()), (w * 31 + i) as u8);
+                let off = c.append("/log", &rec).await.expect("append");
+                acked.push((off, rec));
+                tokio::time::sleep(pause).await;
+            }
+            acked
+        }));
+    }
+    let mut acked = HashMap::new();
+    for t in tasks {
+        for (off, rec) in t.await.expect("appender") {
+            assert!(acked.insert(rec, off).is_none(), "two records alike");
+        }
+    }
+    acked
+}
+
+/// The record reader delivers every acknowledged record exactly once and
+/// nothing else; each is whole at the offset its append returned (a
+/// retried append may also have left an earlier copy, which the reader
+/// skips).
+async fn check_records(c: &gfs_client::Client, acked: &HashMap<Vec<u8>, u64>) {
+    let mut rr = RecordReader::open(c, "/log").await.expect("records");
+    let mut seen = 0;
+    while let Some(r) = rr.next().await.expect("next") {
+        assert!(
+            acked.contains_key(&r.data[..]),
+            "a record nobody acknowledged at {}",
+            r.offset
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, acked.len(), "every acknowledged record exactly once");
+    for (rec, off) in acked {
+        let len = (gfs_proto::record::HEADER_BYTES + rec.len()) as u64;
+        let frame = c.read_at("/log", *off, len).await.expect("read frame");
+        let found = gfs_proto::record::scan(&frame);
+        assert!(
+            found.len() == 1 && found[0].offset == 0 && frame[found[0].payload.clone()] == rec[..],
+            "no intact record at its acknowledged offset {off}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appenders_each_record_read_back_exactly_once() {
+    let cluster = Cluster::start(Spec::default()).await.expect("cluster");
+    let c = cluster.client();
+    c.create("/log", 0).await.expect("create");
+    let clients = (0..8).map(|_| cluster.client()).collect();
+    let acked = append_with(clients, 40, Duration::ZERO).await;
+    check_records(&c, &acked).await;
+    // 8 x 40 records of up to 150 KB: several 1 MiB chunks, so padding and
+    // moving on to the next chunk happened.
+    assert!(c.stat("/log").await.expect("stat").chunks > 3);
+}
+
+/// R8 (record-append half): kill -9 a secondary, then a primary, while 8
+/// clients append; every acknowledged record is read back exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r8_appenders_survive_kills_of_a_secondary_and_a_primary() {
+    let cluster = Cluster::start(Spec::default()).await.expect("cluster");
+    let c = cluster.client();
+    c.create("/log", 0).await.expect("create");
+    let clients = (0..8).map(|_| cluster.client()).collect();
+    let cluster = std::sync::Arc::new(tokio::sync::Mutex::new(cluster));
+    let killer = {
+        let (cluster, c) = (cluster.clone(), c.clone());
+        tokio::spawn(async move {
+            let mut killed = Vec::new();
+            for want_primary in [false, true] {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                let Ok(cs) = c.chunks("/log").await else {
+                    continue;
+                };
+                let Some(last) = cs.last() else { continue };
+                let victim = last
+                    .replicas
+                    .iter()
+                    .find(|r| {
+                        (r.node_id == last.primary) == want_primary && !killed.contains(&r.node_id)
+                    })
+                    .map(|r| r.node_id);
+                if let Some(v) = victim {
+                    let mut cl = cluster.lock().await;
+                    if let Some(i) = cl.server_index(v) {
+                        cl.kill_server(i).expect("kill");
+                        killed.push(v);
+                    }
+                }
+            }
+            killed
+        })
+    };
+    let acked = append_with(clients, 25, Duration::from_millis(20)).await;
+    let killed = killer.await.expect("killer");
+    assert!(!killed.is_empty(), "nothing was killed");
+    check_records(&c, &acked).await;
+}
+
+/// R6: kill -9 of a secondary, then of the primary, in the middle of a
+/// streaming write; the writer only sees a delay, and the file reads back
+/// whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r6_kill_of_a_secondary_and_of_a_primary_mid_write() {
+    let mut cluster = Cluster::start(Spec::default()).await.expect("cluster");
+    let c = cluster.client();
+    let data = Arc::new(random_bytes(12 << 20, 6));
+    let writer = {
+        let (c, data) = (c.clone(), data.clone());
+        tokio::spawn(async move {
+            let mut w = Writer::create(&c, "/ingest").await.expect("create");
+            for part in data.chunks(256 << 10) {
+                w.write_all(part).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            w.close().await.expect("close")
+        })
+    };
+    // Let the first chunk get a lease, then kill one of its secondaries.
+    let chunk0 = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(cs) = c.chunks("/ingest").await
+            && let Some(first) = cs.into_iter().next()
+            && first.primary != 0
+        {
+            break first;
+        }
+    };
+    let secondary = chunk0
+        .replicas
+        .iter()
+        .find(|r| r.node_id != chunk0.primary)
+        .expect("a secondary")
+        .node_id;
+    let si = cluster.server_index(secondary).expect("known server");
+    cluster.kill_server(si).expect("kill secondary");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Now the primary of the chunk being written.
+    let cs = c.chunks("/ingest").await.expect("chunks");
+    let last = cs.last().expect("a chunk");
+    if let Some(pi) = cluster.server_index(last.primary).filter(|i| *i != si) {
+        cluster.kill_server(pi).expect("kill primary");
+    }
+    let written = tokio::time::timeout(Duration::from_secs(90), writer)
+        .await
+        .expect("the writer finished")
+        .expect("writer task");
+    assert_eq!(written, data.len() as u64);
+    assert!(
+        read_all(&c, "/ingest").await[..] == data[..],
+        "read back differs"
+    );
+}

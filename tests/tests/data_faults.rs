@@ -1,0 +1,290 @@
+//! Faults on the data path against real processes: corrupt and truncated
+//! replicas (R9), a stale replica back from the dead (R10), requests
+//! without a valid lease or version and oversized ones (S2, S4).
+
+use std::time::{Duration, Instant};
+
+use gfs_proto::wire::ErrorKind;
+use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
+use gfs_proto::wire::chunk::{MutateRequest, MutationKind, ReadRequest};
+use gfs_proto::wire::detail_of;
+use gfs_tests::cluster::{Cluster, Spec};
+use gfs_tests::random_bytes;
+
+fn chunk_file(c: &Cluster, server: usize, handle: u64) -> std::path::PathBuf {
+    c.servers[server]
+        .data_dir
+        .join("chunks")
+        .join(format!("{handle:016x}.chunk"))
+}
+
+fn flip(path: &std::path::Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open chunk file");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).expect("read byte");
+    b[0] ^= 0x40;
+    f.write_all_at(&b, at).expect("write byte");
+    f.sync_all().expect("sync");
+}
+
+/// Reads must drop the page cache's copy of a file we changed behind the
+/// server's back (the servers use O_DIRECT, but be sure).
+fn drop_caches() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r9_corrupt_or_truncated_replicas_are_never_served() {
+    let cluster = Cluster::start(Spec::default()).await.expect("cluster");
+    let c = cluster.client();
+    let data = random_bytes(900_000, 9);
+    c.create("/f", 0).await.expect("create");
+    c.write_at("/f", 0, &data).await.expect("write");
+    let chunk = c.chunks("/f").await.expect("chunks").remove(0);
+    let idx: Vec<usize> = chunk
+        .replicas
+        .iter()
+        .map(|r| cluster.server_index(r.node_id).expect("known"))
+        .collect();
+    assert_eq!(idx.len(), 3);
+
+    // One replica with a flipped bit, another truncated: every read still
+    // returns the right bytes, from the replica that is whole.
+    flip(&chunk_file(&cluster, idx[0], chunk.handle), 300_000);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(chunk_file(&cluster, idx[1], chunk.handle))
+        .expect("open");
+    f.set_len(128 * 1024).expect("truncate");
+    drop_caches();
+    for _ in 0..10 {
+        let got = c.read_at("/f", 0, data.len() as u64).await.expect("read");
+        assert!(got[..] == data[..], "a read returned wrong bytes");
+    }
+
+    // Every replica bad: a clear error, in bounded time, no endless retry.
+    flip(&chunk_file(&cluster, idx[2], chunk.handle), 300_000);
+    if chunk_file(&cluster, idx[0], chunk.handle).exists() {
+        flip(&chunk_file(&cluster, idx[0], chunk.handle), 500_000);
+    }
+    drop_caches();
+    let c2 = cluster.client();
+    let start = Instant::now();
+    let e = c2
+        .read_at("/f", 0, data.len() as u64)
+        .await
+        .expect_err("no replica is whole");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        matches!(
+            e.kind,
+            ErrorKind::Corrupt | ErrorKind::NotFound | ErrorKind::Internal | ErrorKind::Unavailable
+        ),
+        "{e}"
+    );
+    // The corrupt replicas were quarantined and the masters no longer list
+    // them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = c
+            .chunks("/f")
+            .await
+            .expect("chunks")
+            .remove(0)
+            .replicas
+            .len();
+        if left < 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "corrupt replicas still listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// R10: a replica that missed writes while down comes back at an old
+/// version; it is never read and never listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r10_a_stale_replica_is_never_read() {
+    let mut cluster = Cluster::start(Spec::default()).await.expect("cluster");
+    let c = cluster.client();
+    let old = random_bytes(500_000, 1);
+    let new = random_bytes(500_000, 2);
+    c.create("/f", 0).await.expect("create");
+    c.write_at("/f", 0, &old).await.expect("write old");
+    let chunk = c.chunks("/f").await.expect("chunks").remove(0);
+    let victim = chunk
+        .replicas
+        .iter()
+        .find(|r| r.node_id != chunk.primary)
+        .expect("a secondary")
+        .node_id;
+    let vi = cluster.server_index(victim).expect("known");
+    cluster.kill_server(vi).expect("kill");
+    c.write_at("/f", 0, &new)
+        .await
+        .expect("write new without it");
+    cluster.restart_server(vi).expect("restart");
+    cluster
+        .wait_servers(4, Duration::from_secs(20))
+        .await
+        .expect("back");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let now = c.chunks("/f").await.expect("chunks").remove(0);
+    assert!(
+        now.version > chunk.version,
+        "the failure bumped the version"
+    );
+    assert!(
+        now.replicas.iter().all(|r| r.node_id != victim),
+        "the stale replica is listed: {now:?}"
+    );
+    for _ in 0..20 {
+        let fresh = cluster.client();
+        let got = fresh
+            .read_at("/f", 0, new.len() as u64)
+            .await
+            .expect("read");
+        assert!(got[..] == new[..], "stale bytes were served");
+    }
+    // Asked directly at the current version, the stale replica refuses.
+    let mut direct = ChunkserverClient::connect(format!("http://{}", cluster.servers[vi].addr))
+        .await
+        .expect("connect");
+    let s = direct
+        .read(ReadRequest {
+            handle: now.handle,
+            version: now.version,
+            offset: 0,
+            length: 10,
+        })
+        .await
+        .expect_err("stale");
+    assert_eq!(detail_of(&s).kind(), ErrorKind::StaleVersion, "{s:?}");
+}
+
+/// S2, S4, S5 on a chunkserver: no lease, old version, oversized or
+/// out-of-range requests get clear errors and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s4_mutations_without_lease_or_version_and_bad_requests_are_refused() {
+    let cluster = Cluster::start(Spec::default()).await.expect("cluster");
+    let c = cluster.client();
+    c.create("/f", 0).await.expect("create");
+    c.write_at("/f", 0, b"hello").await.expect("write");
+    let chunk = c.chunks("/f").await.expect("chunks").remove(0);
+    let primary = chunk
+        .replicas
+        .iter()
+        .find(|r| r.node_id == chunk.primary)
+        .expect("primary listed");
+    let mut cs = ChunkserverClient::connect(format!("http://{}", primary.addr))
+        .await
+        .expect("connect");
+    let mutate = |lease: u64, version: u64| MutateRequest {
+        handle: chunk.handle,
+        version,
+        kind: MutationKind::Write as i32,
+        offset: 0,
+        data_id: 42,
+        length: 5,
+        secondaries: Vec::new(),
+        lease_expires_ms: lease,
+        client_id: 0,
+        seq: 0,
+        sync: false,
+    };
+    fn kind<T>(r: Result<tonic::Response<T>, tonic::Status>) -> ErrorKind {
+        match r {
+            Ok(_) => ErrorKind::Unspecified,
+            Err(s) => detail_of(&s).kind(),
+        }
+    }
+    // A replica that is not the primary has no lease to honour.
+    let other = chunk
+        .replicas
+        .iter()
+        .find(|r| r.node_id != chunk.primary)
+        .expect("a secondary");
+    let mut sec = ChunkserverClient::connect(format!("http://{}", other.addr))
+        .await
+        .expect("connect");
+    assert_eq!(
+        kind(sec.mutate(mutate(0, chunk.version)).await),
+        ErrorKind::NotPrimary
+    );
+    // The primary with the lease but an old version, or data never pushed.
+    let lease = chunk.lease_expires_ms;
+    assert_eq!(
+        kind(cs.mutate(mutate(lease, chunk.version - 1)).await),
+        ErrorKind::DataMissing,
+        "data is checked before the chunk"
+    );
+    // Bad kinds, sizes and ranges.
+    let mut bad = mutate(lease, chunk.version);
+    bad.kind = 77;
+    assert_eq!(kind(cs.mutate(bad).await), ErrorKind::InvalidArgument);
+    let mut bad = mutate(lease, chunk.version);
+    bad.offset = u64::MAX - 2;
+    assert_eq!(kind(cs.mutate(bad).await), ErrorKind::InvalidArgument);
+    let read = |version: u64, offset: u64, length: u64| ReadRequest {
+        handle: chunk.handle,
+        version,
+        offset,
+        length,
+    };
+    assert_eq!(
+        kind(cs.read(read(chunk.version + 5, 0, 5)).await),
+        ErrorKind::StaleVersion
+    );
+    assert_eq!(
+        kind(cs.read(read(chunk.version, 0, 64 << 20)).await),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(cs.read(read(chunk.version, u64::MAX, 5)).await),
+        ErrorKind::Unspecified
+    );
+    assert_eq!(
+        kind(
+            cs.read(ReadRequest {
+                handle: 0xdead_beef,
+                ..read(1, 0, 1)
+            })
+            .await
+        ),
+        ErrorKind::NotFound
+    );
+    // With the data pushed: an old version is refused (fencing).
+    let frame = gfs_proto::wire::chunk::PushFrame {
+        data_id: 42,
+        total_bytes: 5,
+        chain: Vec::new(),
+        data: bytes::Bytes::from_static(b"HELLO"),
+    };
+    cs.push(tokio_stream::iter(vec![frame]))
+        .await
+        .expect("push");
+    assert_eq!(
+        kind(cs.mutate(mutate(lease, chunk.version - 1)).await),
+        ErrorKind::StaleVersion
+    );
+    // An oversized message is refused and the server stays up.
+    let mut big = mutate(lease, chunk.version);
+    big.secondaries = (0..200_000)
+        .map(|i| gfs_proto::wire::chunk::Replica {
+            node_id: i,
+            addr: "x".repeat(100),
+        })
+        .collect();
+    assert_ne!(kind(cs.mutate(big).await), ErrorKind::Unspecified);
+    // Nothing changed: the file still reads "hello".
+    assert_eq!(&c.read_at("/f", 0, 100).await.expect("read")[..], b"hello");
+}
