@@ -47,10 +47,18 @@ async fn beat_forever(shared: Arc<Shared>, master: String) {
     loop {
         ticker.tick().await;
         let (req, upto) = request(&shared, acked).await;
+        let req_relinquish = req.relinquish.clone();
         match client.heartbeat(req).await {
             Ok(reply) => {
                 let reply = reply.into_inner();
                 acked = (!reply.want_full_report).then_some(upto);
+                if reply.leader && !req_relinquish.is_empty() {
+                    shared
+                        .relinquished
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .retain(|h| !req_relinquish.contains(&h.0));
+                }
                 handle_reply(&shared, reply).await;
             }
             Err(s) => {
@@ -89,6 +97,13 @@ async fn request(shared: &Shared, acked: Option<u64>) -> (HeartbeatRequest, u64)
         })
         .map(|(h, _)| h.0)
         .collect();
+    let relinquish = shared
+        .relinquished
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|h| h.0)
+        .collect();
     let mut req = HeartbeatRequest {
         node_id: shared.cfg.id,
         addr: shared.cfg.advertise.clone(),
@@ -101,6 +116,7 @@ async fn request(shared: &Shared, acked: Option<u64>) -> (HeartbeatRequest, u64)
         extend_leases,
         changed: Vec::new(),
         removed: Vec::new(),
+        relinquish,
     };
     let upto = match delta {
         Some(d) => {

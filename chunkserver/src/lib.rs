@@ -22,7 +22,7 @@ use std::future::Future;
 use gfs_proto::wire::MAX_MESSAGE_BYTES;
 use gfs_proto::wire::chunk::chunkserver_server::ChunkserverServer;
 use gfs_storage_engine::ChunkStore;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::ChunkserverConfig;
 use crate::service::{ChunkService, Shared};
@@ -53,8 +53,16 @@ pub async fn run(
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
         .add_service(svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            // Without TCP_NODELAY on accepted sockets, replies wait out the
+            // peer's 40 ms delayed ACK (tonic applies the builder's
+            // nodelay only to listeners it binds itself).
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
         .map_err(|e| format!("serving: {e}"));
     for b in beats {

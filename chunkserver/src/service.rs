@@ -43,6 +43,9 @@ pub fn now_ms() -> u64 {
 pub struct HeldLease {
     pub expires_ms: u64,
     pub last_mutation_ms: u64,
+    /// Given up: claims of leases expiring at or before this are refused
+    /// (a later grant expires later).
+    pub relinquished_up_to: u64,
 }
 
 /// Per chunk: mutations are applied one at a time, in serial order.
@@ -52,15 +55,29 @@ struct Ordered {
     committed: Committed,
 }
 
+/// A chunk's ordering lock, and a signal after each applied mutation (a
+/// write that arrived ahead of the one before it waits for it).
+#[derive(Debug, Default)]
+struct Slot {
+    order: tokio::sync::Mutex<Ordered>,
+    applied: tokio::sync::Notify,
+}
+
+/// How long a write that arrived before the data in front of it waits for
+/// that data (a client keeps several pieces of one chunk in flight).
+const OUT_OF_ORDER_WAIT: Duration = Duration::from_secs(2);
+
 /// State shared by the service and the heartbeat loops.
 #[derive(Debug)]
 pub struct Shared {
     pub cfg: ChunkserverConfig,
     pub store: ChunkStore,
     buffer: Mutex<DataBuffer>,
-    ordered: Mutex<HashMap<ChunkHandle, Arc<tokio::sync::Mutex<Ordered>>>>,
+    ordered: Mutex<HashMap<ChunkHandle, Arc<Slot>>>,
     pub leases: Mutex<HashMap<ChunkHandle, HeldLease>>,
     pub changes: Mutex<Changes>,
+    /// Leases given up, to tell the leader with the next heartbeat.
+    pub relinquished: Mutex<Vec<ChunkHandle>>,
     peers: Mutex<HashMap<String, ChunkserverClient<Channel>>>,
 }
 
@@ -73,6 +90,7 @@ impl Shared {
             ordered: Mutex::default(),
             leases: Mutex::default(),
             changes: Mutex::new(Changes::new(1 << 16)),
+            relinquished: Mutex::default(),
             peers: Mutex::default(),
         })
     }
@@ -85,7 +103,7 @@ impl Shared {
         Self::lock(&self.changes).note(handle, version);
     }
 
-    fn ordered(&self, h: ChunkHandle) -> Arc<tokio::sync::Mutex<Ordered>> {
+    fn ordered(&self, h: ChunkHandle) -> Arc<Slot> {
         Self::lock(&self.ordered).entry(h).or_default().clone()
     }
 
@@ -122,6 +140,8 @@ impl Shared {
             })?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(32 << 20))
             .connect_lazy();
         let c = ChunkserverClient::new(ch)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -192,7 +212,9 @@ impl Shared {
     fn held_lease(&self, h: ChunkHandle, claimed_expiry: u64, now: u64) -> Result<(), Status> {
         let mut leases = Self::lock(&self.leases);
         let l = leases.entry(h).or_default();
-        l.expires_ms = l.expires_ms.max(claimed_expiry);
+        if claimed_expiry > l.relinquished_up_to {
+            l.expires_ms = l.expires_ms.max(claimed_expiry);
+        }
         if now >= l.expires_ms {
             return Err(error(
                 ErrorKind::NotPrimary,
@@ -200,6 +222,19 @@ impl Shared {
             ));
         }
         Ok(())
+    }
+}
+
+impl Shared {
+    /// Stops acting as primary for `h` under any lease granted so far, and
+    /// has the leader told, so it can choose another primary at once.
+    fn relinquish(&self, h: ChunkHandle) {
+        if let Some(l) = Self::lock(&self.leases).get_mut(&h) {
+            l.relinquished_up_to = l.relinquished_up_to.max(l.expires_ms);
+            l.expires_ms = 0;
+        }
+        Self::lock(&self.relinquished).push(h);
+        tracing::warn!(chunk = %h, "gave up the lease after a local failure");
     }
 }
 
@@ -365,77 +400,27 @@ impl Chunkserver for ChunkService {
         let now = now_ms();
         sh.held_lease(h, r.lease_expires_ms, now)?;
         let data = sh.data(r.data_id, r.length)?;
-        let order = sh.ordered(h);
-        let mut order = order.lock().await;
-        let create = kind == MutationKind::Append || r.offset == 0;
-        let info = sh.local(h, r.version, create).await?;
-        sh.fence(&info, r.version).await?;
-        let id = RecordId {
-            client_id: r.client_id,
-            seq: r.seq,
-        };
-        let (applied_kind, offset) = match kind {
-            MutationKind::Append => {
-                let dup = (r.client_id != 0)
-                    .then(|| order.committed.find(id))
-                    .flatten();
-                match plan_append(info.length, sh.cfg.chunk_size_bytes, r.length, dup) {
-                    AppendPlan::Duplicate(at) => {
-                        return Ok(Response::new(MutateReply {
-                            offset: at,
-                            chunk_length: info.length,
-                            chunk_full: false,
-                            failed: Vec::new(),
-                        }));
-                    }
-                    AppendPlan::Pad => (MutationKind::Pad, info.length),
-                    AppendPlan::At(at) => (MutationKind::Write, at),
-                }
+        let slot = sh.ordered(h);
+        let waited_out = tokio::time::Instant::now() + OUT_OF_ORDER_WAIT;
+        let mut order = loop {
+            let order = slot.order.lock().await;
+            let length = sh.store.info(h).await.map_or(0, |i| i.length);
+            if kind != MutationKind::Write
+                || r.offset <= length
+                || tokio::time::Instant::now() >= waited_out
+            {
+                break order;
             }
-            _ => (MutationKind::Write, r.offset),
+            let notified = slot.applied.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            drop(order);
+            let _ = tokio::time::timeout_at(waited_out, notified).await;
         };
-        let length = sh
-            .apply_local(h, applied_kind, offset, &data, r.sync)
-            .await?;
-        order.serial += 1;
-        let apply = ApplyRequest {
-            handle: r.handle,
-            version: r.version,
-            kind: applied_kind as i32,
-            offset,
-            data_id: r.data_id,
-            length: if applied_kind == MutationKind::Pad {
-                0
-            } else {
-                r.length
-            },
-            serial: order.serial,
-            sync: r.sync,
-            create: offset == 0 && applied_kind != MutationKind::Pad,
-        };
-        let (failed, missing) = self.forward(&r, apply).await;
-        if missing && failed.is_empty() {
-            return Err(error(
-                ErrorKind::DataMissing,
-                "a secondary lacks the pushed data: push again and retry",
-            ));
-        }
-        let full = applied_kind == MutationKind::Pad;
-        if failed.is_empty() {
-            if kind == MutationKind::Append && !full && r.client_id != 0 {
-                order.committed.record(id, offset);
-            }
-            Shared::lock(&sh.buffer).remove(r.data_id);
-            if let Some(l) = Shared::lock(&sh.leases).get_mut(&h) {
-                l.last_mutation_ms = now;
-            }
-        }
-        Ok(Response::new(MutateReply {
-            offset,
-            chunk_length: length,
-            chunk_full: full,
-            failed,
-        }))
+        let result = self.mutate_ordered(&r, kind, &data, &mut order, now).await;
+        drop(order);
+        slot.applied.notify_waiters();
+        result.map(Response::new)
     }
 
     async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyReply>, Status> {
@@ -449,8 +434,8 @@ impl Chunkserver for ChunkService {
             self.check_size(r.offset, r.length)?;
             sh.data(r.data_id, r.length)?
         };
-        let order = sh.ordered(h);
-        let _order = order.lock().await;
+        let slot = sh.ordered(h);
+        let _order = slot.order.lock().await;
         let info = sh.local(h, r.version, r.create).await?;
         sh.fence(&info, r.version).await?;
         let length = sh.apply_local(h, kind, r.offset, &data, r.sync).await?;
@@ -461,7 +446,6 @@ impl Chunkserver for ChunkService {
             chunk_length: length,
         }))
     }
-
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
         let r = req.into_inner();
         if r.length > MAX_FRAME_BYTES as u64 {
@@ -514,6 +498,102 @@ impl Chunkserver for ChunkService {
         }
         self.shared.note(h, None);
         Ok(Response::new(Empty {}))
+    }
+}
+
+impl ChunkService {
+    /// A mutation at the primary once its turn has come: fence, place,
+    /// apply locally, forward to the secondaries in serial order.
+    async fn mutate_ordered(
+        &self,
+        r: &MutateRequest,
+        kind: MutationKind,
+        data: &Bytes,
+        order: &mut Ordered,
+        now: u64,
+    ) -> Result<MutateReply, Status> {
+        let sh = &self.shared;
+        let h = ChunkHandle(r.handle);
+        let create = kind == MutationKind::Append || r.offset == 0;
+        let info = sh.local(h, r.version, create).await?;
+        sh.fence(&info, r.version).await?;
+        let id = RecordId {
+            client_id: r.client_id,
+            seq: r.seq,
+        };
+        let (applied_kind, offset) = match kind {
+            MutationKind::Append => {
+                let dup = (r.client_id != 0)
+                    .then(|| order.committed.find(id))
+                    .flatten();
+                match plan_append(info.length, sh.cfg.chunk_size_bytes, r.length, dup) {
+                    AppendPlan::Duplicate(at) => {
+                        return Ok(MutateReply {
+                            offset: at,
+                            chunk_length: info.length,
+                            chunk_full: false,
+                            failed: Vec::new(),
+                        });
+                    }
+                    AppendPlan::Pad => (MutationKind::Pad, info.length),
+                    AppendPlan::At(at) => (MutationKind::Write, at),
+                }
+            }
+            _ => (MutationKind::Write, r.offset),
+        };
+        let length = match sh.apply_local(h, applied_kind, offset, data, r.sync).await {
+            Ok(l) => l,
+            Err(e) => {
+                // This replica cannot take the mutation (disk full, I/O
+                // error): another primary must order the chunk.
+                if matches!(
+                    gfs_proto::wire::detail_of(&e).kind(),
+                    ErrorKind::NoSpace | ErrorKind::Internal
+                ) {
+                    sh.relinquish(h);
+                }
+                return Err(e);
+            }
+        };
+        order.serial += 1;
+        let apply = ApplyRequest {
+            handle: r.handle,
+            version: r.version,
+            kind: applied_kind as i32,
+            offset,
+            data_id: r.data_id,
+            length: if applied_kind == MutationKind::Pad {
+                0
+            } else {
+                r.length
+            },
+            serial: order.serial,
+            sync: r.sync,
+            create: offset == 0 && applied_kind != MutationKind::Pad,
+        };
+        let (failed, missing) = self.forward(r, apply).await;
+        if missing && failed.is_empty() {
+            return Err(error(
+                ErrorKind::DataMissing,
+                "a secondary lacks the pushed data: push again and retry",
+            ));
+        }
+        let full = applied_kind == MutationKind::Pad;
+        if failed.is_empty() {
+            if kind == MutationKind::Append && !full && r.client_id != 0 {
+                order.committed.record(id, offset);
+            }
+            Shared::lock(&sh.buffer).remove(r.data_id);
+            if let Some(l) = Shared::lock(&sh.leases).get_mut(&h) {
+                l.last_mutation_ms = now;
+            }
+        }
+        Ok(MutateReply {
+            offset,
+            chunk_length: length,
+            chunk_full: full,
+            failed,
+        })
     }
 }
 

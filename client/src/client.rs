@@ -36,7 +36,7 @@ impl Default for ClientOptions {
             master: MasterOptions::default(),
             mutation_deadline: Duration::from_secs(120),
             write_depth: 4,
-            read_depth: 4,
+            read_depth: 8,
         }
     }
 }
@@ -259,7 +259,10 @@ impl Client {
             )));
         };
         let chain: Vec<String> = info.replicas.iter().map(|r| r.addr.clone()).collect();
-        match self.pool.push(&chain, data_id, m.data.clone()).await {
+        let started = Instant::now();
+        let pushed = self.pool.push(&chain, data_id, m.data.clone()).await;
+        let push_took = started.elapsed();
+        match pushed {
             Ok(()) => {}
             Err(PushError::Broken(i)) => {
                 if let Some(r) = info.replicas.get(i) {
@@ -294,7 +297,14 @@ impl Client {
             seq: m.record.map_or(0, |r| r.seq),
             sync: m.sync,
         };
-        match self.pool.mutate(&primary.addr, req).await {
+        let mutated = self.pool.mutate(&primary.addr, req).await;
+        tracing::trace!(
+            bytes = m.data.len(),
+            push_ms = push_took.as_secs_f64() * 1e3,
+            mutate_ms = (started.elapsed() - push_took).as_secs_f64() * 1e3,
+            "mutation"
+        );
+        match mutated {
             Ok(r) if r.failed.is_empty() => Ok(r),
             Ok(r) => {
                 failed.extend(&r.failed);

@@ -129,8 +129,14 @@ impl AsyncWrite for Writer {
         if self.tx.is_closed() {
             return self.poll_driver(cx).map(|r| r.and(Err(closed())));
         }
-        if self.pending.len() >= self.piece_limit() {
-            ready!(self.poll_send_pending(cx))?;
+        if self.driver.is_none() {
+            return Poll::Ready(Err(closed()));
+        }
+        if self.pending.len() >= self.piece_limit()
+            && let Err(e) = ready!(self.poll_send_pending(cx))
+        {
+            // The driver stopped: its error says why.
+            return self.poll_driver(cx).map(|r| r.and(Err(e)));
         }
         let n = buf.len().min(self.piece_limit() - self.pending.len());
         self.pending.extend_from_slice(&buf[..n]);
@@ -261,16 +267,33 @@ async fn drive(
     Ok(end)
 }
 
+/// Pieces of one chunk a writer keeps in flight: their pushes overlap
+/// each other and the primary's apply of the piece before (the primary
+/// applies them in offset order).
+const PIECES_IN_FLIGHT: usize = 8;
+
 async fn write_chunk(
     client: Client,
     path: String,
     index: u64,
     mut rx: mpsc::Receiver<(u64, Bytes)>,
 ) -> Result<()> {
+    let path: Arc<str> = path.into();
+    let mut flight = tokio::task::JoinSet::new();
+    let joined = |r: Result<Result<()>, tokio::task::JoinError>| {
+        r.map_err(|e| MasterError::new(gfs_proto::wire::ErrorKind::Internal, e.to_string()))?
+    };
     while let Some((offset, data)) = rx.recv().await {
-        client
-            .write_piece(&path, index, offset, data, false)
-            .await?;
+        if flight.len() >= PIECES_IN_FLIGHT
+            && let Some(r) = flight.join_next().await
+        {
+            joined(r)?;
+        }
+        let (client, path) = (client.clone(), path.clone());
+        flight.spawn(async move { client.write_piece(&path, index, offset, data, false).await });
+    }
+    while let Some(r) = flight.join_next().await {
+        joined(r)?;
     }
     Ok(())
 }

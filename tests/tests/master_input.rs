@@ -194,6 +194,7 @@ fn beat(id: u64, addr: &str, chunks: &[(u64, u64)], extend: &[u64]) -> Heartbeat
         extend_leases: extend.to_vec(),
         changed: Vec::new(),
         removed: Vec::new(),
+        relinquish: Vec::new(),
     }
 }
 

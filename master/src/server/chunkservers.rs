@@ -40,6 +40,7 @@ fn validate(r: &HeartbeatRequest) -> Result<(), Status> {
         r.extend_leases.len(),
         r.changed.len(),
         r.removed.len(),
+        r.relinquish.len(),
     ]
     .iter()
     .any(|n| *n > MAX_REPORT_CHUNKS)
@@ -98,6 +99,13 @@ impl MasterChunkserver for ChunkserverService {
             lease_expires_ms: 0,
             delete_chunks: Vec::new(),
         };
+        if reply.leader && !r.relinquish.is_empty() {
+            let cmd = Command::ReleaseLeases {
+                primary: id,
+                handles: r.relinquish.iter().map(|h| ChunkHandle(*h)).collect(),
+            };
+            node.propose(0, 0, cmd).await?;
+        }
         if reply.leader && !r.extend_leases.is_empty() {
             let duration_ms = node.cfg.lease_ms;
             let cmd = Command::ExtendLeases {

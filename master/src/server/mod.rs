@@ -21,7 +21,7 @@ use gfs_proto::wire::master::master_meta_server::MasterMetaServer;
 use gfs_proto::wire::master::raft_server::RaftServer;
 use openraft::{BasicNode, Raft, SnapshotPolicy};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use config::MasterConfig;
 pub use node::Node;
@@ -90,9 +90,15 @@ pub async fn run(
             RaftServer::new(network::RaftService { raft: raft.clone() })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES * 8),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = stop_rx.await;
-        });
+        .serve_with_incoming_shutdown(
+            // Without TCP_NODELAY on accepted sockets, replies wait out the
+            // peer's 40 ms delayed ACK (tonic applies the builder's
+            // nodelay only to listeners it binds itself).
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async {
+                let _ = stop_rx.await;
+            },
+        );
     let server = tokio::spawn(serve);
     tracing::info!(id = cfg.id, listen = %cfg.listen, "master serving");
     shutdown.await;

@@ -125,6 +125,13 @@ pub enum Command {
         handles: Vec<ChunkHandle>,
         duration_ms: u64,
     },
+    /// The primary gives up its leases on `handles` (it failed them
+    /// locally and refuses further mutations under them), so another
+    /// primary can be chosen without waiting for expiry.
+    ReleaseLeases {
+        primary: NodeId,
+        handles: Vec<ChunkHandle>,
+    },
     /// Raises a file's length (never lowers it).
     SetLength {
         path: GfsPath,
@@ -333,6 +340,9 @@ impl MasterState {
                 handles,
                 duration_ms,
             } => Ok(self.extend_leases(now, primary, &handles, duration_ms)),
+            Command::ReleaseLeases { primary, handles } => {
+                Ok(self.release_leases(primary, &handles))
+            }
             Command::SetLength { path, length } => self.set_length(now, &path, length),
         }
     }
@@ -736,6 +746,18 @@ impl MasterState {
             }
         }
         Reply::Extended { handles: extended }
+    }
+
+    fn release_leases(&mut self, primary: NodeId, handles: &[ChunkHandle]) -> Reply {
+        let mut released = Vec::new();
+        for h in handles {
+            if self.leases.get(h).is_some_and(|l| l.primary == primary) {
+                self.leases.remove(h);
+                released.push(*h);
+                self.dirty.push(persist::Key::Lease(*h));
+            }
+        }
+        Reply::Extended { handles: released }
     }
 }
 

@@ -435,6 +435,23 @@ fn leases_bump_the_version_on_grant_and_never_overlap() {
     assert_eq!(s.run(ext(1)), Ok(Reply::Extended { handles: vec![] }));
     assert_eq!(s.run(ext(2)), Ok(Reply::Extended { handles: vec![h] }));
     assert_eq!(s.st.lease(h), Some(lease(2, 4, 160_000)));
+    // Only the holder can give a lease up; then another primary may be
+    // granted at once, with a new version.
+    let release = |n| Command::ReleaseLeases {
+        primary: NodeId(n),
+        handles: vec![h],
+    };
+    assert_eq!(s.run(release(1)), Ok(Reply::Extended { handles: vec![] }));
+    assert_eq!(s.run(release(2)), Ok(Reply::Extended { handles: vec![h] }));
+    assert_eq!(s.st.lease(h), None);
+    assert_eq!(
+        s.run(grant(1)),
+        Ok(Reply::Lease {
+            handle: h,
+            lease: lease(1, 5, 160_000),
+            granted: true
+        })
+    );
     assert_eq!(
         s.run(Command::GrantLease {
             handle: ChunkHandle(99),
