@@ -411,6 +411,8 @@ async fn append(
     for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         offsets.push(client.append(path, line).await?);
     }
+    // Record the new length with the masters (`ls` and `stat` show it).
+    client.sync(path).await?;
     if json {
         println!(
             "{}",
