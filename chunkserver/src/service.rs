@@ -12,7 +12,7 @@ use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::chunk::chunkserver_server::Chunkserver;
 use gfs_proto::wire::chunk::{
     ApplyReply, ApplyRequest, DeleteRequest, Empty, MutateReply, MutateRequest, MutationKind,
-    PushFrame, PushReply, ReadReply, ReadRequest,
+    PushFrame, PushReply, ReadReply, ReadRequest, SetVersionRequest,
 };
 use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, error};
 use gfs_proto::{ChunkHandle, ChunkVersion};
@@ -488,6 +488,20 @@ impl Chunkserver for ChunkService {
             data,
             chunk_length: info.length,
         }))
+    }
+
+    async fn set_version(
+        &self,
+        req: Request<SetVersionRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        let h = ChunkHandle(r.handle);
+        let sh = &self.shared;
+        let slot = sh.ordered(h);
+        let _order = slot.order.lock().await;
+        let info = sh.store.info(h).await.map_err(store_status)?;
+        sh.fence(&info, r.version).await?;
+        Ok(Response::new(Empty {}))
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<Empty>, Status> {

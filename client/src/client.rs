@@ -488,6 +488,17 @@ impl Client {
         }))
     }
 
+    /// After a short read of chunk `index`: whether the location it used
+    /// was older than the masters' (then the cache entry is refreshed).
+    /// A short chunk is normal only at the end of a file, and only for the
+    /// version the masters name now.
+    async fn stale_end(&self, path: &str, index: u64) -> Result<bool> {
+        let used = self.master.cached(path, index).map(|c| c.version);
+        self.master.forget_chunk(path, index);
+        let fresh = self.master.locate(path, index).await?;
+        Ok(fresh.is_some_and(|f| Some(f.version) != used))
+    }
+
     /// Up to `len` bytes from `offset`; fewer at the end of the file.
     pub async fn read_at(&self, path: &str, offset: u64, len: u64) -> Result<Bytes> {
         let cs = self.chunk_size(path).await?;
@@ -497,7 +508,12 @@ impl Client {
         while pos < end {
             let (index, in_chunk) = (pos / cs, pos % cs);
             let n = (end - pos).min(MAX_FRAME_BYTES as u64).min(cs - in_chunk);
-            let (data, _) = self.read_piece(path, index, in_chunk, n).await?;
+            let (mut data, _) = self.read_piece(path, index, in_chunk, n).await?;
+            if (data.len() as u64) < n && self.stale_end(path, index).await? {
+                // The cached version was old and a replica left out of a
+                // later version answered: read again at the current one.
+                data = self.read_piece(path, index, in_chunk, n).await?.0;
+            }
             let got = data.len() as u64;
             if out.is_empty() && got == len {
                 return Ok(data);

@@ -326,6 +326,9 @@ impl std::fmt::Debug for Reader {
 
 impl Reader {
     pub async fn open(client: &Client, path: &str) -> Result<Self> {
+        // Start from the masters' current versions: a cached location from
+        // before a version bump could name a replica that is stale now.
+        client.master().forget(path);
         let chunk_size = client.chunk_size(path).await?;
         let len = client.length(path).await?;
         Ok(Self {
@@ -458,6 +461,7 @@ pub struct RecordReader {
 
 impl RecordReader {
     pub async fn open(client: &Client, path: &str) -> Result<Self> {
+        client.master().forget(path);
         Ok(Self {
             chunk_size: client.chunk_size(path).await?,
             client: client.clone(),

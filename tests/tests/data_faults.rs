@@ -288,3 +288,127 @@ async fn s4_mutations_without_lease_or_version_and_bad_requests_are_refused() {
     // Nothing changed: the file still reads "hello".
     assert_eq!(&c.read_at("/f", 0, 100).await.expect("read")[..], b"hello");
 }
+
+/// A lease granted before a failover is honoured by the next leader: same
+/// primary, same version, no second grant; the primary's extension
+/// requests go on being honoured, another server's are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_survive_a_leader_kill() {
+    use gfs_proto::wire::master::master_chunkserver_client::MasterChunkserverClient;
+    use gfs_proto::wire::master::{ChunkReport, HeartbeatRequest};
+    let mut cluster = Cluster::start(Spec {
+        chunkservers: 3,
+        lease_ms: 20_000,
+        ..Spec::default()
+    })
+    .await
+    .expect("cluster");
+    let c = cluster.client();
+    c.create("/data", 3).await.expect("create");
+    c.write_at("/data", 0, b"before the failover")
+        .await
+        .expect("write");
+    let first = c.chunks("/data").await.expect("chunks").remove(0);
+    assert_ne!(first.primary, 0, "{first:?}");
+    assert_eq!(first.replicas.len(), 3, "{first:?}");
+    let l = cluster
+        .masters
+        .leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    cluster.masters.kill(l).expect("kill");
+    cluster
+        .wait_servers(3, Duration::from_secs(20))
+        .await
+        .expect("servers report to the new leader");
+    let again = c
+        .master()
+        .write_chunk("/data", 0, &[])
+        .await
+        .expect("write_chunk");
+    assert_eq!(
+        (again.handle, again.version, again.primary),
+        (first.handle, first.version, first.primary),
+        "the new leader re-granted instead of honouring the lease"
+    );
+    c.write_at("/data", 0, b"after the failover!")
+        .await
+        .expect("write");
+    assert_eq!(
+        &c.read_at("/data", 0, 100).await.expect("read")[..],
+        b"after the failover!"
+    );
+    let nl = cluster
+        .masters
+        .leader(Duration::from_secs(1))
+        .await
+        .expect("leader");
+    let mut ms =
+        MasterChunkserverClient::connect(format!("http://{}", cluster.masters.masters[nl].addr))
+            .await
+            .expect("connect");
+    let beat = |id: u64, extend: Vec<u64>| {
+        let s = &cluster.servers[cluster.server_index(id).expect("server")];
+        HeartbeatRequest {
+            node_id: id,
+            addr: s.addr.clone(),
+            rack: format!("rack-{}", (id - 1) % 2),
+            capacity_bytes: 1 << 40,
+            used_bytes: 0,
+            draining: false,
+            full_report: false,
+            chunks: Vec::<ChunkReport>::new(),
+            extend_leases: extend,
+            changed: Vec::new(),
+            removed: Vec::new(),
+            relinquish: Vec::new(),
+        }
+    };
+    let r = ms
+        .heartbeat(beat(first.primary, vec![first.handle]))
+        .await
+        .expect("beat");
+    assert_eq!(r.get_ref().extended, [first.handle]);
+    let other = first.primary % 3 + 1;
+    let r = ms
+        .heartbeat(beat(other, vec![first.handle]))
+        .await
+        .expect("beat");
+    assert!(r.get_ref().extended.is_empty());
+}
+
+/// A new version reaches the replicas at the grant, not only with the next
+/// mutation: a chunk whose version was bumped (a replica reported failed)
+/// and then never written again still reads at the new version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_bump_without_a_later_write_keeps_the_chunk_readable() {
+    let mut cluster = Cluster::start(Spec::default()).await.expect("cluster");
+    let c = cluster.client();
+    let data = random_bytes(300_000, 3);
+    c.create("/f", 0).await.expect("create");
+    c.write_at("/f", 0, &data).await.expect("write");
+    let chunk = c.chunks("/f").await.expect("chunks").remove(0);
+    let victim = chunk
+        .replicas
+        .iter()
+        .find(|r| r.node_id != chunk.primary)
+        .expect("a secondary")
+        .node_id;
+    cluster
+        .kill_server(cluster.server_index(victim).expect("known"))
+        .expect("kill");
+    // What a client does after a secondary failed, and then it stops.
+    let bumped = c
+        .master()
+        .write_chunk("/f", 0, &[victim])
+        .await
+        .expect("write_chunk");
+    assert!(bumped.version > chunk.version, "{bumped:?}");
+    assert!(bumped.replicas.iter().all(|r| r.node_id != victim));
+    let fresh = cluster.client();
+    let got = fresh
+        .read_at("/f", 0, data.len() as u64)
+        .await
+        .expect("read");
+    assert!(got[..] == data[..]);
+}

@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
-use gfs_client::MasterClient;
 use gfs_proto::wire::master::master_chunkserver_client::MasterChunkserverClient;
 use gfs_proto::wire::master::{ChunkReport, HeartbeatRequest};
 use gfs_proto::wire::{ErrorKind, detail_of};
@@ -261,58 +260,4 @@ async fn s5_bad_handles_offsets_and_reports_get_clear_errors() {
     // The file is intact.
     let info = cl.stat("/f", false).await.unwrap();
     assert_eq!((info.length, info.chunks), (0, 0));
-}
-
-/// A lease granted before a failover is honoured by the next leader: same
-/// primary, same version, no second grant.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leases_survive_a_leader_kill() {
-    let mut c = MasterCluster::start(3, Timings::default()).expect("start");
-    let l = c.leader(Duration::from_secs(10)).await.expect("leader");
-    heartbeat_all(&c, &[]).await;
-    let cl: MasterClient = c.client();
-    cl.create("/data", 3).await.unwrap();
-    let first = cl.write_chunk("/data", 0, &[]).await.unwrap();
-    assert_ne!(first.primary, 0, "{first:?}");
-    assert_eq!(first.replicas.len(), 3, "{first:?}");
-    c.kill(l).expect("kill");
-    // The chunkservers report the chunk at its granted version everywhere.
-    heartbeat_all(&c, &[(first.handle, first.version)]).await;
-    c.leader(Duration::from_secs(10)).await.expect("new leader");
-    let again = cl.write_chunk("/data", 0, &[]).await.unwrap();
-    assert_eq!(
-        (again.handle, again.version, again.primary),
-        (first.handle, first.version, first.primary),
-        "the new leader re-granted instead of honouring the lease"
-    );
-    // The same primary's extension request is honoured by the new leader.
-    let nl = c.leader(Duration::from_secs(1)).await.unwrap();
-    let ch = Channel::from_shared(format!("http://{}", c.masters[nl].addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut cs = MasterChunkserverClient::new(ch);
-    let r = cs
-        .heartbeat(beat(
-            first.primary,
-            &format!("127.0.0.1:{}", 9000 + first.primary),
-            &[(first.handle, first.version)],
-            &[first.handle],
-        ))
-        .await
-        .unwrap();
-    assert_eq!(r.get_ref().extended, [first.handle]);
-    // Another server asking to extend it gets nothing.
-    let other = first.primary % 3 + 1;
-    let r = cs
-        .heartbeat(beat(
-            other,
-            &format!("127.0.0.1:{}", 9000 + other),
-            &[],
-            &[first.handle],
-        ))
-        .await
-        .unwrap();
-    assert!(r.get_ref().extended.is_empty());
 }

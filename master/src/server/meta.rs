@@ -365,10 +365,29 @@ impl MasterMeta for MetaService {
                 },
             )
             .await?;
-        if let Reply::Lease { lease, .. } = granted {
+        if let Reply::Lease { lease, granted, .. } = granted {
+            let refused = if granted {
+                let addrs: Vec<(NodeId, String)> = {
+                    let soft = node.soft();
+                    candidates
+                        .iter()
+                        .filter_map(|n| soft.server(*n).map(|s| (*n, s.addr.clone())))
+                        .collect()
+                };
+                node.chunkservers
+                    .set_version(handle, lease.version, &addrs)
+                    .await
+            } else {
+                Vec::new()
+            };
             let mut soft = node.soft();
             for n in candidates {
-                soft.expect(handle, n, lease.version);
+                if refused.contains(&n) {
+                    // Left at the old version: stale from now on.
+                    soft.forget(handle, n);
+                } else {
+                    soft.expect(handle, n, lease.version);
+                }
             }
         }
         Ok(Response::new(self.chunk_info(r.index, handle)))

@@ -8,6 +8,7 @@ pub mod meta;
 pub mod network;
 pub mod node;
 pub mod soft;
+pub mod versions;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -66,6 +67,7 @@ pub async fn run(
         raft: raft.clone(),
         applied,
         soft: Mutex::new(soft::Soft::default()),
+        chunkservers: versions::Chunkservers::default(),
     });
     bootstrap(&node).await?;
 

@@ -21,6 +21,7 @@ pub struct Node {
     pub raft: Raft<TypeConfig>,
     pub applied: Arc<RwLock<Applied>>,
     pub soft: Mutex<Soft>,
+    pub chunkservers: super::versions::Chunkservers,
 }
 
 impl std::fmt::Debug for Node {

@@ -1,0 +1,79 @@
+//! After a lease grant, the leader tells the replicas the chunk's new
+//! version (as GFS's master does), so a grant takes effect on the replicas
+//! even if no mutation follows it. A replica that does not confirm is left
+//! at its old version, and so is stale from then on.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use gfs_proto::wire::chunk::SetVersionRequest;
+use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
+use gfs_proto::wire::{ErrorKind, detail_of};
+use gfs_proto::{ChunkHandle, ChunkVersion, NodeId};
+use tonic::transport::{Channel, Endpoint};
+
+/// Bound on one replica's answer.
+const NOTIFY_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// One lazily connected channel per chunkserver address.
+#[derive(Debug, Default)]
+pub struct Chunkservers {
+    conns: Mutex<HashMap<String, ChunkserverClient<Channel>>>,
+}
+
+impl Chunkservers {
+    fn client(&self, addr: &str) -> Option<ChunkserverClient<Channel>> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = conns.get(addr) {
+            return Some(c.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let c = ChunkserverClient::new(ch);
+        conns.insert(addr.to_string(), c.clone());
+        Some(c)
+    }
+
+    /// Sends `version` of `handle` to each replica at once; returns the ones
+    /// that did not take it. A replica that does not hold the chunk yet
+    /// (created by its first mutation) counts as taking it.
+    pub async fn set_version(
+        &self,
+        handle: ChunkHandle,
+        version: ChunkVersion,
+        replicas: &[(NodeId, String)],
+    ) -> Vec<NodeId> {
+        let mut calls = tokio::task::JoinSet::new();
+        for (id, addr) in replicas {
+            let id = *id;
+            let Some(mut c) = self.client(addr) else {
+                calls.spawn(async move { (id, false) });
+                continue;
+            };
+            let req = SetVersionRequest {
+                handle: handle.0,
+                version: version.0,
+            };
+            calls.spawn(async move {
+                let ok = match tokio::time::timeout(NOTIFY_TIMEOUT, c.set_version(req)).await {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(s)) => detail_of(&s).kind() == ErrorKind::NotFound,
+                    Err(_) => false,
+                };
+                (id, ok)
+            });
+        }
+        let mut failed = Vec::new();
+        while let Some(Ok((id, ok))) = calls.join_next().await {
+            if !ok {
+                failed.push(id);
+            }
+        }
+        failed.sort_unstable();
+        failed
+    }
+}
