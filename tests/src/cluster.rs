@@ -24,6 +24,11 @@ pub struct Spec {
     /// Where the chunkservers' data directories go (default: the system
     /// temporary directory).
     pub base_dir: Option<PathBuf>,
+    /// Chunkservers whose data directory is a tmpfs of this many bytes
+    /// (a small disk that fills up); needs root.
+    pub small_disks: Vec<(usize, u64)>,
+    /// Masters give no new chunk to a server with less free space.
+    pub min_free_bytes: u64,
 }
 
 impl Default for Spec {
@@ -37,6 +42,8 @@ impl Default for Spec {
             chunkserver_timeout_ms: 2_000,
             heartbeat_ms: 200,
             base_dir: None,
+            small_disks: Vec::new(),
+            min_free_bytes: 0,
         }
     }
 }
@@ -56,6 +63,8 @@ pub struct Cluster {
     pub servers: Vec<ServerProc>,
     pub spec: Spec,
     bin: PathBuf,
+    /// tmpfs mounts to undo, before the directory holding them goes.
+    mounts: Vec<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -68,7 +77,7 @@ impl Cluster {
             ("--lease-ms", spec.lease_ms),
             ("--lease-grace-ms", spec.lease_grace_ms),
             ("--chunkserver-timeout-ms", spec.chunkserver_timeout_ms),
-            ("--min-free-bytes", 0),
+            ("--min-free-bytes", spec.min_free_bytes),
         ]
         .iter()
         .flat_map(|(f, v)| [f.to_string(), v.to_string()])
@@ -98,11 +107,29 @@ impl Cluster {
                 child: None,
             });
         }
+        let mut mounts = Vec::new();
+        for (i, bytes) in &spec.small_disks {
+            let d = &servers[*i].data_dir;
+            std::fs::create_dir_all(d)?;
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+                .arg(d)
+                .status()
+                .context("running mount")?
+                .success();
+            anyhow::ensure!(
+                ok,
+                "mounting a tmpfs on {} failed (root needed)",
+                d.display()
+            );
+            mounts.push(d.clone());
+        }
         let mut c = Self {
             masters,
             servers,
             spec,
             bin: crate::binary("gfs-chunkserver")?,
+            mounts,
             _dir: dir,
         };
         for i in 0..c.servers.len() {
@@ -209,6 +236,12 @@ impl Drop for Cluster {
                 let _ = c.kill();
                 let _ = c.wait();
             }
+        }
+        for m in &self.mounts {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(m)
+                .status();
         }
     }
 }

@@ -412,3 +412,68 @@ async fn a_version_bump_without_a_later_write_keeps_the_chunk_readable() {
         .expect("read");
     assert!(got[..] == data[..]);
 }
+
+/// R11 (chunkserver side): one chunkserver's disk fills up during
+/// ingestion. The write completes on the others, no chunk counts the full
+/// server as a replica unless it holds the whole chunk, and new chunks are
+/// placed elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r11_a_full_disk_on_a_chunkserver_costs_no_data() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let cluster = Cluster::start(Spec {
+        small_disks: vec![(0, 2 << 20)],
+        min_free_bytes: 1 << 20,
+        ..Spec::default()
+    })
+    .await
+    .expect("cluster");
+    let c = cluster.client();
+    let data = random_bytes(10 << 20, 11);
+    let mut w = gfs_client::Writer::create(&c, "/big")
+        .await
+        .expect("create");
+    use tokio::io::AsyncWriteExt;
+    for part in data.chunks(256 << 10) {
+        w.write_all(part).await.expect("write");
+    }
+    w.close().await.expect("close");
+    let got = c.read_at("/big", 0, data.len() as u64).await.expect("read");
+    assert!(got[..] == data[..], "read back differs");
+    let full = cluster.servers[0].id;
+    let chunks = c.chunks("/big").await.expect("chunks");
+    for chunk in &chunks {
+        // Every listed replica holds the whole chunk at the current version.
+        for r in &chunk.replicas {
+            let mut cs = ChunkserverClient::connect(format!("http://{}", r.addr))
+                .await
+                .expect("connect");
+            let reply = cs
+                .read(ReadRequest {
+                    handle: chunk.handle,
+                    version: chunk.version,
+                    offset: 0,
+                    length: 0,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("replica {} of chunk {}: {e}", r.node_id, chunk.index))
+                .into_inner();
+            assert_eq!(
+                reply.chunk_length,
+                1 << 20,
+                "replica {} of chunk {} is partial",
+                r.node_id,
+                chunk.index
+            );
+        }
+    }
+    // Once full, the server gets no new chunks.
+    let last = chunks.last().expect("chunks");
+    assert!(
+        last.replicas.iter().all(|r| r.node_id != full),
+        "a new chunk was placed on the full server: {last:?}"
+    );
+}
