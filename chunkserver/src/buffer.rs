@@ -14,9 +14,17 @@ pub struct DataBuffer {
     ttl_ms: u64,
 }
 
+/// Pushed data as it arrived: one `Bytes` per frame, never concatenated
+/// (the engine copies the pieces straight into its I/O buffer).
+pub type Parts = Vec<Bytes>;
+
+pub fn parts_len(p: &[Bytes]) -> u64 {
+    p.iter().map(|b| b.len() as u64).sum()
+}
+
 #[derive(Debug)]
 struct Entry {
-    data: Bytes,
+    data: Parts,
     expires_ms: u64,
 }
 
@@ -61,15 +69,15 @@ impl DataBuffer {
 
     /// Stores a push that `reserve`d `reserved` bytes. A data id pushed
     /// again (a retry) replaces the old data.
-    pub fn insert(&mut self, id: u64, data: Bytes, reserved: u64, now_ms: u64) {
-        self.used = self.used.saturating_sub(reserved) + data.len() as u64;
+    pub fn insert(&mut self, id: u64, data: Parts, reserved: u64, now_ms: u64) {
+        self.used = self.used.saturating_sub(reserved) + parts_len(&data);
         let expires_ms = now_ms + self.ttl_ms;
         if let Some(old) = self.entries.insert(id, Entry { data, expires_ms }) {
-            self.used -= old.data.len() as u64;
+            self.used -= parts_len(&old.data);
         }
     }
 
-    pub fn get(&self, id: u64, now_ms: u64) -> Option<Bytes> {
+    pub fn get(&self, id: u64, now_ms: u64) -> Option<Parts> {
         self.entries
             .get(&id)
             .filter(|e| e.expires_ms > now_ms)
@@ -79,7 +87,7 @@ impl DataBuffer {
     /// Drops data a committed mutation used.
     pub fn remove(&mut self, id: u64) {
         if let Some(e) = self.entries.remove(&id) {
-            self.used -= e.data.len() as u64;
+            self.used -= parts_len(&e.data);
         }
     }
 
@@ -88,7 +96,7 @@ impl DataBuffer {
         self.entries.retain(|_, e| {
             let keep = e.expires_ms > now_ms;
             if !keep {
-                freed += e.data.len() as u64;
+                freed += parts_len(&e.data);
             }
             keep
         });
@@ -116,8 +124,13 @@ mod tests {
                 wanted: 50
             })
         );
-        b.insert(1, Bytes::from(vec![7; 60]), 60, 0);
-        assert_eq!(b.get(1, 5).unwrap().len(), 60);
+        b.insert(
+            1,
+            vec![Bytes::from(vec![7; 40]), Bytes::from(vec![7; 20])],
+            60,
+            0,
+        );
+        assert_eq!(parts_len(&b.get(1, 5).unwrap()), 60);
         // Expired at 10: the reservation succeeds by dropping it.
         b.reserve(50, 10).unwrap();
         assert_eq!(b.get(1, 10), None);
@@ -130,11 +143,11 @@ mod tests {
     fn a_repeated_push_replaces_and_remove_frees() {
         let mut b = DataBuffer::new(100, 10);
         b.reserve(30, 0).unwrap();
-        b.insert(1, Bytes::from(vec![1; 30]), 30, 0);
+        b.insert(1, vec![Bytes::from(vec![1; 30])], 30, 0);
         b.reserve(20, 1).unwrap();
-        b.insert(1, Bytes::from(vec![2; 20]), 20, 1);
+        b.insert(1, vec![Bytes::from(vec![2; 20])], 20, 1);
         assert_eq!(b.used(), 20);
-        assert_eq!(b.get(1, 2).unwrap()[0], 2);
+        assert_eq!(b.get(1, 2).unwrap()[0][0], 2);
         b.remove(1);
         b.remove(1);
         assert_eq!(b.used(), 0);

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use gfs_proto::record::RecordId;
 use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::chunk::chunkserver_server::Chunkserver;
@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::buffer::DataBuffer;
+use crate::buffer::{DataBuffer, Parts, parts_len};
 use crate::changes::Changes;
 use crate::config::ChunkserverConfig;
 use crate::order::{AppendPlan, Committed, Fence, fence_mutation, fence_read, plan_append};
@@ -107,19 +107,19 @@ impl Shared {
         Self::lock(&self.ordered).entry(h).or_default().clone()
     }
 
-    fn data(&self, id: u64, len: u64) -> Result<Bytes, Status> {
+    fn data(&self, id: u64, len: u64) -> Result<Parts, Status> {
         let d = Self::lock(&self.buffer).get(id, now_ms()).ok_or_else(|| {
             error(
                 ErrorKind::DataMissing,
                 format!("data {id:#x} is not buffered here (expired or never pushed): push again"),
             )
         })?;
-        if d.len() as u64 != len {
+        if parts_len(&d) != len {
             return Err(error(
                 ErrorKind::InvalidArgument,
                 format!(
                     "data {id:#x} holds {} bytes, the mutation names {len}",
-                    d.len()
+                    parts_len(&d)
                 ),
             ));
         }
@@ -195,12 +195,13 @@ impl Shared {
         h: ChunkHandle,
         kind: MutationKind,
         offset: u64,
-        data: &[u8],
+        data: &[Bytes],
         sync: bool,
     ) -> Result<u64, Status> {
+        let parts: Vec<&[u8]> = data.iter().map(|b| &b[..]).collect();
         let len = match kind {
             MutationKind::Pad => self.store.pad_to_end(h).await,
-            _ => self.store.write_at(h, offset, data).await,
+            _ => self.store.write_at_vectored(h, offset, &parts).await,
         }
         .map_err(store_status)?;
         if sync {
@@ -405,11 +406,22 @@ impl Chunkserver for ChunkService {
         let mut order = loop {
             let order = slot.order.lock().await;
             let length = sh.store.info(h).await.map_or(0, |i| i.length);
-            if kind != MutationKind::Write
-                || r.offset <= length
-                || tokio::time::Instant::now() >= waited_out
-            {
+            if kind != MutationKind::Write || r.offset <= length {
                 break order;
+            }
+            if tokio::time::Instant::now() >= waited_out {
+                // A small gap is filled with zeros (a sparse write); a
+                // larger one means the data before it is still coming.
+                if r.offset - length + r.length <= sh.cfg.store.max_request_bytes {
+                    break order;
+                }
+                return Err(error(
+                    ErrorKind::Busy,
+                    format!(
+                        "chunk {h} holds {length} bytes; the write at {} waits for the data before it",
+                        r.offset
+                    ),
+                ));
             }
             let notified = slot.applied.notified();
             tokio::pin!(notified);
@@ -429,7 +441,7 @@ impl Chunkserver for ChunkService {
         let h = ChunkHandle(r.handle);
         let sh = &self.shared;
         let data = if kind == MutationKind::Pad {
-            Bytes::new()
+            Parts::new()
         } else {
             self.check_size(r.offset, r.length)?;
             sh.data(r.data_id, r.length)?
@@ -497,8 +509,8 @@ impl Chunkserver for ChunkService {
         let r = req.into_inner();
         let h = ChunkHandle(r.handle);
         let sh = &self.shared;
-        let slot = sh.ordered(h);
-        let _order = slot.order.lock().await;
+        // Not behind the chunk's ordering lock: mutations may be queued
+        // there for seconds, and adopting a newer version is idempotent.
         let info = sh.store.info(h).await.map_err(store_status)?;
         sh.fence(&info, r.version).await?;
         Ok(Response::new(Empty {}))
@@ -522,7 +534,7 @@ impl ChunkService {
         &self,
         r: &MutateRequest,
         kind: MutationKind,
-        data: &Bytes,
+        data: &[Bytes],
         order: &mut Ordered,
         now: u64,
     ) -> Result<MutateReply, Status> {
@@ -620,7 +632,7 @@ impl ChunkService {
         first: PushFrame,
         inbound: &mut Streaming<PushFrame>,
         total: u64,
-    ) -> Result<(u64, Bytes, Option<Downstream>), Status> {
+    ) -> Result<(u64, Parts, Option<Downstream>), Status> {
         let id = first.data_id;
         let (tx, downstream) = match first.chain.first() {
             Some(next) => {
@@ -677,15 +689,6 @@ impl ChunkService {
                 "push {id:#x} ended after {got} of {total} bytes"
             )));
         }
-        let data = if parts.len() == 1 {
-            parts.pop().unwrap_or_default()
-        } else {
-            let mut all = BytesMut::with_capacity(total as usize);
-            for p in parts {
-                all.extend_from_slice(&p);
-            }
-            all.freeze()
-        };
-        Ok((id, data, downstream))
+        Ok((id, parts, downstream))
     }
 }

@@ -71,6 +71,9 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// `NO_SPACE` answers one mutation takes before it fails with that error.
+const MAX_NO_SPACE_RETRIES: u32 = 6;
+
 /// A cached lease is used only with this much of it left.
 const LEASE_MARGIN_MS: u64 = 2_000;
 
@@ -210,6 +213,7 @@ impl Client {
         let mut backoff = Duration::from_millis(10);
         let data_id = rand::random::<u64>() | 1;
         let mut last: MasterError;
+        let mut no_space = 0;
         loop {
             last = match self
                 .mutate_once(path, index, &m, data_id, &mut failed)
@@ -219,6 +223,21 @@ impl Client {
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Retry(e)) => e,
             };
+            // One full replica is worked around (it is versioned out or
+            // gives its lease up); several in a row mean the cluster is out
+            // of space: say so instead of retrying to the deadline.
+            if last.kind == ErrorKind::NoSpace {
+                no_space += 1;
+                if no_space >= MAX_NO_SPACE_RETRIES {
+                    return Err(MasterError::new(
+                        ErrorKind::NoSpace,
+                        format!(
+                            "chunk {index} of {path}: no replica has space: {}",
+                            last.message
+                        ),
+                    ));
+                }
+            }
             self.master.forget_chunk(path, index);
             if Instant::now() >= deadline {
                 return Err(MasterError::new(

@@ -477,3 +477,46 @@ async fn r11_a_full_disk_on_a_chunkserver_costs_no_data() {
         "a new chunk was placed on the full server: {last:?}"
     );
 }
+
+/// R11, every disk full: the writer gets a clear `NO_SPACE` error in
+/// bounded time, not a retry loop to its deadline.
+///
+/// Ignored: today the leader stops answering `WriteChunk` within the
+/// client's 2 s attempt timeout once every disk is full (its AppendEntries
+/// to the followers time out), so the writer ends with `UNAVAILABLE` after
+/// its deadline. Not yet understood; see the data-path issue's note.
+#[ignore = "known bug: the leader stalls when every chunkserver disk is full"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r11_every_disk_full_is_a_clear_error() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let cluster = Cluster::start(Spec {
+        small_disks: (0..4).map(|i| (i, 3 << 20)).collect(),
+        ..Spec::default()
+    })
+    .await
+    .expect("cluster");
+    let c = cluster.client();
+    c.create("/big", 0).await.expect("create");
+    let start = Instant::now();
+    let mut err = None;
+    for i in 0..16u64 {
+        if let Err(e) = c.write_at("/big", i << 20, &random_bytes(1 << 20, i)).await {
+            err = Some(e);
+            break;
+        }
+    }
+    let e = err.expect("4 disks of 3 MiB cannot hold 16 MiB three times");
+    assert!(
+        matches!(e.kind, ErrorKind::NoSpace),
+        "expected NO_SPACE, got {e}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        start.elapsed()
+    );
+}

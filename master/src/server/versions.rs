@@ -14,7 +14,7 @@ use gfs_proto::{ChunkHandle, ChunkVersion, NodeId};
 use tonic::transport::{Channel, Endpoint};
 
 /// Bound on one replica's answer.
-const NOTIFY_TIMEOUT: Duration = Duration::from_millis(1500);
+const NOTIFY_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// One lazily connected channel per chunkserver address.
 #[derive(Debug, Default)]

@@ -31,17 +31,28 @@ impl ChunkStore {
         let chunk = self.chunk(handle)?;
         let mut st = chunk.state.write().await;
         let offset = st.length;
-        self.mutate(&chunk, &mut st, offset, data).await?;
+        self.mutate(&chunk, &mut st, offset, &[data]).await?;
         Ok(offset)
     }
 
     /// Writes `data` at `offset`. Writing past the end fills the gap with
     /// zeros. Returns the chunk's new length.
     pub async fn write_at(&self, handle: ChunkHandle, offset: u64, data: &[u8]) -> Result<u64> {
+        self.write_at_vectored(handle, offset, &[data]).await
+    }
+
+    /// As `write_at`, with the data in several pieces (as it arrived from
+    /// the network), copied straight into the I/O buffer.
+    pub async fn write_at_vectored(
+        &self,
+        handle: ChunkHandle,
+        offset: u64,
+        parts: &[&[u8]],
+    ) -> Result<u64> {
         let chunk = self.chunk(handle)?;
         let mut st = chunk.state.write().await;
         let cfg = &self.inner.config;
-        let len = data.len() as u64;
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if offset
             .checked_add(len)
             .is_none_or(|end| end > cfg.chunk_size_bytes)
@@ -61,12 +72,13 @@ impl ChunkStore {
                     max: cfg.max_request_bytes,
                 });
             }
-            let mut filled = vec![0u8; gap as usize];
-            filled.extend_from_slice(data);
+            let zeros = vec![0u8; gap as usize];
+            let mut filled: Vec<&[u8]> = vec![&zeros];
+            filled.extend_from_slice(parts);
             let at = st.length;
             self.mutate(&chunk, &mut st, at, &filled).await?;
         } else {
-            self.mutate(&chunk, &mut st, offset, data).await?;
+            self.mutate(&chunk, &mut st, offset, parts).await?;
         }
         Ok(st.length)
     }
@@ -82,7 +94,7 @@ impl ChunkStore {
         while st.length < limit {
             let n = (limit - st.length).min(piece) as usize;
             let at = st.length;
-            self.mutate(&chunk, &mut st, at, &zeros[..n]).await?;
+            self.mutate(&chunk, &mut st, at, &[&zeros[..n]]).await?;
         }
         Ok(st.length)
     }
@@ -92,7 +104,7 @@ impl ChunkStore {
         chunk: &Chunk,
         st: &mut ChunkState,
         off: u64,
-        data: &[u8],
+        parts: &[&[u8]],
     ) -> Result<()> {
         let handle = chunk.handle;
         let dir = self.dir(chunk);
@@ -100,7 +112,7 @@ impl ChunkStore {
         if st.deleted {
             return Err(StoreError::NotFound(handle));
         }
-        let n = data.len() as u64;
+        let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let cfg = &self.inner.config;
         if n > cfg.max_request_bytes {
             return Err(StoreError::TooLarge {
@@ -187,8 +199,11 @@ impl ChunkStore {
         }
         {
             let bytes = buf.as_mut_slice();
-            let at = (off - region_start) as usize;
-            bytes[at..at + data.len()].copy_from_slice(data);
+            let mut at = (off - region_start) as usize;
+            for p in parts {
+                bytes[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+            }
             // Past the new end the last sector is zeros (never stale pool bytes).
             let data_end = ((new_len - region_start) as usize).min(region_len);
             bytes[data_end..region_len].fill(0);
@@ -201,7 +216,8 @@ impl ChunkStore {
             let blen = (new_len - block_start(b)).min(BLOCK_BYTES);
             let crc = if appending && b == first && off > block_start(b) {
                 let new_part = (block_start(b + 1).min(end) - off) as usize;
-                crc32c::crc32c_append(st.crcs[b], &data[..new_part])
+                let at = (off - region_start) as usize;
+                crc32c::crc32c_append(st.crcs[b], &buf.as_slice()[at..at + new_part])
             } else {
                 let at = (block_start(b) - region_start) as usize;
                 crc32c::crc32c(&buf.as_slice()[at..at + blen as usize])
