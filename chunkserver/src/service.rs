@@ -224,9 +224,7 @@ impl Shared {
         }
         Ok(())
     }
-}
 
-impl Shared {
     /// Stops acting as primary for `h` under any lease granted so far, and
     /// has the leader told, so it can choose another primary at once.
     fn relinquish(&self, h: ChunkHandle) {
