@@ -14,12 +14,12 @@ use gfs_proto::wire::chunk::{
     ApplyReply, ApplyRequest, DeleteRequest, Empty, MutateReply, MutateRequest, MutationKind,
     PushFrame, PushReply, ReadReply, ReadRequest, SetVersionRequest,
 };
-use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, error};
+use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES, error};
 use gfs_proto::{ChunkHandle, ChunkVersion};
 use gfs_storage_engine::{ChunkInfo, ChunkStore, StoreError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::buffer::{DataBuffer, Parts, parts_len};
@@ -131,21 +131,12 @@ impl Shared {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| {
-                error(
-                    ErrorKind::InvalidArgument,
-                    format!("bad address {addr}: {e}"),
-                )
-            })?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(32 << 20))
-            .connect_lazy();
-        let c = ChunkserverClient::new(ch)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let c = gfs_proto::wire::chunk_client(addr).map_err(|e| {
+            error(
+                ErrorKind::InvalidArgument,
+                format!("bad address {addr}: {e}"),
+            )
+        })?;
         peers.insert(addr.to_string(), c.clone());
         Ok(c)
     }

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gfs_proto::wire::MAX_FRAME_BYTES;
 use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::chunk::{MutateReply, MutateRequest, PushFrame, ReadReply, ReadRequest};
-use gfs_proto::wire::{MAX_FRAME_BYTES, MAX_MESSAGE_BYTES};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::master::MasterError;
 
@@ -39,21 +39,12 @@ impl ChunkPool {
         if let Some(c) = conns.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| {
-                MasterError::new(
-                    gfs_proto::wire::ErrorKind::InvalidArgument,
-                    format!("bad chunkserver address {addr}: {e}"),
-                )
-            })?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(32 << 20))
-            .connect_lazy();
-        let c = ChunkserverClient::new(ch)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let c = gfs_proto::wire::chunk_client(addr).map_err(|e| {
+            MasterError::new(
+                gfs_proto::wire::ErrorKind::InvalidArgument,
+                format!("bad chunkserver address {addr}: {e}"),
+            )
+        })?;
         conns.insert(addr.to_string(), c.clone());
         Ok(c)
     }

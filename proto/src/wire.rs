@@ -22,6 +22,26 @@ pub use master::{ErrorDetail, ErrorKind};
 /// Largest frame of chunk data on the wire (push and read).
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
+/// A lazily connected client of the chunkserver at `addr` ("host:port"),
+/// set up the way every data-path caller needs it: TCP_NODELAY, HTTP/2
+/// windows large enough for 4 MiB frames, the gfs message limit.
+pub fn chunk_client(
+    addr: &str,
+) -> Result<
+    chunk::chunkserver_client::ChunkserverClient<tonic::transport::Channel>,
+    tonic::transport::Error,
+> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
+        .connect_lazy();
+    Ok(chunk::chunkserver_client::ChunkserverClient::new(ch)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
 /// Largest message any gfs service decodes (S2): metadata is small, and
 /// data moves in frames well below this.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;

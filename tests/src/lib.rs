@@ -95,3 +95,13 @@ pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
     rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
     v
 }
+
+/// The node id of a replica of `chunk` that is not its primary.
+pub fn a_secondary(chunk: &gfs_proto::wire::master::ChunkInfo) -> u64 {
+    chunk
+        .replicas
+        .iter()
+        .find(|r| r.node_id != chunk.primary)
+        .expect("a secondary")
+        .node_id
+}

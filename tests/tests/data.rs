@@ -213,12 +213,7 @@ async fn r6_kill_of_a_secondary_and_of_a_primary_mid_write() {
             break first;
         }
     };
-    let secondary = chunk0
-        .replicas
-        .iter()
-        .find(|r| r.node_id != chunk0.primary)
-        .expect("a secondary")
-        .node_id;
+    let secondary = gfs_tests::a_secondary(&chunk0);
     let si = cluster.server_index(secondary).expect("known server");
     cluster.kill_server(si).expect("kill secondary");
     tokio::time::sleep(Duration::from_millis(800)).await;

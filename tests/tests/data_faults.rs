@@ -121,12 +121,7 @@ async fn r10_a_stale_replica_is_never_read() {
     c.create("/f", 0).await.expect("create");
     c.write_at("/f", 0, &old).await.expect("write old");
     let chunk = c.chunks("/f").await.expect("chunks").remove(0);
-    let victim = chunk
-        .replicas
-        .iter()
-        .find(|r| r.node_id != chunk.primary)
-        .expect("a secondary")
-        .node_id;
+    let victim = gfs_tests::a_secondary(&chunk);
     let vi = cluster.server_index(victim).expect("known");
     cluster.kill_server(vi).expect("kill");
     c.write_at("/f", 0, &new)
@@ -388,12 +383,7 @@ async fn a_version_bump_without_a_later_write_keeps_the_chunk_readable() {
     c.create("/f", 0).await.expect("create");
     c.write_at("/f", 0, &data).await.expect("write");
     let chunk = c.chunks("/f").await.expect("chunks").remove(0);
-    let victim = chunk
-        .replicas
-        .iter()
-        .find(|r| r.node_id != chunk.primary)
-        .expect("a secondary")
-        .node_id;
+    let victim = gfs_tests::a_secondary(&chunk);
     cluster
         .kill_server(cluster.server_index(victim).expect("known"))
         .expect("kill");

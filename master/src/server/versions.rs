@@ -11,7 +11,7 @@ use gfs_proto::wire::chunk::SetVersionRequest;
 use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::{ErrorKind, detail_of};
 use gfs_proto::{ChunkHandle, ChunkVersion, NodeId};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Bound on one replica's answer.
 const NOTIFY_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -28,12 +28,7 @@ impl Chunkservers {
         if let Some(c) = conns.get(addr) {
             return Some(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .ok()?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let c = ChunkserverClient::new(ch);
+        let c = gfs_proto::wire::chunk_client(addr).ok()?;
         conns.insert(addr.to_string(), c.clone());
         Some(c)
     }
