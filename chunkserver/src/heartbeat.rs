@@ -8,7 +8,6 @@ use std::time::Duration;
 use gfs_proto::ChunkHandle;
 use gfs_proto::wire::master::master_chunkserver_client::MasterChunkserverClient;
 use gfs_proto::wire::master::{ChunkReport, HeartbeatReply, HeartbeatRequest};
-use gfs_storage_engine::StoreError;
 use tonic::transport::Endpoint;
 
 use crate::service::{Shared, now_ms};
@@ -170,12 +169,15 @@ async fn handle_reply(shared: &Shared, reply: HeartbeatReply) {
             }
         }
     }
-    for h in reply.delete_chunks {
-        let h = ChunkHandle(h);
-        match shared.store.delete(h).await {
-            Ok(()) | Err(StoreError::NotFound(_)) => shared.note(h, None),
+    for d in reply.delete_chunks {
+        let h = ChunkHandle(d.handle);
+        match shared.delete_replica(h, d.below_version).await {
+            Ok(true) => tracing::debug!(chunk = %h, "deleted at the leader's request"),
+            Ok(false) => {
+                tracing::info!(chunk = %h, "kept a replica the leader named: current or being cloned")
+            }
             Err(e) => {
-                tracing::warn!(chunk = %h, error = %e, "could not delete a chunk the master named")
+                tracing::warn!(chunk = %h, error = %e.message(), "could not delete a chunk the master named")
             }
         }
     }

@@ -4,6 +4,7 @@
 //!   while still receiving them), mutations ordered by the primary under its
 //!   lease and forwarded to the secondaries, version-fenced reads with
 //!   verified checksums, delete;
+//! - [`clone`]: copying a chunk from a peer for re-replication;
 //! - [`heartbeat`]: one loop per master;
 //! - pure decisions, tested by exact output: [`order`] (version fencing,
 //!   record placement, deduplication), [`buffer`] (pushed data awaiting its
@@ -12,6 +13,7 @@
 
 pub mod buffer;
 pub mod changes;
+pub mod clone;
 pub mod config;
 pub mod heartbeat;
 pub mod order;

@@ -11,8 +11,8 @@ use gfs_proto::record::RecordId;
 use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::chunk::chunkserver_server::Chunkserver;
 use gfs_proto::wire::chunk::{
-    ApplyReply, ApplyRequest, DeleteRequest, Empty, MutateReply, MutateRequest, MutationKind,
-    PushFrame, PushReply, ReadReply, ReadRequest, SetVersionRequest,
+    ApplyReply, ApplyRequest, CloneReply, CloneRequest, DeleteRequest, Empty, MutateReply,
+    MutateRequest, MutationKind, PushFrame, PushReply, ReadReply, ReadRequest, SetVersionRequest,
 };
 use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES, error};
 use gfs_proto::{ChunkHandle, ChunkVersion};
@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::buffer::{DataBuffer, Parts, parts_len};
 use crate::changes::Changes;
+use crate::clone::{Cloning, clone_chunk};
 use crate::config::ChunkserverConfig;
 use crate::order::{AppendPlan, Committed, Fence, fence_mutation, fence_read, plan_append};
 
@@ -79,6 +80,7 @@ pub struct Shared {
     /// Leases given up, to tell the leader with the next heartbeat.
     pub relinquished: Mutex<Vec<ChunkHandle>>,
     peers: Mutex<HashMap<String, ChunkserverClient<Channel>>>,
+    pub cloning: Cloning,
 }
 
 impl Shared {
@@ -92,6 +94,7 @@ impl Shared {
             changes: Mutex::new(Changes::new(1 << 16)),
             relinquished: Mutex::default(),
             peers: Mutex::default(),
+            cloning: Cloning::default(),
         })
     }
 
@@ -126,7 +129,7 @@ impl Shared {
         Ok(d)
     }
 
-    fn peer(&self, addr: &str) -> Result<ChunkserverClient<Channel>, Status> {
+    pub(crate) fn peer(&self, addr: &str) -> Result<ChunkserverClient<Channel>, Status> {
         let mut peers = Self::lock(&self.peers);
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
@@ -144,6 +147,12 @@ impl Shared {
     /// The chunk's state here, creating it (at `version`) if it is absent
     /// and the mutation starts a new chunk.
     async fn local(&self, h: ChunkHandle, version: u64, create: bool) -> Result<ChunkInfo, Status> {
+        if self.cloning.contains(h) {
+            return Err(error(
+                ErrorKind::Busy,
+                format!("chunk {h} is still being copied here"),
+            ));
+        }
         match self.store.info(h).await {
             Ok(i) => Ok(i),
             Err(StoreError::NotFound(_)) if create => {
@@ -214,6 +223,28 @@ impl Shared {
             ));
         }
         Ok(())
+    }
+
+    /// Deletes a replica the leader named, unless it is being cloned or
+    /// has reached `below_version` since (0: any version). Returns whether
+    /// it is gone.
+    pub async fn delete_replica(&self, h: ChunkHandle, below_version: u64) -> Result<bool, Status> {
+        if self.cloning.contains(h) {
+            return Ok(false);
+        }
+        match self.store.info(h).await {
+            Ok(i) if below_version != 0 && i.version.0 >= below_version => return Ok(false),
+            Ok(_) => {}
+            Err(StoreError::NotFound(_)) => return Ok(true),
+            Err(e) => return Err(store_status(e)),
+        }
+        match self.store.delete(h).await {
+            Ok(()) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(store_status(e)),
+        }
+        Self::lock(&self.leases).remove(&h);
+        self.note(h, None);
+        Ok(true)
     }
 
     /// Stops acting as primary for `h` under any lease granted so far, and
@@ -506,13 +537,23 @@ impl Chunkserver for ChunkService {
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<Empty>, Status> {
-        let h = ChunkHandle(req.into_inner().handle);
-        match self.shared.store.delete(h).await {
-            Ok(()) | Err(StoreError::NotFound(_)) => {}
-            Err(e) => return Err(store_status(e)),
+        let r = req.into_inner();
+        let h = ChunkHandle(r.handle);
+        if !self.shared.delete_replica(h, r.below_version).await? {
+            return Err(error(
+                ErrorKind::Conflict,
+                format!("chunk {h} is being cloned or is current here; kept"),
+            ));
         }
-        self.shared.note(h, None);
         Ok(Response::new(Empty {}))
+    }
+
+    async fn clone_chunk(
+        &self,
+        req: Request<CloneRequest>,
+    ) -> Result<Response<CloneReply>, Status> {
+        let length = clone_chunk(&self.shared, req.into_inner()).await?;
+        Ok(Response::new(CloneReply { length }))
     }
 }
 

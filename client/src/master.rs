@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use gfs_proto::wire::master::master_admin_client::MasterAdminClient;
 use gfs_proto::wire::master::master_meta_client::MasterMetaClient;
 use gfs_proto::wire::master::{
-    ChunkInfo, CreateRequest, DeleteRequest, Empty, FileInfo, ListReply, ListRequest, LocateReply,
-    LocateRequest, MkdirRequest, RenameRequest, ReportLengthRequest, Session, StatRequest,
-    StatusReply, UndeleteRequest, WriteChunkRequest,
+    ChunkInfo, CreateRequest, DeleteReply, DeleteRequest, Empty, FileInfo, FsckReply, FsckRequest,
+    ListDeletedReply, ListDeletedRequest, ListReply, ListRequest, LocateReply, LocateRequest,
+    MkdirRequest, RenameRequest, ReportLengthRequest, Session, StatRequest, StatusReply,
+    UndeleteRequest, WriteChunkRequest,
 };
 use gfs_proto::wire::{ErrorKind, MAX_MESSAGE_BYTES, detail_of};
 use tokio::sync::Semaphore;
@@ -281,6 +282,17 @@ impl MasterClient {
 
     /// Hides `path`; returns the id that undeletes it.
     pub async fn delete(&self, path: &str, recursive: bool) -> Result<u64, MasterError> {
+        Ok(self.delete_with(path, recursive, false).await?.deleted_id)
+    }
+
+    /// Delete, reclaiming at once with `purge` (or when `path` names only
+    /// already-deleted entries).
+    pub async fn delete_with(
+        &self,
+        path: &str,
+        recursive: bool,
+        purge: bool,
+    ) -> Result<DeleteReply, MasterError> {
         let r = self
             .mutate(|mut c, session| {
                 let path = path.to_string();
@@ -289,13 +301,24 @@ impl MasterClient {
                         session,
                         path,
                         recursive,
+                        purge,
                     })
                     .await
                 }
             })
             .await?;
         self.forget(path);
-        Ok(r.deleted_id)
+        Ok(r)
+    }
+
+    /// One page of deleted entries awaiting reclaim, after id `after`.
+    pub async fn list_deleted(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<ListDeletedReply, MasterError> {
+        self.call(|mut c| async move { c.list_deleted(ListDeletedRequest { after, limit }).await })
+            .await
     }
 
     pub async fn undelete(&self, deleted_id: u64) -> Result<String, MasterError> {
@@ -496,6 +519,27 @@ impl MasterClient {
                 message: format!("{} did not answer", self.inner.addrs[i]),
             }),
         }
+    }
+
+    /// `fsck` from the leader (each master is asked until one leads).
+    pub async fn fsck(&self, path: &str, all: bool) -> Result<FsckReply, MasterError> {
+        let mut last = None;
+        for i in 0..self.inner.addrs.len() {
+            let mut c = self.inner.admin[i].clone();
+            let req = FsckRequest {
+                path: path.to_string(),
+                all,
+            };
+            match tokio::time::timeout(Duration::from_secs(30), c.fsck(req)).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) => last = Some(MasterError::from_status(&s)),
+                Err(_) => {}
+            }
+        }
+        Err(last.unwrap_or(MasterError {
+            kind: ErrorKind::Unavailable,
+            message: "no master answered fsck".into(),
+        }))
     }
 
     /// Admin client of the master at `addrs[i]`.

@@ -8,6 +8,8 @@
 //!   deleted trees awaiting reclaim, and per-client reply caches that make
 //!   retried mutations idempotent;
 //! - [`placement`]: where a new chunk's replicas go;
+//! - [`repair`]: the leader's duties as rules: which chunks get a new
+//!   replica, in what order, from where to where; which replicas go;
 //! - [`store`]: openraft's log and state-machine storage on RocksDB
 //!   (column families `log`, `meta`, `sm`; synced, batched appends; applied
 //!   changes and `last_applied` in one batch; snapshots), passing openraft's
@@ -18,10 +20,12 @@
 //! version; a different primary is granted only after the old lease has
 //! expired plus a grace period.
 //!
-//! Not built yet (see the master issue's note): the Raft network, the tonic
-//! services and the `gfs-master` binary.
+//! Around the core, [`server`] is the `gfs-master` process: the Raft
+//! network, the tonic services, the soft chunkserver view and the leader's
+//! background duties.
 
 pub mod placement;
+pub mod repair;
 pub mod server;
 pub mod state;
 pub mod store;

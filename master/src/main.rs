@@ -16,7 +16,7 @@ use gfs_master::server::config::{ConfigFile, parse_peer};
 ///   (the same with --id 2 --listen 127.0.0.1:7002 --data-dir m2, and 3)
 ///
 /// or put the same settings in a TOML file (`id`, `listen`, `data_dir`,
-/// `[peers]`, `[raft]`, `[chunks]`) and pass `--config`. Flags win.
+/// `[peers]`, `[raft]`, `[chunks]`, `[duties]`) and pass `--config`. Flags win.
 #[derive(Debug, Parser)]
 #[command(name = "gfs-master", version, verbatim_doc_comment)]
 struct Args {
@@ -63,6 +63,25 @@ struct Args {
     /// Chunkservers with less free space get no new chunks.
     #[arg(long)]
     min_free_bytes: Option<u64>,
+    /// A dead chunkserver's replicas are re-replicated this long after it
+    /// counts as dead (a quick restart causes no clones).
+    #[arg(long)]
+    rereplication_grace_ms: Option<u64>,
+    /// Clones one chunkserver takes part in at once.
+    #[arg(long)]
+    clones_per_server: Option<usize>,
+    /// Bandwidth of one clone in bytes/s (0: unlimited).
+    #[arg(long)]
+    clone_rate_bytes_per_s: Option<u64>,
+    /// How long a deleted file stays recoverable (`gfs undelete`).
+    #[arg(long)]
+    retention_ms: Option<u64>,
+    /// Period of the leader's re-replication and reclaim pass.
+    #[arg(long)]
+    repair_interval_ms: Option<u64>,
+    /// Most replica deletions one heartbeat reply asks for.
+    #[arg(long)]
+    deletes_per_heartbeat: Option<usize>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -108,6 +127,13 @@ fn start(a: Args) -> Result<(), String> {
         .chunkserver_timeout_ms
         .or(file.chunks.chunkserver_timeout_ms);
     file.chunks.min_free_bytes = a.min_free_bytes.or(file.chunks.min_free_bytes);
+    let d = &mut file.duties;
+    d.rereplication_grace_ms = a.rereplication_grace_ms.or(d.rereplication_grace_ms);
+    d.clones_per_server = a.clones_per_server.or(d.clones_per_server);
+    d.clone_rate_bytes_per_s = a.clone_rate_bytes_per_s.or(d.clone_rate_bytes_per_s);
+    d.retention_ms = a.retention_ms.or(d.retention_ms);
+    d.repair_interval_ms = a.repair_interval_ms.or(d.repair_interval_ms);
+    d.deletes_per_heartbeat = a.deletes_per_heartbeat.or(d.deletes_per_heartbeat);
     let cfg = file.validate().map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

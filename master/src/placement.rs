@@ -50,6 +50,34 @@ pub fn place(servers: &[ServerView], n: usize, min_free_bytes: u64) -> Vec<NodeI
     chosen.iter().map(|s| s.id).collect()
 }
 
+/// One more replica for a chunk already on `holders`: a live, not
+/// draining, not full server that is not a holder and not `excluded`, on a
+/// rack the holders do not use if there is one, least used first.
+pub fn place_one(
+    servers: &[ServerView],
+    holders: &[NodeId],
+    excluded: impl Fn(NodeId) -> bool,
+    min_free_bytes: u64,
+) -> Option<NodeId> {
+    let racks: Vec<&str> = servers
+        .iter()
+        .filter(|s| holders.contains(&s.id))
+        .map(|s| s.rack.as_str())
+        .collect();
+    servers
+        .iter()
+        .filter(|s| s.live && !s.draining && s.free() >= min_free_bytes && s.capacity_bytes > 0)
+        .filter(|s| !holders.contains(&s.id) && !excluded(s.id))
+        .min_by(|a, b| {
+            let ra = racks.contains(&a.rack.as_str());
+            let rb = racks.contains(&b.rack.as_str());
+            let fa = u128::from(a.used_bytes) * u128::from(b.capacity_bytes);
+            let fb = u128::from(b.used_bytes) * u128::from(a.capacity_bytes);
+            ra.cmp(&rb).then(fa.cmp(&fb)).then(a.id.cmp(&b.id))
+        })
+        .map(|s| s.id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +126,41 @@ mod tests {
         let ok = s(4, "r4", 50);
         assert_eq!(ids(place(&[dead, draining, full, ok], 3, 2)), [4]);
         assert!(place(&[], 3, 0).is_empty());
+    }
+
+    #[test]
+    fn one_more_replica_goes_to_a_new_rack_first() {
+        let servers = [
+            s(1, "r1", 10),
+            s(2, "r1", 5),
+            s(3, "r2", 50),
+            s(4, "r3", 90),
+        ];
+        let none = |_| false;
+        // Holders on r1 and r2: r3 wins although it is the fullest.
+        assert_eq!(
+            place_one(&servers, &[NodeId(1), NodeId(3)], none, 1),
+            Some(NodeId(4))
+        );
+        // All racks used: the least used non-holder.
+        assert_eq!(
+            place_one(&servers, &[NodeId(1), NodeId(3), NodeId(4)], none, 1),
+            Some(NodeId(2))
+        );
+        // Excluded (busy) servers are skipped; nobody left is None.
+        assert_eq!(
+            place_one(&servers, &[NodeId(1), NodeId(3)], |n| n == NodeId(4), 1),
+            Some(NodeId(2))
+        );
+        assert_eq!(
+            place_one(
+                &servers,
+                &[NodeId(1), NodeId(2), NodeId(3), NodeId(4)],
+                none,
+                1
+            ),
+            None
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::time::Duration;
 use gfs_proto::wire::master::master_admin_server::MasterAdmin;
 use gfs_proto::wire::master::raft_client::RaftClient;
 use gfs_proto::wire::master::{
-    AddMasterRequest, Empty, Member, RemoveMasterRequest, StatusReply, TransferLeaderRequest,
+    AddMasterRequest, Empty, FsckReply, FsckRequest, Member, RemoveMasterRequest, StatusReply,
+    TransferLeaderRequest,
 };
 use gfs_proto::wire::{ErrorKind, error};
 use openraft::error::{ClientWriteError, RaftError};
@@ -161,6 +162,12 @@ impl MasterAdmin for AdminService {
             state: state.to_string(),
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
         }))
+    }
+
+    async fn fsck(&self, req: Request<FsckRequest>) -> Result<Response<FsckReply>, Status> {
+        super::fsck::fsck(&self.node, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn add_master(&self, req: Request<AddMasterRequest>) -> Result<Response<Empty>, Status> {

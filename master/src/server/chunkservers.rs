@@ -106,6 +106,10 @@ impl MasterChunkserver for ChunkserverService {
             };
             node.propose(0, 0, cmd).await?;
         }
+        if reply.leader && !want_full_report {
+            reply.delete_chunks =
+                super::duties::collect_garbage(node, id, node.cfg.deletes_per_heartbeat);
+        }
         if reply.leader && !r.extend_leases.is_empty() {
             let duration_ms = node.cfg.lease_ms;
             let cmd = Command::ExtendLeases {

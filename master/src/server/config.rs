@@ -22,6 +22,27 @@ pub struct ConfigFile {
     pub raft: RaftFile,
     #[serde(default)]
     pub chunks: ChunksFile,
+    #[serde(default)]
+    pub duties: DutiesFile,
+}
+
+/// The leader's background duties.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DutiesFile {
+    /// A dead chunkserver's replicas still count this long (past the
+    /// heartbeat timeout) before they are re-replicated.
+    pub rereplication_grace_ms: Option<u64>,
+    /// Clones one chunkserver takes part in at once (source or target).
+    pub clones_per_server: Option<usize>,
+    /// Bandwidth of one clone (0: unlimited).
+    pub clone_rate_bytes_per_s: Option<u64>,
+    /// How long a deleted file stays recoverable.
+    pub retention_ms: Option<u64>,
+    /// Period of the re-replication and reclaim pass.
+    pub repair_interval_ms: Option<u64>,
+    /// Most replica deletions one heartbeat reply asks for.
+    pub deletes_per_heartbeat: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,6 +98,12 @@ pub struct MasterConfig {
     pub lease_grace_ms: u64,
     pub chunkserver_timeout_ms: u64,
     pub min_free_bytes: u64,
+    pub rereplication_grace_ms: u64,
+    pub clones_per_server: usize,
+    pub clone_rate_bytes_per_s: u64,
+    pub retention_ms: u64,
+    pub repair_interval_ms: u64,
+    pub deletes_per_heartbeat: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -106,6 +133,7 @@ impl ConfigFile {
             peers,
             raft,
             chunks,
+            duties,
         } = self;
         let id = id.ok_or(ConfigError::Missing("id"))?;
         let listen = listen.ok_or(ConfigError::Missing("listen"))?;
@@ -169,6 +197,12 @@ impl ConfigFile {
             lease_grace_ms: chunks.lease_grace_ms.unwrap_or(5_000),
             chunkserver_timeout_ms: chunks.chunkserver_timeout_ms.unwrap_or(15_000),
             min_free_bytes: chunks.min_free_bytes.unwrap_or(DEFAULT_CHUNK_SIZE_BYTES),
+            rereplication_grace_ms: duties.rereplication_grace_ms.unwrap_or(60_000),
+            clones_per_server: duties.clones_per_server.unwrap_or(2).max(1),
+            clone_rate_bytes_per_s: duties.clone_rate_bytes_per_s.unwrap_or(100 << 20),
+            retention_ms: duties.retention_ms.unwrap_or(3 * 24 * 3600 * 1000),
+            repair_interval_ms: duties.repair_interval_ms.unwrap_or(1000).max(10),
+            deletes_per_heartbeat: duties.deletes_per_heartbeat.unwrap_or(64).max(1),
         })
     }
 }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use gfs_proto::wire::master::master_meta_server::MasterMeta;
 use gfs_proto::wire::master::{
-    ChunkInfo, CreateRequest, DeleteReply, DeleteRequest, Empty, FileInfo, ListReply, ListRequest,
-    LocateReply, LocateRequest, MkdirRequest, RenameRequest, ReportLengthRequest, Session,
-    StatRequest, UndeleteReply, UndeleteRequest, WriteChunkRequest,
+    ChunkInfo, CreateRequest, DeleteReply, DeleteRequest, DeletedEntry, Empty, FileInfo,
+    ListDeletedReply, ListDeletedRequest, ListReply, ListRequest, LocateReply, LocateRequest,
+    MkdirRequest, RenameRequest, ReportLengthRequest, Session, StatRequest, UndeleteReply,
+    UndeleteRequest, WriteChunkRequest,
 };
 use gfs_proto::wire::{ErrorKind, error};
 use gfs_proto::{ChunkHandle, ChunkVersion, GfsPath, NodeId};
@@ -195,9 +196,17 @@ impl MasterMeta for MetaService {
         let cmd = Command::Delete {
             path: p,
             recursive: r.recursive,
+            purge: r.purge,
         };
         match self.node.propose(c, s, cmd).await? {
-            Reply::Deleted { id } => Ok(Response::new(DeleteReply { deleted_id: id })),
+            Reply::Deleted { id } => Ok(Response::new(DeleteReply {
+                deleted_id: id,
+                purged: 0,
+            })),
+            Reply::Reclaimed { entries, .. } => Ok(Response::new(DeleteReply {
+                deleted_id: 0,
+                purged: entries,
+            })),
             other => Err(unexpected(other)),
         }
     }
@@ -215,6 +224,51 @@ impl MasterMeta for MetaService {
             })),
             other => Err(unexpected(other)),
         }
+    }
+
+    async fn list_deleted(
+        &self,
+        req: Request<ListDeletedRequest>,
+    ) -> Result<Response<ListDeletedReply>, Status> {
+        let r = req.into_inner();
+        let limit = if r.limit == 0 {
+            1000
+        } else {
+            (r.limit as usize).min(MAX_LIST_PAGE)
+        };
+        self.node.read_gate(false).await?;
+        let retention = self.node.cfg.retention_ms;
+        let a = self.node.state();
+        let mut entries: Vec<DeletedEntry> = a
+            .state
+            .deleted()
+            .filter(|(id, _)| *id > r.after)
+            .take(limit + 1)
+            .map(|(id, d)| {
+                let (files, bytes) = d.entries.iter().fold((0, 0), |(n, b), (_, i)| match i {
+                    Inode::File(f) => (n + 1, b + f.length),
+                    Inode::Dir { .. } => (n, b),
+                });
+                DeletedEntry {
+                    id,
+                    path: d.path.as_str().to_string(),
+                    deleted_at_ms: d.deleted_at_ms,
+                    reclaim_at_ms: d.deleted_at_ms.saturating_add(retention),
+                    files,
+                    bytes,
+                }
+            })
+            .collect();
+        let next_after = if entries.len() > limit {
+            entries.truncate(limit);
+            entries.last().map_or(0, |e| e.id)
+        } else {
+            0
+        };
+        Ok(Response::new(ListDeletedReply {
+            entries,
+            next_after,
+        }))
     }
 
     async fn locate(&self, req: Request<LocateRequest>) -> Result<Response<LocateReply>, Status> {
@@ -318,11 +372,22 @@ impl MasterMeta for MetaService {
             }
         }
         let bump = lease.is_some_and(|l| l.version == version && !failed.is_empty());
+        let live = node.soft().replicas(handle, version, now, timeout).len();
+        if live < usize::from(f.replication) {
+            node.duties.mark_blocked(handle, now);
+        }
         if let Some(l) = lease
             && l.expires_at_ms > now
             && !bump
         {
             return Ok(Response::new(self.chunk_info(r.index, handle)));
+        }
+        if node.duties.cloning(handle) {
+            // A copy in flight would miss mutations under a new lease.
+            return Err(error(
+                ErrorKind::LeaseHeld,
+                format!("chunk {handle} is being re-replicated; retry shortly"),
+            ));
         }
         // Grant to a live, up-to-date replica; the same primary as before
         // if it is still one (the lease is then extended, not re-granted).

@@ -4,6 +4,8 @@
 pub mod admin;
 pub mod chunkservers;
 pub mod config;
+pub mod duties;
+pub mod fsck;
 pub mod meta;
 pub mod network;
 pub mod node;
@@ -68,8 +70,10 @@ pub async fn run(
         applied,
         soft: Mutex::new(soft::Soft::default()),
         chunkservers: versions::Chunkservers::default(),
+        duties: duties::Duties::default(),
     });
     bootstrap(&node).await?;
+    let background = tokio::spawn(duties::run(node.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serve = tonic::transport::Server::builder()
@@ -113,6 +117,7 @@ pub async fn run(
             Err(e) => tracing::warn!("leadership hand-over failed: {}", e.message()),
         }
     }
+    background.abort();
     let _ = stop_tx.send(());
     let _ = raft.shutdown().await;
     match server.await {

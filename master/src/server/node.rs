@@ -22,6 +22,7 @@ pub struct Node {
     pub applied: Arc<RwLock<Applied>>,
     pub soft: Mutex<Soft>,
     pub chunkservers: super::versions::Chunkservers,
+    pub duties: super::duties::Duties,
 }
 
 impl std::fmt::Debug for Node {

@@ -3,7 +3,7 @@
 //! replicas are. Never persisted; rebuilt after a restart from the next
 //! full reports. Pure: the caller passes the time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use gfs_proto::{ChunkHandle, ChunkVersion, NodeId};
 
@@ -39,12 +39,23 @@ pub struct Beat {
     pub removed: Vec<ChunkHandle>,
 }
 
+/// One replica as the masters know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loc {
+    pub node: NodeId,
+    pub version: ChunkVersion,
+    /// The server reported holding the chunk (rather than the leader only
+    /// expecting it there: placed, or told a new version).
+    pub confirmed: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct Soft {
     servers: HashMap<NodeId, Chunkserver>,
-    /// handle -> (server, version it reported)
-    locations: HashMap<ChunkHandle, Vec<(NodeId, ChunkVersion)>>,
-    held: HashMap<NodeId, HashSet<ChunkHandle>>,
+    locations: HashMap<ChunkHandle, Vec<Loc>>,
+    /// Per server, the chunks it holds, in handle order (garbage collection
+    /// walks them in batches).
+    held: HashMap<NodeId, BTreeSet<ChunkHandle>>,
 }
 
 impl Soft {
@@ -82,10 +93,15 @@ impl Soft {
 
     fn set(&mut self, handle: ChunkHandle, id: NodeId, version: ChunkVersion) {
         let locs = self.locations.entry(handle).or_default();
-        match locs.iter_mut().find(|(n, _)| *n == id) {
-            Some((_, v)) => *v = version,
+        let loc = Loc {
+            node: id,
+            version,
+            confirmed: true,
+        };
+        match locs.iter_mut().find(|l| l.node == id) {
+            Some(l) => *l = loc,
             None => {
-                locs.push((id, version));
+                locs.push(loc);
                 self.held.entry(id).or_default().insert(handle);
             }
         }
@@ -95,7 +111,7 @@ impl Soft {
     /// mutation and is about to be stale.
     pub fn forget(&mut self, handle: ChunkHandle, id: NodeId) {
         if let Some(locs) = self.locations.get_mut(&handle) {
-            locs.retain(|(n, _)| *n != id);
+            locs.retain(|l| l.node != id);
             if locs.is_empty() {
                 self.locations.remove(&handle);
             }
@@ -109,17 +125,21 @@ impl Soft {
         if let Some(old) = self.held.remove(&id) {
             for h in old {
                 if let Some(v) = self.locations.get_mut(&h) {
-                    v.retain(|(n, _)| *n != id);
+                    v.retain(|l| l.node != id);
                     if v.is_empty() {
                         self.locations.remove(&h);
                     }
                 }
             }
         }
-        let mut held = HashSet::with_capacity(chunks.len());
+        let mut held = BTreeSet::new();
         for (h, ver) in chunks {
             if held.insert(h) {
-                self.locations.entry(h).or_default().push((id, ver));
+                self.locations.entry(h).or_default().push(Loc {
+                    node: id,
+                    version: ver,
+                    confirmed: true,
+                });
             }
         }
         self.held.insert(id, held);
@@ -128,13 +148,45 @@ impl Soft {
     /// Notes a replica the leader just placed, before its server reports it.
     pub fn expect(&mut self, handle: ChunkHandle, id: NodeId, version: ChunkVersion) {
         let locs = self.locations.entry(handle).or_default();
-        match locs.iter_mut().find(|(n, _)| *n == id) {
-            Some((_, v)) => *v = (*v).max(version),
+        match locs.iter_mut().find(|l| l.node == id) {
+            Some(l) => l.version = l.version.max(version),
             None => {
-                locs.push((id, version));
+                locs.push(Loc {
+                    node: id,
+                    version,
+                    confirmed: false,
+                });
                 self.held.entry(id).or_default().insert(handle);
             }
         }
+    }
+
+    /// Every replica the masters know of `handle`, of any version.
+    pub fn locations(&self, handle: ChunkHandle) -> &[Loc] {
+        self.locations.get(&handle).map_or(&[], Vec::as_slice)
+    }
+
+    /// Up to `max` of the chunks `id` holds, starting after `after` in
+    /// handle order (wrapping around): the next batch for garbage
+    /// collection.
+    pub fn held_batch(&self, id: NodeId, after: ChunkHandle, max: usize) -> Vec<ChunkHandle> {
+        let Some(held) = self.held.get(&id) else {
+            return Vec::new();
+        };
+        let after_it = held.range(ChunkHandle(after.0.saturating_add(1))..);
+        after_it
+            .chain(held.range(..=after))
+            .take(max)
+            .copied()
+            .collect()
+    }
+
+    pub fn servers(&self) -> impl Iterator<Item = &Chunkserver> {
+        self.servers.values()
+    }
+
+    pub fn held_count(&self, id: NodeId) -> usize {
+        self.held.get(&id).map_or(0, BTreeSet::len)
     }
 
     pub fn is_live(&self, id: NodeId, now_ms: u64, timeout_ms: u64) -> bool {
@@ -159,9 +211,9 @@ impl Soft {
             .get(&handle)
             .into_iter()
             .flatten()
-            .filter(|(_, v)| *v >= version)
-            .filter(|(n, _)| self.is_live(*n, now_ms, timeout_ms))
-            .filter_map(|(n, _)| self.servers.get(n))
+            .filter(|l| l.version >= version)
+            .filter(|l| self.is_live(l.node, now_ms, timeout_ms))
+            .filter_map(|l| self.servers.get(&l.node))
             .collect()
     }
 

@@ -1,14 +1,15 @@
 //! After a lease grant, the leader tells the replicas the chunk's new
 //! version (as GFS's master does), so a grant takes effect on the replicas
 //! even if no mutation follows it. A replica that does not confirm is left
-//! at its old version, and so is stale from then on.
+//! at its old version, and so is stale from then on. The same channels
+//! carry the leader's clone orders (re-replication).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use gfs_proto::wire::chunk::SetVersionRequest;
 use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
+use gfs_proto::wire::chunk::{CloneRequest, SetVersionRequest};
 use gfs_proto::wire::{ErrorKind, detail_of};
 use gfs_proto::{ChunkHandle, ChunkVersion, NodeId};
 use tonic::transport::Channel;
@@ -31,6 +32,23 @@ impl Chunkservers {
         let c = gfs_proto::wire::chunk_client(addr).ok()?;
         conns.insert(addr.to_string(), c.clone());
         Some(c)
+    }
+
+    /// Has `dest` copy a chunk (re-replication); returns the bytes copied.
+    pub async fn clone_chunk(
+        &self,
+        dest: &str,
+        req: CloneRequest,
+        limit: Duration,
+    ) -> Result<u64, String> {
+        let mut c = self
+            .client(dest)
+            .ok_or_else(|| format!("bad address {dest}"))?;
+        match tokio::time::timeout(limit, c.clone_chunk(req)).await {
+            Ok(Ok(r)) => Ok(r.into_inner().length),
+            Ok(Err(s)) => Err(s.message().to_string()),
+            Err(_) => Err(format!("no answer within {limit:?}")),
+        }
     }
 
     /// Sends `version` of `handle` to each replica at once; returns the ones

@@ -47,6 +47,9 @@ pub struct ChunkMeta {
     pub version: ChunkVersion,
     /// Files (live, deleted or snapshotted) referencing the chunk.
     pub refs: u32,
+    /// Replicas wanted: the highest replication of the files referencing
+    /// it (re-replication works from the chunk table alone).
+    pub replication: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,10 +96,19 @@ pub enum Command {
         from: GfsPath,
         to: GfsPath,
     },
-    /// Hides the file or tree; it stays recoverable until reclaimed.
+    /// Hides the file or tree; it stays recoverable until reclaimed. With
+    /// `purge` it is reclaimed at once. Deleting a path that only exists as
+    /// deleted entries purges those.
     Delete {
         path: GfsPath,
         recursive: bool,
+        purge: bool,
+    },
+    /// Drops deleted entries for good (their retention ran out): chunks no
+    /// file references any more leave the chunk table, and chunkservers
+    /// are told to delete them. Entries already gone are skipped.
+    Reclaim {
+        ids: Vec<u64>,
     },
     Undelete {
         id: u64,
@@ -144,6 +156,11 @@ pub enum Reply {
     Done,
     Deleted {
         id: u64,
+    },
+    /// Entries reclaimed for good, and the chunks that left the table.
+    Reclaimed {
+        entries: u64,
+        chunks: u64,
     },
     Undeleted {
         path: GfsPath,
@@ -321,7 +338,12 @@ impl MasterState {
             Command::Mkdir { path, parents } => self.mkdir(now, &path, parents),
             Command::Create { path, replication } => self.create(now, &path, replication),
             Command::Rename { from, to } => self.rename(now, &from, &to),
-            Command::Delete { path, recursive } => self.delete(now, &path, recursive),
+            Command::Delete {
+                path,
+                recursive,
+                purge,
+            } => self.delete(now, &path, recursive, purge),
+            Command::Reclaim { ids } => Ok(self.reclaim(&ids)),
             Command::Undelete { id } => self.undelete(now, id),
             Command::AddChunk {
                 path,
@@ -421,6 +443,45 @@ impl MasterState {
 
     pub fn chunk_count(&self) -> usize {
         self.chunks.len()
+    }
+
+    /// The files at or under `path`, in path order.
+    pub fn files_under(&self, path: &GfsPath) -> Result<Vec<(String, &FileMeta)>, MetaError> {
+        let mut out = Vec::new();
+        match self.stat(path)? {
+            Inode::File(f) => out.push((path.as_str().to_string(), f)),
+            Inode::Dir { .. } => {
+                self.ns
+                    .scan(path.child_prefix().as_bytes(), None, false, |k, v| {
+                        if let Inode::File(f) = v {
+                            out.push((String::from_utf8_lossy(k).into_owned(), f));
+                        }
+                        ControlFlow::Continue(())
+                    });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every chunk in the table, in no particular order.
+    pub fn chunks(&self) -> impl Iterator<Item = (ChunkHandle, ChunkMeta)> + '_ {
+        self.chunks.iter().map(|(h, c)| (*h, *c))
+    }
+
+    /// Whether `handle` was ever allocated: a handle below this that is not
+    /// in the table was reclaimed (handles are never reused).
+    pub fn allocated(&self, handle: ChunkHandle) -> bool {
+        handle.0 < self.next_handle
+    }
+
+    /// Deleted entries whose retention ran out at `now_ms`, oldest first.
+    pub fn expired_deleted(&self, now_ms: u64, retention_ms: u64, max: usize) -> Vec<u64> {
+        self.deleted
+            .iter()
+            .filter(|(_, d)| d.deleted_at_ms.saturating_add(retention_ms) <= now_ms)
+            .map(|(id, _)| *id)
+            .take(max)
+            .collect()
     }
 
     // ---- namespace mutations ----------------------------------------------
@@ -548,9 +609,21 @@ impl MasterState {
         Ok(Reply::Done)
     }
 
-    fn delete(&mut self, now: u64, path: &GfsPath, recursive: bool) -> Outcome {
+    fn delete(&mut self, now: u64, path: &GfsPath, recursive: bool, purge: bool) -> Outcome {
         if path.is_root() {
             return Err(MetaError::Root("deleted".into()));
+        }
+        if !self.ns.contains(key(path)) {
+            // Deleting what is already deleted reclaims it now.
+            let ids: Vec<u64> = self
+                .deleted
+                .iter()
+                .filter(|(_, d)| d.path == *path)
+                .map(|(id, _)| *id)
+                .collect();
+            if !ids.is_empty() {
+                return Ok(self.reclaim(&ids));
+            }
         }
         if let Inode::Dir { .. } = self.stat(path)? {
             let mut has_children = false;
@@ -587,7 +660,39 @@ impl MasterState {
         self.dirty
             .extend([persist::Key::Deleted(id), persist::Key::Counters]);
         self.touch(path.parent(), now);
+        if purge {
+            return Ok(self.reclaim(&[id]));
+        }
         Ok(Reply::Deleted { id })
+    }
+
+    fn reclaim(&mut self, ids: &[u64]) -> Reply {
+        let (mut entries, mut chunks) = (0, 0);
+        for id in ids {
+            let Some(d) = self.deleted.remove(id) else {
+                continue;
+            };
+            entries += 1;
+            self.dirty.push(persist::Key::Deleted(*id));
+            for (_, inode) in d.entries {
+                let Inode::File(f) = inode else { continue };
+                for h in f.chunks {
+                    let Some(c) = self.chunks.get_mut(&h) else {
+                        continue;
+                    };
+                    c.refs = c.refs.saturating_sub(1);
+                    self.dirty.push(persist::Key::Chunk(h));
+                    if c.refs == 0 {
+                        self.chunks.remove(&h);
+                        chunks += 1;
+                        if self.leases.remove(&h).is_some() {
+                            self.dirty.push(persist::Key::Lease(h));
+                        }
+                    }
+                }
+            }
+        }
+        Reply::Reclaimed { entries, chunks }
     }
 
     fn undelete(&mut self, now: u64, id: u64) -> Outcome {
@@ -642,7 +747,15 @@ impl MasterState {
         f.chunks.push(handle);
         f.mtime_ms = f.mtime_ms.max(now);
         let version = ChunkVersion(1);
-        self.chunks.insert(handle, ChunkMeta { version, refs: 1 });
+        let replication = f.replication;
+        self.chunks.insert(
+            handle,
+            ChunkMeta {
+                version,
+                refs: 1,
+                replication,
+            },
+        );
         self.dirty.extend([
             persist::Key::Path(path.as_str().into()),
             persist::Key::Chunk(handle),

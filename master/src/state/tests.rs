@@ -232,7 +232,8 @@ fn delete_hides_and_undelete_restores() {
     assert_eq!(
         s.run(Command::Delete {
             path: p("/d"),
-            recursive: false
+            recursive: false,
+            purge: false,
         }),
         Err(MetaError::DirectoryNotEmpty(p("/d")))
     );
@@ -240,7 +241,8 @@ fn delete_hides_and_undelete_restores() {
     assert_eq!(
         s.run(Command::Delete {
             path: p("/d"),
-            recursive: true
+            recursive: true,
+            purge: false,
         }),
         Ok(Reply::Deleted { id: 1 })
     );
@@ -263,7 +265,8 @@ fn delete_hides_and_undelete_restores() {
     assert_eq!(
         s.run(Command::Delete {
             path: p("/"),
-            recursive: true
+            recursive: true,
+            purge: false,
         })
         .map_err(|e| e.to_string()),
         Err("the root directory cannot be deleted".into())
@@ -272,6 +275,7 @@ fn delete_hides_and_undelete_restores() {
     s.run(Command::Delete {
         path: p("/d/e/f"),
         recursive: false,
+        purge: false,
     })
     .expect("delete");
     s.run(create("/d/e/f")).expect("recreate");
@@ -279,6 +283,123 @@ fn delete_hides_and_undelete_restores() {
         s.run(Command::Undelete { id: 2 }),
         Err(MetaError::AlreadyExists(p("/d/e/f")))
     );
+}
+
+fn file_with_chunks(s: &mut Sim, path: &str, n: u64) {
+    s.run(create(path)).expect("create");
+    for index in 0..n {
+        s.run(Command::AddChunk {
+            path: p(path),
+            index,
+            replicas: vec![],
+        })
+        .expect("chunk");
+    }
+}
+
+#[test]
+fn reclaim_drops_deleted_entries_and_their_chunks_after_retention() {
+    let mut s = Sim::new();
+    file_with_chunks(&mut s, "/a", 2);
+    file_with_chunks(&mut s, "/b", 1);
+    assert_eq!(
+        s.st.chunk(ChunkHandle(1)),
+        Some(ChunkMeta {
+            version: ChunkVersion(1),
+            refs: 1,
+            replication: 3
+        })
+    );
+    let del = |path: &str| Command::Delete {
+        path: p(path),
+        recursive: false,
+        purge: false,
+    };
+    s.now = 5_000;
+    assert_eq!(s.run(del("/a")), Ok(Reply::Deleted { id: 1 }));
+    s.now = 9_000;
+    assert_eq!(s.run(del("/b")), Ok(Reply::Deleted { id: 2 }));
+    // Retention 3 s: at 8 s only /a has run out.
+    assert_eq!(s.st.expired_deleted(8_000, 3_000, 10), [1]);
+    assert_eq!(s.st.expired_deleted(12_000, 3_000, 10), [1, 2]);
+    assert_eq!(s.st.expired_deleted(12_000, 3_000, 1), [1]);
+    assert_eq!(
+        s.run(Command::Reclaim { ids: vec![1, 7] }),
+        Ok(Reply::Reclaimed {
+            entries: 1,
+            chunks: 2
+        })
+    );
+    assert_eq!(s.st.chunk(ChunkHandle(1)), None);
+    assert_eq!(s.st.chunk(ChunkHandle(2)), None);
+    assert!(s.st.allocated(ChunkHandle(2)), "reclaimed, not unknown");
+    assert!(!s.st.allocated(ChunkHandle(4)));
+    assert_eq!(
+        s.run(Command::Undelete { id: 1 }),
+        Err(MetaError::NoSuchDeleted(1))
+    );
+    // Reclaiming again changes nothing.
+    assert_eq!(
+        s.run(Command::Reclaim { ids: vec![1] }),
+        Ok(Reply::Reclaimed {
+            entries: 0,
+            chunks: 0
+        })
+    );
+    assert!(s.st.chunk(ChunkHandle(3)).is_some(), "/b is still held");
+}
+
+#[test]
+fn purge_and_deleting_a_deleted_path_reclaim_at_once() {
+    let mut s = Sim::new();
+    file_with_chunks(&mut s, "/a", 1);
+    file_with_chunks(&mut s, "/b", 1);
+    assert_eq!(
+        s.run(Command::Delete {
+            path: p("/a"),
+            recursive: false,
+            purge: true,
+        }),
+        Ok(Reply::Reclaimed {
+            entries: 1,
+            chunks: 1
+        })
+    );
+    assert_eq!(s.st.chunk(ChunkHandle(1)), None);
+    assert_eq!(s.st.deleted().count(), 0);
+    let del = Command::Delete {
+        path: p("/b"),
+        recursive: false,
+        purge: false,
+    };
+    assert_eq!(s.run(del.clone()), Ok(Reply::Deleted { id: 2 }));
+    assert_eq!(
+        s.run(del.clone()),
+        Ok(Reply::Reclaimed {
+            entries: 1,
+            chunks: 1
+        })
+    );
+    assert_eq!(s.run(del), Err(MetaError::NotFound(p("/b"))));
+}
+
+#[test]
+fn files_under_walks_a_tree_or_names_one_file() {
+    let mut s = Sim::new();
+    s.run(mkdir("/d/e", true)).expect("mkdir");
+    s.run(create("/d/x")).expect("create");
+    s.run(create("/d/e/y")).expect("create");
+    s.run(create("/z")).expect("create");
+    let names = |s: &Sim, path: &str| -> Vec<String> {
+        s.st.files_under(&p(path))
+            .expect("exists")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    };
+    assert_eq!(names(&s, "/d"), ["/d/e/y", "/d/x"]);
+    assert_eq!(names(&s, "/"), ["/d/e/y", "/d/x", "/z"]);
+    assert_eq!(names(&s, "/z"), ["/z"]);
 }
 
 #[test]
@@ -483,6 +604,7 @@ fn replicas_applying_the_same_log_agree_exactly() {
                 _ => Command::Delete {
                     path: p(&format!("/d{}", i % 3)),
                     recursive: i % 2 == 0,
+                    purge: false,
                 },
             };
             Request {
@@ -547,6 +669,7 @@ fn persisting_dirty_keys_reproduces_the_state_exactly() {
             6 => Command::Delete {
                 path: p(&format!("/d{}", i % 4)),
                 recursive: true,
+                purge: false,
             },
             7 => Command::Undelete { id: i / 20 + 1 },
             _ => Command::ExtendLeases {

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use gfs_client::{Client, MasterClient, Reader, RecordReader, Writer};
 use gfs_proto::wire::master::{
-    AddMasterRequest, Empty, FileInfo, RemoveMasterRequest, TransferLeaderRequest,
+    AddMasterRequest, FileInfo, RemoveMasterRequest, TransferLeaderRequest,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,17 +63,26 @@ enum Cmd {
         /// Long format: kind, size (human), chunks, replication, name.
         #[arg(short)]
         l: bool,
+        /// Deleted entries awaiting reclaim instead (id for `undelete`,
+        /// when they are reclaimed); PATH is ignored.
+        #[arg(long)]
+        deleted: bool,
     },
     Mv {
         from: String,
         to: String,
     },
-    /// Delete (recoverable with `undelete` until reclaimed).
+    /// Delete (recoverable with `undelete` until reclaimed). Deleting a
+    /// path that only exists as deleted entries reclaims them at once.
     Rm {
         path: String,
         #[arg(short)]
         r: bool,
+        /// Reclaim the space now instead of after the retention period.
+        #[arg(long)]
+        purge: bool,
     },
+    /// Restore a deleted entry by its id (`gfs ls --deleted`).
     Undelete {
         id: u64,
     },
@@ -132,6 +141,15 @@ enum Admin {
     },
     RemoveMaster {
         id: u64,
+    },
+    /// Health of every chunk under PATH (under-replicated, missing) and
+    /// the cluster's repair work; exits non-zero when data is at risk.
+    Fsck {
+        #[arg(default_value = "/")]
+        path: String,
+        /// List healthy files too.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -229,7 +247,8 @@ async fn run(a: Args) -> anyhow::Result<()> {
         Cmd::Mkdir { path, p } => c.mkdir(&path, p).await?,
         Cmd::Touch { path, replication } => c.create(&path, replication).await?,
         Cmd::Stat { path, stale } => stat(&client, &path, stale, a.json).await?,
-        Cmd::Ls { path, l } => {
+        Cmd::Ls { deleted: true, .. } => list_deleted(c, a.json).await?,
+        Cmd::Ls { path, l, .. } => {
             let list = c.list(&path).await?;
             if a.json {
                 let v: Vec<_> = list.iter().map(file_json).collect();
@@ -250,7 +269,23 @@ async fn run(a: Args) -> anyhow::Result<()> {
             }
         }
         Cmd::Mv { from, to } => c.rename(&from, &to).await?,
-        Cmd::Rm { path, r } => println!("deleted, undelete id {}", c.delete(&path, r).await?),
+        Cmd::Rm { path, r, purge } => {
+            let d = c.delete_with(&path, r, purge).await?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"deleted_id": d.deleted_id, "purged": d.purged})
+                );
+            } else if d.deleted_id == 0 {
+                println!(
+                    "purged {} deleted entr{}",
+                    d.purged,
+                    if d.purged == 1 { "y" } else { "ies" }
+                );
+            } else {
+                println!("deleted, undelete id {}", d.deleted_id);
+            }
+        }
         Cmd::Undelete { id } => println!("restored {}", c.undelete(id).await?),
         Cmd::Put { local, remote } => {
             let start = Instant::now();
@@ -301,6 +336,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
             }
             out.flush().await?;
         }
+        Cmd::Admin(Admin::Fsck { path, all }) => fsck(c, &path, all, a.json).await?,
         Cmd::Admin(cmd) => admin(c, &masters, cmd).await?,
         Cmd::Cluster(_) => unreachable!("handled above"),
     }
@@ -462,6 +498,144 @@ async fn run_cluster(a: &Args, c: &ClusterCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn list_deleted(c: &MasterClient, json: bool) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut after = 0;
+    let mut all = Vec::new();
+    loop {
+        let page = c.list_deleted(after, 1000).await?;
+        all.extend(page.entries);
+        if page.next_after == 0 {
+            break;
+        }
+        after = page.next_after;
+    }
+    if json {
+        let v: Vec<_> = all
+            .iter()
+            .map(|e| {
+                serde_json::json!({"id": e.id, "path": e.path, "deleted_at_ms": e.deleted_at_ms,
+                    "reclaim_at_ms": e.reclaim_at_ms, "files": e.files, "bytes": e.bytes})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return Ok(());
+    }
+    for e in all {
+        let left = e.reclaim_at_ms.saturating_sub(now) / 1000;
+        println!(
+            "{:>6} {:>10} {:>5} files  reclaimed in {:>3}h{:02}m  {}",
+            e.id,
+            human(e.bytes),
+            e.files,
+            left / 3600,
+            left % 3600 / 60,
+            e.path
+        );
+    }
+    Ok(())
+}
+
+async fn fsck(c: &MasterClient, path: &str, all: bool, json: bool) -> anyhow::Result<()> {
+    use gfs_proto::wire::master::ChunkHealth;
+    let r = c.fsck(path, all).await?;
+    let name = |h: i32| match ChunkHealth::try_from(h) {
+        Ok(ChunkHealth::Healthy) => "healthy",
+        Ok(ChunkHealth::UnderReplicated) => "under-replicated",
+        Ok(ChunkHealth::Missing) => "missing",
+        Ok(ChunkHealth::Empty) => "empty",
+        _ => "unknown",
+    };
+    if json {
+        let files: Vec<_> = r
+            .files
+            .iter()
+            .map(|f| {
+                let chunks: Vec<_> = f
+                    .chunks
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({"index": c.index, "handle": c.handle,
+                        "version": c.version, "health": name(c.health), "live": c.live,
+                        "wanted": c.wanted, "stale": c.stale})
+                    })
+                    .collect();
+                serde_json::json!({"path": f.path, "health": name(f.health), "length": f.length,
+                    "chunks": chunks})
+            })
+            .collect();
+        let servers: Vec<_> = r
+            .servers
+            .iter()
+            .map(|s| {
+                serde_json::json!({"id": s.node_id, "addr": s.addr, "rack": s.rack,
+                "live": s.live, "used_bytes": s.used_bytes, "capacity_bytes": s.capacity_bytes,
+                "chunks": s.chunks, "draining": s.draining})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"files": files, "files_checked": r.files_checked,
+                "chunks_checked": r.chunks_checked, "healthy": r.healthy,
+                "under_replicated": r.under_replicated, "missing": r.missing,
+                "replicas_pending_deletion": r.replicas_pending_deletion,
+                "clones_in_flight": r.clones_in_flight, "clones_queued": r.clones_queued,
+                "deleted_entries": r.deleted_entries, "servers": servers})
+        );
+    } else {
+        for f in &r.files {
+            println!("{:<16} {:>10} {}", name(f.health), human(f.length), f.path);
+            for c in f
+                .chunks
+                .iter()
+                .filter(|c| all || name(c.health) != "healthy")
+            {
+                println!(
+                    "    chunk {:>4} handle {} v{} {} ({}/{} live, {} stale)",
+                    c.index,
+                    c.handle,
+                    c.version,
+                    name(c.health),
+                    c.live,
+                    c.wanted,
+                    c.stale
+                );
+            }
+        }
+        println!(
+            "{} files, {} chunks: {} healthy, {} under-replicated, {} missing",
+            r.files_checked, r.chunks_checked, r.healthy, r.under_replicated, r.missing
+        );
+        println!(
+            "replicas pending deletion {}, clones in flight {}, queued {}, deleted entries {}",
+            r.replicas_pending_deletion, r.clones_in_flight, r.clones_queued, r.deleted_entries
+        );
+        for s in &r.servers {
+            println!(
+                "  server {} {} rack {} {} {} / {} used, {} chunks{}",
+                s.node_id,
+                s.addr,
+                if s.rack.is_empty() { "-" } else { &s.rack },
+                if s.live { "live" } else { "DEAD" },
+                human(s.used_bytes),
+                human(s.capacity_bytes),
+                s.chunks,
+                if s.draining { ", draining" } else { "" }
+            );
+        }
+    }
+    if r.under_replicated + r.missing > 0 {
+        anyhow::bail!(
+            "data at risk: {} under-replicated and {} missing chunks",
+            r.under_replicated,
+            r.missing
+        );
+    }
+    Ok(())
+}
+
 async fn admin(c: &MasterClient, masters: &[String], cmd: Admin) -> anyhow::Result<()> {
     if let Admin::Status = cmd {
         for (i, addr) in masters.iter().enumerate() {
@@ -495,9 +669,7 @@ async fn admin(c: &MasterClient, masters: &[String], cmd: Admin) -> anyhow::Resu
         Admin::RemoveMaster { id } => {
             admin.remove_master(RemoveMasterRequest { id }).await?;
         }
-        Admin::Status => {
-            admin.status(Empty {}).await?;
-        }
+        Admin::Status | Admin::Fsck { .. } => unreachable!("handled above"),
     }
     println!("done");
     Ok(())

@@ -1,0 +1,402 @@
+//! The leader's background duties as pure decisions: which chunks need a
+//! new replica and in what order, where each copy comes from and goes to,
+//! and which replicas a chunkserver should delete. No I/O, no clock: the
+//! caller describes the chunk table and what the masters know of the
+//! replicas, and carries the answers out.
+//!
+//! Rules:
+//! - A replica *counts* when it is at the chunk's current version and its
+//!   server is live, or dead for less than the re-replication grace period
+//!   (so a quick restart does not start a storm of clones).
+//! - A chunk with fewer counting replicas than wanted is cloned from a live
+//!   replica that its server confirmed (reported), never from one the
+//!   leader only expects. Fewest counting replicas first, then chunks a
+//!   client is waiting for.
+//! - A chunk under a lease is not cloned (a copy could miss a mutation);
+//!   the leader refuses new leases on a chunk while it is being cloned.
+//! - A replica is deleted when no file references its chunk any more (the
+//!   handle was allocated and then reclaimed), when it is stale and a
+//!   current live confirmed replica exists elsewhere, or when the chunk has
+//!   more live confirmed current replicas than wanted (the fullest server's
+//!   goes). Never while the chunk is being cloned, never a chunk this
+//!   state does not know yet.
+
+use std::collections::HashMap;
+
+use gfs_proto::{ChunkHandle, ChunkVersion, NodeId};
+
+use crate::placement::{ServerView, place_one};
+
+/// One replica, with its server's standing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub node: NodeId,
+    pub version: ChunkVersion,
+    /// Reported by its server, not only expected by the leader.
+    pub confirmed: bool,
+    /// The server heartbeats within the timeout.
+    pub live: bool,
+    /// Live, or dead for less than the grace period.
+    pub counts: bool,
+    /// Fraction of the server's disk in use, in millionths (for choosing a
+    /// surplus replica to drop).
+    pub used_ppm: u64,
+}
+
+/// A chunk table entry, with what the leader knows about its activity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub handle: ChunkHandle,
+    pub version: ChunkVersion,
+    pub wanted: u8,
+    /// Under a lease (not yet expired plus grace).
+    pub leased: bool,
+    /// A clone of it is in flight.
+    pub cloning: bool,
+    /// A client asked to write it and found too few replicas.
+    pub blocked: bool,
+}
+
+/// A chunk short of replicas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Need {
+    pub handle: ChunkHandle,
+    pub version: ChunkVersion,
+    pub counting: usize,
+    pub wanted: usize,
+    pub blocked: bool,
+    /// Live confirmed current replicas to copy from.
+    pub sources: Vec<NodeId>,
+    /// Every server holding any replica (not a destination).
+    pub holders: Vec<NodeId>,
+}
+
+/// Whether `c` needs another replica, and from where it can come.
+pub fn need(c: &Chunk, holders: &[Holder]) -> Option<Need> {
+    let current = |h: &&Holder| h.version == c.version;
+    let counting = holders.iter().filter(current).filter(|h| h.counts).count();
+    let wanted = usize::from(c.wanted);
+    if c.leased || c.cloning || counting >= wanted {
+        return None;
+    }
+    let sources: Vec<NodeId> = holders
+        .iter()
+        .filter(current)
+        .filter(|h| h.live && h.confirmed)
+        .map(|h| h.node)
+        .collect();
+    if sources.is_empty() {
+        return None;
+    }
+    Some(Need {
+        handle: c.handle,
+        version: c.version,
+        counting,
+        wanted,
+        blocked: c.blocked,
+        sources,
+        holders: holders.iter().map(|h| h.node).collect(),
+    })
+}
+
+/// Repair order: fewest counting replicas first, then chunks blocking a
+/// client, then by handle (stable).
+pub fn prioritize(needs: &mut [Need]) {
+    needs.sort_by_key(|n| (n.counting, !n.blocked, n.handle));
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloneOrder {
+    pub handle: ChunkHandle,
+    pub version: ChunkVersion,
+    pub source: NodeId,
+    pub dest: NodeId,
+}
+
+/// Turns prioritized needs into clone orders while no server takes part in
+/// more than `per_server` clones (as source or destination, counting
+/// `busy`, the clones already in flight, which is updated).
+pub fn assign(
+    needs: &[Need],
+    servers: &[ServerView],
+    busy: &mut HashMap<NodeId, usize>,
+    per_server: usize,
+    min_free_bytes: u64,
+) -> Vec<CloneOrder> {
+    let mut orders = Vec::new();
+    for n in needs {
+        let load = |busy: &HashMap<NodeId, usize>, id: NodeId| busy.get(&id).copied().unwrap_or(0);
+        let Some(source) = n
+            .sources
+            .iter()
+            .copied()
+            .filter(|s| load(busy, *s) < per_server)
+            .min_by_key(|s| (load(busy, *s), *s))
+        else {
+            continue;
+        };
+        let Some(dest) = place_one(
+            servers,
+            &n.holders,
+            |id| load(busy, id) >= per_server,
+            min_free_bytes,
+        ) else {
+            continue;
+        };
+        *busy.entry(source).or_default() += 1;
+        *busy.entry(dest).or_default() += 1;
+        orders.push(CloneOrder {
+            handle: n.handle,
+            version: n.version,
+            source,
+            dest,
+        });
+    }
+    orders
+}
+
+/// What to do with the replica of `handle` on server `on`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Keep,
+    /// Delete it while its version is below `below_version` (0: any).
+    Delete {
+        below_version: u64,
+    },
+}
+
+/// The table's view of a chunk reported by a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Known {
+    /// In the chunk table.
+    Live(Chunk),
+    /// Allocated once, no longer in the table: reclaimed.
+    Reclaimed,
+    /// Beyond this state's handle allocator: not applied here yet.
+    Unknown,
+}
+
+/// Garbage collection of one replica on `on`.
+pub fn verdict(on: NodeId, known: Known, holders: &[Holder]) -> Verdict {
+    let c = match known {
+        Known::Reclaimed => return Verdict::Delete { below_version: 0 },
+        Known::Unknown => return Verdict::Keep,
+        Known::Live(c) => c,
+    };
+    let Some(mine) = holders.iter().find(|h| h.node == on) else {
+        return Verdict::Keep;
+    };
+    if c.cloning {
+        return Verdict::Keep;
+    }
+    let good: Vec<&Holder> = holders
+        .iter()
+        .filter(|h| h.version == c.version && h.live && h.confirmed)
+        .collect();
+    if mine.version < c.version {
+        return if good.iter().any(|h| h.node != on) {
+            Verdict::Delete {
+                below_version: c.version.0,
+            }
+        } else {
+            Verdict::Keep
+        };
+    }
+    if mine.version == c.version
+        && !c.leased
+        && good.len() > usize::from(c.wanted)
+        && good
+            .iter()
+            .max_by_key(|h| (h.used_ppm, h.node))
+            .is_some_and(|h| h.node == on)
+    {
+        return Verdict::Delete {
+            below_version: c.version.0 + 1,
+        };
+    }
+    Verdict::Keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(node: u64, version: u64) -> Holder {
+        Holder {
+            node: NodeId(node),
+            version: ChunkVersion(version),
+            confirmed: true,
+            live: true,
+            counts: true,
+            used_ppm: node * 10,
+        }
+    }
+
+    fn chunk(handle: u64, version: u64) -> Chunk {
+        Chunk {
+            handle: ChunkHandle(handle),
+            version: ChunkVersion(version),
+            wanted: 3,
+            leased: false,
+            cloning: false,
+            blocked: false,
+        }
+    }
+
+    fn server(id: u64, rack: &str) -> ServerView {
+        ServerView {
+            id: NodeId(id),
+            rack: rack.into(),
+            used_bytes: id,
+            capacity_bytes: 100,
+            live: true,
+            draining: false,
+        }
+    }
+
+    #[test]
+    fn dead_within_grace_counts_dead_after_grace_does_not() {
+        let c = chunk(7, 2);
+        let mut dead = h(3, 2);
+        dead.live = false;
+        assert_eq!(need(&c, &[h(1, 2), h(2, 2), dead]), None);
+        dead.counts = false;
+        let n = need(&c, &[h(1, 2), h(2, 2), dead]).expect("short");
+        assert_eq!((n.counting, n.wanted), (2, 3));
+        assert_eq!(n.sources, [NodeId(1), NodeId(2)]);
+        assert_eq!(n.holders, [NodeId(1), NodeId(2), NodeId(3)]);
+    }
+
+    #[test]
+    fn stale_unconfirmed_leased_and_cloning_chunks_are_left_alone() {
+        let c = chunk(7, 2);
+        // Stale replicas do not count and are no source.
+        let n = need(&c, &[h(1, 2), h(2, 1)]).expect("short");
+        assert_eq!((n.counting, n.sources.len()), (1, 1));
+        // Only expected, never reported: nothing to copy from.
+        let mut expected = h(1, 2);
+        expected.confirmed = false;
+        assert_eq!(need(&c, &[expected]), None);
+        let leased = Chunk { leased: true, ..c };
+        assert_eq!(need(&leased, &[h(1, 2)]), None);
+        let cloning = Chunk { cloning: true, ..c };
+        assert_eq!(need(&cloning, &[h(1, 2)]), None);
+    }
+
+    #[test]
+    fn fewest_replicas_first_then_blocked_clients() {
+        let mut needs: Vec<Need> = [(10, 2, false), (11, 1, false), (12, 2, true), (13, 1, true)]
+            .into_iter()
+            .map(|(handle, counting, blocked)| Need {
+                handle: ChunkHandle(handle),
+                version: ChunkVersion(1),
+                counting,
+                wanted: 3,
+                blocked,
+                sources: vec![NodeId(1)],
+                holders: vec![NodeId(1)],
+            })
+            .collect();
+        prioritize(&mut needs);
+        let order: Vec<u64> = needs.iter().map(|n| n.handle.0).collect();
+        assert_eq!(order, [13, 11, 12, 10]);
+    }
+
+    #[test]
+    fn assignment_respects_racks_and_the_per_server_limit() {
+        let servers = [
+            server(1, "a"),
+            server(2, "a"),
+            server(3, "b"),
+            server(4, "c"),
+            server(5, "c"),
+        ];
+        let need = |handle: u64, on: &[u64]| Need {
+            handle: ChunkHandle(handle),
+            version: ChunkVersion(1),
+            counting: on.len(),
+            wanted: 3,
+            blocked: false,
+            sources: on.iter().map(|n| NodeId(*n)).collect(),
+            holders: on.iter().map(|n| NodeId(*n)).collect(),
+        };
+        let needs = [need(1, &[1, 3]), need(2, &[1, 3]), need(3, &[1, 3])];
+        let mut busy = HashMap::new();
+        let orders = assign(&needs, &servers, &mut busy, 1, 1);
+        // First: source 1 (ties by id), destination on the unused rack c.
+        // Second: source 3 (1 is busy), destination 5 (4 is busy).
+        // Third: both sources busy.
+        let got: Vec<(u64, u64, u64)> = orders
+            .iter()
+            .map(|o| (o.handle.0, o.source.0, o.dest.0))
+            .collect();
+        assert_eq!(got, [(1, 1, 4), (2, 3, 5)]);
+        assert_eq!(busy.values().sum::<usize>(), 4);
+    }
+
+    #[test]
+    fn reclaimed_chunks_go_unknown_ones_stay() {
+        assert_eq!(
+            verdict(NodeId(1), Known::Reclaimed, &[h(1, 1)]),
+            Verdict::Delete { below_version: 0 }
+        );
+        assert_eq!(
+            verdict(NodeId(1), Known::Unknown, &[h(1, 1)]),
+            Verdict::Keep
+        );
+    }
+
+    #[test]
+    fn stale_replicas_go_only_while_a_good_one_is_left() {
+        let c = Known::Live(chunk(7, 3));
+        let stale = h(1, 2);
+        assert_eq!(
+            verdict(NodeId(1), c, &[stale, h(2, 3)]),
+            Verdict::Delete { below_version: 3 }
+        );
+        // The only current replica is dead, or only expected: keep.
+        let mut dead = h(2, 3);
+        dead.live = false;
+        assert_eq!(verdict(NodeId(1), c, &[stale, dead]), Verdict::Keep);
+        let mut expected = h(2, 3);
+        expected.confirmed = false;
+        assert_eq!(verdict(NodeId(1), c, &[stale, expected]), Verdict::Keep);
+        // Nor while the chunk is being cloned.
+        let cloning = Known::Live(Chunk {
+            cloning: true,
+            ..chunk(7, 3)
+        });
+        assert_eq!(
+            verdict(NodeId(1), cloning, &[stale, h(2, 3)]),
+            Verdict::Keep
+        );
+    }
+
+    #[test]
+    fn a_surplus_replica_goes_from_the_fullest_server_only() {
+        let c = chunk(7, 3);
+        let four = [h(1, 3), h(2, 3), h(3, 3), h(4, 3)];
+        let verdicts: Vec<Verdict> = (1..=4)
+            .map(|n| verdict(NodeId(n), Known::Live(c), &four))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                Verdict::Keep,
+                Verdict::Keep,
+                Verdict::Keep,
+                Verdict::Delete { below_version: 4 }
+            ]
+        );
+        // Not under a lease, and not when exactly enough.
+        let leased = Chunk { leased: true, ..c };
+        assert_eq!(
+            verdict(NodeId(4), Known::Live(leased), &four),
+            Verdict::Keep
+        );
+        assert_eq!(
+            verdict(NodeId(3), Known::Live(c), &four[..3]),
+            Verdict::Keep
+        );
+    }
+}
