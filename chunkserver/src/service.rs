@@ -12,7 +12,8 @@ use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::chunk::chunkserver_server::Chunkserver;
 use gfs_proto::wire::chunk::{
     ApplyReply, ApplyRequest, CloneReply, CloneRequest, DeleteRequest, Empty, MutateReply,
-    MutateRequest, MutationKind, PushFrame, PushReply, ReadReply, ReadRequest, SetVersionRequest,
+    MutateRequest, MutationKind, PushFrame, PushReply, ReadReply, ReadRequest, RevokeRequest,
+    SetVersionRequest,
 };
 use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES, error};
 use gfs_proto::{ChunkHandle, ChunkVersion};
@@ -47,6 +48,10 @@ pub struct HeldLease {
     /// Given up: claims of leases expiring at or before this are refused
     /// (a later grant expires later).
     pub relinquished_up_to: u64,
+    /// Revoked by the leader: mutations naming this version or an older
+    /// one are refused whatever lease they claim (the next grant brings a
+    /// newer version).
+    pub revoked_through: u64,
 }
 
 /// Per chunk: mutations are applied one at a time, in serial order.
@@ -210,9 +215,21 @@ impl Shared {
         Ok(len)
     }
 
-    fn held_lease(&self, h: ChunkHandle, claimed_expiry: u64, now: u64) -> Result<(), Status> {
+    fn held_lease(
+        &self,
+        h: ChunkHandle,
+        claimed_expiry: u64,
+        version: u64,
+        now: u64,
+    ) -> Result<(), Status> {
         let mut leases = Self::lock(&self.leases);
         let l = leases.entry(h).or_default();
+        if version <= l.revoked_through {
+            return Err(error(
+                ErrorKind::NotPrimary,
+                format!("the lease on chunk {h} was revoked: ask the master for the primary"),
+            ));
+        }
         if claimed_expiry > l.relinquished_up_to {
             l.expires_ms = l.expires_ms.max(claimed_expiry);
         }
@@ -419,7 +436,7 @@ impl Chunkserver for ChunkService {
             _ => self.check_size(r.offset, r.length)?,
         }
         let now = now_ms();
-        sh.held_lease(h, r.lease_expires_ms, now)?;
+        sh.held_lease(h, r.lease_expires_ms, r.version, now)?;
         let data = sh.data(r.data_id, r.length)?;
         let slot = sh.ordered(h);
         let waited_out = tokio::time::Instant::now() + OUT_OF_ORDER_WAIT;
@@ -449,7 +466,11 @@ impl Chunkserver for ChunkService {
             drop(order);
             let _ = tokio::time::timeout_at(waited_out, notified).await;
         };
-        let result = self.mutate_ordered(&r, kind, &data, &mut order, now).await;
+        // A revocation may have come while this waited for its turn.
+        let result = match sh.held_lease(h, r.lease_expires_ms, r.version, now) {
+            Ok(()) => self.mutate_ordered(&r, kind, &data, &mut order, now).await,
+            Err(e) => Err(e),
+        };
         drop(order);
         slot.applied.notify_waiters();
         result.map(Response::new)
@@ -545,6 +566,25 @@ impl Chunkserver for ChunkService {
                 format!("chunk {h} is being cloned or is current here; kept"),
             ));
         }
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn revoke(&self, req: Request<RevokeRequest>) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        let h = ChunkHandle(r.handle);
+        let sh = &self.shared;
+        {
+            let mut leases = Shared::lock(&sh.leases);
+            let l = leases.entry(h).or_default();
+            l.revoked_through = l.revoked_through.max(r.version);
+            l.relinquished_up_to = l.relinquished_up_to.max(l.expires_ms);
+            l.expires_ms = 0;
+        }
+        // Wait out the mutation being applied, if any: once this returns,
+        // nothing more is applied under the revoked lease.
+        let slot = sh.ordered(h);
+        drop(slot.order.lock().await);
+        tracing::info!(chunk = %h, version = r.version, "lease revoked by the leader");
         Ok(Response::new(Empty {}))
     }
 

@@ -12,8 +12,9 @@
 //!   replica that its server confirmed (reported), never from one the
 //!   leader only expects. Fewest counting replicas first, then chunks a
 //!   client is waiting for.
-//! - A chunk under a lease is not cloned (a copy could miss a mutation);
-//!   the leader refuses new leases on a chunk while it is being cloned.
+//! - A chunk under a lease is cloned only after the leader has taken the
+//!   lease back from its primary (a copy could miss a mutation); the
+//!   leader refuses new leases on a chunk while it is being cloned.
 //! - A replica is deleted when no file references its chunk any more (the
 //!   handle was allocated and then reclaimed), when it is stale and a
 //!   current live confirmed replica exists elsewhere, or when the chunk has
@@ -65,6 +66,8 @@ pub struct Need {
     pub counting: usize,
     pub wanted: usize,
     pub blocked: bool,
+    /// Under a lease: revoke it first.
+    pub leased: bool,
     /// Live confirmed current replicas to copy from.
     pub sources: Vec<NodeId>,
     /// Every server holding any replica (not a destination).
@@ -76,7 +79,7 @@ pub fn need(c: &Chunk, holders: &[Holder]) -> Option<Need> {
     let current = |h: &&Holder| h.version == c.version;
     let counting = holders.iter().filter(current).filter(|h| h.counts).count();
     let wanted = usize::from(c.wanted);
-    if c.leased || c.cloning || counting >= wanted {
+    if c.cloning || counting >= wanted {
         return None;
     }
     let sources: Vec<NodeId> = holders
@@ -94,6 +97,7 @@ pub fn need(c: &Chunk, holders: &[Holder]) -> Option<Need> {
         counting,
         wanted,
         blocked: c.blocked,
+        leased: c.leased,
         sources,
         holders: holders.iter().map(|h| h.node).collect(),
     })
@@ -111,6 +115,8 @@ pub struct CloneOrder {
     pub version: ChunkVersion,
     pub source: NodeId,
     pub dest: NodeId,
+    /// Revoke the chunk's lease first.
+    pub revoke: bool,
 }
 
 /// Turns prioritized needs into clone orders while no server takes part in
@@ -150,6 +156,7 @@ pub fn assign(
             version: n.version,
             source,
             dest,
+            revoke: n.leased,
         });
     }
     orders
@@ -277,8 +284,9 @@ mod tests {
         let mut expected = h(1, 2);
         expected.confirmed = false;
         assert_eq!(need(&c, &[expected]), None);
+        // A leased chunk is cloned after its lease is revoked.
         let leased = Chunk { leased: true, ..c };
-        assert_eq!(need(&leased, &[h(1, 2)]), None);
+        assert!(need(&leased, &[h(1, 2)]).is_some_and(|n| n.leased));
         let cloning = Chunk { cloning: true, ..c };
         assert_eq!(need(&cloning, &[h(1, 2)]), None);
     }
@@ -293,6 +301,7 @@ mod tests {
                 counting,
                 wanted: 3,
                 blocked,
+                leased: false,
                 sources: vec![NodeId(1)],
                 holders: vec![NodeId(1)],
             })
@@ -317,6 +326,7 @@ mod tests {
             counting: on.len(),
             wanted: 3,
             blocked: false,
+            leased: false,
             sources: on.iter().map(|n| NodeId(*n)).collect(),
             holders: on.iter().map(|n| NodeId(*n)).collect(),
         };

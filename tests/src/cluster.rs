@@ -29,6 +29,14 @@ pub struct Spec {
     pub small_disks: Vec<(usize, u64)>,
     /// Masters give no new chunk to a server with less free space.
     pub min_free_bytes: u64,
+    /// The leader's duties: grace before re-replicating a dead server's
+    /// chunks, clones per server, clone bandwidth (0: unlimited), how long
+    /// deleted files stay, the repair pass period.
+    pub rereplication_grace_ms: u64,
+    pub clones_per_server: u64,
+    pub clone_rate_bytes_per_s: u64,
+    pub retention_ms: u64,
+    pub repair_interval_ms: u64,
 }
 
 impl Default for Spec {
@@ -44,6 +52,11 @@ impl Default for Spec {
             base_dir: None,
             small_disks: Vec::new(),
             min_free_bytes: 0,
+            rereplication_grace_ms: 1_000,
+            clones_per_server: 2,
+            clone_rate_bytes_per_s: 0,
+            retention_ms: 24 * 3600 * 1000,
+            repair_interval_ms: 200,
         }
     }
 }
@@ -78,6 +91,11 @@ impl Cluster {
             ("--lease-grace-ms", spec.lease_grace_ms),
             ("--chunkserver-timeout-ms", spec.chunkserver_timeout_ms),
             ("--min-free-bytes", spec.min_free_bytes),
+            ("--rereplication-grace-ms", spec.rereplication_grace_ms),
+            ("--clones-per-server", spec.clones_per_server),
+            ("--clone-rate-bytes-per-s", spec.clone_rate_bytes_per_s),
+            ("--retention-ms", spec.retention_ms),
+            ("--repair-interval-ms", spec.repair_interval_ms),
         ]
         .iter()
         .flat_map(|(f, v)| [f.to_string(), v.to_string()])
@@ -206,6 +224,77 @@ impl Cluster {
         self.spawn(i)
     }
 
+    /// `kill -9` chunkserver `i`, empty its disk, start it again (the same
+    /// id and address, no chunks).
+    pub fn wipe_server(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill_server(i)?;
+        let d = &self.servers[i].data_dir;
+        for e in std::fs::read_dir(d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p)?;
+            } else {
+                std::fs::remove_file(&p)?;
+            }
+        }
+        self.spawn(i)
+    }
+
+    /// Chunk files on chunkserver `i`'s disk.
+    pub fn chunk_files(&self, i: usize) -> usize {
+        walkdir(&self.servers[i].data_dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "chunk"))
+            .count()
+    }
+
+    /// The leader's fsck of the whole namespace.
+    pub async fn fsck(&self) -> anyhow::Result<gfs_proto::wire::master::FsckReply> {
+        Ok(self.masters.client().fsck("/", true).await?)
+    }
+
+    /// Until the leader counts the chunkservers with these node ids dead.
+    pub async fn wait_dead(&self, ids: &[u64], within: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = self.fsck().await
+                && r.servers
+                    .iter()
+                    .filter(|s| ids.contains(&s.node_id))
+                    .all(|s| !s.live)
+            {
+                return Ok(());
+            }
+            if start.elapsed() > within {
+                bail!("servers {ids:?} not dead for the leader within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Until fsck finds every chunk fully replicated and nothing pending
+    /// deletion.
+    pub async fn wait_healthy(
+        &self,
+        within: Duration,
+    ) -> anyhow::Result<gfs_proto::wire::master::FsckReply> {
+        let start = Instant::now();
+        loop {
+            let r = self.fsck().await;
+            if let Ok(r) = &r
+                && r.under_replicated == 0
+                && r.missing == 0
+                && r.replicas_pending_deletion == 0
+            {
+                return Ok(r.clone());
+            }
+            if start.elapsed() > within {
+                bail!("not healthy within {within:?}: {r:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The index of the chunkserver with node id `id`.
     pub fn server_index(&self, id: u64) -> Option<usize> {
         self.servers.iter().position(|s| s.id == id)
@@ -214,6 +303,23 @@ impl Cluster {
     pub fn server_log(&self, i: usize) -> String {
         crate::tail(&self.servers[i].log, 30)
     }
+}
+
+/// Every file below `dir`.
+fn walkdir(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 impl Drop for Cluster {

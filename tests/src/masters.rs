@@ -237,6 +237,11 @@ impl MasterCluster {
         }
     }
 
+    /// Master `i`'s whole log.
+    pub fn log_text(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.masters[i].log).unwrap_or_default()
+    }
+
     /// The tail of master `i`'s log, for failure messages.
     pub fn log_tail(&self, i: usize) -> String {
         crate::tail(&self.masters[i].log, 30)

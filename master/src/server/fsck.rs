@@ -135,6 +135,10 @@ pub async fn fsck(node: &Node, r: FsckRequest) -> Result<FsckReply, Status> {
     drop(soft);
     drop(a);
     reply.clones_in_flight = node.duties.clones_in_flight() as u64;
-    reply.clones_queued = node.duties.stats().queued;
+    let st = node.duties.stats();
+    reply.clones_queued = st.queued;
+    reply.clones_done = st.cloned;
+    reply.clones_failed = st.failed;
+    reply.bytes_cloned = st.bytes_cloned;
     Ok(reply)
 }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
-use gfs_proto::wire::chunk::{CloneRequest, SetVersionRequest};
+use gfs_proto::wire::chunk::{CloneRequest, RevokeRequest, SetVersionRequest};
 use gfs_proto::wire::{ErrorKind, detail_of};
 use gfs_proto::{ChunkHandle, ChunkVersion, NodeId};
 use tonic::transport::Channel;
@@ -48,6 +48,18 @@ impl Chunkservers {
             Ok(Ok(r)) => Ok(r.into_inner().length),
             Ok(Err(s)) => Err(s.message().to_string()),
             Err(_) => Err(format!("no answer within {limit:?}")),
+        }
+    }
+
+    /// Takes the lease on `handle` back from its primary.
+    pub async fn revoke(&self, primary: &str, req: RevokeRequest) -> Result<(), String> {
+        let mut c = self
+            .client(primary)
+            .ok_or_else(|| format!("bad address {primary}"))?;
+        match tokio::time::timeout(Duration::from_secs(5), c.revoke(req)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(s)) => Err(s.message().to_string()),
+            Err(_) => Err("no answer within 5 s".to_string()),
         }
     }
 
