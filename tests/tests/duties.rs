@@ -233,8 +233,7 @@ async fn r10_stale_replicas_are_collected() {
         .iter()
         .find(|f| f.path == "/s")
         .expect("listed")
-        .chunks[0]
-        .clone();
+        .chunks[0];
     assert_eq!((ch.stale, ch.live), (0, 3), "{ch:?}");
     let mut all = first.clone();
     all.extend_from_slice(&second);
