@@ -53,7 +53,10 @@ pub fn meta_status(e: &MetaError) -> Status {
         MetaError::NotADirectory(_) => ErrorKind::NotADirectory,
         MetaError::IsADirectory(_) => ErrorKind::IsADirectory,
         MetaError::DirectoryNotEmpty(_) => ErrorKind::DirectoryNotEmpty,
-        MetaError::RenameIntoItself { .. } | MetaError::Root(_) => ErrorKind::Conflict,
+        MetaError::RenameIntoItself { .. }
+        | MetaError::SnapshotIntoItself { .. }
+        | MetaError::SharedChunk(_)
+        | MetaError::Root(_) => ErrorKind::Conflict,
         MetaError::LeaseHeld { .. } => ErrorKind::LeaseHeld,
         MetaError::ChunkIndexGap { .. }
         | MetaError::LengthBeyondChunks { .. }

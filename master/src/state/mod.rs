@@ -149,6 +149,27 @@ pub enum Command {
         path: GfsPath,
         length: u64,
     },
+    /// Copy-on-write snapshot of a file or a tree: `dst` gets the same
+    /// metadata and shares every chunk (reference counts go up). Leases on
+    /// the shared chunks end here; the leader then takes them back from
+    /// their primaries, so no later write reaches a shared chunk.
+    Snapshot {
+        src: GfsPath,
+        dst: GfsPath,
+    },
+    /// Allocates a chunk handle for the copy of a shared chunk.
+    AllocHandle,
+    /// Chunk `index` of `path`, shared (`old`), is replaced by its copy
+    /// `new` at `version` (made by each replica's chunkserver). If the
+    /// file no longer holds `old` there, nothing changes and the reply
+    /// names the chunk it holds.
+    SplitChunk {
+        path: GfsPath,
+        index: u64,
+        old: ChunkHandle,
+        new: ChunkHandle,
+        version: ChunkVersion,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,6 +200,15 @@ pub enum Reply {
     Extended {
         handles: Vec<ChunkHandle>,
     },
+    Snapshotted {
+        files: u64,
+        chunks: u64,
+        /// Leases that ended: (chunk, primary, version) to revoke.
+        leases: Vec<(ChunkHandle, NodeId, ChunkVersion)>,
+    },
+    Handle {
+        handle: ChunkHandle,
+    },
 }
 
 /// Errors that cross the wire; each tells the caller what to do next.
@@ -196,6 +226,10 @@ pub enum MetaError {
     DirectoryNotEmpty(GfsPath),
     #[error("cannot move {from} into itself ({to})")]
     RenameIntoItself { from: GfsPath, to: GfsPath },
+    #[error("cannot snapshot {from} into itself ({to})")]
+    SnapshotIntoItself { from: GfsPath, to: GfsPath },
+    #[error("chunk {0} is shared with a snapshot: copy it before writing")]
+    SharedChunk(ChunkHandle),
     #[error("the root directory cannot be {0}")]
     Root(String),
     #[error("no deleted entry {0}")]
@@ -366,6 +400,20 @@ impl MasterState {
                 Ok(self.release_leases(primary, &handles))
             }
             Command::SetLength { path, length } => self.set_length(now, &path, length),
+            Command::Snapshot { src, dst } => self.snapshot(now, &src, &dst),
+            Command::AllocHandle => {
+                let handle = ChunkHandle(self.next_handle);
+                self.next_handle += 1;
+                self.dirty.push(persist::Key::Counters);
+                Ok(Reply::Handle { handle })
+            }
+            Command::SplitChunk {
+                path,
+                index,
+                old,
+                new,
+                version,
+            } => self.split_chunk(&path, index, (old, new), version),
         }
     }
 
@@ -789,6 +837,118 @@ impl MasterState {
         Ok(Reply::Done)
     }
 
+    // ---- snapshots ------------------------------------------------------
+
+    fn snapshot(&mut self, now: u64, src: &GfsPath, dst: &GfsPath) -> Outcome {
+        if src.is_root() || dst.is_root() {
+            return Err(MetaError::Root("snapshotted".into()));
+        }
+        self.stat(src)?;
+        if src == dst || src.is_ancestor_of(dst) {
+            return Err(MetaError::SnapshotIntoItself {
+                from: src.clone(),
+                to: dst.clone(),
+            });
+        }
+        if self.ns.contains(key(dst)) {
+            return Err(MetaError::AlreadyExists(dst.clone()));
+        }
+        let dst_parent = dst.parent().expect("not the root");
+        self.dir_exists(&dst_parent)?;
+        let mut entries: Vec<(String, Inode)> = vec![(String::new(), self.stat(src)?.clone())];
+        if matches!(entries[0].1, Inode::Dir { .. }) {
+            let base = src.as_str().len();
+            for (k, v) in self.ns.collect_prefix(src.child_prefix().as_bytes()) {
+                let k = String::from_utf8_lossy(&k).into_owned();
+                entries.push((k[base..].to_string(), v.clone()));
+            }
+        }
+        let (mut files, mut chunks, mut leases) = (0, 0, Vec::new());
+        for (_, inode) in &entries {
+            let Inode::File(f) = inode else { continue };
+            files += 1;
+            for h in &f.chunks {
+                let Some(c) = self.chunks.get_mut(h) else {
+                    continue;
+                };
+                c.refs += 1;
+                c.replication = c.replication.max(f.replication);
+                chunks += 1;
+                self.dirty.push(persist::Key::Chunk(*h));
+                if let Some(l) = self.leases.remove(h) {
+                    self.dirty.push(persist::Key::Lease(*h));
+                    if l.expires_at_ms > now {
+                        leases.push((*h, l.primary, l.version));
+                    }
+                }
+            }
+        }
+        for (_, inode) in &mut entries {
+            match inode {
+                Inode::File(f) => f.mtime_ms = f.mtime_ms.max(now),
+                Inode::Dir { mtime_ms } => *mtime_ms = (*mtime_ms).max(now),
+            }
+        }
+        self.put_tree(dst, entries);
+        self.touch(Some(dst_parent), now);
+        Ok(Reply::Snapshotted {
+            files,
+            chunks,
+            leases,
+        })
+    }
+
+    fn split_chunk(
+        &mut self,
+        path: &GfsPath,
+        index: u64,
+        (old, new): (ChunkHandle, ChunkHandle),
+        version: ChunkVersion,
+    ) -> Outcome {
+        let f = file_mut(&mut self.ns, path)?;
+        let at = usize::try_from(index).ok().filter(|i| *i < f.chunks.len());
+        let Some(at) = at else {
+            return Err(MetaError::NoSuchChunk(old));
+        };
+        let current = f.chunks[at];
+        let shared = self.chunks.get(&old).is_some_and(|c| c.refs > 1);
+        if current != old || !shared || new.0 >= self.next_handle || self.chunks.contains_key(&new)
+        {
+            let version = self
+                .chunks
+                .get(&current)
+                .map_or(ChunkVersion(0), |c| c.version);
+            return Ok(Reply::Chunk {
+                handle: current,
+                version,
+                index,
+                replicas: Vec::new(),
+            });
+        }
+        f.chunks[at] = new;
+        let replication = f.replication;
+        self.dirty.push(persist::Key::Path(path.as_str().into()));
+        if let Some(c) = self.chunks.get_mut(&old) {
+            c.refs -= 1;
+        }
+        self.chunks.insert(
+            new,
+            ChunkMeta {
+                version,
+                refs: 1,
+                replication,
+            },
+        );
+        self.dirty
+            .extend([persist::Key::Chunk(old), persist::Key::Chunk(new)]);
+        Ok(Reply::Chunk {
+            handle: new,
+            version,
+            index,
+            replicas: Vec::new(),
+        })
+    }
+
     // ---- leases ---------------------------------------------------------
 
     fn grant_lease(
@@ -803,6 +963,9 @@ impl MasterState {
             .chunks
             .get_mut(&handle)
             .ok_or(MetaError::NoSuchChunk(handle))?;
+        if chunk.refs > 1 {
+            return Err(MetaError::SharedChunk(handle));
+        }
         if let Some(l) = self.leases.get_mut(&handle) {
             if l.primary == primary && now < l.expires_at_ms && !bump {
                 l.expires_at_ms = l.expires_at_ms.max(now + duration_ms);

@@ -384,6 +384,95 @@ fn purge_and_deleting_a_deleted_path_reclaim_at_once() {
 }
 
 #[test]
+fn snapshot_shares_chunks_ends_leases_and_split_copies_on_write() {
+    let mut s = Sim::new();
+    s.run(mkdir("/src/sub", true)).expect("mkdir");
+    file_with_chunks(&mut s, "/src/a", 2);
+    file_with_chunks(&mut s, "/src/sub/b", 1);
+    s.run(mkdir("/snaps", false)).expect("mkdir");
+    let grant = Command::GrantLease {
+        handle: ChunkHandle(1),
+        primary: NodeId(4),
+        duration_ms: 60_000,
+        grace_ms: 0,
+        bump: false,
+    };
+    s.run(grant.clone()).expect("lease");
+    let snap = |src: &str, dst: &str| Command::Snapshot {
+        src: p(src),
+        dst: p(dst),
+    };
+    assert_eq!(
+        s.run(snap("/src", "/snaps/one")),
+        Ok(Reply::Snapshotted {
+            files: 2,
+            chunks: 3,
+            leases: vec![(ChunkHandle(1), NodeId(4), ChunkVersion(2))],
+        })
+    );
+    assert_eq!(s.names("/snaps/one"), ["a", "sub"]);
+    assert_eq!(s.names("/snaps/one/sub"), ["b"]);
+    assert_eq!(s.st.lease(ChunkHandle(1)), None);
+    assert_eq!(s.st.chunk(ChunkHandle(1)).map(|c| c.refs), Some(2));
+    // A shared chunk gets no lease until it is copied.
+    assert_eq!(s.run(grant), Err(MetaError::SharedChunk(ChunkHandle(1))));
+    assert_eq!(
+        s.run(snap("/src", "/src/sub/x")),
+        Err(MetaError::SnapshotIntoItself {
+            from: p("/src"),
+            to: p("/src/sub/x")
+        })
+    );
+    assert_eq!(
+        s.run(snap("/src", "/snaps/one")),
+        Err(MetaError::AlreadyExists(p("/snaps/one")))
+    );
+    // Copy on write: the live file moves to the copy, the snapshot keeps
+    // the original.
+    let Ok(Reply::Handle { handle: new }) = s.run(Command::AllocHandle) else {
+        panic!("a handle")
+    };
+    assert_eq!(new, ChunkHandle(4));
+    let split = Command::SplitChunk {
+        path: p("/src/a"),
+        index: 0,
+        old: ChunkHandle(1),
+        new,
+        version: ChunkVersion(2),
+    };
+    let moved = Reply::Chunk {
+        handle: new,
+        version: ChunkVersion(2),
+        index: 0,
+        replicas: vec![],
+    };
+    assert_eq!(s.run(split.clone()), Ok(moved.clone()));
+    assert_eq!(s.st.chunk(ChunkHandle(1)).map(|c| c.refs), Some(1));
+    assert_eq!(s.st.chunk(new).map(|c| c.refs), Some(1));
+    let Inode::File(f) = s.st.stat(&p("/snaps/one/a")).expect("snap") else {
+        panic!("a file")
+    };
+    assert_eq!(f.chunks, [ChunkHandle(1), ChunkHandle(2)]);
+    // A second split of the same chunk (a racing writer) changes nothing
+    // and names the copy that won.
+    assert_eq!(s.run(split), Ok(moved));
+    // Deleting the snapshot and reclaiming it frees only what it alone
+    // held.
+    s.run(Command::Delete {
+        path: p("/snaps/one"),
+        recursive: true,
+        purge: true,
+    })
+    .expect("purge");
+    assert!(
+        s.st.chunk(ChunkHandle(1)).is_none(),
+        "only the snapshot held it"
+    );
+    assert_eq!(s.st.chunk(ChunkHandle(2)).map(|c| c.refs), Some(1));
+    assert_eq!(s.st.chunk(new).map(|c| c.refs), Some(1));
+}
+
+#[test]
 fn files_under_walks_a_tree_or_names_one_file() {
     let mut s = Sim::new();
     s.run(mkdir("/d/e", true)).expect("mkdir");
