@@ -1,6 +1,9 @@
-//! Re-replication, the receiving side: the leader names a chunk, a version
-//! and a peer holding it; this server reads the chunk from the peer (reads
-//! are version-fenced and checksum-verified there) and writes it locally.
+//! Copying whole chunks. Re-replication, the receiving side: the leader
+//! names a chunk, a version and a peer holding it; this server reads the
+//! chunk from the peer (reads are version-fenced and checksum-verified
+//! there) and writes it locally. Copy-on-write after a snapshot: the
+//! leader names a shared chunk and a new handle; the copy is made from the
+//! local replica, without the network.
 //!
 //! The copy stays invisible until it is whole: it is created at version 0,
 //! which is older than any real version (they start at 1), so a crash
@@ -11,7 +14,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use gfs_proto::wire::chunk::{CloneRequest, ReadRequest};
+use gfs_proto::wire::chunk::{CloneRequest, CopyLocalRequest, ReadRequest};
 use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES, error};
 use gfs_proto::{ChunkHandle, ChunkVersion};
 use gfs_storage_engine::StoreError;
@@ -90,55 +93,144 @@ pub async fn clone_chunk(sh: &Shared, r: CloneRequest) -> Result<u64, Status> {
         Err(StoreError::NotFound(_)) => {}
         Err(e) => return Err(store_status(e)),
     }
+    copy_into(
+        sh,
+        h,
+        r.version,
+        Source::Peer(&r.source),
+        r.rate_bytes_per_s,
+    )
+    .await
+}
+
+/// Where a copy reads from.
+enum Source<'a> {
+    Peer(&'a str),
+    Local(ChunkHandle),
+}
+
+/// Makes `to` a whole copy of the source at `version`: created at version
+/// 0, written, synced, then given `version`. A failed copy is dropped.
+async fn copy_into(
+    sh: &Shared,
+    to: ChunkHandle,
+    version: u64,
+    from: Source<'_>,
+    rate: u64,
+) -> Result<u64, Status> {
     sh.store
-        .create(h, ChunkVersion(0))
+        .create(to, ChunkVersion(0))
         .await
         .map_err(store_status)?;
-    match copy(sh, h, &r).await {
+    match copy(sh, to, version, &from, rate).await {
         Ok(length) => Ok(length),
         Err(e) => {
-            if let Err(d) = sh.store.delete(h).await {
-                tracing::warn!(chunk = %h, error = %d, "could not drop a failed clone");
+            if let Err(d) = sh.store.delete(to).await {
+                tracing::warn!(chunk = %to, error = %d, "could not drop a failed copy");
             }
             Err(e)
         }
     }
 }
 
-async fn copy(sh: &Shared, h: ChunkHandle, r: &CloneRequest) -> Result<u64, Status> {
-    let mut source = sh.peer(&r.source)?;
+async fn copy(
+    sh: &Shared,
+    to: ChunkHandle,
+    version: u64,
+    from: &Source<'_>,
+    rate: u64,
+) -> Result<u64, Status> {
+    let mut peer = match from {
+        Source::Peer(addr) => Some(sh.peer(addr)?),
+        Source::Local(_) => None,
+    };
     let (start, mut offset) = (Instant::now(), 0u64);
     let piece = MAX_FRAME_BYTES as u64;
     loop {
-        let req = ReadRequest {
-            handle: h.0,
-            version: r.version,
-            offset,
-            length: piece,
+        let (data, chunk_length) = match (from, peer.as_mut()) {
+            (Source::Local(h), _) => {
+                let info = sh.store.info(*h).await.map_err(store_status)?;
+                if info.version.0 != version {
+                    return Err(error(
+                        ErrorKind::StaleVersion,
+                        format!(
+                            "chunk {h} is at version {} here, not {version}",
+                            info.version.0
+                        ),
+                    ));
+                }
+                let len = piece.min(info.length.saturating_sub(offset));
+                let data = if len == 0 {
+                    bytes::Bytes::new()
+                } else {
+                    sh.store.read(*h, offset, len).await.map_err(store_status)?
+                };
+                (data, info.length)
+            }
+            (Source::Peer(_), Some(c)) => {
+                let req = ReadRequest {
+                    handle: to.0,
+                    version,
+                    offset,
+                    length: piece,
+                };
+                let r = tokio::time::timeout(READ_TIMEOUT, c.read(req))
+                    .await
+                    .map_err(|_| error(ErrorKind::Unavailable, "the clone source timed out"))??
+                    .into_inner();
+                (r.data, r.chunk_length)
+            }
+            (Source::Peer(_), None) => unreachable!("a peer source has a client"),
         };
-        let reply = tokio::time::timeout(READ_TIMEOUT, source.read(req))
-            .await
-            .map_err(|_| error(ErrorKind::Unavailable, "the clone source timed out"))??
-            .into_inner();
-        if !reply.data.is_empty() {
+        if !data.is_empty() {
             sh.store
-                .write_at(h, offset, &reply.data)
+                .write_at(to, offset, &data)
                 .await
                 .map_err(store_status)?;
-            offset += reply.data.len() as u64;
+            offset += data.len() as u64;
         }
-        if offset >= reply.chunk_length || (reply.data.len() as u64) < piece {
+        if offset >= chunk_length || (data.len() as u64) < piece {
             break;
         }
-        pace(start, offset, r.rate_bytes_per_s).await;
+        pace(start, offset, rate).await;
     }
-    sh.store.sync(h).await.map_err(store_status)?;
+    sh.store.sync(to).await.map_err(store_status)?;
     sh.store
-        .set_version(h, ChunkVersion(r.version))
+        .set_version(to, ChunkVersion(version))
         .await
         .map_err(store_status)?;
-    sh.note(h, Some(ChunkVersion(r.version)));
-    tracing::info!(chunk = %h, version = r.version, bytes = offset, source = %r.source,
-        ms = start.elapsed().as_millis() as u64, "cloned");
+    sh.note(to, Some(ChunkVersion(version)));
+    tracing::info!(chunk = %to, version, bytes = offset,
+        ms = start.elapsed().as_millis() as u64, "copied");
     Ok(offset)
+}
+
+/// Copy-on-write: makes `to` a local copy of `from` at `version`. A
+/// replica that never held `from` (it is created by its first mutation)
+/// answers NOT_FOUND. Idempotent: an existing `to` at `version` or newer
+/// answers at once.
+pub async fn copy_local(sh: &Shared, r: CopyLocalRequest) -> Result<u64, Status> {
+    let (from, to) = (ChunkHandle(r.from), ChunkHandle(r.to));
+    if r.version == 0 || from == to {
+        return Err(error(
+            ErrorKind::InvalidArgument,
+            "a copy names a positive version and two different chunks",
+        ));
+    }
+    let Some(_guard) = sh.cloning.begin(to) else {
+        return Err(error(
+            ErrorKind::Busy,
+            format!("chunk {to} is being copied here already"),
+        ));
+    };
+    match sh.store.info(to).await {
+        Ok(i) if i.version.0 >= r.version => return Ok(i.length),
+        Ok(_) => {
+            sh.store.delete(to).await.map_err(store_status)?;
+        }
+        Err(StoreError::NotFound(_)) => {}
+        Err(e) => return Err(store_status(e)),
+    }
+    sh.store.info(from).await.map_err(store_status)?;
+    copy_into(sh, to, r.version, Source::Local(from), 0).await
 }

@@ -11,9 +11,9 @@ use gfs_proto::record::RecordId;
 use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::chunk::chunkserver_server::Chunkserver;
 use gfs_proto::wire::chunk::{
-    ApplyReply, ApplyRequest, CloneReply, CloneRequest, DeleteRequest, Empty, MutateReply,
-    MutateRequest, MutationKind, PushFrame, PushReply, ReadReply, ReadRequest, RevokeRequest,
-    SetVersionRequest,
+    ApplyReply, ApplyRequest, CloneReply, CloneRequest, CopyLocalRequest, DeleteRequest, Empty,
+    MutateReply, MutateRequest, MutationKind, PushFrame, PushReply, ReadReply, ReadRequest,
+    RevokeRequest, SetVersionRequest,
 };
 use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES, error};
 use gfs_proto::{ChunkHandle, ChunkVersion};
@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::buffer::{DataBuffer, Parts, parts_len};
 use crate::changes::Changes;
-use crate::clone::{Cloning, clone_chunk};
+use crate::clone::{Cloning, clone_chunk, copy_local};
 use crate::config::ChunkserverConfig;
 use crate::order::{AppendPlan, Committed, Fence, fence_mutation, fence_read, plan_append};
 
@@ -586,6 +586,14 @@ impl Chunkserver for ChunkService {
         drop(slot.order.lock().await);
         tracing::info!(chunk = %h, version = r.version, "lease revoked by the leader");
         Ok(Response::new(Empty {}))
+    }
+
+    async fn copy_local(
+        &self,
+        req: Request<CopyLocalRequest>,
+    ) -> Result<Response<CloneReply>, Status> {
+        let length = copy_local(&self.shared, req.into_inner()).await?;
+        Ok(Response::new(CloneReply { length }))
     }
 
     async fn clone_chunk(

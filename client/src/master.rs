@@ -15,8 +15,8 @@ use gfs_proto::wire::master::master_meta_client::MasterMetaClient;
 use gfs_proto::wire::master::{
     ChunkInfo, CreateRequest, DeleteReply, DeleteRequest, Empty, FileInfo, FsckReply, FsckRequest,
     ListDeletedReply, ListDeletedRequest, ListReply, ListRequest, LocateReply, LocateRequest,
-    MkdirRequest, RenameRequest, ReportLengthRequest, Session, StatRequest, StatusReply,
-    UndeleteRequest, WriteChunkRequest,
+    MkdirRequest, RenameRequest, ReportLengthRequest, Session, SnapshotReply, SnapshotRequest,
+    StatRequest, StatusReply, UndeleteRequest, WriteChunkRequest,
 };
 use gfs_proto::wire::{ErrorKind, MAX_MESSAGE_BYTES, detail_of};
 use tokio::sync::Semaphore;
@@ -309,6 +309,15 @@ impl MasterClient {
             .await?;
         self.forget(path);
         Ok(r)
+    }
+
+    /// Copy-on-write snapshot of a file or tree: (files, chunks) shared.
+    pub async fn snapshot(&self, src: &str, dst: &str) -> Result<SnapshotReply, MasterError> {
+        self.mutate(|mut c, session| {
+            let (src, dst) = (src.to_string(), dst.to_string());
+            async move { c.snapshot(SnapshotRequest { session, src, dst }).await }
+        })
+        .await
     }
 
     /// One page of deleted entries awaiting reclaim, after id `after`.

@@ -3,13 +3,14 @@
 //! (mutations) or served from the applied state behind the read gate.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use gfs_proto::wire::master::master_meta_server::MasterMeta;
 use gfs_proto::wire::master::{
     ChunkInfo, CreateRequest, DeleteReply, DeleteRequest, DeletedEntry, Empty, FileInfo,
     ListDeletedReply, ListDeletedRequest, ListReply, ListRequest, LocateReply, LocateRequest,
-    MkdirRequest, RenameRequest, ReportLengthRequest, Session, StatRequest, UndeleteReply,
-    UndeleteRequest, WriteChunkRequest,
+    MkdirRequest, RenameRequest, ReportLengthRequest, Session, SnapshotReply, SnapshotRequest,
+    StatRequest, UndeleteReply, UndeleteRequest, WriteChunkRequest,
 };
 use gfs_proto::wire::{ErrorKind, error};
 use gfs_proto::{ChunkHandle, ChunkVersion, GfsPath, NodeId};
@@ -58,6 +59,68 @@ fn unexpected(r: Reply) -> Status {
 }
 
 impl MetaService {
+    /// Chunk `index` of `p` is shared with a snapshot: each live replica
+    /// copies it locally under a new handle, then the file moves to the
+    /// copy. Returns the chunk the file holds afterwards.
+    async fn copy_on_write(
+        &self,
+        p: &GfsPath,
+        index: u64,
+        old: ChunkHandle,
+        version: ChunkVersion,
+    ) -> Result<(ChunkHandle, ChunkVersion), Status> {
+        let node = &self.node;
+        let timeout = node.cfg.chunkserver_timeout_ms;
+        let replicas: Vec<(NodeId, String)> = node
+            .soft()
+            .replicas(old, version, now_ms(), timeout)
+            .iter()
+            .map(|s| (s.id, s.addr.clone()))
+            .collect();
+        if replicas.is_empty() {
+            return Err(error(
+                ErrorKind::Unavailable,
+                format!("no live replica of shared chunk {old} to copy"),
+            ));
+        }
+        let new = match node.propose(0, 0, Command::AllocHandle).await? {
+            Reply::Handle { handle } => handle,
+            other => return Err(unexpected(other)),
+        };
+        let copied = node
+            .chunkservers
+            .copy_local(old, new, version, &replicas)
+            .await;
+        if copied.is_empty() {
+            return Err(error(
+                ErrorKind::Unavailable,
+                format!("no replica could copy shared chunk {old}; retry"),
+            ));
+        }
+        let cmd = Command::SplitChunk {
+            path: p.clone(),
+            index,
+            old,
+            new,
+            version,
+        };
+        match node.propose(0, 0, cmd).await? {
+            Reply::Chunk {
+                handle, version, ..
+            } => {
+                if handle == new {
+                    let mut soft = node.soft();
+                    for n in &copied {
+                        soft.expect(new, *n, version);
+                    }
+                    tracing::info!(from = %old, to = %new, replicas = copied.len(), "copied a shared chunk");
+                }
+                Ok((handle, version))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
     fn file(&self, p: &GfsPath) -> Result<FileMeta, Status> {
         let a = self.node.state();
         match a.state.stat(p).map_err(|e| meta_status(&e))? {
@@ -271,6 +334,49 @@ impl MasterMeta for MetaService {
         }))
     }
 
+    async fn snapshot(
+        &self,
+        req: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotReply>, Status> {
+        let r = req.into_inner();
+        let (src, dst) = (path(&r.src)?, path(&r.dst)?);
+        let (c, s) = session(r.session);
+        let node = &self.node;
+        let (files, chunks, leases) =
+            match node.propose(c, s, Command::Snapshot { src, dst }).await? {
+                Reply::Snapshotted {
+                    files,
+                    chunks,
+                    leases,
+                } => (files, chunks, leases),
+                other => return Err(unexpected(other)),
+            };
+        // The leases ended in the log; their primaries stop now. One that
+        // cannot be told keeps writing until its lease runs out: wait.
+        let mut waits = tokio::task::JoinSet::new();
+        for (h, primary, version) in leases {
+            let addr = node.soft().server(primary).map(|s| s.addr.clone());
+            let node = node.clone();
+            waits.spawn(async move {
+                let req = gfs_proto::wire::chunk::RevokeRequest {
+                    handle: h.0,
+                    version: version.0,
+                };
+                let revoked = match addr {
+                    Some(a) => node.chunkservers.revoke(&a, req).await.is_ok(),
+                    None => false,
+                };
+                if !revoked {
+                    let until = now_ms() + node.cfg.lease_ms + node.cfg.lease_grace_ms;
+                    tracing::info!(chunk = %h, %primary, "primary unreachable; waiting out its lease");
+                    tokio::time::sleep(Duration::from_millis(until.saturating_sub(now_ms()))).await;
+                }
+            });
+        }
+        while waits.join_next().await.is_some() {}
+        Ok(Response::new(SnapshotReply { files, chunks }))
+    }
+
     async fn locate(&self, req: Request<LocateRequest>) -> Result<Response<LocateReply>, Status> {
         let r = req.into_inner();
         let p = path(&r.path)?;
@@ -361,6 +467,12 @@ impl MasterMeta for MetaService {
                 soft.expect(handle, *n, version);
             }
         }
+        let shared = node.state().state.chunk(handle).is_some_and(|c| c.refs > 1);
+        let (handle, version) = if shared {
+            self.copy_on_write(&p, r.index, handle, version).await?
+        } else {
+            (handle, version)
+        };
         let lease = node.state().state.lease(handle);
         let failed: Vec<NodeId> = r.failed.iter().map(|n| NodeId(*n)).collect();
         if !failed.is_empty() {

@@ -55,9 +55,10 @@ pub fn meta_status(e: &MetaError) -> Status {
         MetaError::DirectoryNotEmpty(_) => ErrorKind::DirectoryNotEmpty,
         MetaError::RenameIntoItself { .. }
         | MetaError::SnapshotIntoItself { .. }
-        | MetaError::SharedChunk(_)
         | MetaError::Root(_) => ErrorKind::Conflict,
-        MetaError::LeaseHeld { .. } => ErrorKind::LeaseHeld,
+        // A snapshot came between the copy-on-write check and the grant:
+        // asking again copies the chunk.
+        MetaError::LeaseHeld { .. } | MetaError::SharedChunk(_) => ErrorKind::LeaseHeld,
         MetaError::ChunkIndexGap { .. }
         | MetaError::LengthBeyondChunks { .. }
         | MetaError::InvalidArgument(_) => ErrorKind::InvalidArgument,

@@ -9,13 +9,15 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
-use gfs_proto::wire::chunk::{CloneRequest, RevokeRequest, SetVersionRequest};
+use gfs_proto::wire::chunk::{CloneRequest, CopyLocalRequest, RevokeRequest, SetVersionRequest};
 use gfs_proto::wire::{ErrorKind, detail_of};
 use gfs_proto::{ChunkHandle, ChunkVersion, NodeId};
 use tonic::transport::Channel;
 
 /// Bound on one replica's answer.
 const NOTIFY_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Bound on a local chunk copy (64 MiB on a slow disk).
+const COPY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One lazily connected channel per chunkserver address.
 #[derive(Debug, Default)]
@@ -49,6 +51,49 @@ impl Chunkservers {
             Ok(Err(s)) => Err(s.message().to_string()),
             Err(_) => Err(format!("no answer within {limit:?}")),
         }
+    }
+
+    /// Has each replica copy `from` into `to` locally (copy-on-write);
+    /// returns the replicas that did, or never held `from`.
+    pub async fn copy_local(
+        &self,
+        from: ChunkHandle,
+        to: ChunkHandle,
+        version: ChunkVersion,
+        replicas: &[(NodeId, String)],
+    ) -> Vec<NodeId> {
+        let mut calls = tokio::task::JoinSet::new();
+        for (id, addr) in replicas {
+            let (id, client) = (*id, self.client(addr));
+            let req = CopyLocalRequest {
+                from: from.0,
+                to: to.0,
+                version: version.0,
+            };
+            calls.spawn(async move {
+                let Some(mut c) = client else { return (id, false) };
+                let ok = match tokio::time::timeout(COPY_TIMEOUT, c.copy_local(req)).await {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(s)) => {
+                        let absent = detail_of(&s).kind() == ErrorKind::NotFound;
+                        if !absent {
+                            tracing::warn!(chunk = %from, replica = %id, error = %s.message(), "copy-on-write failed");
+                        }
+                        absent
+                    }
+                    Err(_) => false,
+                };
+                (id, ok)
+            });
+        }
+        let mut ok = Vec::new();
+        while let Some(Ok((id, done))) = calls.join_next().await {
+            if done {
+                ok.push(id);
+            }
+        }
+        ok.sort_unstable();
+        ok
     }
 
     /// Takes the lease on `handle` back from its primary.

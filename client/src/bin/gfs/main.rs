@@ -82,6 +82,12 @@ enum Cmd {
         #[arg(long)]
         purge: bool,
     },
+    /// Copy-on-write snapshot of a file or directory tree (metadata only;
+    /// chunks are copied on their first write).
+    Snapshot {
+        src: String,
+        dst: String,
+    },
     /// Restore a deleted entry by its id (`gfs ls --deleted`).
     Undelete {
         id: u64,
@@ -284,6 +290,22 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 );
             } else {
                 println!("deleted, undelete id {}", d.deleted_id);
+            }
+        }
+        Cmd::Snapshot { src, dst } => {
+            let start = Instant::now();
+            let r = c.snapshot(&src, &dst).await?;
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"files": r.files, "chunks": r.chunks, "ms": ms})
+                );
+            } else {
+                println!(
+                    "snapshot {src} -> {dst}: {} files, {} chunks shared, {ms:.1} ms",
+                    r.files, r.chunks
+                );
             }
         }
         Cmd::Undelete { id } => println!("restored {}", c.undelete(id).await?),
