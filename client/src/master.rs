@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use gfs_proto::wire::master::master_admin_client::MasterAdminClient;
 use gfs_proto::wire::master::master_meta_client::MasterMetaClient;
 use gfs_proto::wire::master::{
-    ChunkInfo, CreateRequest, DeleteReply, DeleteRequest, Empty, FileInfo, FsckReply, FsckRequest,
-    ListDeletedReply, ListDeletedRequest, ListReply, ListRequest, LocateReply, LocateRequest,
-    MkdirRequest, RenameRequest, ReportLengthRequest, Session, SnapshotReply, SnapshotRequest,
-    StatRequest, StatusReply, UndeleteRequest, WriteChunkRequest,
+    ChunkInfo, CreateRequest, DecommissionRequest, DeleteReply, DeleteRequest, Empty, FileInfo,
+    FsckReply, FsckRequest, ListDeletedReply, ListDeletedRequest, ListReply, ListRequest,
+    LocateReply, LocateRequest, MkdirRequest, RenameRequest, ReportLengthRequest, Session,
+    SnapshotReply, SnapshotRequest, StatRequest, StatusReply, UndeleteRequest, WriteChunkRequest,
 };
 use gfs_proto::wire::{ErrorKind, MAX_MESSAGE_BYTES, detail_of};
 use tokio::sync::Semaphore;
@@ -530,16 +530,16 @@ impl MasterClient {
         }
     }
 
-    /// `fsck` from the leader (each master is asked until one leads).
-    pub async fn fsck(&self, path: &str, all: bool) -> Result<FsckReply, MasterError> {
+    /// An admin call answered by the leader: each master is asked until
+    /// one answers.
+    async fn leader_admin<T, F, Fut>(&self, what: &str, call: F) -> Result<T, MasterError>
+    where
+        F: Fn(MasterAdminClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
         let mut last = None;
-        for i in 0..self.inner.addrs.len() {
-            let mut c = self.inner.admin[i].clone();
-            let req = FsckRequest {
-                path: path.to_string(),
-                all,
-            };
-            match tokio::time::timeout(Duration::from_secs(30), c.fsck(req)).await {
+        for c in &self.inner.admin {
+            match tokio::time::timeout(Duration::from_secs(30), call(c.clone())).await {
                 Ok(Ok(r)) => return Ok(r.into_inner()),
                 Ok(Err(s)) => last = Some(MasterError::from_status(&s)),
                 Err(_) => {}
@@ -547,8 +547,30 @@ impl MasterClient {
         }
         Err(last.unwrap_or(MasterError {
             kind: ErrorKind::Unavailable,
-            message: "no master answered fsck".into(),
+            message: format!("no master answered {what}"),
         }))
+    }
+
+    /// `fsck` from the leader.
+    pub async fn fsck(&self, path: &str, all: bool) -> Result<FsckReply, MasterError> {
+        self.leader_admin("fsck", |mut c| {
+            let req = FsckRequest {
+                path: path.to_string(),
+                all,
+            };
+            async move { c.fsck(req).await }
+        })
+        .await
+    }
+
+    /// Starts (or with `cancel` stops) draining chunkserver `node_id`.
+    pub async fn decommission(&self, node_id: u64, cancel: bool) -> Result<(), MasterError> {
+        self.leader_admin("decommission", |mut c| async move {
+            c.decommission(DecommissionRequest { node_id, cancel })
+                .await
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Admin client of the master at `addrs[i]`.

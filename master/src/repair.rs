@@ -42,6 +42,9 @@ pub struct Holder {
     /// Fraction of the server's disk in use, in millionths (for choosing a
     /// surplus replica to drop).
     pub used_ppm: u64,
+    /// Being decommissioned: its replica does not count, and goes first
+    /// once the chunk has enough elsewhere.
+    pub draining: bool,
 }
 
 /// A chunk table entry, with what the leader knows about its activity.
@@ -77,7 +80,11 @@ pub struct Need {
 /// Whether `c` needs another replica, and from where it can come.
 pub fn need(c: &Chunk, holders: &[Holder]) -> Option<Need> {
     let current = |h: &&Holder| h.version == c.version;
-    let counting = holders.iter().filter(current).filter(|h| h.counts).count();
+    let counting = holders
+        .iter()
+        .filter(current)
+        .filter(|h| h.counts && !h.draining)
+        .count();
     let wanted = usize::from(c.wanted);
     if c.cloning || counting >= wanted {
         return None;
@@ -162,6 +169,66 @@ pub fn assign(
     orders
 }
 
+/// Servers further apart than this in disk use (millionths) are
+/// rebalanced.
+pub const REBALANCE_SPREAD_PPM: u64 = 100_000;
+
+fn used_ppm(s: &ServerView) -> u64 {
+    (u128::from(s.used_bytes) * 1_000_000 / u128::from(s.capacity_bytes.max(1))) as u64
+}
+
+/// The fullest and the emptiest server eligible for rebalancing (live, not
+/// draining), if their disk use differs by more than the spread.
+pub fn rebalance_pair(servers: &[ServerView], min_free_bytes: u64) -> Option<(NodeId, NodeId)> {
+    let eligible = || {
+        servers
+            .iter()
+            .filter(|s| s.live && !s.draining && s.capacity_bytes > 0)
+    };
+    let full = eligible().max_by_key(|s| (used_ppm(s), s.id))?;
+    let empty = eligible()
+        .filter(|s| s.capacity_bytes.saturating_sub(s.used_bytes) >= min_free_bytes)
+        .min_by_key(|s| (used_ppm(s), s.id))?;
+    (used_ppm(full) > used_ppm(empty) + REBALANCE_SPREAD_PPM).then_some((full.id, empty.id))
+}
+
+/// Moves from `from` to `to` for chunks `from` holds (each with its
+/// holders), at most `max`, within the per-server clone limit. A chunk that
+/// is leased, being cloned, or already on `to` stays. The surplus replica
+/// on the fuller server is then collected like any other.
+pub fn rebalance_moves(
+    from: NodeId,
+    to: NodeId,
+    chunks: &[(Chunk, Vec<Holder>)],
+    busy: &mut HashMap<NodeId, usize>,
+    per_server: usize,
+    max: usize,
+) -> Vec<CloneOrder> {
+    let mut orders = Vec::new();
+    for (c, holders) in chunks {
+        let load = |id: NodeId| busy.get(&id).copied().unwrap_or(0);
+        if orders.len() >= max || load(from) >= per_server || load(to) >= per_server {
+            break;
+        }
+        let on_source = holders
+            .iter()
+            .any(|h| h.node == from && h.version == c.version && h.live && h.confirmed);
+        if c.leased || c.cloning || !on_source || holders.iter().any(|h| h.node == to) {
+            continue;
+        }
+        *busy.entry(from).or_default() += 1;
+        *busy.entry(to).or_default() += 1;
+        orders.push(CloneOrder {
+            handle: c.handle,
+            version: c.version,
+            source: from,
+            dest: to,
+            revoke: false,
+        });
+    }
+    orders
+}
+
 /// What to do with the replica of `handle` on server `on`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -214,7 +281,7 @@ pub fn verdict(on: NodeId, known: Known, holders: &[Holder]) -> Verdict {
         && good.len() > usize::from(c.wanted)
         && good
             .iter()
-            .max_by_key(|h| (h.used_ppm, h.node))
+            .max_by_key(|h| (h.draining, h.used_ppm, h.node))
             .is_some_and(|h| h.node == on)
     {
         return Verdict::Delete {
@@ -236,6 +303,7 @@ mod tests {
             live: true,
             counts: true,
             used_ppm: node * 10,
+            draining: false,
         }
     }
 
@@ -342,6 +410,68 @@ mod tests {
             .collect();
         assert_eq!(got, [(1, 1, 4), (2, 3, 5)]);
         assert_eq!(busy.values().sum::<usize>(), 4);
+    }
+
+    #[test]
+    fn a_draining_server_s_replicas_are_copied_then_dropped_first() {
+        let c = chunk(7, 2);
+        let mut d = h(1, 2);
+        d.draining = true;
+        let three = [d, h(2, 2), h(3, 2)];
+        let n = need(&c, &three).expect("short while draining");
+        assert_eq!((n.counting, n.sources.len()), (2, 3));
+        // Copied: four good replicas, the draining one goes although it is
+        // the emptiest.
+        let four = [d, h(2, 2), h(3, 2), h(4, 2)];
+        assert_eq!(need(&c, &four), None);
+        assert_eq!(
+            verdict(NodeId(1), Known::Live(c), &four),
+            Verdict::Delete { below_version: 3 }
+        );
+        assert_eq!(verdict(NodeId(4), Known::Live(c), &four), Verdict::Keep);
+    }
+
+    #[test]
+    fn rebalancing_moves_chunks_from_the_fullest_to_the_emptiest() {
+        let mut servers = [server(1, "a"), server(2, "a"), server(3, "b")];
+        servers[0].used_bytes = 90;
+        servers[1].used_bytes = 50;
+        servers[2].used_bytes = 20;
+        assert_eq!(rebalance_pair(&servers, 1), Some((NodeId(1), NodeId(3))));
+        servers[0].used_bytes = 29;
+        servers[1].used_bytes = 25;
+        assert_eq!(rebalance_pair(&servers, 1), None, "within the spread");
+        // A draining server is no rebalancing target.
+        servers[0].used_bytes = 90;
+        servers[2].draining = true;
+        assert_eq!(rebalance_pair(&servers, 1), Some((NodeId(1), NodeId(2))));
+        let on = |handle: u64, nodes: &[u64]| {
+            (
+                chunk(handle, 1),
+                nodes.iter().map(|n| h(*n, 1)).collect::<Vec<_>>(),
+            )
+        };
+        let leased = (
+            Chunk {
+                leased: true,
+                ..chunk(4, 1)
+            },
+            vec![h(1, 1)],
+        );
+        let chunks = [
+            on(1, &[1, 2]),
+            on(2, &[1, 3]),
+            leased,
+            on(5, &[1]),
+            on(6, &[1]),
+        ];
+        let mut busy = HashMap::new();
+        let got: Vec<u64> = rebalance_moves(NodeId(1), NodeId(3), &chunks, &mut busy, 2, 10)
+            .iter()
+            .map(|o| o.handle.0)
+            .collect();
+        // 2 is on the target already, 4 is leased; the limit stops at two.
+        assert_eq!(got, [1, 5]);
     }
 
     #[test]

@@ -341,3 +341,111 @@ async fn deleted_files_are_kept_for_their_retention_then_freed_everywhere() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn decommission_under_active_ingestion_loses_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let mut cluster = Cluster::start(Spec::default()).await.expect("cluster");
+    let c = cluster.client();
+    let m = c.master();
+    let data = random_bytes(10 * MIB, 9);
+    let writer = {
+        let c = c.clone();
+        let data = data.clone();
+        tokio::spawn(async move {
+            let mut w = gfs_client::Writer::create(&c, "/ingest")
+                .await
+                .expect("create");
+            for piece in data.chunks(256 * 1024) {
+                w.write_all(piece).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            w.close().await.expect("close")
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    m.decommission(1, false).await.expect("decommission");
+    let written = writer.await.expect("writer");
+    assert_eq!(written, data.len() as u64);
+    // Drained: the status says so once server 1 holds nothing.
+    let start = Instant::now();
+    loop {
+        let leader = cluster
+            .masters
+            .leader(Duration::from_secs(5))
+            .await
+            .expect("leader");
+        let s = cluster.masters.client_of(leader).status_of(0).await;
+        let drained = s.as_ref().ok().and_then(|s| {
+            s.draining
+                .iter()
+                .find(|d| d.node_id == 1)
+                .map(|d| d.safe_to_remove)
+        });
+        if drained == Some(true) && cluster.chunk_files(0) == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not drained: {s:?}, {} chunk files left",
+            cluster.chunk_files(0)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Then it can go: nothing is lost, nothing under-replicated.
+    cluster.kill_server(0).expect("kill");
+    let fresh = cluster.client();
+    assert_reads(&fresh, "/ingest", &data).await;
+    for (h, r) in replicas(&fresh, "/ingest").await {
+        assert!(!r.contains(&1), "chunk {h:x} still on the drained server");
+    }
+    let r = cluster.fsck().await.expect("fsck");
+    assert_eq!((r.under_replicated, r.missing), (0, 0), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_empty_chunkserver_receives_replicas_from_fuller_ones() {
+    let spec = Spec {
+        small_disks: (0..4).map(|i| (i, 40 << 20)).collect(),
+        ..Spec::default()
+    };
+    let mut cluster = Cluster::start(spec).await.expect("cluster");
+    let c = cluster.client();
+    cluster.kill_server(3).expect("kill");
+    cluster
+        .wait_dead(&[4], Duration::from_secs(10))
+        .await
+        .expect("dead");
+    let data = write_file(&c, "/fill", 8 * MIB, 10).await;
+    assert_eq!(cluster.chunk_files(3), 0);
+    cluster.restart_server(3).expect("restart");
+    // Moves until the disks are within 10 % of each other, never below
+    // three replicas.
+    let start = Instant::now();
+    loop {
+        let r = cluster.fsck().await.expect("fsck");
+        assert_eq!(r.missing, 0);
+        let used: Vec<f64> = r
+            .servers
+            .iter()
+            .map(|s| s.used_bytes as f64 / s.capacity_bytes.max(1) as f64)
+            .collect();
+        let spread =
+            used.iter().cloned().fold(0.0, f64::max) - used.iter().cloned().fold(1.0, f64::min);
+        if cluster.chunk_files(3) >= 2 && spread < 0.12 && r.replicas_pending_deletion == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not rebalanced: used {used:?}, {} chunks on the new server",
+            cluster.chunk_files(3)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let r = cluster
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .expect("healthy");
+    assert_eq!(r.under_replicated, 0);
+    assert_reads(&c, "/fill", &data).await;
+}

@@ -7,16 +7,19 @@ use std::time::Duration;
 use gfs_proto::wire::master::master_admin_server::MasterAdmin;
 use gfs_proto::wire::master::raft_client::RaftClient;
 use gfs_proto::wire::master::{
-    AddMasterRequest, Empty, FsckReply, FsckRequest, Member, RemoveMasterRequest, StatusReply,
-    TransferLeaderRequest,
+    AddMasterRequest, DecommissionRequest, Draining, Empty, FsckReply, FsckRequest, Member,
+    RemoveMasterRequest, StatusReply, TransferLeaderRequest,
 };
 use gfs_proto::wire::{ErrorKind, error};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use tonic::{Request, Response, Status};
 
+use gfs_proto::NodeId;
+
 use super::network::channel;
 use super::node::{Node, now_ms};
+use crate::state::Command;
 
 #[derive(Debug, Clone)]
 pub struct AdminService {
@@ -134,9 +137,27 @@ impl MasterAdmin for AdminService {
             })
             .collect();
         let (leader_id, leader_addr) = node.leader_hint();
-        let (files, chunks) = {
+        let (files, chunks, draining) = {
             let a = node.state();
-            (a.state.files() as u64, a.state.chunk_count() as u64)
+            let soft = node.soft();
+            let draining = a
+                .state
+                .draining()
+                .iter()
+                .map(|n| {
+                    let left = soft.held_count(*n) as u64;
+                    Draining {
+                        node_id: n.0,
+                        chunks_left: left,
+                        safe_to_remove: left == 0,
+                    }
+                })
+                .collect();
+            (
+                a.state.files() as u64,
+                a.state.chunk_count() as u64,
+                draining,
+            )
         };
         let state = match m.state {
             ServerState::Leader => "leader",
@@ -161,6 +182,7 @@ impl MasterAdmin for AdminService {
             chunks,
             state: state.to_string(),
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            draining,
         }))
     }
 
@@ -168,6 +190,30 @@ impl MasterAdmin for AdminService {
         super::fsck::fsck(&self.node, req.into_inner())
             .await
             .map(Response::new)
+    }
+
+    async fn decommission(
+        &self,
+        req: Request<DecommissionRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        if r.node_id == 0 {
+            return Err(error(
+                ErrorKind::InvalidArgument,
+                "node_id must be positive",
+            ));
+        }
+        let node = &self.node;
+        if !node.is_leader() {
+            return Err(node.not_leader(None));
+        }
+        let cmd = Command::SetDraining {
+            node: NodeId(r.node_id),
+            draining: !r.cancel,
+        };
+        node.propose(0, 0, cmd).await?;
+        tracing::info!(server = r.node_id, cancel = r.cancel, "decommission");
+        Ok(Response::new(Empty {}))
     }
 
     async fn add_master(&self, req: Request<AddMasterRequest>) -> Result<Response<Empty>, Status> {

@@ -5,7 +5,7 @@
 //! each heartbeat. Followers do none of it; a new leader starts from its
 //! own applied state and the soft state it learned from heartbeats.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -90,7 +90,12 @@ impl Clock {
 }
 
 /// The replicas of a chunk with their servers' standing.
-pub fn holders(soft: &Soft, locs: &[Loc], clock: Clock) -> Vec<Holder> {
+pub fn holders(
+    soft: &Soft,
+    locs: &[Loc],
+    draining: &BTreeSet<NodeId>,
+    clock: Clock,
+) -> Vec<Holder> {
     locs.iter()
         .map(|l| {
             let s = soft.server(l.node);
@@ -105,6 +110,7 @@ pub fn holders(soft: &Soft, locs: &[Loc], clock: Clock) -> Vec<Holder> {
                 live: seen + clock.timeout_ms >= clock.now,
                 counts: seen + clock.timeout_ms + clock.grace_ms >= clock.now,
                 used_ppm,
+                draining: draining.contains(&l.node) || s.is_some_and(|s| s.draining),
             }
         })
         .collect()
@@ -172,7 +178,12 @@ async fn reclaim(node: &Node) {
     }
 }
 
-/// One re-replication pass: the clone orders to send now.
+/// Rebalancing looks at this many chunks of the fullest server per pass.
+const REBALANCE_SCAN: usize = 256;
+
+/// One pass: the clone orders to send now. Chunks short of replicas
+/// first; with clone capacity left, moves from the fullest server to the
+/// emptiest.
 fn plan(node: &Node) -> Vec<CloneOrder> {
     let clock = Clock::of(node);
     let duties = &node.duties;
@@ -181,39 +192,57 @@ fn plan(node: &Node) -> Vec<CloneOrder> {
         b.retain(|_, t| *t + BLOCKED_FOR_MS > clock.now);
         b.clone()
     };
+    let mut busy: HashMap<NodeId, usize> = HashMap::new();
+    for (s, d) in lock(&duties.in_flight).values() {
+        *busy.entry(*s).or_default() += 1;
+        *busy.entry(*d).or_default() += 1;
+    }
+    let per_server = node.cfg.clones_per_server;
     let a = node.state();
     let soft = node.soft();
+    let draining = a.state.draining();
     let mut needs = Vec::new();
     for (h, meta) in a.state.chunks() {
         let c = chunk_of(&a.state, duties, &blocked, h, meta, clock);
-        let holders = holders(&soft, soft.locations(h), clock);
+        let holders = holders(&soft, soft.locations(h), draining, clock);
         if let Some(n) = repair::need(&c, &holders) {
             needs.push(n);
         }
     }
     repair::prioritize(&mut needs);
-    let views = soft.views(clock.now, clock.timeout_ms);
-    drop(soft);
-    drop(a);
-    let mut in_flight = lock(&duties.in_flight);
-    let mut busy: HashMap<NodeId, usize> = HashMap::new();
-    for (s, d) in in_flight.values() {
-        *busy.entry(*s).or_default() += 1;
-        *busy.entry(*d).or_default() += 1;
-    }
-    let orders = repair::assign(
+    let views = soft.views(clock.now, clock.timeout_ms, draining);
+    let mut orders = repair::assign(
         &needs,
         &views,
         &mut busy,
-        node.cfg.clones_per_server,
+        per_server,
         node.cfg.min_free_bytes,
     );
+    if needs.is_empty()
+        && let Some((from, to)) = repair::rebalance_pair(&views, node.cfg.min_free_bytes)
+    {
+        let chunks: Vec<_> = soft
+            .held_batch(from, ChunkHandle(0), REBALANCE_SCAN)
+            .into_iter()
+            .filter_map(|h| {
+                let meta = a.state.chunk(h)?;
+                let c = chunk_of(&a.state, duties, &blocked, h, meta, clock);
+                Some((c, holders(&soft, soft.locations(h), draining, clock)))
+            })
+            .collect();
+        orders.extend(repair::rebalance_moves(
+            from, to, &chunks, &mut busy, per_server, per_server,
+        ));
+    }
+    drop(soft);
+    drop(a);
+    let mut in_flight = lock(&duties.in_flight);
     for o in &orders {
         in_flight.insert(o.handle, (o.source, o.dest));
     }
     let mut st = lock(&duties.stats);
     st.short = needs.len() as u64;
-    st.queued = (needs.len() - orders.len()) as u64;
+    st.queued = needs.len().saturating_sub(orders.len()) as u64;
     if !needs.is_empty() {
         tracing::info!(
             short = needs.len(),
@@ -317,6 +346,7 @@ pub fn collect_garbage(node: &Node, id: NodeId, max: usize) -> Vec<DeleteChunk> 
         .unwrap_or(ChunkHandle(0));
     let blocked = HashMap::new();
     let a = node.state();
+    let draining = a.state.draining();
     let mut soft = node.soft();
     let batch = soft.held_batch(id, after, GC_BATCH);
     let mut out = Vec::new();
@@ -331,7 +361,7 @@ pub fn collect_garbage(node: &Node, id: NodeId, max: usize) -> Vec<DeleteChunk> 
             None if a.state.allocated(h) => Known::Reclaimed,
             None => Known::Unknown,
         };
-        let holders = holders(&soft, soft.locations(h), clock);
+        let holders = holders(&soft, soft.locations(h), draining, clock);
         if let Verdict::Delete { below_version } = repair::verdict(id, known, &holders) {
             out.push(DeleteChunk {
                 handle: h.0,

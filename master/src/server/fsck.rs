@@ -91,7 +91,7 @@ pub async fn fsck(node: &Node, r: FsckRequest) -> Result<FsckReply, Status> {
             chunks: Vec::with_capacity(f.chunks.len()),
         };
         for (i, h) in f.chunks.iter().enumerate() {
-            let hs = holders(&soft, soft.locations(*h), clock);
+            let hs = holders(&soft, soft.locations(*h), a.state.draining(), clock);
             let written = (i as u64) * chunk_size < f.length;
             let mut c = chunk_health(a.state.chunk(*h), &hs, written);
             c.index = i as u64;
@@ -127,7 +127,7 @@ pub async fn fsck(node: &Node, r: FsckRequest) -> Result<FsckReply, Status> {
             used_bytes: s.used_bytes,
             capacity_bytes: s.capacity_bytes,
             chunks: soft.held_count(s.id) as u64,
-            draining: s.draining,
+            draining: s.draining || a.state.draining().contains(&s.id),
         })
         .collect();
     servers.sort_by_key(|s| s.node_id);

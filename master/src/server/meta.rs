@@ -421,7 +421,8 @@ impl MasterMeta for MetaService {
             .ok()
             .and_then(|i| f.chunks.get(i).copied());
         let replicas = if r.index == f.chunks.len() as u64 {
-            let views = node.soft().views(now, timeout);
+            let draining = node.state().state.draining().clone();
+            let views = node.soft().views(now, timeout, &draining);
             let chosen = place(&views, usize::from(f.replication), node.cfg.min_free_bytes);
             if chosen.is_empty() {
                 return Err(error(
@@ -503,12 +504,22 @@ impl MasterMeta for MetaService {
         }
         // Grant to a live, up-to-date replica; the same primary as before
         // if it is still one (the lease is then extended, not re-granted).
-        let candidates: Vec<NodeId> = node
+        let mut candidates: Vec<NodeId> = node
             .soft()
             .replicas(handle, version, now, timeout)
             .iter()
             .map(|s| s.id)
             .collect();
+        // A draining server's replica is left out of a new lease once the
+        // others are enough: it goes stale and is collected.
+        {
+            let a = node.state();
+            let draining = a.state.draining();
+            let staying = candidates.iter().filter(|n| !draining.contains(n)).count();
+            if staying >= usize::from(f.replication) {
+                candidates.retain(|n| !draining.contains(n));
+            }
+        }
         let primary = lease
             .map(|l| l.primary)
             .filter(|p| candidates.contains(p))

@@ -217,8 +217,14 @@ impl Soft {
             .collect()
     }
 
-    /// The placement view of every known server.
-    pub fn views(&self, now_ms: u64, timeout_ms: u64) -> Vec<ServerView> {
+    /// The placement view of every known server; `draining` adds the
+    /// servers being decommissioned (the replicated set).
+    pub fn views(
+        &self,
+        now_ms: u64,
+        timeout_ms: u64,
+        draining: &BTreeSet<NodeId>,
+    ) -> Vec<ServerView> {
         let mut v: Vec<ServerView> = self
             .servers
             .values()
@@ -228,7 +234,7 @@ impl Soft {
                 used_bytes: s.used_bytes,
                 capacity_bytes: s.capacity_bytes,
                 live: s.last_seen_ms + timeout_ms >= now_ms,
-                draining: s.draining,
+                draining: s.draining || draining.contains(&s.id),
             })
             .collect();
         v.sort_by_key(|s| s.id);
@@ -283,7 +289,7 @@ mod tests {
         // Silence past the timeout makes a server dead.
         assert!(ids(s.replicas(ChunkHandle(7), ChunkVersion(1), 16, 5)).is_empty());
         assert_eq!(s.live_count(16, 5), 1);
-        let v = s.views(16, 5);
+        let v = s.views(16, 5, &BTreeSet::new());
         assert_eq!((v[0].id.0, v[0].live, v[1].live), (1, true, false));
     }
 

@@ -12,7 +12,7 @@
 pub mod persist;
 pub mod table;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::ControlFlow;
 
 use gfs_proto::{ChunkHandle, ChunkVersion, GfsPath, NodeId};
@@ -159,6 +159,12 @@ pub enum Command {
     },
     /// Allocates a chunk handle for the copy of a shared chunk.
     AllocHandle,
+    /// Starts (or stops) draining a chunkserver: it gets no new replicas,
+    /// its replicas stop counting, and the leader copies them elsewhere.
+    SetDraining {
+        node: NodeId,
+        draining: bool,
+    },
     /// Chunk `index` of `path`, shared (`old`), is replaced by its copy
     /// `new` at `version` (made by each replica's chunkserver). If the
     /// file no longer holds `old` there, nothing changes and the reply
@@ -290,6 +296,8 @@ pub struct MasterState {
     deleted: BTreeMap<u64, Deleted>,
     next_deleted: u64,
     sessions: HashMap<u64, Session>,
+    /// Chunkservers being decommissioned.
+    draining: BTreeSet<NodeId>,
     /// Keys changed since the last `take_dirty`: what the storage layer must
     /// write (or delete) in the same batch as `last_applied`.
     dirty: Vec<persist::Key>,
@@ -325,6 +333,7 @@ impl MasterState {
             deleted: BTreeMap::new(),
             next_deleted: 1,
             sessions: HashMap::new(),
+            draining: BTreeSet::new(),
             dirty: vec![persist::Key::Path("/".into()), persist::Key::Counters],
         }
     }
@@ -401,6 +410,17 @@ impl MasterState {
             }
             Command::SetLength { path, length } => self.set_length(now, &path, length),
             Command::Snapshot { src, dst } => self.snapshot(now, &src, &dst),
+            Command::SetDraining { node, draining } => {
+                let changed = if draining {
+                    self.draining.insert(node)
+                } else {
+                    self.draining.remove(&node)
+                };
+                if changed {
+                    self.dirty.push(persist::Key::Draining(node));
+                }
+                Ok(Reply::Done)
+            }
             Command::AllocHandle => {
                 let handle = ChunkHandle(self.next_handle);
                 self.next_handle += 1;
@@ -509,6 +529,11 @@ impl MasterState {
             }
         }
         Ok(out)
+    }
+
+    /// Chunkservers being decommissioned.
+    pub fn draining(&self) -> &BTreeSet<NodeId> {
+        &self.draining
     }
 
     /// Every chunk in the table, in no particular order.

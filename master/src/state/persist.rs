@@ -9,12 +9,13 @@
 //! a Raft snapshot is [`MasterState::dump`], all of them.
 //!
 //! Keys: `p<path>` inode, `c<handle>` chunk, `l<handle>` lease, `d<id>`
-//! deleted tree, `s<client>` session, `n` counters; integers big-endian so
+//! deleted tree, `s<client>` session, `x<node>` draining chunkserver, `n`
+//! counters; integers big-endian so
 //! RocksDB orders them numerically.
 
 use std::collections::HashMap;
 
-use gfs_proto::ChunkHandle;
+use gfs_proto::{ChunkHandle, NodeId};
 use serde::{Deserialize, Serialize};
 
 use super::{MasterState, PathTable};
@@ -26,6 +27,7 @@ pub enum Key {
     Lease(ChunkHandle),
     Deleted(u64),
     Session(u64),
+    Draining(NodeId),
     Counters,
 }
 
@@ -67,6 +69,7 @@ impl Key {
             Key::Lease(h) => tagged(b'l', h.0),
             Key::Deleted(id) => tagged(b'd', *id),
             Key::Session(c) => tagged(b's', *c),
+            Key::Draining(n) => tagged(b'x', n.0),
             Key::Counters => b"n".to_vec(),
         }
     }
@@ -79,6 +82,7 @@ impl Key {
             b'l' => Key::Lease(ChunkHandle(be(rest)?)),
             b'd' => Key::Deleted(be(rest)?),
             b's' => Key::Session(be(rest)?),
+            b'x' => Key::Draining(NodeId(be(rest)?)),
             b'n' if rest.is_empty() => Key::Counters,
             _ => return None,
         })
@@ -106,6 +110,7 @@ impl MasterState {
             Key::Lease(h) => self.leases.get(h).map(enc),
             Key::Deleted(id) => self.deleted.get(id).map(enc),
             Key::Session(c) => self.sessions.get(c).map(enc),
+            Key::Draining(n) => self.draining.contains(n).then(|| enc(&true)),
             Key::Counters => Some(enc(&Counters {
                 chunk_size_bytes: self.chunk_size_bytes,
                 next_handle: self.next_handle,
@@ -125,6 +130,7 @@ impl MasterState {
         keys.extend(self.leases.keys().map(|h| Key::Lease(*h)));
         keys.extend(self.deleted.keys().map(|id| Key::Deleted(*id)));
         keys.extend(self.sessions.keys().map(|c| Key::Session(*c)));
+        keys.extend(self.draining.iter().map(|n| Key::Draining(*n)));
         keys.push(Key::Counters);
         keys.sort();
         keys.into_iter()
@@ -142,6 +148,7 @@ impl MasterState {
         let (mut chunks, mut leases, mut sessions) =
             (HashMap::new(), HashMap::new(), HashMap::new());
         let mut deleted = std::collections::BTreeMap::new();
+        let mut draining = std::collections::BTreeSet::new();
         let mut counters: Option<Counters> = None;
         for (k, v) in pairs {
             let key = Key::decode(&k).ok_or_else(|| LoadError::UnknownKey(k.clone()))?;
@@ -165,6 +172,12 @@ impl MasterState {
                 Key::Session(c) => {
                     sessions.insert(c, postcard::from_bytes(&v).map_err(bad)?);
                 }
+                Key::Draining(n) => {
+                    let on: bool = postcard::from_bytes(&v).map_err(bad)?;
+                    if on {
+                        draining.insert(n);
+                    }
+                }
                 Key::Counters => counters = Some(postcard::from_bytes(&v).map_err(bad)?),
             }
         }
@@ -178,6 +191,7 @@ impl MasterState {
             deleted,
             next_deleted: c.next_deleted,
             sessions,
+            draining,
             dirty: Vec::new(),
         })
     }

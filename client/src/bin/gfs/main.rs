@@ -148,6 +148,15 @@ enum Admin {
     RemoveMaster {
         id: u64,
     },
+    /// Drain chunkserver ID: it gets no new replicas and every chunk it
+    /// holds is copied elsewhere, then deleted from it; `admin status`
+    /// shows when it is safe to remove.
+    Decommission {
+        id: u64,
+        /// Stop draining it.
+        #[arg(long)]
+        cancel: bool,
+    },
     /// Health of every chunk under PATH (under-replicated, missing) and
     /// the cluster's repair work; exits non-zero when data is at risk.
     Fsck {
@@ -677,6 +686,19 @@ async fn admin(c: &MasterClient, masters: &[String], cmd: Admin) -> anyhow::Resu
                 Err(e) => println!("{addr}: {e}"),
             }
         }
+        let leader = leader_index(c, masters).await?;
+        for d in c.status_of(leader).await?.draining {
+            println!(
+                "chunkserver {} draining: {} replicas left{}",
+                d.node_id,
+                d.chunks_left,
+                if d.safe_to_remove {
+                    ", safe to remove"
+                } else {
+                    ""
+                }
+            );
+        }
         return Ok(());
     }
     let leader = leader_index(c, masters).await?;
@@ -691,6 +713,7 @@ async fn admin(c: &MasterClient, masters: &[String], cmd: Admin) -> anyhow::Resu
         Admin::RemoveMaster { id } => {
             admin.remove_master(RemoveMasterRequest { id }).await?;
         }
+        Admin::Decommission { id, cancel } => c.decommission(id, cancel).await?,
         Admin::Status | Admin::Fsck { .. } => unreachable!("handled above"),
     }
     println!("done");
