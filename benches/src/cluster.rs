@@ -127,7 +127,9 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
             took
         };
         each.push(mb_s(args.size, took));
-        client.delete(&path, false).await?;
+        // Purged, not kept for the retention period: the next run needs
+        // the space.
+        client.master().delete_with(&path, false, true).await?;
     }
     let (device_write_mb_s, device_read_mb_s) = (median(dev_w), median(dev_r));
     let limit = if read {

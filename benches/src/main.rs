@@ -7,6 +7,7 @@ mod failover;
 mod meta;
 mod meta_memory;
 mod raw;
+mod repair;
 
 #[global_allocator]
 static ALLOC: meta_memory::Counting = meta_memory::Counting;
@@ -40,6 +41,11 @@ enum Command {
     Meta(meta::MetaArgs),
     /// kill -9 the leader K times under a create load: time to the next mutation.
     Failover(failover::FailoverArgs),
+    /// Kill a chunkserver of a filled local cluster for good: time and
+    /// bandwidth of re-replication, against device write bandwidth.
+    Repair(repair::RepairArgs),
+    /// Time of a copy-on-write snapshot of a tree (10 GiB by default).
+    Snapshot(repair::SnapshotArgs),
     /// Bytes of master memory per file and per chunk for N files in a realistic tree.
     MetaMemory(meta_memory::MetaMemoryArgs),
     /// Raw device only, with and without io_uring registered buffers, with
@@ -120,6 +126,20 @@ fn main() -> Result<()> {
         Command::ClusterRead(args) => {
             let report = rt.block_on(cluster::run(&args, true))?;
             cluster::print_table(&report);
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+        }
+        Command::Repair(args) => {
+            let report = rt.block_on(repair::run(&args))?;
+            repair::print_repair(&report);
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+        }
+        Command::Snapshot(args) => {
+            let report = rt.block_on(repair::snapshot(&args))?;
+            repair::print_snapshot(&report);
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             }

@@ -14,11 +14,14 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::chunk::{CloneRequest, CopyLocalRequest, ReadRequest};
 use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES, error};
 use gfs_proto::{ChunkHandle, ChunkVersion};
 use gfs_storage_engine::StoreError;
 use tonic::Status;
+use tonic::transport::Channel;
 
 use crate::service::{Shared, store_status};
 
@@ -133,6 +136,53 @@ async fn copy_into(
     }
 }
 
+/// One piece of the source at `offset`, and the source chunk's length.
+async fn read_piece(
+    sh: &Shared,
+    from: &Source<'_>,
+    peer: Option<&mut ChunkserverClient<Channel>>,
+    (to, version): (ChunkHandle, u64),
+    offset: u64,
+) -> Result<(Bytes, u64), Status> {
+    let piece = MAX_FRAME_BYTES as u64;
+    match (from, peer) {
+        (Source::Local(h), _) => {
+            let info = sh.store.info(*h).await.map_err(store_status)?;
+            if info.version.0 != version {
+                return Err(error(
+                    ErrorKind::StaleVersion,
+                    format!(
+                        "chunk {h} is at version {} here, not {version}",
+                        info.version.0
+                    ),
+                ));
+            }
+            let len = piece.min(info.length.saturating_sub(offset));
+            let data = if len == 0 {
+                Bytes::new()
+            } else {
+                sh.store.read(*h, offset, len).await.map_err(store_status)?
+            };
+            Ok((data, info.length))
+        }
+        (Source::Peer(_), Some(c)) => {
+            let req = ReadRequest {
+                handle: to.0,
+                version,
+                offset,
+                length: piece,
+            };
+            let r = tokio::time::timeout(READ_TIMEOUT, c.read(req))
+                .await
+                .map_err(|_| error(ErrorKind::Unavailable, "the clone source timed out"))??
+                .into_inner();
+            Ok((r.data, r.chunk_length))
+        }
+        (Source::Peer(_), None) => Err(error(ErrorKind::Internal, "no client for the peer")),
+    }
+}
+
+/// Copies piece by piece, reading the next piece while writing this one.
 async fn copy(
     sh: &Shared,
     to: ChunkHandle,
@@ -146,52 +196,30 @@ async fn copy(
     };
     let (start, mut offset) = (Instant::now(), 0u64);
     let piece = MAX_FRAME_BYTES as u64;
+    let mut pending = read_piece(sh, from, peer.as_mut(), (to, version), 0).await?;
     loop {
-        let (data, chunk_length) = match (from, peer.as_mut()) {
-            (Source::Local(h), _) => {
-                let info = sh.store.info(*h).await.map_err(store_status)?;
-                if info.version.0 != version {
-                    return Err(error(
-                        ErrorKind::StaleVersion,
-                        format!(
-                            "chunk {h} is at version {} here, not {version}",
-                            info.version.0
-                        ),
-                    ));
-                }
-                let len = piece.min(info.length.saturating_sub(offset));
-                let data = if len == 0 {
-                    bytes::Bytes::new()
-                } else {
-                    sh.store.read(*h, offset, len).await.map_err(store_status)?
-                };
-                (data, info.length)
-            }
-            (Source::Peer(_), Some(c)) => {
-                let req = ReadRequest {
-                    handle: to.0,
-                    version,
-                    offset,
-                    length: piece,
-                };
-                let r = tokio::time::timeout(READ_TIMEOUT, c.read(req))
+        let (data, chunk_length) = pending;
+        let end = offset + data.len() as u64;
+        let write = async {
+            if data.is_empty() {
+                Ok(0)
+            } else {
+                sh.store
+                    .write_at(to, offset, &data)
                     .await
-                    .map_err(|_| error(ErrorKind::Unavailable, "the clone source timed out"))??
-                    .into_inner();
-                (r.data, r.chunk_length)
+                    .map_err(store_status)
             }
-            (Source::Peer(_), None) => unreachable!("a peer source has a client"),
         };
-        if !data.is_empty() {
-            sh.store
-                .write_at(to, offset, &data)
-                .await
-                .map_err(store_status)?;
-            offset += data.len() as u64;
-        }
-        if offset >= chunk_length || (data.len() as u64) < piece {
+        if end >= chunk_length || (data.len() as u64) < piece {
+            write.await?;
+            offset = end;
             break;
         }
+        let read = read_piece(sh, from, peer.as_mut(), (to, version), end);
+        let (written, next) = tokio::join!(write, read);
+        written?;
+        pending = next?;
+        offset = end;
         pace(start, offset, rate).await;
     }
     sh.store.sync(to).await.map_err(store_status)?;

@@ -12,8 +12,10 @@ use tonic::transport::Endpoint;
 
 use crate::service::{Shared, now_ms};
 
-/// A primary asks to extend a lease while it saw a mutation this recently.
-const EXTEND_IF_MUTATED_WITHIN_MS: u64 = 30_000;
+/// A primary asks to extend a lease while it saw a mutation this recently
+/// (a writer streams mutations milliseconds apart). Once a chunk is idle
+/// its lease runs out, so the leader may move or copy the chunk.
+pub const EXTEND_IF_MUTATED_WITHIN_MS: u64 = 5_000;
 
 /// Runs one heartbeat loop per master until the task is dropped.
 pub fn spawn(shared: Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
