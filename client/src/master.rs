@@ -16,7 +16,8 @@ use gfs_proto::wire::master::{
     ChunkInfo, CreateRequest, DecommissionRequest, DeleteReply, DeleteRequest, Empty, FileInfo,
     FsckReply, FsckRequest, ListDeletedReply, ListDeletedRequest, ListReply, ListRequest,
     LocateReply, LocateRequest, MkdirRequest, RenameRequest, ReportLengthRequest, Session,
-    SnapshotReply, SnapshotRequest, StatRequest, StatusReply, UndeleteRequest, WriteChunkRequest,
+    SetPolicyRequest, SnapshotReply, SnapshotRequest, StatRequest, StatusReply, UndeleteRequest,
+    WriteChunkRequest,
 };
 use gfs_proto::wire::{ErrorKind, MAX_MESSAGE_BYTES, detail_of};
 use tokio::sync::Semaphore;
@@ -318,6 +319,29 @@ impl MasterClient {
             async move { c.snapshot(SnapshotRequest { session, src, dst }).await }
         })
         .await
+    }
+
+    /// A directory's policy; 0 leaves a value to the directories above.
+    pub async fn set_policy(
+        &self,
+        path: &str,
+        replication: u32,
+        retention_ms: u64,
+    ) -> Result<(), MasterError> {
+        self.mutate(|mut c, session| {
+            let path = path.to_string();
+            async move {
+                c.set_policy(SetPolicyRequest {
+                    session,
+                    path,
+                    replication,
+                    retention_ms,
+                })
+                .await
+            }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// One page of deleted entries awaiting reclaim, after id `after`.

@@ -449,3 +449,43 @@ async fn an_empty_chunkserver_receives_replicas_from_fuller_ones() {
     assert_eq!(r.under_replicated, 0);
     assert_reads(&c, "/fill", &data).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_directory_policy_sets_replication_and_a_short_retention() {
+    let cluster = Cluster::start(Spec::default()).await.expect("cluster");
+    let c = cluster.client();
+    let m = c.master();
+    m.mkdir("/tmp/jobs", true).await.expect("mkdir");
+    m.set_policy("/tmp", 2, 1_000).await.expect("policy");
+    let data = write_file(&c, "/tmp/jobs/part", 2 * MIB, 12).await;
+    assert_eq!(
+        m.stat("/tmp/jobs/part", false)
+            .await
+            .expect("stat")
+            .replication,
+        2
+    );
+    for (h, r) in replicas(&c, "/tmp/jobs/part").await {
+        assert_eq!(r.len(), 2, "chunk {h:x}");
+    }
+    let dir = m.stat("/tmp", false).await.expect("stat dir");
+    assert_eq!((dir.replication, dir.retention_ms), (2, 1_000));
+    let files = |cluster: &Cluster| {
+        (0..cluster.servers.len())
+            .map(|i| cluster.chunk_files(i))
+            .sum::<usize>()
+    };
+    assert_eq!(files(&cluster), 4);
+    assert_reads(&c, "/tmp/jobs/part", &data).await;
+    // Deleted below /tmp: gone after one second, not the default day.
+    m.delete("/tmp/jobs/part", false).await.expect("delete");
+    let start = Instant::now();
+    while files(&cluster) > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{} chunk files left",
+            files(&cluster)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -9,8 +9,8 @@ use gfs_proto::wire::master::master_meta_server::MasterMeta;
 use gfs_proto::wire::master::{
     ChunkInfo, CreateRequest, DeleteReply, DeleteRequest, DeletedEntry, Empty, FileInfo,
     ListDeletedReply, ListDeletedRequest, ListReply, ListRequest, LocateReply, LocateRequest,
-    MkdirRequest, RenameRequest, ReportLengthRequest, Session, SnapshotReply, SnapshotRequest,
-    StatRequest, UndeleteReply, UndeleteRequest, WriteChunkRequest,
+    MkdirRequest, RenameRequest, ReportLengthRequest, Session, SetPolicyRequest, SnapshotReply,
+    SnapshotRequest, StatRequest, UndeleteReply, UndeleteRequest, WriteChunkRequest,
 };
 use gfs_proto::wire::{ErrorKind, error};
 use gfs_proto::{ChunkHandle, ChunkVersion, GfsPath, NodeId};
@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use super::node::{Node, meta_status, now_ms};
 use crate::placement::place;
-use crate::state::{Command, FileMeta, Inode, MAX_LIST_PAGE, MAX_REPLICATION, Reply};
+use crate::state::{Command, DirPolicy, FileMeta, Inode, MAX_LIST_PAGE, MAX_REPLICATION, Reply};
 
 #[derive(Debug, Clone)]
 pub struct MetaService {
@@ -35,13 +35,17 @@ fn session(s: Option<Session>) -> (u64, u64) {
 
 fn info(name: String, inode: &Inode) -> FileInfo {
     match inode {
-        Inode::Dir { mtime_ms } => FileInfo {
+        Inode::Dir { mtime_ms, policy } => FileInfo {
             name,
             is_dir: true,
             length: 0,
             mtime_ms: *mtime_ms,
-            replication: 0,
+            replication: policy
+                .as_ref()
+                .and_then(|p| p.replication)
+                .map_or(0, u32::from),
             chunks: 0,
+            retention_ms: policy.as_ref().and_then(|p| p.retention_ms).unwrap_or(0),
         },
         Inode::File(f) => FileInfo {
             name,
@@ -50,6 +54,7 @@ fn info(name: String, inode: &Inode) -> FileInfo {
             mtime_ms: f.mtime_ms,
             replication: u32::from(f.replication),
             chunks: f.chunks.len() as u64,
+            retention_ms: 0,
         },
     }
 }
@@ -187,7 +192,14 @@ impl MasterMeta for MetaService {
         let r = req.into_inner();
         let p = path(&r.path)?;
         let replication = match r.replication {
-            0 => self.node.cfg.default_replication,
+            // Inherited from the directories above, else the default.
+            0 => {
+                let a = self.node.state();
+                a.state
+                    .policy_at(&p)
+                    .replication
+                    .unwrap_or(self.node.cfg.default_replication)
+            }
             n if n <= u32::from(MAX_REPLICATION) => n as u8,
             n => {
                 return Err(error(
@@ -289,6 +301,29 @@ impl MasterMeta for MetaService {
         }
     }
 
+    async fn set_policy(&self, req: Request<SetPolicyRequest>) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        let p = path(&r.path)?;
+        let replication = match r.replication {
+            0 => None,
+            n => Some(u8::try_from(n).map_err(|_| {
+                error(
+                    ErrorKind::InvalidArgument,
+                    format!("replication {n} is too large"),
+                )
+            })?),
+        };
+        let policy = DirPolicy {
+            replication,
+            retention_ms: (r.retention_ms != 0).then_some(r.retention_ms),
+        };
+        let (c, s) = session(r.session);
+        self.node
+            .propose(c, s, Command::SetPolicy { path: p, policy })
+            .await?;
+        Ok(Response::new(Empty {}))
+    }
+
     async fn list_deleted(
         &self,
         req: Request<ListDeletedRequest>,
@@ -316,7 +351,9 @@ impl MasterMeta for MetaService {
                     id,
                     path: d.path.as_str().to_string(),
                     deleted_at_ms: d.deleted_at_ms,
-                    reclaim_at_ms: d.deleted_at_ms.saturating_add(retention),
+                    reclaim_at_ms: d
+                        .deleted_at_ms
+                        .saturating_add(d.retention_ms.unwrap_or(retention)),
                     files,
                     bytes,
                 }

@@ -36,9 +36,38 @@ pub struct FileMeta {
     pub chunks: Vec<ChunkHandle>,
 }
 
+/// A directory's policy for what is created or deleted below it; unset
+/// fields inherit from the nearest ancestor that sets them (then the
+/// master's defaults).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirPolicy {
+    /// Replication of new files.
+    pub replication: Option<u8>,
+    /// How long deleted files stay recoverable.
+    pub retention_ms: Option<u64>,
+}
+
+impl DirPolicy {
+    fn is_empty(&self) -> bool {
+        self.replication.is_none() && self.retention_ms.is_none()
+    }
+
+    /// `self`, with unset fields taken from `outer`.
+    fn or(self, outer: DirPolicy) -> DirPolicy {
+        DirPolicy {
+            replication: self.replication.or(outer.replication),
+            retention_ms: self.retention_ms.or(outer.retention_ms),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Inode {
-    Dir { mtime_ms: u64 },
+    /// A directory; most have no policy (the box keeps them small).
+    Dir {
+        mtime_ms: u64,
+        policy: Option<Box<DirPolicy>>,
+    },
     File(FileMeta),
 }
 
@@ -67,6 +96,8 @@ pub struct Deleted {
     pub deleted_at_ms: u64,
     /// Entries relative to `path` ("" is `path` itself), in path order.
     pub entries: Vec<(String, Inode)>,
+    /// Retention that applied where it was deleted (`None`: the master's).
+    pub retention_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +190,11 @@ pub enum Command {
     },
     /// Allocates a chunk handle for the copy of a shared chunk.
     AllocHandle,
+    /// Sets a directory's policy (unset fields inherit).
+    SetPolicy {
+        path: GfsPath,
+        policy: DirPolicy,
+    },
     /// Starts (or stops) draining a chunkserver: it gets no new replicas,
     /// its replicas stop counting, and the leader copies them elsewhere.
     SetDraining {
@@ -323,7 +359,13 @@ fn file_mut<'a>(
 impl MasterState {
     pub fn new(chunk_size_bytes: u64) -> Self {
         let mut ns = PathTable::default();
-        ns.insert(b"/", Inode::Dir { mtime_ms: 0 });
+        ns.insert(
+            b"/",
+            Inode::Dir {
+                mtime_ms: 0,
+                policy: None,
+            },
+        );
         Self {
             chunk_size_bytes,
             ns,
@@ -410,6 +452,7 @@ impl MasterState {
             }
             Command::SetLength { path, length } => self.set_length(now, &path, length),
             Command::Snapshot { src, dst } => self.snapshot(now, &src, &dst),
+            Command::SetPolicy { path, policy } => self.set_policy(now, &path, policy),
             Command::SetDraining { node, draining } => {
                 let changed = if draining {
                     self.draining.insert(node)
@@ -547,11 +590,31 @@ impl MasterState {
         handle.0 < self.next_handle
     }
 
-    /// Deleted entries whose retention ran out at `now_ms`, oldest first.
-    pub fn expired_deleted(&self, now_ms: u64, retention_ms: u64, max: usize) -> Vec<u64> {
+    /// The policy in force at `path`: its own (a directory's) over its
+    /// ancestors', nearest first.
+    pub fn policy_at(&self, path: &GfsPath) -> DirPolicy {
+        let mut p = DirPolicy::default();
+        let own = std::iter::once(path.clone());
+        for a in own.chain(path.ancestors().into_iter().rev()) {
+            if let Some(Inode::Dir {
+                policy: Some(d), ..
+            }) = self.ns.get(key(&a))
+            {
+                p = p.or(**d);
+            }
+        }
+        p
+    }
+
+    /// Deleted entries whose retention ran out at `now_ms` (their own, or
+    /// `default_ms`), oldest first.
+    pub fn expired_deleted(&self, now_ms: u64, default_ms: u64, max: usize) -> Vec<u64> {
         self.deleted
             .iter()
-            .filter(|(_, d)| d.deleted_at_ms.saturating_add(retention_ms) <= now_ms)
+            .filter(|(_, d)| {
+                let keep = d.retention_ms.unwrap_or(default_ms);
+                d.deleted_at_ms.saturating_add(keep) <= now_ms
+            })
             .map(|(id, _)| *id)
             .take(max)
             .collect()
@@ -569,7 +632,7 @@ impl MasterState {
 
     fn touch(&mut self, dir: Option<GfsPath>, now: u64) {
         if let Some(d) = dir
-            && let Some(Inode::Dir { mtime_ms }) = self.ns.get_mut(key(&d))
+            && let Some(Inode::Dir { mtime_ms, .. }) = self.ns.get_mut(key(&d))
         {
             *mtime_ms = (*mtime_ms).max(now);
             self.dirty.push(persist::Key::Path(d.as_str().into()));
@@ -592,7 +655,13 @@ impl MasterState {
             }
         }
         for d in missing.iter().chain(std::iter::once(path)) {
-            self.ns_put(d.as_str(), Inode::Dir { mtime_ms: now });
+            self.ns_put(
+                d.as_str(),
+                Inode::Dir {
+                    mtime_ms: now,
+                    policy: None,
+                },
+            );
         }
         self.touch(missing.first().unwrap_or(path).parent(), now);
         Ok(Reply::Done)
@@ -709,6 +778,7 @@ impl MasterState {
                 return Err(MetaError::DirectoryNotEmpty(path.clone()));
             }
         }
+        let retention_ms = self.policy_at(path).retention_ms;
         let entries = self.take_tree(path);
         for (_, inode) in &entries {
             if let Inode::File(f) = inode {
@@ -728,6 +798,7 @@ impl MasterState {
                 path: path.clone(),
                 deleted_at_ms: now,
                 entries,
+                retention_ms,
             },
         );
         self.dirty
@@ -862,6 +933,30 @@ impl MasterState {
         Ok(Reply::Done)
     }
 
+    fn set_policy(&mut self, now: u64, path: &GfsPath, policy: DirPolicy) -> Outcome {
+        if policy
+            .replication
+            .is_some_and(|r| !(1..=MAX_REPLICATION).contains(&r))
+        {
+            return Err(MetaError::InvalidArgument(format!(
+                "replication must be 1..={MAX_REPLICATION}"
+            )));
+        }
+        match self.ns.get_mut(key(path)) {
+            Some(Inode::Dir {
+                mtime_ms,
+                policy: p,
+            }) => {
+                *p = (!policy.is_empty()).then(|| Box::new(policy));
+                *mtime_ms = (*mtime_ms).max(now);
+            }
+            Some(Inode::File(_)) => return Err(MetaError::NotADirectory(path.clone())),
+            None => return Err(MetaError::NotFound(path.clone())),
+        }
+        self.dirty.push(persist::Key::Path(path.as_str().into()));
+        Ok(Reply::Done)
+    }
+
     // ---- snapshots ------------------------------------------------------
 
     fn snapshot(&mut self, now: u64, src: &GfsPath, dst: &GfsPath) -> Outcome {
@@ -911,7 +1006,7 @@ impl MasterState {
         for (_, inode) in &mut entries {
             match inode {
                 Inode::File(f) => f.mtime_ms = f.mtime_ms.max(now),
-                Inode::Dir { mtime_ms } => *mtime_ms = (*mtime_ms).max(now),
+                Inode::Dir { mtime_ms, .. } => *mtime_ms = (*mtime_ms).max(now),
             }
         }
         self.put_tree(dst, entries);

@@ -473,6 +473,54 @@ fn snapshot_shares_chunks_ends_leases_and_split_copies_on_write() {
 }
 
 #[test]
+fn directory_policies_are_inherited_and_deletes_keep_their_retention() {
+    let mut s = Sim::new();
+    s.run(mkdir("/tmp/a/b", true)).expect("mkdir");
+    let set = |path: &str, replication, retention_ms| Command::SetPolicy {
+        path: p(path),
+        policy: DirPolicy {
+            replication,
+            retention_ms,
+        },
+    };
+    s.run(set("/tmp", Some(2), Some(1_000))).expect("policy");
+    s.run(set("/tmp/a", None, Some(50))).expect("policy");
+    assert_eq!(
+        s.st.policy_at(&p("/tmp/a/b/f")),
+        DirPolicy {
+            replication: Some(2),
+            retention_ms: Some(50)
+        }
+    );
+    assert_eq!(s.st.policy_at(&p("/x")), DirPolicy::default());
+    assert_eq!(
+        s.run(set("/tmp", Some(0), None)),
+        Err(MetaError::InvalidArgument(
+            "replication must be 1..=16".into()
+        ))
+    );
+    file_with_chunks(&mut s, "/tmp/a/f", 1);
+    file_with_chunks(&mut s, "/g", 1);
+    let del = |path: &str| Command::Delete {
+        path: p(path),
+        recursive: false,
+        purge: false,
+    };
+    s.run(del("/tmp/a/f")).expect("delete");
+    s.run(del("/g")).expect("delete");
+    // /tmp/a keeps deleted files 50 ms, the rest the default (1 s here).
+    assert_eq!(s.st.expired_deleted(s.now + 60, 1_000, 10), [1]);
+    assert_eq!(s.st.expired_deleted(s.now + 1_000, 1_000, 10), [1, 2]);
+    // Clearing a policy: inherited again.
+    s.run(set("/tmp/a", None, None)).expect("clear");
+    assert_eq!(s.st.policy_at(&p("/tmp/a/f")).retention_ms, Some(1_000));
+    assert_eq!(
+        s.run(set("/g2", Some(1), None)),
+        Err(MetaError::NotFound(p("/g2")))
+    );
+}
+
+#[test]
 fn files_under_walks_a_tree_or_names_one_file() {
     let mut s = Sim::new();
     s.run(mkdir("/d/e", true)).expect("mkdir");

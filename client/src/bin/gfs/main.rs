@@ -82,6 +82,19 @@ enum Cmd {
         #[arg(long)]
         purge: bool,
     },
+    /// Set a directory's policy for what is created or deleted below it
+    /// (unset values are inherited from the directories above, then the
+    /// masters' defaults). `gfs stat DIR` shows it.
+    Policy {
+        dir: String,
+        /// Replication of new files below DIR.
+        #[arg(long)]
+        replication: Option<u32>,
+        /// How long files deleted below DIR stay recoverable, in seconds
+        /// (a temp directory might use 1).
+        #[arg(long)]
+        retention_secs: Option<f64>,
+    },
     /// Copy-on-write snapshot of a file or directory tree (metadata only;
     /// chunks are copied on their first write).
     Snapshot {
@@ -190,6 +203,7 @@ fn file_json(f: &FileInfo) -> serde_json::Value {
         "length": f.length,
         "chunks": f.chunks,
         "replication": f.replication,
+        "retention_ms": f.retention_ms,
         "mtime_ms": f.mtime_ms,
     })
 }
@@ -300,6 +314,15 @@ async fn run(a: Args) -> anyhow::Result<()> {
             } else {
                 println!("deleted, undelete id {}", d.deleted_id);
             }
+        }
+        Cmd::Policy {
+            dir,
+            replication,
+            retention_secs,
+        } => {
+            let retention_ms = retention_secs.map_or(0, |s| ((s * 1000.0) as u64).max(1));
+            c.set_policy(&dir, replication.unwrap_or(0), retention_ms)
+                .await?;
         }
         Cmd::Snapshot { src, dst } => {
             let start = Instant::now();
@@ -424,7 +447,21 @@ async fn stat(client: &Client, path: &str, stale: bool, json: bool) -> anyhow::R
         return Ok(());
     }
     if f.is_dir {
-        println!("{path}: directory");
+        let or_inherited = |v: u64, show: String| {
+            if v == 0 {
+                "inherited".to_string()
+            } else {
+                show
+            }
+        };
+        println!(
+            "{path}: directory; new files' replication {}, deleted files kept {}",
+            or_inherited(u64::from(f.replication), f.replication.to_string()),
+            or_inherited(
+                f.retention_ms,
+                format!("{} s", f.retention_ms as f64 / 1000.0)
+            )
+        );
         return Ok(());
     }
     println!(
