@@ -100,9 +100,17 @@ impl Cluster {
         .iter()
         .flat_map(|(f, v)| [f.to_string(), v.to_string()])
         .collect();
+        // Raft timings with more slack than the binary's: openraft 0.9 cuts
+        // every AppendEntries at the heartbeat interval, and with several
+        // clusters plus chunk copies on one disk a follower's fsync can
+        // exceed the default 50 ms for long enough to stall commits (see
+        // the master issue's note). The failover suites keep the defaults.
         let masters = MasterCluster::start(
             spec.masters,
             Timings {
+                heartbeat_ms: Some(150),
+                election_min_ms: Some(600),
+                election_max_ms: Some(1200),
                 extra_args,
                 ..Timings::default()
             },
