@@ -4,10 +4,13 @@
 mod cluster;
 mod engine;
 mod failover;
+mod figure3;
 mod meta;
 mod meta_memory;
+mod plot;
 mod raw;
 mod repair;
+mod smoke;
 
 #[global_allocator]
 static ALLOC: meta_memory::Counting = meta_memory::Counting;
@@ -41,6 +44,24 @@ enum Command {
     Meta(meta::MetaArgs),
     /// kill -9 the leader K times under a create load: time to the next mutation.
     Failover(failover::FailoverArgs),
+    /// This machine's ceilings: O_DIRECT bandwidth of each data directory,
+    /// loopback TCP between two processes, CRC32C of one core.
+    Limits(figure3::LimitsArgs),
+    /// The GFS paper's Figure 3: N clients reading, writing, appending,
+    /// against the limit from the ceilings measured in the same run.
+    Figure3(figure3::Figure3Args),
+    /// Every benchmark at tiny sizes, checked for sane JSON (CI).
+    Smoke {
+        /// Scratch directory.
+        #[arg(long, default_value = "gfs-data/smoke")]
+        dir: std::path::PathBuf,
+        /// Only these benchmarks.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
+    /// Internal: the receiving process of the TCP ceiling.
+    #[command(hide = true)]
+    TcpSink,
     /// Kill a chunkserver of a filled local cluster for good: time and
     /// bandwidth of re-replication, against device write bandwidth.
     Repair(repair::RepairArgs),
@@ -130,6 +151,22 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             }
         }
+        Command::Limits(args) => {
+            let report = figure3::limits(&args)?;
+            figure3::print_limits(&report);
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+        }
+        Command::Figure3(args) => {
+            let report = rt.block_on(figure3::figure3(&args))?;
+            figure3::print_figure3(&report);
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+        }
+        Command::Smoke { dir, only } => smoke::run(&dir, &only)?,
+        Command::TcpSink => figure3::tcp_sink()?,
         Command::Repair(args) => {
             let report = rt.block_on(repair::run(&args))?;
             repair::print_repair(&report);

@@ -1,0 +1,452 @@
+//! `gfs-bench limits` and `gfs-bench figure3`: the GFS paper's Figure 3
+//! micro-benchmarks (N clients reading, writing, appending) against a
+//! limit computed from this machine's ceilings, measured in the same run.
+//!
+//! Ceilings (`limits`): O_DIRECT sequential write and read bandwidth of
+//! each data directory, loopback TCP bandwidth between two processes, and
+//! the CRC32C throughput of one core.
+//!
+//! Limits (how each is computed, with R the replication factor, 3):
+//! - read: min(device read, TCP): every byte is read from a disk once and
+//!   crosses loopback once;
+//! - write and append: min(device write, TCP) / R: every byte lands on a
+//!   disk R times and crosses loopback R times (client to the first replica,
+//!   then along the chain). On one host all replicas share the disk.
+//!
+//! The paper reports efficiency against its network limits: 75 % read,
+//! 52 % write, 38 % append at N = 16.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use gfs_client::{Client, Writer};
+use gfs_tests::cluster::{Cluster, Spec};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use crate::{fill_random, mb_s, progress, raw};
+
+const MIB: u64 = 1 << 20;
+const REPLICATION: f64 = 3.0;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LimitsArgs {
+    /// Data directories to measure (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "gfs-data")]
+    pub dirs: Vec<PathBuf>,
+    /// Bytes per disk and TCP measurement.
+    #[arg(long, default_value_t = 512 << 20)]
+    pub size: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskLimit {
+    pub dir: String,
+    pub write_mb_s: f64,
+    pub read_mb_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Limits {
+    pub bench: &'static str,
+    pub disks: Vec<DiskLimit>,
+    pub tcp_mb_s: f64,
+    pub crc32c_mb_s: f64,
+}
+
+impl Limits {
+    fn disk_write(&self) -> f64 {
+        self.disks
+            .iter()
+            .map(|d| d.write_mb_s)
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    fn disk_read(&self) -> f64 {
+        self.disks
+            .iter()
+            .map(|d| d.read_mb_s)
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    /// The limit for `bench`, from the ceilings (see the module comment).
+    pub fn limit(&self, bench: &str) -> f64 {
+        match bench {
+            "read" => self.disk_read().min(self.tcp_mb_s),
+            _ => self.disk_write().min(self.tcp_mb_s) / REPLICATION,
+        }
+    }
+}
+
+/// Loopback TCP bandwidth: this process sends `size` bytes to a child
+/// process (`gfs-bench tcp-sink`) that discards them.
+fn tcp_bandwidth(size: u64) -> Result<f64> {
+    let exe = std::env::current_exe()?;
+    let mut child = std::process::Command::new(exe)
+        .arg("tcp-sink")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the TCP sink")?;
+    let result = (|| -> Result<f64> {
+        let mut line = String::new();
+        let out = child.stdout.as_mut().context("sink stdout")?;
+        let mut byte = [0u8; 1];
+        while out.read(&mut byte)? == 1 && byte[0] != b'\n' {
+            line.push(byte[0] as char);
+        }
+        let mut s = std::net::TcpStream::connect(line.trim())?;
+        s.set_nodelay(true)?;
+        let mut buf = vec![0u8; MIB as usize];
+        fill_random(&mut buf, 3);
+        let start = Instant::now();
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            s.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        // The sink answers once it has read everything.
+        s.read_exact(&mut byte)?;
+        Ok(mb_s(size, start.elapsed()))
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// The child side of [`tcp_bandwidth`]: prints its address, reads until
+/// EOF, answers one byte.
+pub fn tcp_sink() -> Result<()> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    println!("{}", l.local_addr()?);
+    std::io::stdout().flush()?;
+    let (mut s, _) = l.accept()?;
+    let mut buf = vec![0u8; MIB as usize];
+    while s.read(&mut buf)? > 0 {}
+    s.write_all(b"k")?;
+    Ok(())
+}
+
+fn crc_bandwidth() -> f64 {
+    let mut buf = vec![0u8; 64 * MIB as usize];
+    fill_random(&mut buf, 5);
+    let start = Instant::now();
+    let mut x = 0u32;
+    for _ in 0..8 {
+        x ^= crc32c::crc32c(&buf);
+    }
+    std::hint::black_box(x);
+    mb_s(8 * 64 * MIB, start.elapsed())
+}
+
+pub fn limits(args: &LimitsArgs) -> Result<Limits> {
+    let mut disks = Vec::new();
+    for dir in &args.dirs {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let (w, r) = raw::measure(dir, args.size, MIB as usize, 8, false)?;
+        disks.push(DiskLimit {
+            dir: dir.display().to_string(),
+            write_mb_s: mb_s(args.size, w),
+            read_mb_s: mb_s(args.size, r),
+        });
+    }
+    Ok(Limits {
+        bench: "limits",
+        disks,
+        tcp_mb_s: tcp_bandwidth(args.size)?,
+        crc32c_mb_s: crc_bandwidth(),
+    })
+}
+
+pub fn print_limits(l: &Limits) {
+    for d in &l.disks {
+        println!(
+            "disk {}: O_DIRECT write {:.0} MB/s, read {:.0} MB/s",
+            d.dir, d.write_mb_s, d.read_mb_s
+        );
+    }
+    println!(
+        "loopback TCP {:.0} MB/s, CRC32C one core {:.0} MB/s",
+        l.tcp_mb_s, l.crc32c_mb_s
+    );
+    println!(
+        "limits: read {:.0} MB/s, write and append {:.0} MB/s (replication 3)",
+        l.limit("read"),
+        l.limit("write")
+    );
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Figure3Args {
+    /// Client counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    pub clients: Vec<usize>,
+    /// Benchmarks to run.
+    #[arg(long, value_delimiter = ',', default_value = "read,write,append")]
+    pub benches: Vec<String>,
+    /// Data directory of the local cluster and of the disk measurement.
+    #[arg(long, default_value = "gfs-data")]
+    pub dir: PathBuf,
+    /// An existing cluster instead of a local one (the ceilings are still
+    /// measured on --dir of this host).
+    #[arg(long, value_delimiter = ',')]
+    pub masters: Vec<String>,
+    /// write: bytes each client writes to its own file.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub write_bytes: u64,
+    /// read: bytes of the file set the clients read from.
+    #[arg(long, default_value_t = 512 << 20)]
+    pub read_set_bytes: u64,
+    /// read: random 4 MiB regions each client reads.
+    #[arg(long, default_value_t = 16)]
+    pub reads: u64,
+    /// append: 1 MiB records each client appends to the shared file.
+    #[arg(long, default_value_t = 16)]
+    pub records: u64,
+    /// Bytes per ceiling measurement.
+    #[arg(long, default_value_t = 512 << 20)]
+    pub limit_bytes: u64,
+    /// Draw the figure (aggregate MB/s against N with the limit line, one
+    /// panel per benchmark) to this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    pub bench: String,
+    pub clients: usize,
+    pub mb_s: f64,
+    pub limit_mb_s: f64,
+    pub efficiency: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure3 {
+    pub bench: &'static str,
+    pub limits: Limits,
+    pub results: Vec<Point>,
+}
+
+/// `n` clients each running `job(client, i)`; the aggregate rate.
+async fn clients<F, Fut>(masters: &[String], n: usize, bytes_each: u64, job: F) -> Result<f64>
+where
+    F: Fn(Client, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let cs: Vec<Client> = (0..n)
+        .map(|_| Client::connect(masters))
+        .collect::<Result<_, _>>()?;
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, c) in cs.into_iter().enumerate() {
+        tasks.spawn(job(c, i));
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(mb_s(bytes_each * n as u64, start.elapsed()))
+}
+
+async fn write_stream(c: &Client, path: &str, bytes: u64, block: &[u8]) -> Result<()> {
+    let mut w = Writer::create(c, path).await?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        w.write_all(&block[..n]).await?;
+        left -= n as u64;
+    }
+    w.close().await?;
+    Ok(())
+}
+
+fn random_block(seed: u64, len: usize) -> std::sync::Arc<Vec<u8>> {
+    let mut b = vec![0u8; len];
+    fill_random(&mut b, seed);
+    std::sync::Arc::new(b)
+}
+
+async fn one_point(
+    a: &Figure3Args,
+    masters: &[String],
+    bench: &str,
+    n: usize,
+    run: u64,
+    read_set: &[String],
+) -> Result<f64> {
+    let block = random_block(run * 31 + n as u64, 4 * MIB as usize);
+    let dir = format!("/fig3/{}-{run}-{bench}-{n}", std::process::id());
+    match bench {
+        "write" => {
+            let bytes = a.write_bytes;
+            clients(masters, n, bytes, move |c, i| {
+                let (block, path) = (block.clone(), format!("{dir}-w{i}"));
+                async move { write_stream(&c, &path, bytes, &block).await }
+            })
+            .await
+        }
+        "append" => {
+            let path = format!("{dir}-log");
+            let seed = Client::connect(masters)?;
+            seed.create(&path, 0).await?;
+            let records = a.records;
+            clients(masters, n, records * MIB, move |c, _| {
+                let (block, path) = (block.clone(), path.clone());
+                async move {
+                    for r in 0..records {
+                        let at = (r as usize * 4096) % (3 * MIB as usize);
+                        c.append(&path, &block[at..at + MIB as usize]).await?;
+                    }
+                    Ok(())
+                }
+            })
+            .await
+        }
+        _ => {
+            let files = std::sync::Arc::new(read_set.to_vec());
+            let per_file = a.read_set_bytes / read_set.len() as u64;
+            let reads = a.reads;
+            clients(masters, n, reads * 4 * MIB, move |c, i| {
+                let files = files.clone();
+                async move {
+                    use rand::{Rng, SeedableRng};
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64 * 7 + run);
+                    for _ in 0..reads {
+                        let f = &files[rng.random_range(0..files.len())];
+                        let max = per_file.saturating_sub(4 * MIB) / MIB;
+                        let off = rng.random_range(0..=max) * MIB;
+                        let got = c.read_at(f, off, 4 * MIB).await?;
+                        anyhow::ensure!(got.len() as u64 == 4 * MIB, "short read of {f}");
+                    }
+                    Ok(())
+                }
+            })
+            .await
+        }
+    }
+}
+
+pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
+    anyhow::ensure!(!a.clients.is_empty(), "--clients names no count");
+    for b in &a.benches {
+        anyhow::ensure!(
+            ["read", "write", "append"].contains(&b.as_str()),
+            "unknown benchmark {b}: read, write or append"
+        );
+    }
+    let lim = limits(&LimitsArgs {
+        dirs: vec![a.dir.clone()],
+        size: a.limit_bytes,
+        json: false,
+    })?;
+    let _local;
+    let masters = if a.masters.is_empty() {
+        let c = Cluster::start(Spec {
+            chunk_size_bytes: gfs_proto::limits::DEFAULT_CHUNK_SIZE_BYTES,
+            lease_ms: 60_000,
+            lease_grace_ms: 5_000,
+            chunkserver_timeout_ms: 15_000,
+            heartbeat_ms: 500,
+            base_dir: Some(a.dir.clone()),
+            rereplication_grace_ms: 60_000,
+            ..Spec::default()
+        })
+        .await?;
+        let m = c.masters.addrs();
+        _local = Some(c);
+        m
+    } else {
+        _local = None;
+        a.masters.clone()
+    };
+    let admin = Client::connect(&masters)?;
+    admin.mkdir("/fig3", true).await?;
+    // The read set: a few files written once, read by every point.
+    let mut read_set = Vec::new();
+    if a.benches.iter().any(|b| b == "read") {
+        let files = 4u64;
+        let bar = progress(a.read_set_bytes, "read set");
+        let block = random_block(99, 4 * MIB as usize);
+        for f in 0..files {
+            let path = format!("/fig3/{}-set{f}", std::process::id());
+            write_stream(&admin, &path, a.read_set_bytes / files, &block).await?;
+            bar.inc(a.read_set_bytes / files);
+            read_set.push(path);
+        }
+        bar.finish_and_clear();
+    }
+    let total = (a.benches.len() * a.clients.len()) as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "figure3 [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+        )
+        .expect("valid template"),
+    );
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut results = Vec::new();
+    for bench in &a.benches {
+        for &n in &a.clients {
+            bar.set_message(format!("{bench} N={n}"));
+            let got = one_point(a, &masters, bench, n, results.len() as u64, &read_set).await?;
+            let limit = lim.limit(bench);
+            bar.set_message(format!("{bench} N={n}: {got:.0} MB/s"));
+            results.push(Point {
+                bench: bench.clone(),
+                clients: n,
+                mb_s: got,
+                limit_mb_s: limit,
+                efficiency: got / limit,
+            });
+            bar.inc(1);
+        }
+        // Free the space for the next benchmark.
+        for f in admin.list("/fig3").await? {
+            if !read_set.iter().any(|r| r.ends_with(&f.name)) {
+                admin
+                    .master()
+                    .delete_with(&format!("/fig3/{}", f.name), false, true)
+                    .await?;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    for f in &read_set {
+        admin.master().delete_with(f, false, true).await?;
+    }
+    let fig = Figure3 {
+        bench: "figure3",
+        limits: lim,
+        results,
+    };
+    if let Some(p) = &a.plot {
+        crate::plot::figure3_svg(&fig, p)?;
+    }
+    Ok(fig)
+}
+
+pub fn print_figure3(f: &Figure3) {
+    println!(
+        "{:<7} {:>7} {:>10} {:>12} {:>11}",
+        "bench", "clients", "MB/s", "limit MB/s", "efficiency"
+    );
+    for p in &f.results {
+        println!(
+            "{:<7} {:>7} {:>10.0} {:>12.0} {:>10.0}%",
+            p.bench,
+            p.clients,
+            p.mb_s,
+            p.limit_mb_s,
+            p.efficiency * 100.0
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! `gfs-bench smoke`: every benchmark at tiny sizes, each run as this
+//! binary's own subcommand with `--json`, checked for sane output (an
+//! object on the last line, the keys it promises, no missing or
+//! non-finite number). It guards the benchmarks, not the speed.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+
+/// One benchmark run: its arguments and the keys its JSON must hold.
+struct Case {
+    name: &'static str,
+    args: Vec<String>,
+    keys: &'static [&'static str],
+}
+
+fn cases(dir: &Path) -> Vec<Case> {
+    let d = dir.display().to_string();
+    let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    vec![
+        Case {
+            name: "limits",
+            args: a(&["limits", "--dirs", &d, "--size", "33554432"]),
+            keys: &["disks", "tcp_mb_s", "crc32c_mb_s"],
+        },
+        Case {
+            name: "engine",
+            args: a(&["engine", "--dir", &d, "--size", "67108864", "--runs", "1"]),
+            keys: &[],
+        },
+        Case {
+            name: "cluster-write",
+            args: a(&[
+                "cluster-write",
+                "--dir",
+                &d,
+                "--size",
+                "16777216",
+                "--runs",
+                "1",
+            ]),
+            keys: &["mb_s", "limit_mb_s", "ratio"],
+        },
+        Case {
+            name: "cluster-read",
+            args: a(&[
+                "cluster-read",
+                "--dir",
+                &d,
+                "--size",
+                "16777216",
+                "--runs",
+                "1",
+            ]),
+            keys: &["mb_s", "limit_mb_s", "ratio"],
+        },
+        Case {
+            name: "meta",
+            args: a(&["meta", "--clients", "1,2", "--seconds", "0.5"]),
+            keys: &["creates_per_s", "stats_per_s", "lists_per_s"],
+        },
+        Case {
+            name: "failover",
+            args: a(&["failover", "--kills", "1", "--clients", "2"]),
+            keys: &["max_ms", "each_ms"],
+        },
+        Case {
+            name: "meta-memory",
+            args: a(&["meta-memory", "--files", "2000"]),
+            keys: &["bytes_per_file", "bytes_per_chunk"],
+        },
+        Case {
+            name: "snapshot",
+            args: a(&[
+                "snapshot",
+                "--files",
+                "20",
+                "--bytes",
+                "1073741824",
+                "--runs",
+                "2",
+            ]),
+            keys: &["first_ms", "median_ms"],
+        },
+        Case {
+            name: "repair",
+            args: a(&["repair", "--dir", &d, "--size", "134217728"]),
+            keys: &[
+                "bytes_repaired",
+                "seconds",
+                "repair_mb_s",
+                "device_write_mb_s",
+            ],
+        },
+        Case {
+            name: "figure3",
+            args: a(&[
+                "figure3",
+                "--dir",
+                &d,
+                "--clients",
+                "1,2",
+                "--write-bytes",
+                "8388608",
+                "--read-set-bytes",
+                "33554432",
+                "--reads",
+                "2",
+                "--records",
+                "2",
+                "--limit-bytes",
+                "33554432",
+            ]),
+            keys: &["results", "limits"],
+        },
+    ]
+}
+
+/// Every number finite (serde_json writes NaN and infinities as null).
+fn sane(v: &Value, at: &str) -> Result<()> {
+    match v {
+        Value::Null => bail!("{at} is null (a NaN or a missing figure)"),
+        Value::Number(n) => ensure!(n.as_f64().is_some_and(f64::is_finite), "{at} = {n}"),
+        Value::Array(xs) => {
+            for (i, x) in xs.iter().enumerate() {
+                sane(x, &format!("{at}[{i}]"))?;
+            }
+        }
+        Value::Object(m) => {
+            for (k, x) in m {
+                sane(x, &format!("{at}.{k}"))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn check(case: &Case, stdout: &str) -> Result<()> {
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .context("no output")?;
+    let v: Value = serde_json::from_str(last).context("the last line is not JSON")?;
+    ensure!(v.is_object(), "the last line is not a JSON object");
+    for k in case.keys {
+        ensure!(v.get(k).is_some(), "no `{k}` in {last}");
+    }
+    sane(&v, case.name)?;
+    if case.name == "figure3" {
+        let results = v["results"].as_array().context("results is not a list")?;
+        ensure!(
+            results.len() == 6,
+            "3 benchmarks x 2 client counts expected"
+        );
+        for r in results {
+            for k in ["bench", "clients", "mb_s", "limit_mb_s", "efficiency"] {
+                ensure!(r.get(k).is_some(), "a result has no `{k}`: {r}");
+            }
+            ensure!(
+                r["mb_s"].as_f64().unwrap_or(0.0) > 0.0,
+                "zero throughput: {r}"
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn run(dir: &Path, only: &[String]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let exe = std::env::current_exe()?;
+    let mut failed = Vec::new();
+    for case in cases(dir) {
+        if !only.is_empty() && !only.iter().any(|o| o == case.name) {
+            continue;
+        }
+        let start = std::time::Instant::now();
+        let out = Command::new(&exe)
+            .args(&case.args)
+            .arg("--json")
+            .output()
+            .with_context(|| format!("running {}", case.name))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let verdict = if out.status.success() {
+            check(&case, &stdout)
+        } else {
+            Err(anyhow::anyhow!(
+                "exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            ))
+        };
+        match verdict {
+            Ok(()) => println!(
+                "ok    {:<14} {:>6.1} s",
+                case.name,
+                start.elapsed().as_secs_f64()
+            ),
+            Err(e) => {
+                println!("FAIL  {:<14} {e:#}", case.name);
+                failed.push(case.name);
+            }
+        }
+    }
+    ensure!(failed.is_empty(), "smoke failed: {failed:?}");
+    Ok(())
+}
