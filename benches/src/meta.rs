@@ -21,6 +21,10 @@ pub struct MetaArgs {
     /// Entries in the directory each list call reads (one page).
     #[arg(long, default_value_t = 100)]
     pub list_entries: u32,
+    /// An existing cluster instead of 3 local masters (the files go under
+    /// a directory of their own, /bench-<pid>-<random>).
+    #[arg(long, value_delimiter = ',')]
+    pub masters: Vec<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -50,13 +54,15 @@ async fn phase(
     op: Op,
     round: usize,
     page: u32,
+    base: &str,
 ) -> Result<f64> {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for c in 0..n {
         let client = MasterClient::new(masters, MasterOptions::default())?;
-        let dir = format!("/bench/r{round}/c{c}");
+        let dir = format!("{base}/r{round}/c{c}");
+        let list = format!("{base}/list");
         client.mkdir(&dir, true).await?;
         let (stop, done) = (stop.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
@@ -65,11 +71,11 @@ async fn phase(
                 let r = match op {
                     Op::Create => client.create(&format!("{dir}/part-{i:06}"), 0).await,
                     Op::Stat => client
-                        .stat(&format!("/bench/list/f{}", i % u64::from(page)), false)
+                        .stat(&format!("{list}/f{}", i % u64::from(page)), false)
                         .await
                         .map(|_| ()),
                     Op::List => client
-                        .list_page("/bench/list", "", page, false)
+                        .list_page(&list, "", page, false)
                         .await
                         .map(|_| ()),
                 };
@@ -92,13 +98,22 @@ async fn phase(
 }
 
 pub async fn run(args: &MetaArgs) -> Result<MetaReport> {
-    let cluster = MasterCluster::start(3, Timings::default())?;
-    cluster.leader(Duration::from_secs(20)).await?;
-    let masters = cluster.addrs();
+    let _local;
+    let masters = if args.masters.is_empty() {
+        let cluster = MasterCluster::start(3, Timings::default())?;
+        cluster.leader(Duration::from_secs(20)).await?;
+        let m = cluster.addrs();
+        _local = Some(cluster);
+        m
+    } else {
+        _local = None;
+        args.masters.clone()
+    };
+    let base = format!("/bench-{}-{:08x}", std::process::id(), rand::random::<u32>());
     let setup = MasterClient::new(&masters, MasterOptions::default())?;
-    setup.mkdir("/bench/list", true).await?;
+    setup.mkdir(&format!("{base}/list"), true).await?;
     for i in 0..args.list_entries {
-        setup.create(&format!("/bench/list/f{i}"), 0).await?;
+        setup.create(&format!("{base}/list/f{i}"), 0).await?;
     }
     let mut report = MetaReport {
         clients: args.clients.clone(),
@@ -112,13 +127,13 @@ pub async fn run(args: &MetaArgs) -> Result<MetaReport> {
         let p = args.list_entries;
         report
             .creates_per_s
-            .push(phase(&masters, n, args.seconds, Op::Create, round, p).await?);
+            .push(phase(&masters, n, args.seconds, Op::Create, round, p, &base).await?);
         report
             .stats_per_s
-            .push(phase(&masters, n, args.seconds, Op::Stat, round, p).await?);
+            .push(phase(&masters, n, args.seconds, Op::Stat, round, p, &base).await?);
         report
             .lists_per_s
-            .push(phase(&masters, n, args.seconds, Op::List, round, p).await?);
+            .push(phase(&masters, n, args.seconds, Op::List, round, p, &base).await?);
     }
     Ok(report)
 }

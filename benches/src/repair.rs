@@ -184,6 +184,10 @@ pub struct SnapshotArgs {
     pub bytes: u64,
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// An existing cluster instead of a local one (the tree goes under a
+    /// directory of its own, /bench-<pid>-<random>).
+    #[arg(long, value_delimiter = ',')]
+    pub masters: Vec<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -203,22 +207,35 @@ pub struct SnapshotReport {
 
 pub async fn snapshot(args: &SnapshotArgs) -> Result<SnapshotReport> {
     anyhow::ensure!(args.files > 0, "--files must be positive");
-    let cluster = Cluster::start(Spec {
-        chunk_size_bytes: CHUNK,
-        lease_ms: 60_000,
-        lease_grace_ms: 5_000,
-        ..Spec::default()
-    })
-    .await?;
-    let c: Client = cluster.client();
+    let _local;
+    let masters = if args.masters.is_empty() {
+        let cluster = Cluster::start(Spec {
+            chunk_size_bytes: CHUNK,
+            lease_ms: 60_000,
+            lease_grace_ms: 5_000,
+            ..Spec::default()
+        })
+        .await?;
+        let m = cluster.masters.addrs();
+        _local = Some(cluster);
+        m
+    } else {
+        _local = None;
+        args.masters.clone()
+    };
+    let c = Client::connect(&masters)?;
     let m = c.master();
+    let base = format!("/bench-{}-{:08x}", std::process::id(), rand::random::<u32>());
+    m.mkdir(&format!("{base}/tree"), true).await?;
+    let probe = format!("{base}/probe");
+    m.create(&probe, 0).await?;
+    let chunk = c.chunk_size(&probe).await?;
     let per_file = args.bytes / args.files;
-    let chunks_per_file = per_file.div_ceil(CHUNK).max(1);
+    let chunks_per_file = per_file.div_ceil(chunk).max(1);
     let bar = progress(args.files, "tree (files)");
-    m.mkdir("/tree", false).await?;
     for f in 0..args.files {
-        let path = format!("/tree/d{:02}/f{f:05}", f % 32);
-        m.mkdir(&format!("/tree/d{:02}", f % 32), true).await?;
+        let path = format!("{base}/tree/d{:02}/f{f:05}", f % 32);
+        m.mkdir(&format!("{base}/tree/d{:02}", f % 32), true).await?;
         m.create(&path, 0).await?;
         for index in 0..chunks_per_file {
             m.write_chunk(&path, index, &[]).await?;
@@ -231,7 +248,9 @@ pub async fn snapshot(args: &SnapshotArgs) -> Result<SnapshotReport> {
     let mut chunks = 0;
     for run in 0..args.runs.max(2) {
         let start = Instant::now();
-        let r = m.snapshot("/tree", &format!("/snap{run}")).await?;
+        let r = m
+            .snapshot(&format!("{base}/tree"), &format!("{base}/snap{run}"))
+            .await?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
         chunks = r.chunks;
     }
