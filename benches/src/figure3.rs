@@ -183,9 +183,8 @@ pub fn print_limits(l: &Limits) {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Figure3Args {
-    /// Client counts to measure. (16 writers currently overflow the
-    /// chunkservers' push buffers on one host: see BENCHMARKS.md.)
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    /// Client counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
     pub clients: Vec<usize>,
     /// Benchmarks to run.
     #[arg(long, value_delimiter = ',', default_value = "read,write,append")]

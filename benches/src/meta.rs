@@ -74,10 +74,7 @@ async fn phase(
                         .stat(&format!("{list}/f{}", i % u64::from(page)), false)
                         .await
                         .map(|_| ()),
-                    Op::List => client
-                        .list_page(&list, "", page, false)
-                        .await
-                        .map(|_| ()),
+                    Op::List => client.list_page(&list, "", page, false).await.map(|_| ()),
                 };
                 r?;
                 i += 1;
@@ -109,7 +106,11 @@ pub async fn run(args: &MetaArgs) -> Result<MetaReport> {
         _local = None;
         args.masters.clone()
     };
-    let base = format!("/bench-{}-{:08x}", std::process::id(), rand::random::<u32>());
+    let base = format!(
+        "/bench-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
     let setup = MasterClient::new(&masters, MasterOptions::default())?;
     setup.mkdir(&format!("{base}/list"), true).await?;
     for i in 0..args.list_entries {

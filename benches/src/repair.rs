@@ -225,7 +225,11 @@ pub async fn snapshot(args: &SnapshotArgs) -> Result<SnapshotReport> {
     };
     let c = Client::connect(&masters)?;
     let m = c.master();
-    let base = format!("/bench-{}-{:08x}", std::process::id(), rand::random::<u32>());
+    let base = format!(
+        "/bench-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
     m.mkdir(&format!("{base}/tree"), true).await?;
     let probe = format!("{base}/probe");
     m.create(&probe, 0).await?;
@@ -235,7 +239,8 @@ pub async fn snapshot(args: &SnapshotArgs) -> Result<SnapshotReport> {
     let bar = progress(args.files, "tree (files)");
     for f in 0..args.files {
         let path = format!("{base}/tree/d{:02}/f{f:05}", f % 32);
-        m.mkdir(&format!("{base}/tree/d{:02}", f % 32), true).await?;
+        m.mkdir(&format!("{base}/tree/d{:02}", f % 32), true)
+            .await?;
         m.create(&path, 0).await?;
         for index in 0..chunks_per_file {
             m.write_chunk(&path, index, &[]).await?;

@@ -278,11 +278,18 @@ impl Client {
             )));
         };
         let chain: Vec<String> = info.replicas.iter().map(|r| r.addr.clone()).collect();
+        if let Some(t) = &m.turn {
+            t.wait_for(m.offset).await;
+        }
         let started = Instant::now();
         let pushed = self.pool.push(&chain, data_id, m.data.clone()).await;
         let push_took = started.elapsed();
         match pushed {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some(t) = &m.turn {
+                    t.pushed_to(m.offset + m.data.len() as u64);
+                }
+            }
             Err(PushError::Broken(i)) => {
                 if let Some(r) = info.replicas.get(i) {
                     failed.push(r.node_id);
@@ -365,6 +372,7 @@ impl Client {
                 in_chunk,
                 Bytes::copy_from_slice(&data[at..at + n]),
                 false,
+                None,
             )
             .await?;
             at += n;
@@ -384,6 +392,7 @@ impl Client {
         offset: u64,
         data: Bytes,
         sync: bool,
+        turn: Option<Arc<PushTurn>>,
     ) -> Result<()> {
         // Chunks are added in order: make sure the ones before exist.
         if self.master.cached(path, index).is_none() && index > 0 {
@@ -398,6 +407,7 @@ impl Client {
             data,
             record: None,
             sync,
+            turn,
         };
         self.mutate_chunk(path, index, m).await.map(|_| ())
     }
@@ -445,6 +455,7 @@ impl Client {
                 data: framed.clone(),
                 record: Some(id),
                 sync: false,
+                turn: None,
             };
             let r = self.mutate_chunk(path, index, m).await?;
             if !r.chunk_full {
@@ -555,6 +566,42 @@ pub(crate) struct Mutation {
     pub data: Bytes,
     pub record: Option<RecordId>,
     pub sync: bool,
+    /// The pieces of one chunk that a writer keeps in flight push in
+    /// offset order (their mutations still overlap): a piece never holds
+    /// chunkserver buffer space while the one before it cannot get in.
+    pub turn: Option<Arc<PushTurn>>,
+}
+
+/// Whose turn it is to push, among the pieces of one chunk: the offset
+/// every piece before has been pushed up to.
+#[derive(Debug)]
+pub(crate) struct PushTurn {
+    next: tokio::sync::watch::Sender<u64>,
+}
+
+impl PushTurn {
+    pub(crate) fn new(start: u64) -> Self {
+        Self {
+            next: tokio::sync::watch::channel(start).0,
+        }
+    }
+
+    /// Until every byte before `offset` was pushed (a retry of an earlier
+    /// piece passes at once).
+    async fn wait_for(&self, offset: u64) {
+        let mut rx = self.next.subscribe();
+        let _ = rx.wait_for(|n| *n >= offset).await;
+    }
+
+    fn pushed_to(&self, end: u64) {
+        self.next.send_if_modified(|n| {
+            let later = end > *n;
+            if later {
+                *n = end;
+            }
+            later
+        });
+    }
 }
 
 enum Attempt {

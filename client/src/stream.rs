@@ -267,9 +267,9 @@ async fn drive(
     Ok(end)
 }
 
-/// Pieces of one chunk a writer keeps in flight: their pushes overlap
-/// each other and the primary's apply of the piece before (the primary
-/// applies them in offset order).
+/// Pieces of one chunk a writer keeps in flight: their mutations overlap
+/// each other and the next piece's push (pushes go in offset order, see
+/// `PushTurn`; the primary applies in offset order).
 const PIECES_IN_FLIGHT: usize = 8;
 
 async fn write_chunk(
@@ -280,6 +280,7 @@ async fn write_chunk(
 ) -> Result<()> {
     let path: Arc<str> = path.into();
     let mut flight = tokio::task::JoinSet::new();
+    let mut turn: Option<Arc<crate::client::PushTurn>> = None;
     let joined = |r: Result<Result<()>, tokio::task::JoinError>| {
         r.map_err(|e| MasterError::new(gfs_proto::wire::ErrorKind::Internal, e.to_string()))?
     };
@@ -289,8 +290,15 @@ async fn write_chunk(
         {
             joined(r)?;
         }
+        let turn = turn
+            .get_or_insert_with(|| Arc::new(crate::client::PushTurn::new(offset)))
+            .clone();
         let (client, path) = (client.clone(), path.clone());
-        flight.spawn(async move { client.write_piece(&path, index, offset, data, false).await });
+        flight.spawn(async move {
+            client
+                .write_piece(&path, index, offset, data, false, Some(turn))
+                .await
+        });
     }
     while let Some(r) = flight.join_next().await {
         joined(r)?;
