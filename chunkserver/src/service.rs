@@ -395,18 +395,24 @@ impl Chunkserver for ChunkService {
         match received {
             Ok((id, data, downstream)) => {
                 Shared::lock(&self.shared.buffer).insert(id, data, total, now_ms());
-                let below = match downstream {
+                let (below, busy) = match downstream {
                     Some(task) => match task.await {
-                        Ok(Ok(r)) => r.into_inner().stored,
+                        Ok(Ok(r)) => {
+                            let r = r.into_inner();
+                            (r.stored, r.busy)
+                        }
                         Ok(Err(s)) => {
                             tracing::debug!(error = %s.message(), "push down the chain failed");
-                            0
+                            (0, gfs_proto::wire::detail_of(&s).kind() == ErrorKind::Busy)
                         }
-                        Err(_) => 0,
+                        Err(_) => (0, false),
                     },
-                    None => 0,
+                    None => (0, false),
                 };
-                Ok(Response::new(PushReply { stored: 1 + below }))
+                Ok(Response::new(PushReply {
+                    stored: 1 + below,
+                    busy,
+                }))
             }
             Err(e) => {
                 Shared::lock(&self.shared.buffer).release(total);

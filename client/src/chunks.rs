@@ -30,6 +30,9 @@ pub struct ChunkPool {
 pub enum PushError {
     /// The server at this position of the chain did not store the data.
     Broken(usize),
+    /// The server at this position had no buffer space (BUSY): not a
+    /// failure, retry later.
+    Busy(usize),
     Other(MasterError),
 }
 
@@ -77,9 +80,12 @@ impl ChunkPool {
         }
         match tokio::time::timeout(CALL_TIMEOUT, c.push(tokio_stream::iter(frames))).await {
             Ok(Ok(r)) => {
-                let stored = r.into_inner().stored as usize;
+                let r = r.into_inner();
+                let stored = r.stored as usize;
                 if stored >= chain.len() {
                     Ok(())
+                } else if r.busy {
+                    Err(PushError::Busy(stored))
                 } else {
                     Err(PushError::Broken(stored))
                 }

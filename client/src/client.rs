@@ -73,6 +73,9 @@ fn now_ms() -> u64 {
 
 /// `NO_SPACE` answers one mutation takes before it fails with that error.
 const MAX_NO_SPACE_RETRIES: u32 = 6;
+/// Pushes of one mutation a replica may refuse for lack of buffer space
+/// (with backoff, ~15 s) before it is reported as failed.
+const MAX_BUSY_PUSHES: u32 = 20;
 
 /// A cached lease is used only with this much of it left.
 const LEASE_MARGIN_MS: u64 = 2_000;
@@ -214,9 +217,10 @@ impl Client {
         let data_id = rand::random::<u64>() | 1;
         let mut last: MasterError;
         let mut no_space = 0;
+        let mut busy_pushes = 0;
         loop {
             last = match self
-                .mutate_once(path, index, &m, data_id, &mut failed)
+                .mutate_once(path, index, &m, data_id, &mut failed, &mut busy_pushes)
                 .await
             {
                 Ok(r) => return Ok(r),
@@ -261,6 +265,7 @@ impl Client {
         m: &Mutation,
         data_id: u64,
         failed: &mut Vec<u64>,
+        busy_pushes: &mut u32,
     ) -> Result<MutateReply, Attempt> {
         let info = self
             .writable(path, index, failed)
@@ -297,6 +302,20 @@ impl Client {
                 return Err(Attempt::Retry(MasterError::new(
                     ErrorKind::Unavailable,
                     format!("push stopped at replica {i} of chunk {index}"),
+                )));
+            }
+            Err(PushError::Busy(i)) => {
+                // A replica out of buffer space is not a failed one; only
+                // one that stays so, attempt after attempt, is reported.
+                *busy_pushes += 1;
+                if *busy_pushes >= MAX_BUSY_PUSHES
+                    && let Some(r) = info.replicas.get(i)
+                {
+                    failed.push(r.node_id);
+                }
+                return Err(Attempt::Retry(MasterError::new(
+                    ErrorKind::Busy,
+                    format!("replica {i} of chunk {index} has no buffer space; retrying"),
                 )));
             }
             Err(PushError::Other(e)) if e.kind == ErrorKind::Busy => return Err(Attempt::Retry(e)),

@@ -37,6 +37,8 @@ pub struct Spec {
     pub clone_rate_bytes_per_s: u64,
     pub retention_ms: u64,
     pub repair_interval_ms: u64,
+    /// Chunkservers with a push buffer of this many bytes (default 256 MiB).
+    pub push_buffers: Vec<(usize, u64)>,
 }
 
 impl Default for Spec {
@@ -57,6 +59,7 @@ impl Default for Spec {
             clone_rate_bytes_per_s: 0,
             retention_ms: 24 * 3600 * 1000,
             repair_interval_ms: 200,
+            push_buffers: Vec::new(),
         }
     }
 }
@@ -168,7 +171,7 @@ impl Cluster {
 
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let s = &mut self.servers[i];
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "--id".into(),
             s.id.to_string(),
             "--listen".into(),
@@ -184,6 +187,9 @@ impl Cluster {
             "--heartbeat-ms".into(),
             self.spec.heartbeat_ms.to_string(),
         ];
+        if let Some((_, bytes)) = self.spec.push_buffers.iter().find(|(j, _)| *j == i) {
+            args.extend(["--buffer-bytes".into(), bytes.to_string()]);
+        }
         s.child = Some(crate::spawn_child(&self.bin, &args, &s.log, "info")?);
         Ok(())
     }

@@ -307,3 +307,43 @@ async fn concurrent_writers_to_one_region_leave_replicas_identical() {
         );
     }
 }
+
+/// A replica whose push buffer is full answers BUSY down the chain; that is
+/// back-pressure, not a failure: writers retry, and no replica is
+/// versioned out (re-replication is off, so none could come back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_replica_is_retried_not_versioned_out() {
+    let spec = Spec {
+        chunkservers: 3,
+        // Room for one pushed piece at a time on server 2.
+        push_buffers: vec![(1, 5 << 20)],
+        repair_interval_ms: 3_600_000,
+        ..Spec::default()
+    };
+    let cluster = Cluster::start(spec).await.expect("cluster");
+    let c = cluster.client();
+    let mut writers = Vec::new();
+    for w in 0..6u64 {
+        let c = c.clone();
+        writers.push(tokio::spawn(async move {
+            let data = random_bytes(12 << 20, 40 + w);
+            let path = format!("/busy-{w}");
+            let mut f = Writer::create(&c, &path).await.expect("create");
+            f.write_all(&data).await.expect("write");
+            f.close().await.expect("close");
+            (path, data)
+        }));
+    }
+    for w in writers {
+        let (path, data) = w.await.expect("writer");
+        assert!(read_all(&c, &path).await[..] == data[..], "{path} differs");
+        for ch in c.chunks(&path).await.expect("chunks") {
+            assert_eq!(
+                ch.replicas.len(),
+                3,
+                "chunk {} of {path} lost a replica: {ch:?}",
+                ch.index
+            );
+        }
+    }
+}
