@@ -47,18 +47,33 @@ pub struct ClusterReport {
     pub each_mb_s: Vec<f64>,
 }
 
-async fn write_file(c: &Client, path: &str, size: u64, block: &[u8]) -> Result<Duration> {
-    let bar = progress(size, "write");
-    let start = Instant::now();
+/// Creates `path` and streams `size` bytes into it, `block` repeated,
+/// counting them on `bar` if there is one.
+pub async fn write_stream(
+    c: &Client,
+    path: &str,
+    size: u64,
+    block: &[u8],
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<()> {
     let mut w = Writer::create(c, path).await?;
     let mut left = size;
     while left > 0 {
         let n = left.min(block.len() as u64) as usize;
         w.write_all(&block[..n]).await?;
         left -= n as u64;
-        bar.inc(n as u64);
+        if let Some(b) = bar {
+            b.inc(n as u64);
+        }
     }
     w.close().await?;
+    Ok(())
+}
+
+async fn write_file(c: &Client, path: &str, size: u64, block: &[u8]) -> Result<Duration> {
+    let bar = progress(size, "write");
+    let start = Instant::now();
+    write_stream(c, path, size, block, Some(&bar)).await?;
     bar.finish_and_clear();
     Ok(start.elapsed())
 }

@@ -21,11 +21,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use gfs_client::{Client, Writer};
+use gfs_client::Client;
 use gfs_tests::cluster::{Cluster, Spec};
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 
+use crate::cluster::write_stream;
 use crate::{fill_random, mb_s, progress, raw};
 
 const MIB: u64 = 1 << 20;
@@ -255,18 +255,6 @@ where
     Ok(mb_s(bytes_each * n as u64, start.elapsed()))
 }
 
-async fn write_stream(c: &Client, path: &str, bytes: u64, block: &[u8]) -> Result<()> {
-    let mut w = Writer::create(c, path).await?;
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(block.len() as u64) as usize;
-        w.write_all(&block[..n]).await?;
-        left -= n as u64;
-    }
-    w.close().await?;
-    Ok(())
-}
-
 fn random_block(seed: u64, len: usize) -> std::sync::Arc<Vec<u8>> {
     let mut b = vec![0u8; len];
     fill_random(&mut b, seed);
@@ -288,7 +276,7 @@ async fn one_point(
             let bytes = a.write_bytes;
             clients(masters, n, bytes, move |c, i| {
                 let (block, path) = (block.clone(), format!("{dir}-w{i}"));
-                async move { write_stream(&c, &path, bytes, &block).await }
+                async move { write_stream(&c, &path, bytes, &block, None).await }
             })
             .await
         }
@@ -376,7 +364,7 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
         let block = random_block(99, 4 * MIB as usize);
         for f in 0..files {
             let path = format!("/fig3/{}-set{f}", std::process::id());
-            write_stream(&admin, &path, a.read_set_bytes / files, &block).await?;
+            write_stream(&admin, &path, a.read_set_bytes / files, &block, None).await?;
             bar.inc(a.read_set_bytes / files);
             read_set.push(path);
         }

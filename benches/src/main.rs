@@ -93,13 +93,11 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::MetaMemory(args) => {
-            let report = meta_memory::run(&args)?;
-            meta_memory::print_table(&report);
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            }
-        }
+        Command::MetaMemory(args) => emit(
+            args.json,
+            &meta_memory::run(&args)?,
+            meta_memory::print_table,
+        )?,
         Command::RegisteredBuffers { dir, size, runs } => {
             println!(
                 "{:<5} {:<10} {:>12} {:>12} {:>14}",
@@ -120,67 +118,47 @@ fn main() -> Result<()> {
                 }
             }
         }
-        Command::Meta(args) => {
-            let report = rt.block_on(meta::run(&args))?;
-            meta::print_table(&report);
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            }
-        }
-        Command::Failover(args) => {
-            let report = rt.block_on(failover::run(&args))?;
-            failover::print_table(&report);
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            }
-        }
+        Command::Meta(args) => emit(
+            args.json,
+            &rt.block_on(meta::run(&args))?,
+            meta::print_table,
+        )?,
+        Command::Failover(args) => emit(
+            args.json,
+            &rt.block_on(failover::run(&args))?,
+            failover::print_table,
+        )?,
         Command::ClusterWrite(args) | Command::ClusterRead(args) if args.size == 0 => {
             anyhow::bail!("--size must be positive");
         }
-        Command::ClusterWrite(args) => {
-            let report = rt.block_on(cluster::run(&args, false))?;
-            cluster::print_table(&report);
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            }
-        }
-        Command::ClusterRead(args) => {
-            let report = rt.block_on(cluster::run(&args, true))?;
-            cluster::print_table(&report);
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            }
-        }
-        Command::Limits(args) => {
-            let report = figure3::limits(&args)?;
-            figure3::print_limits(&report);
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            }
-        }
-        Command::Figure3(args) => {
-            let report = rt.block_on(figure3::figure3(&args))?;
-            figure3::print_figure3(&report);
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            }
-        }
+        Command::ClusterWrite(args) => emit(
+            args.json,
+            &rt.block_on(cluster::run(&args, false))?,
+            cluster::print_table,
+        )?,
+        Command::ClusterRead(args) => emit(
+            args.json,
+            &rt.block_on(cluster::run(&args, true))?,
+            cluster::print_table,
+        )?,
+        Command::Limits(args) => emit(args.json, &figure3::limits(&args)?, figure3::print_limits)?,
+        Command::Figure3(args) => emit(
+            args.json,
+            &rt.block_on(figure3::figure3(&args))?,
+            figure3::print_figure3,
+        )?,
         Command::Smoke { dir, only } => smoke::run(&dir, &only)?,
         Command::TcpSink => figure3::tcp_sink()?,
-        Command::Repair(args) => {
-            let report = rt.block_on(repair::run(&args))?;
-            repair::print_repair(&report);
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            }
-        }
-        Command::Snapshot(args) => {
-            let report = rt.block_on(repair::snapshot(&args))?;
-            repair::print_snapshot(&report);
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            }
-        }
+        Command::Repair(args) => emit(
+            args.json,
+            &rt.block_on(repair::run(&args))?,
+            repair::print_repair,
+        )?,
+        Command::Snapshot(args) => emit(
+            args.json,
+            &rt.block_on(repair::snapshot(&args))?,
+            repair::print_snapshot,
+        )?,
         Command::Engine(args) => {
             let json = args.json;
             let report = rt.block_on(engine::run(args))?;
@@ -189,6 +167,16 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             }
         }
+    }
+    Ok(())
+}
+
+/// Prints a report's table, then, with `--json`, the report as one JSON
+/// line (the last line of the output).
+fn emit<R: serde::Serialize>(json: bool, report: &R, table: fn(&R)) -> Result<()> {
+    table(report);
+    if json {
+        println!("{}", serde_json::to_string(report)?);
     }
     Ok(())
 }

@@ -14,10 +14,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use gfs_client::{Client, Writer};
+use gfs_client::Client;
 use gfs_tests::cluster::{Cluster, Spec};
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 
 use crate::{fill_random, mb_s, median, progress, raw};
 
@@ -61,15 +60,7 @@ async fn fill(c: &Client, size: u64) -> Result<()> {
     fill_random(&mut block, 11);
     let bar = progress(size, "fill");
     c.mkdir("/repair", true).await?;
-    let mut w = Writer::create(c, "/repair/data").await?;
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(block.len() as u64) as usize;
-        w.write_all(&block[..n]).await?;
-        left -= n as u64;
-        bar.inc(n as u64);
-    }
-    w.close().await?;
+    crate::cluster::write_stream(c, "/repair/data", size, &block, Some(&bar)).await?;
     bar.finish_and_clear();
     Ok(())
 }

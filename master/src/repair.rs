@@ -173,8 +173,9 @@ pub fn assign(
 /// rebalanced.
 pub const REBALANCE_SPREAD_PPM: u64 = 100_000;
 
-fn used_ppm(s: &ServerView) -> u64 {
-    (u128::from(s.used_bytes) * 1_000_000 / u128::from(s.capacity_bytes.max(1))) as u64
+/// Fraction of a disk in use, in millionths.
+pub fn used_ppm(used_bytes: u64, capacity_bytes: u64) -> u64 {
+    (u128::from(used_bytes) * 1_000_000 / u128::from(capacity_bytes.max(1))) as u64
 }
 
 /// The fullest and the emptiest server eligible for rebalancing (live, not
@@ -185,11 +186,13 @@ pub fn rebalance_pair(servers: &[ServerView], min_free_bytes: u64) -> Option<(No
             .iter()
             .filter(|s| s.live && !s.draining && s.capacity_bytes > 0)
     };
-    let full = eligible().max_by_key(|s| (used_ppm(s), s.id))?;
+    let full = eligible().max_by_key(|s| (used_ppm(s.used_bytes, s.capacity_bytes), s.id))?;
     let empty = eligible()
         .filter(|s| s.capacity_bytes.saturating_sub(s.used_bytes) >= min_free_bytes)
-        .min_by_key(|s| (used_ppm(s), s.id))?;
-    (used_ppm(full) > used_ppm(empty) + REBALANCE_SPREAD_PPM).then_some((full.id, empty.id))
+        .min_by_key(|s| (used_ppm(s.used_bytes, s.capacity_bytes), s.id))?;
+    let spread = used_ppm(full.used_bytes, full.capacity_bytes)
+        .saturating_sub(used_ppm(empty.used_bytes, empty.capacity_bytes));
+    (spread > REBALANCE_SPREAD_PPM).then_some((full.id, empty.id))
 }
 
 /// Moves from `from` to `to` for chunks `from` holds (each with its

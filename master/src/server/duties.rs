@@ -79,7 +79,7 @@ pub struct Clock {
 }
 
 impl Clock {
-    fn of(node: &Node) -> Self {
+    pub fn of(node: &Node) -> Self {
         Self {
             now: now_ms(),
             timeout_ms: node.cfg.chunkserver_timeout_ms,
@@ -100,9 +100,7 @@ pub fn holders(
         .map(|l| {
             let s = soft.server(l.node);
             let seen = s.map_or(0, |s| s.last_seen_ms);
-            let used_ppm = s.map_or(0, |s| {
-                (u128::from(s.used_bytes) * 1_000_000 / u128::from(s.capacity_bytes.max(1))) as u64
-            });
+            let used_ppm = s.map_or(0, |s| repair::used_ppm(s.used_bytes, s.capacity_bytes));
             Holder {
                 node: l.node,
                 version: l.version,

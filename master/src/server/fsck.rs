@@ -10,7 +10,7 @@ use tonic::Status;
 
 use super::duties::{self, Clock, holders};
 use super::meta::path;
-use super::node::{Node, meta_status, now_ms};
+use super::node::{Node, meta_status};
 use crate::repair::Holder;
 use crate::state::ChunkMeta;
 
@@ -71,12 +71,7 @@ pub async fn fsck(node: &Node, r: FsckRequest) -> Result<FsckReply, Status> {
         path(&r.path)?
     };
     node.read_gate(false).await?;
-    let clock = Clock {
-        now: now_ms(),
-        timeout_ms: node.cfg.chunkserver_timeout_ms,
-        grace_ms: node.cfg.rereplication_grace_ms,
-        lease_grace_ms: node.cfg.lease_grace_ms,
-    };
+    let clock = Clock::of(node);
     let chunk_size = node.cfg.chunk_size_bytes;
     let a = node.state();
     let soft = node.soft();
