@@ -192,6 +192,9 @@ async fn a_restart_within_the_grace_period_causes_no_clones() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let r = cluster.fsck().await.expect("fsck");
     assert_eq!(r.clones_done + r.clones_in_flight, 0, "{r:?}");
+    // `gfs admin fsck` exits 1 while replicas are down, 0 when healthy.
+    assert!(r.under_replicated > 0, "server 1 held a replica: {r:?}");
+    assert_eq!(fsck_exit(&cluster), Some(1));
     cluster.restart_server(0).expect("restart");
     cluster
         .wait_servers(4, Duration::from_secs(20))
@@ -202,7 +205,20 @@ async fn a_restart_within_the_grace_period_causes_no_clones() {
         .await
         .expect("healthy");
     assert_eq!(r.clones_done + r.clones_in_flight, 0, "{r:?}");
+    assert_eq!(fsck_exit(&cluster), Some(0));
     assert_reads(&c, "/g", &data).await;
+}
+
+/// The exit code of `gfs admin fsck` against the cluster.
+fn fsck_exit(cluster: &Cluster) -> Option<i32> {
+    std::process::Command::new(gfs_tests::binary("gfs").expect("gfs binary"))
+        .args(["admin", "fsck"])
+        .env("GFS_MASTERS", cluster.masters.addrs().join(","))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run gfs")
+        .code()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
