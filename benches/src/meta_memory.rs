@@ -68,6 +68,10 @@ pub struct Report {
     pub allocations_per_file: f64,
     pub average_path_bytes: f64,
     pub limit_bytes: u64,
+    /// CPU cost of the layout: microseconds per applied create, and per
+    /// stat of a random file.
+    pub create_us: f64,
+    pub stat_us: f64,
 }
 
 /// `/logs/<service>/<day>/<hour>/part-<n>`: 8 services, days, 24 hours,
@@ -110,6 +114,7 @@ pub fn run(args: &MetaMemoryArgs) -> Result<Report> {
     }
     let _ = st.take_dirty();
     let (b0, a0) = snapshot();
+    let started = std::time::Instant::now();
     for i in 0..args.files {
         let p = path_of(i);
         path_bytes += p.len() as u64;
@@ -124,6 +129,7 @@ pub fn run(args: &MetaMemoryArgs) -> Result<Report> {
         }
     }
     let _ = st.take_dirty();
+    let create_us = started.elapsed().as_secs_f64() * 1e6 / args.files as f64;
     let (b1, a1) = snapshot();
     for i in 0..args.files {
         let path = GfsPath::parse(&path_of(i))?;
@@ -141,6 +147,16 @@ pub fn run(args: &MetaMemoryArgs) -> Result<Report> {
     let _ = st.take_dirty();
     let (b2, _) = snapshot();
     let n = args.files as f64;
+    // Stats in a scattered order (a multiplicative hash of the index).
+    let stats = args.files.min(200_000);
+    let started = std::time::Instant::now();
+    for i in 0..stats {
+        let path = GfsPath::parse(&path_of(i.wrapping_mul(2_654_435_761) % args.files))?;
+        if st.stat(&path).is_err() {
+            bail!("stat {path}: missing");
+        }
+    }
+    let stat_us = started.elapsed().as_secs_f64() * 1e6 / stats as f64;
     Ok(Report {
         files: args.files,
         chunks: args.files,
@@ -149,6 +165,8 @@ pub fn run(args: &MetaMemoryArgs) -> Result<Report> {
         allocations_per_file: (a1 - a0) as f64 / n,
         average_path_bytes: path_bytes as f64 / n,
         limit_bytes: 64,
+        create_us,
+        stat_us,
     })
 }
 
@@ -169,5 +187,9 @@ pub fn print_table(r: &Report) {
     println!(
         "(heap bytes requested, {:.1} allocations per file on top)",
         r.allocations_per_file
+    );
+    println!(
+        "cost: {:.2} us per applied create, {:.2} us per stat",
+        r.create_us, r.stat_us
     );
 }

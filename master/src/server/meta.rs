@@ -223,7 +223,7 @@ impl MasterMeta for MetaService {
         self.node.read_gate(r.stale).await?;
         let a = self.node.state();
         let inode = a.state.stat(&p).map_err(|e| meta_status(&e))?;
-        Ok(Response::new(info(p.as_str().to_string(), inode)))
+        Ok(Response::new(info(p.as_str().to_string(), &inode)))
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {

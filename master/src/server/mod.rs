@@ -58,9 +58,7 @@ pub async fn run(
     let (log, sm) = crate::store::open(&cfg.data_dir.join("raft"), cfg.chunk_size_bytes)
         .map_err(|e| format!("opening the master store: {e}"))?;
     let applied = sm.applied();
-    let net = network::Network {
-        local: Some(cfg.listen.ip()),
-    };
+    let net = network::Network::new(Some(cfg.listen.ip()));
     let raft = Raft::new(cfg.id, Arc::new(raft_config(&cfg)?), net, log, sm)
         .await
         .map_err(|e| format!("starting raft: {e}"))?;
@@ -71,6 +69,7 @@ pub async fn run(
         soft: Mutex::new(soft::Soft::default()),
         chunkservers: versions::Chunkservers::default(),
         duties: duties::Duties::default(),
+        reads: node::ReadRounds::default(),
     });
     bootstrap(&node).await?;
     let background = tokio::spawn(duties::run(node.clone()));

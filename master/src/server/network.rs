@@ -1,9 +1,15 @@
 //! Raft between masters over tonic: openraft's requests and replies travel
 //! postcard-encoded inside `RaftMessage`. One lazily connected channel per
-//! peer, reused by every replication stream; each call is bounded by
-//! openraft's own deadline so a stopped peer (SIGSTOP) cannot hang a stream.
+//! peer, shared by its replication stream and every ReadIndex round
+//! (openraft asks for a new client per round: a connection each would cost
+//! a handshake per read and pile up sockets); tonic reconnects a broken
+//! channel, and HTTP/2 keep-alive ends one a partition left hanging. Each
+//! call is bounded by openraft's own deadline so a stopped peer (SIGSTOP)
+//! cannot hang a stream.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -43,7 +49,28 @@ pub fn channel(addr: &str, local: Option<IpAddr>) -> Result<Channel, String> {
 #[derive(Debug, Clone)]
 pub struct Network {
     /// This master's own IP, the source of its outgoing connections.
-    pub local: Option<IpAddr>,
+    local: Option<IpAddr>,
+    /// One channel per peer address.
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Network {
+    pub fn new(local: Option<IpAddr>) -> Self {
+        Self {
+            local,
+            channels: Arc::default(),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = channel(addr, self.local)?;
+        channels.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -52,7 +79,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         PeerClient {
             target,
-            client: channel(&node.addr, self.local).map(|c| {
+            client: self.channel(&node.addr).map(|c| {
                 RaftClient::new(c)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES * 8)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES * 8)

@@ -3,6 +3,7 @@
 //! [`Node::propose`] (a mutation through the log, stamped with the leader's
 //! clock) and [`Node::read_gate`] (ReadIndex, or nothing for stale reads).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,6 +24,46 @@ pub struct Node {
     pub soft: Mutex<Soft>,
     pub chunkservers: super::versions::Chunkservers,
     pub duties: super::duties::Duties,
+    pub reads: ReadRounds,
+}
+
+/// Linearizable reads share ReadIndex rounds: a read joins the first round
+/// that starts after it arrived, so one quorum confirmation serves every
+/// read waiting behind the round in flight (instead of one round each).
+#[derive(Debug)]
+pub struct ReadRounds {
+    /// Rounds started so far; a round's id is this count when it starts.
+    started: AtomicU64,
+    /// Held while a round runs; the last finished round and its outcome.
+    last: tokio::sync::Mutex<(u64, Result<(), Status>)>,
+}
+
+impl Default for ReadRounds {
+    fn default() -> Self {
+        Self {
+            started: AtomicU64::new(0),
+            last: tokio::sync::Mutex::new((0, Ok(()))),
+        }
+    }
+}
+
+impl ReadRounds {
+    /// The outcome of a round that started after this call: `round` runs
+    /// one unless a round that started later already finished.
+    pub async fn after_now<F>(&self, round: impl FnOnce() -> F) -> Result<(), Status>
+    where
+        F: std::future::Future<Output = Result<(), Status>>,
+    {
+        let arrived = self.started.load(Ordering::SeqCst);
+        let mut last = self.last.lock().await;
+        if last.0 > arrived {
+            return last.1.clone();
+        }
+        let id = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let outcome = round().await;
+        *last = (id, outcome.clone());
+        outcome
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -142,14 +183,20 @@ impl Node {
         if stale {
             return Ok(());
         }
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(self.not_leader(Some(f)))
-            }
-            Err(RaftError::APIError(e)) => Err(error(ErrorKind::Unavailable, e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(error(ErrorKind::Unavailable, e.to_string())),
-        }
+        self.reads
+            .after_now(|| async {
+                match self.raft.ensure_linearizable().await {
+                    Ok(_) => Ok(()),
+                    Err(RaftError::APIError(
+                        openraft::error::CheckIsLeaderError::ForwardToLeader(f),
+                    )) => Err(self.not_leader(Some(f))),
+                    Err(RaftError::APIError(e)) => {
+                        Err(error(ErrorKind::Unavailable, e.to_string()))
+                    }
+                    Err(RaftError::Fatal(e)) => Err(error(ErrorKind::Unavailable, e.to_string())),
+                }
+            })
+            .await
     }
 
     pub fn soft(&self) -> std::sync::MutexGuard<'_, Soft> {
@@ -158,5 +205,71 @@ impl Node {
 
     pub fn state(&self) -> std::sync::RwLockReadGuard<'_, Applied> {
         self.applied.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// Rounds count themselves and finish only when the test lets them.
+    struct Rig {
+        rounds: ReadRounds,
+        ran: AtomicUsize,
+        gate: Semaphore,
+    }
+
+    impl Rig {
+        async fn read(&self) -> Result<(), Status> {
+            self.rounds
+                .after_now(|| async {
+                    let n = self.ran.fetch_add(1, Ordering::SeqCst);
+                    self.gate.acquire().await.expect("open").forget();
+                    if n == 0 {
+                        Ok(())
+                    } else {
+                        Err(Status::unavailable(format!("round {n}")))
+                    }
+                })
+                .await
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_waiting_behind_a_round_share_the_next_one() {
+        let rig = Arc::new(Rig {
+            rounds: ReadRounds::default(),
+            ran: AtomicUsize::new(0),
+            gate: Semaphore::new(0),
+        });
+        // The first read starts round 0 and holds it open.
+        let first = tokio::spawn({
+            let rig = rig.clone();
+            async move { rig.read().await }
+        });
+        while rig.ran.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Five reads arrive while round 0 runs: it started before them, so
+        // they must not take its outcome; one new round serves all five.
+        let later: Vec<_> = (0..5)
+            .map(|_| {
+                let rig = rig.clone();
+                tokio::spawn(async move { rig.read().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        rig.gate.add_permits(1);
+        first.await.expect("task").expect("round 0 succeeds");
+        rig.gate.add_permits(1);
+        for r in later {
+            let e = r.await.expect("task").expect_err("round 1 fails");
+            assert_eq!(e.message(), "round 1");
+        }
+        assert_eq!(rig.ran.load(Ordering::SeqCst), 2);
     }
 }

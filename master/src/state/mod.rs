@@ -9,6 +9,7 @@
 //! the recent replies of each client session (so a retried mutation gets
 //! its first reply instead of a second execution).
 
+mod pack;
 pub mod persist;
 pub mod table;
 
@@ -343,25 +344,13 @@ fn key(p: &GfsPath) -> &[u8] {
     p.as_str().as_bytes()
 }
 
-/// The file at `path`, borrowing only the namespace (so the chunk table can
-/// be used alongside).
-fn file_mut<'a>(
-    ns: &'a mut PathTable<Inode>,
-    path: &GfsPath,
-) -> Result<&'a mut FileMeta, MetaError> {
-    match ns.get_mut(key(path)) {
-        Some(Inode::File(f)) => Ok(f),
-        Some(Inode::Dir { .. }) => Err(MetaError::IsADirectory(path.clone())),
-        None => Err(MetaError::NotFound(path.clone())),
-    }
-}
 
 impl MasterState {
     pub fn new(chunk_size_bytes: u64) -> Self {
         let mut ns = PathTable::default();
         ns.insert(
             b"/",
-            Inode::Dir {
+            &Inode::Dir {
                 mtime_ms: 0,
                 policy: None,
             },
@@ -482,7 +471,7 @@ impl MasterState {
 
     // ---- reads ----------------------------------------------------------
 
-    pub fn stat(&self, path: &GfsPath) -> Result<&Inode, MetaError> {
+    pub fn stat(&self, path: &GfsPath) -> Result<Inode, MetaError> {
         self.ns
             .get(key(path))
             .ok_or_else(|| MetaError::NotFound(path.clone()))
@@ -518,10 +507,7 @@ impl MasterState {
                     return ControlFlow::Break(());
                 }
                 let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                entries.push(Listed {
-                    name,
-                    inode: v.clone(),
-                });
+                entries.push(Listed { name, inode: v });
                 ControlFlow::Continue(())
             },
         );
@@ -557,7 +543,7 @@ impl MasterState {
     }
 
     /// The files at or under `path`, in path order.
-    pub fn files_under(&self, path: &GfsPath) -> Result<Vec<(String, &FileMeta)>, MetaError> {
+    pub fn files_under(&self, path: &GfsPath) -> Result<Vec<(String, FileMeta)>, MetaError> {
         let mut out = Vec::new();
         match self.stat(path)? {
             Inode::File(f) => out.push((path.as_str().to_string(), f)),
@@ -600,7 +586,7 @@ impl MasterState {
                 policy: Some(d), ..
             }) = self.ns.get(key(&a))
             {
-                p = p.or(**d);
+                p = p.or(*d);
             }
         }
         p
@@ -631,12 +617,28 @@ impl MasterState {
     }
 
     fn touch(&mut self, dir: Option<GfsPath>, now: u64) {
-        if let Some(d) = dir
-            && let Some(Inode::Dir { mtime_ms, .. }) = self.ns.get_mut(key(&d))
-        {
-            *mtime_ms = (*mtime_ms).max(now);
+        let Some(d) = dir else { return };
+        let touched = self.ns.update(key(&d), |inode| {
+            if let Inode::Dir { mtime_ms, .. } = inode {
+                *mtime_ms = (*mtime_ms).max(now);
+            }
+        });
+        if touched.is_some() {
             self.dirty.push(persist::Key::Path(d.as_str().into()));
         }
+    }
+
+    /// The file at `path`; change it, then [`Self::put_file`] it back.
+    fn file(&self, path: &GfsPath) -> Result<FileMeta, MetaError> {
+        match self.ns.get(key(path)) {
+            Some(Inode::File(f)) => Ok(f),
+            Some(Inode::Dir { .. }) => Err(MetaError::IsADirectory(path.clone())),
+            None => Err(MetaError::NotFound(path.clone())),
+        }
+    }
+
+    fn put_file(&mut self, path: &GfsPath, f: FileMeta) {
+        self.ns_put(path.as_str(), Inode::File(f));
     }
 
     fn mkdir(&mut self, now: u64, path: &GfsPath, parents: bool) -> Outcome {
@@ -715,7 +717,7 @@ impl MasterState {
     }
 
     fn ns_put(&mut self, path: &str, inode: Inode) {
-        self.ns.insert(path.as_bytes(), inode);
+        self.ns.insert(path.as_bytes(), &inode);
         self.dirty.push(persist::Key::Path(path.into()));
     }
 
@@ -860,7 +862,7 @@ impl MasterState {
         index: u64,
         replicas: Vec<NodeId>,
     ) -> Outcome {
-        let f = file_mut(&mut self.ns, path)?;
+        let mut f = self.file(path)?;
         let have = f.chunks.len() as u64;
         if index < have {
             let handle = f.chunks[index as usize];
@@ -884,14 +886,11 @@ impl MasterState {
         }
         let handle = ChunkHandle(self.next_handle);
         self.next_handle += 1;
-        if f.chunks.capacity() == 0 {
-            // Most files have one chunk; Vec's first growth would reserve four.
-            f.chunks.reserve_exact(1);
-        }
         f.chunks.push(handle);
         f.mtime_ms = f.mtime_ms.max(now);
         let version = ChunkVersion(1);
         let replication = f.replication;
+        self.put_file(path, f);
         self.chunks.insert(
             handle,
             ChunkMeta {
@@ -900,11 +899,8 @@ impl MasterState {
                 replication,
             },
         );
-        self.dirty.extend([
-            persist::Key::Path(path.as_str().into()),
-            persist::Key::Chunk(handle),
-            persist::Key::Counters,
-        ]);
+        self.dirty
+            .extend([persist::Key::Chunk(handle), persist::Key::Counters]);
         Ok(Reply::Chunk {
             handle,
             version,
@@ -915,7 +911,7 @@ impl MasterState {
 
     fn set_length(&mut self, now: u64, path: &GfsPath, length: u64) -> Outcome {
         let chunk_size = self.chunk_size_bytes;
-        let f = file_mut(&mut self.ns, path)?;
+        let mut f = self.file(path)?;
         let cap = f.chunks.len() as u64 * chunk_size;
         if length > cap {
             let chunks = f.chunks.len() as u64;
@@ -928,7 +924,7 @@ impl MasterState {
         if length > f.length {
             f.length = length;
             f.mtime_ms = f.mtime_ms.max(now);
-            self.dirty.push(persist::Key::Path(path.as_str().into()));
+            self.put_file(path, f);
         }
         Ok(Reply::Done)
     }
@@ -942,18 +938,13 @@ impl MasterState {
                 "replication must be 1..={MAX_REPLICATION}"
             )));
         }
-        match self.ns.get_mut(key(path)) {
-            Some(Inode::Dir {
-                mtime_ms,
-                policy: p,
-            }) => {
-                *p = (!policy.is_empty()).then(|| Box::new(policy));
-                *mtime_ms = (*mtime_ms).max(now);
-            }
+        let mtime_ms = match self.ns.get(key(path)) {
+            Some(Inode::Dir { mtime_ms, .. }) => mtime_ms.max(now),
             Some(Inode::File(_)) => return Err(MetaError::NotADirectory(path.clone())),
             None => return Err(MetaError::NotFound(path.clone())),
-        }
-        self.dirty.push(persist::Key::Path(path.as_str().into()));
+        };
+        let policy = (!policy.is_empty()).then(|| Box::new(policy));
+        self.ns_put(path.as_str(), Inode::Dir { mtime_ms, policy });
         Ok(Reply::Done)
     }
 
@@ -975,12 +966,12 @@ impl MasterState {
         }
         let dst_parent = dst.parent().expect("not the root");
         self.dir_exists(&dst_parent)?;
-        let mut entries: Vec<(String, Inode)> = vec![(String::new(), self.stat(src)?.clone())];
+        let mut entries: Vec<(String, Inode)> = vec![(String::new(), self.stat(src)?)];
         if matches!(entries[0].1, Inode::Dir { .. }) {
             let base = src.as_str().len();
             for (k, v) in self.ns.collect_prefix(src.child_prefix().as_bytes()) {
                 let k = String::from_utf8_lossy(&k).into_owned();
-                entries.push((k[base..].to_string(), v.clone()));
+                entries.push((k[base..].to_string(), v));
             }
         }
         let (mut files, mut chunks, mut leases) = (0, 0, Vec::new());
@@ -1025,7 +1016,7 @@ impl MasterState {
         (old, new): (ChunkHandle, ChunkHandle),
         version: ChunkVersion,
     ) -> Outcome {
-        let f = file_mut(&mut self.ns, path)?;
+        let mut f = self.file(path)?;
         let at = usize::try_from(index).ok().filter(|i| *i < f.chunks.len());
         let Some(at) = at else {
             return Err(MetaError::NoSuchChunk(old));
@@ -1047,7 +1038,7 @@ impl MasterState {
         }
         f.chunks[at] = new;
         let replication = f.replication;
-        self.dirty.push(persist::Key::Path(path.as_str().into()));
+        self.put_file(path, f);
         if let Some(c) = self.chunks.get_mut(&old) {
             c.refs -= 1;
         }

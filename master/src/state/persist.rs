@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use gfs_proto::{ChunkHandle, NodeId};
 use serde::{Deserialize, Serialize};
 
-use super::{MasterState, PathTable};
+use super::{Inode, MasterState, PathTable};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Key {
@@ -105,7 +105,7 @@ impl MasterState {
     /// The encoded current value of `key`; `None` if it no longer exists.
     pub fn value_of(&self, key: &Key) -> Option<Vec<u8>> {
         match key {
-            Key::Path(p) => self.ns.get(p.as_bytes()).map(enc),
+            Key::Path(p) => self.ns.get(p.as_bytes()).map(|i| enc(&i)),
             Key::Chunk(h) => self.chunks.get(h).map(enc),
             Key::Lease(h) => self.leases.get(h).map(enc),
             Key::Deleted(id) => self.deleted.get(id).map(enc),
@@ -158,7 +158,8 @@ impl MasterState {
             };
             match key {
                 Key::Path(p) => {
-                    ns.insert(p.as_bytes(), postcard::from_bytes(&v).map_err(bad)?);
+                    let inode: Inode = postcard::from_bytes(&v).map_err(bad)?;
+                    ns.insert(p.as_bytes(), &inode);
                 }
                 Key::Chunk(h) => {
                     chunks.insert(h, postcard::from_bytes(&v).map_err(bad)?);

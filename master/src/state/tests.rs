@@ -99,7 +99,7 @@ fn create_is_exclusive_and_a_retry_gets_its_first_reply() {
     assert_eq!(s.run(create("/f")), Err(MetaError::AlreadyExists(p("/f"))));
     assert_eq!(
         s.st.stat(&p("/f")),
-        Ok(&Inode::File(FileMeta {
+        Ok(Inode::File(FileMeta {
             length: 0,
             mtime_ms: 5,
             replication: 3,
