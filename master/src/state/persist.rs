@@ -121,11 +121,15 @@ impl MasterState {
 
     /// Every key with its value: a full image of the state.
     pub fn dump(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut keys: Vec<Key> = Vec::new();
-        self.ns.scan(b"", None, false, |k, _| {
-            keys.push(Key::Path(String::from_utf8_lossy(k).into_owned()));
+        // Paths come first (the order of `Key`), with their values from the
+        // same scan: looking each up again would cost a block walk apiece.
+        let mut out = Vec::with_capacity(self.ns.len() + self.chunks.len());
+        self.ns.scan(b"", None, false, |k, inode| {
+            let key = Key::Path(String::from_utf8_lossy(k).into_owned());
+            out.push((key.encode(), enc(&inode)));
             std::ops::ControlFlow::Continue(())
         });
+        let mut keys: Vec<Key> = Vec::new();
         keys.extend(self.chunks.keys().map(|h| Key::Chunk(*h)));
         keys.extend(self.leases.keys().map(|h| Key::Lease(*h)));
         keys.extend(self.deleted.keys().map(|id| Key::Deleted(*id)));
@@ -133,12 +137,11 @@ impl MasterState {
         keys.extend(self.draining.iter().map(|n| Key::Draining(*n)));
         keys.push(Key::Counters);
         keys.sort();
-        keys.into_iter()
-            .map(|k| {
-                let v = self.value_of(&k).expect("listed keys exist");
-                (k.encode(), v)
-            })
-            .collect()
+        out.extend(keys.into_iter().map(|k| {
+            let v = self.value_of(&k).expect("listed keys exist");
+            (k.encode(), v)
+        }));
+        out
     }
 
     /// Rebuilds the state from the pairs `dump` (or the dirty-key writes)
