@@ -26,6 +26,19 @@ pub fn fence_mutation(mine: u64, theirs: u64) -> Fence {
     }
 }
 
+/// What a secondary does with a mutation forwarded at version `theirs`:
+/// only its own version is accepted. A newer one comes from the master
+/// (`SetVersion`) to the replicas it counts as current; a replica left out
+/// of a new lease may have missed acknowledged mutations, and adopting the
+/// version from the primary's forward would let it pass for current.
+pub fn fence_forwarded(mine: u64, theirs: u64) -> Fence {
+    if mine == theirs {
+        Fence::Current
+    } else {
+        Fence::Refuse
+    }
+}
+
 /// A read is served only at exactly the version the master named: a stale
 /// replica never answers one.
 pub fn fence_read(mine: u64, theirs: u64) -> Fence {
@@ -94,6 +107,9 @@ mod tests {
         assert_eq!(fence_mutation(3, 3), Fence::Current);
         assert_eq!(fence_mutation(3, 4), Fence::Adopt);
         assert_eq!(fence_mutation(3, 2), Fence::Refuse);
+        assert_eq!(fence_forwarded(3, 3), Fence::Current);
+        assert_eq!(fence_forwarded(3, 4), Fence::Refuse);
+        assert_eq!(fence_forwarded(3, 2), Fence::Refuse);
         assert_eq!(fence_read(3, 3), Fence::Current);
         assert_eq!(fence_read(3, 4), Fence::Refuse);
         assert_eq!(fence_read(3, 2), Fence::Refuse);

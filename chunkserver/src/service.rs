@@ -27,7 +27,9 @@ use crate::buffer::{DataBuffer, Parts, parts_len};
 use crate::changes::Changes;
 use crate::clone::{Cloning, clone_chunk, copy_local};
 use crate::config::ChunkserverConfig;
-use crate::order::{AppendPlan, Committed, Fence, fence_mutation, fence_read, plan_append};
+use crate::order::{
+    AppendPlan, Committed, Fence, fence_forwarded, fence_mutation, fence_read, plan_append,
+};
 
 /// Longest chain a push may name.
 const MAX_CHAIN: usize = 16;
@@ -172,9 +174,15 @@ impl Shared {
         }
     }
 
-    /// Version fencing for a mutation; adopts a newer version durably.
+    /// Version fencing for a mutation at the primary (or a `SetVersion`
+    /// from the master); adopts a newer version durably.
     async fn fence(&self, info: &ChunkInfo, version: u64) -> Result<(), Status> {
-        match fence_mutation(info.version.0, version) {
+        self.fence_by(fence_mutation(info.version.0, version), info, version)
+            .await
+    }
+
+    async fn fence_by(&self, fence: Fence, info: &ChunkInfo, version: u64) -> Result<(), Status> {
+        match fence {
             Fence::Current => Ok(()),
             Fence::Adopt => {
                 self.store
@@ -496,7 +504,8 @@ impl Chunkserver for ChunkService {
         let slot = sh.ordered(h);
         let _order = slot.order.lock().await;
         let info = sh.local(h, r.version, r.create).await?;
-        sh.fence(&info, r.version).await?;
+        let fence = fence_forwarded(info.version.0, r.version);
+        sh.fence_by(fence, &info, r.version).await?;
         let length = sh.apply_local(h, kind, r.offset, &data, r.sync).await?;
         if kind != MutationKind::Pad {
             Shared::lock(&sh.buffer).remove(r.data_id);

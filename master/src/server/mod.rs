@@ -70,6 +70,7 @@ pub async fn run(
         chunkservers: versions::Chunkservers::default(),
         duties: duties::Duties::default(),
         reads: node::ReadRounds::default(),
+        grants: tokio::sync::Mutex::new(()),
     });
     bootstrap(&node).await?;
     let background = tokio::spawn(duties::run(node.clone()));

@@ -25,6 +25,8 @@ pub struct Node {
     pub chunkservers: super::versions::Chunkservers,
     pub duties: super::duties::Duties,
     pub reads: ReadRounds,
+    /// Held while a lease is granted and its new version handed out.
+    pub grants: tokio::sync::Mutex<()>,
 }
 
 /// Linearizable reads share ReadIndex rounds: a read joins the first round

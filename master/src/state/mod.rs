@@ -344,7 +344,6 @@ fn key(p: &GfsPath) -> &[u8] {
     p.as_str().as_bytes()
 }
 
-
 impl MasterState {
     pub fn new(chunk_size_bytes: u64) -> Self {
         let mut ns = PathTable::default();
