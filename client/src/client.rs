@@ -230,6 +230,13 @@ impl Client {
             // One full replica is worked around (it is versioned out or
             // gives its lease up); several in a row mean the cluster is out
             // of space: say so instead of retrying to the deadline.
+            if last.kind == ErrorKind::NoReplica && no_space > 0 {
+                // Its replicas failed for lack of space and were dropped.
+                return Err(MasterError::new(
+                    ErrorKind::NoSpace,
+                    format!("chunk {index} of {path}: every replica ran out of space"),
+                ));
+            }
             if last.kind == ErrorKind::NoSpace {
                 no_space += 1;
                 if no_space >= MAX_NO_SPACE_RETRIES {
@@ -271,9 +278,10 @@ impl Client {
             .writable(path, index, failed)
             .await
             .map_err(|e| match e.kind {
-                ErrorKind::LeaseHeld | ErrorKind::Unavailable | ErrorKind::NoSpace => {
-                    Attempt::Retry(e)
-                }
+                ErrorKind::LeaseHeld
+                | ErrorKind::Unavailable
+                | ErrorKind::NoSpace
+                | ErrorKind::NoReplica => Attempt::Retry(e),
                 _ => Attempt::Fatal(e),
             })?;
         let Some(primary) = info.replicas.iter().find(|r| r.node_id == info.primary) else {

@@ -62,6 +62,7 @@ impl ErrorKind {
             ErrorKind::StaleVersion | ErrorKind::NotPrimary => Code::FailedPrecondition,
             ErrorKind::DataMissing => Code::NotFound,
             ErrorKind::Corrupt => Code::DataLoss,
+            ErrorKind::NoReplica => Code::Unavailable,
             ErrorKind::Internal | ErrorKind::Unspecified => Code::Internal,
         }
     }

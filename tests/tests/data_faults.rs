@@ -488,11 +488,13 @@ async fn r11_a_full_disk_on_a_chunkserver_costs_no_data() {
 /// R11, every disk full: the writer gets a clear `NO_SPACE` error in
 /// bounded time, not a retry loop to its deadline.
 ///
-/// Ignored: today the leader stops answering `WriteChunk` within the
-/// client's 2 s attempt timeout once every disk is full (its AppendEntries
-/// to the followers time out), so the writer ends with `UNAVAILABLE` after
-/// its deadline. Not yet understood; see the data-path issue's note.
-#[ignore = "known bug: the leader stalls when every chunkserver disk is full"]
+/// (It once ended in `UNAVAILABLE` after 40 s: the full replicas were
+/// dropped, the leader answered "no live replica" as `UNAVAILABLE`, and
+/// the client went round the masters with it for 30 s; meanwhile the
+/// leader kept ordering clones to full servers, which closed the chunk to
+/// writes. Now the leader says `NO_REPLICA`, a writer whose replicas ran
+/// out of space turns that into `NO_SPACE`, and a server that failed a
+/// clone is not sent another for 10 s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r11_every_disk_full_is_a_clear_error() {
     // SAFETY: geteuid has no preconditions.

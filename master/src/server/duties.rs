@@ -41,6 +41,11 @@ pub struct RepairStats {
 #[derive(Debug, Default)]
 pub struct Duties {
     in_flight: Mutex<HashMap<ChunkHandle, (NodeId, NodeId)>>,
+    /// Servers a clone to failed (full, broken), left out as destinations
+    /// until the time given: a full cluster must not keep a short chunk
+    /// "being copied" (and so closed to writes) by orders that cannot
+    /// succeed.
+    refused: Mutex<HashMap<NodeId, u64>>,
     blocked: Mutex<HashMap<ChunkHandle, u64>>,
     gc_cursor: Mutex<HashMap<NodeId, ChunkHandle>>,
     stats: Mutex<RepairStats>,
@@ -178,6 +183,8 @@ async fn reclaim(node: &Node) {
 
 /// Rebalancing looks at this many chunks of the fullest server per pass.
 const REBALANCE_SCAN: usize = 256;
+/// How long a server that failed a clone is not sent another.
+const REFUSED_FOR_MS: u64 = 10_000;
 
 /// One pass: the clone orders to send now. Chunks short of replicas
 /// first; with clone capacity left, moves from the fullest server to the
@@ -208,7 +215,12 @@ fn plan(node: &Node) -> Vec<CloneOrder> {
         }
     }
     repair::prioritize(&mut needs);
-    let views = soft.views(clock.now, clock.timeout_ms, draining);
+    let mut views = soft.views(clock.now, clock.timeout_ms, draining);
+    {
+        let mut refused = lock(&duties.refused);
+        refused.retain(|_, until| *until > clock.now);
+        views.retain(|v| !refused.contains_key(&v.id));
+    }
     let mut orders = repair::assign(
         &needs,
         &views,
@@ -325,6 +337,7 @@ async fn execute(node: Arc<Node>, o: CloneOrder) {
             tracing::info!(chunk = %o.handle, from = %o.source, to = %o.dest, bytes, "re-replicated");
         }
         Err(e) => {
+            lock(&node.duties.refused).insert(o.dest, now_ms() + REFUSED_FOR_MS);
             lock(&node.duties.stats).failed += 1;
             tracing::warn!(chunk = %o.handle, from = %o.source, to = %o.dest, error = %e, "clone failed");
         }

@@ -187,7 +187,7 @@ impl MetaService {
             .or_else(|| candidates.first().copied())
             .ok_or_else(|| {
                 error(
-                    ErrorKind::Unavailable,
+                    ErrorKind::NoReplica,
                     format!("no live up-to-date replica of chunk {handle}"),
                 )
             })?;
