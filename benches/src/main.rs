@@ -3,6 +3,7 @@
 
 mod cluster;
 mod engine;
+mod etcd;
 mod failover;
 mod figure3;
 mod meta;
@@ -42,6 +43,8 @@ enum Command {
     ClusterRead(cluster::ClusterArgs),
     /// Creates, stats and lists per second against a 3-master cluster it starts.
     Meta(meta::MetaArgs),
+    /// The `meta` creates and stats against an etcd cluster (for comparison).
+    Etcd(etcd::EtcdArgs),
     /// kill -9 the leader K times under a create load: time to the next mutation.
     Failover(failover::FailoverArgs),
     /// This machine's ceilings: O_DIRECT bandwidth of each data directory,
@@ -122,6 +125,11 @@ fn main() -> Result<()> {
             args.json,
             &rt.block_on(meta::run(&args))?,
             meta::print_table,
+        )?,
+        Command::Etcd(args) => emit(
+            args.json,
+            &rt.block_on(etcd::run(&args))?,
+            etcd::print_table,
         )?,
         Command::Failover(args) => emit(
             args.json,

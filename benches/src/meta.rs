@@ -46,37 +46,24 @@ enum Op {
     List,
 }
 
-/// Runs `op` from `n` clients for `secs`; returns operations per second.
-async fn phase(
-    masters: &[String],
-    n: usize,
-    secs: f64,
-    op: Op,
-    round: usize,
-    page: u32,
-    base: &str,
-) -> Result<f64> {
+/// Runs `step` in a loop on each worker's state, all at once, for `secs`;
+/// returns completed steps per second over all workers. A step gets its
+/// worker's state and its own count, and gives the state back.
+pub async fn ops_per_s<S, F, Fut>(workers: Vec<S>, secs: f64, step: F) -> Result<f64>
+where
+    S: Send + 'static,
+    F: Fn(S, u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<S>> + Send + 'static,
+{
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for c in 0..n {
-        let client = MasterClient::new(masters, MasterOptions::default())?;
-        let dir = format!("{base}/r{round}/c{c}");
-        let list = format!("{base}/list");
-        client.mkdir(&dir, true).await?;
-        let (stop, done) = (stop.clone(), done.clone());
+    for mut state in workers {
+        let (stop, done, step) = (stop.clone(), done.clone(), step.clone());
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let r = match op {
-                    Op::Create => client.create(&format!("{dir}/part-{i:06}"), 0).await,
-                    Op::Stat => client
-                        .stat(&format!("{list}/f{}", i % u64::from(page)), false)
-                        .await
-                        .map(|_| ()),
-                    Op::List => client.list_page(&list, "", page, false).await.map(|_| ()),
-                };
-                r?;
+                state = step(state, i).await?;
                 i += 1;
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -92,6 +79,37 @@ async fn phase(
         t.await??;
     }
     Ok(count as f64 / took.as_secs_f64())
+}
+
+/// Runs `op` from `n` clients for `secs`; returns operations per second.
+async fn phase(
+    masters: &[String],
+    n: usize,
+    secs: f64,
+    op: Op,
+    round: usize,
+    page: u32,
+    base: &str,
+) -> Result<f64> {
+    let mut workers = Vec::new();
+    for c in 0..n {
+        let client = MasterClient::new(masters, MasterOptions::default())?;
+        let dir = format!("{base}/r{round}/c{c}");
+        client.mkdir(&dir, true).await?;
+        workers.push((client, dir, format!("{base}/list")));
+    }
+    ops_per_s(workers, secs, move |(client, dir, list), i| async move {
+        match op {
+            Op::Create => client.create(&format!("{dir}/part-{i:06}"), 0).await,
+            Op::Stat => client
+                .stat(&format!("{list}/f{}", i % u64::from(page)), false)
+                .await
+                .map(|_| ()),
+            Op::List => client.list_page(&list, "", page, false).await.map(|_| ()),
+        }?;
+        Ok((client, dir, list))
+    })
+    .await
 }
 
 pub async fn run(args: &MetaArgs) -> Result<MetaReport> {
