@@ -1,6 +1,10 @@
 //! openraft storage on RocksDB: the Raft log and the state machine in
 //! column families of one database, so a log append, or an applied batch
-//! with its `last_applied`, is one atomic, synced `WriteBatch`.
+//! with its `last_applied`, is one atomic `WriteBatch`. Log writes (and
+//! the vote) are synced; applied batches are not: they can always be
+//! applied again from the log, and since both share RocksDB's one
+//! write-ahead log, the next synced write (the next append, or the purge
+//! that drops the entries they came from) makes them durable first.
 //!
 //! Column families:
 //! - `log`: entry index (big-endian) -> postcard-encoded entry;
@@ -296,8 +300,8 @@ impl StateMachineStore {
         self.applied.clone()
     }
 
-    /// Writes the changed keys with `last_applied` and membership, synced,
-    /// in one batch.
+    /// Writes the changed keys with `last_applied` and membership in one
+    /// batch (not synced: see the module comment).
     fn persist(&self, a: &mut Applied) -> Result<(), SError> {
         let mut batch = WriteBatch::default();
         let sm = cf(&self.db, CF_SM);
@@ -311,7 +315,7 @@ impl StateMachineStore {
         batch.put_cf(meta, LAST_APPLIED, enc(&a.last_applied));
         batch.put_cf(meta, MEMBERSHIP, enc(&a.membership));
         self.db
-            .write_opt(batch, &synced())
+            .write(batch)
             .map_err(|e| StorageIOError::write_state_machine(&e).into())
     }
 }
