@@ -2,6 +2,7 @@
 //! and [`run`], which ties them to one listening socket.
 
 pub mod admin;
+pub mod batch;
 pub mod chunkservers;
 pub mod config;
 pub mod duties;
@@ -71,6 +72,7 @@ pub async fn run(
         duties: duties::Duties::default(),
         reads: node::ReadRounds::default(),
         grants: tokio::sync::Mutex::new(()),
+        proposer: batch::Proposer::start(raft.clone()),
     });
     bootstrap(&node).await?;
     let background = tokio::spawn(duties::run(node.clone()));

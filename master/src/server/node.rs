@@ -27,6 +27,8 @@ pub struct Node {
     pub reads: ReadRounds,
     /// Held while a lease is granted and its new version handed out.
     pub grants: tokio::sync::Mutex<()>,
+    /// Every proposal goes through here, batched with concurrent ones.
+    pub proposer: super::batch::Proposer,
 }
 
 /// Linearizable reads share ReadIndex rounds: a read joins the first round
@@ -163,11 +165,16 @@ impl Node {
         let req = Request {
             client,
             seq,
-            now_ms: now_ms(),
+            now_ms: 0,
             cmd,
         };
-        match self.raft.client_write(req).await {
-            Ok(r) => r.data.map_err(|e| meta_status(&e)),
+        let written = self
+            .proposer
+            .propose(req)
+            .await
+            .ok_or_else(|| error(ErrorKind::Unavailable, "this master is shutting down"))?;
+        match written {
+            Ok(outcome) => outcome.map_err(|e| meta_status(&e)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(self.not_leader(Some(f)))
             }

@@ -213,6 +213,11 @@ pub enum Command {
         new: ChunkHandle,
         version: ChunkVersion,
     },
+    /// Several clients' requests in one log entry, applied in order, each
+    /// with its own session (so each is deduplicated on its own) and the
+    /// outer request's time. The leader batches concurrent proposals so a
+    /// burst of creates costs one entry, not one each.
+    Batch(Vec<Request>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,6 +257,8 @@ pub enum Reply {
     Handle {
         handle: ChunkHandle,
     },
+    /// One outcome per request of a `Batch`, in order.
+    Batch(Vec<Outcome>),
 }
 
 /// Errors that cross the wire; each tells the caller what to do next.
@@ -371,6 +378,19 @@ impl MasterState {
     /// Applies one request. A request a session already had applied gets
     /// the reply it got then, and changes nothing.
     pub fn apply(&mut self, req: Request) -> Outcome {
+        if let Command::Batch(reqs) = req.cmd {
+            let outcomes = reqs
+                .into_iter()
+                .map(|r| match r.cmd {
+                    Command::Batch(_) => Err(MetaError::InvalidArgument("nested batch".into())),
+                    _ => self.apply(Request {
+                        now_ms: req.now_ms,
+                        ..r
+                    }),
+                })
+                .collect();
+            return Ok(Reply::Batch(outcomes));
+        }
         if req.client != 0
             && let Some(s) = self.sessions.get_mut(&req.client)
         {
@@ -465,6 +485,8 @@ impl MasterState {
                 new,
                 version,
             } => self.split_chunk(&path, index, (old, new), version),
+            // `apply` takes batches apart; one inside a batch is refused.
+            Command::Batch(_) => Err(MetaError::InvalidArgument("nested batch".into())),
         }
     }
 

@@ -851,3 +851,47 @@ fn loading_rejects_damaged_records() {
         Err(persist::LoadError::NoCounters)
     ));
 }
+
+#[test]
+fn a_batch_applies_each_request_in_order_with_its_own_session_and_its_time() {
+    let mut s = Sim::new();
+    let create = |path: &str| Command::Create {
+        path: p(path),
+        replication: 3,
+    };
+    let req = |client, seq, cmd| Request {
+        client,
+        seq,
+        now_ms: 0,
+        cmd,
+    };
+    let batch = Request {
+        client: 0,
+        seq: 0,
+        now_ms: 77,
+        cmd: Command::Batch(vec![
+            req(1, 1, create("/a")),
+            // Another client's create of the same path loses...
+            req(2, 1, create("/a")),
+            // ...while client 1's retry gets its first reply.
+            req(1, 1, create("/a")),
+            req(3, 1, create("/b")),
+            req(3, 2, Command::Batch(Vec::new())),
+        ]),
+    };
+    assert_eq!(
+        s.st.apply(batch),
+        Ok(Reply::Batch(vec![
+            Ok(Reply::Done),
+            Err(MetaError::AlreadyExists(p("/a"))),
+            Ok(Reply::Done),
+            Ok(Reply::Done),
+            Err(MetaError::InvalidArgument("nested batch".into())),
+        ]))
+    );
+    assert_eq!(s.names("/"), ["a", "b"]);
+    let Ok(Inode::File(f)) = s.st.stat(&p("/b")) else {
+        panic!("/b is a file")
+    };
+    assert_eq!(f.mtime_ms, 77, "the batch's time, not the inner zero");
+}
