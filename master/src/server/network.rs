@@ -71,6 +71,32 @@ impl Network {
         channels.insert(addr.to_string(), c.clone());
         Ok(c)
     }
+
+    /// A new channel to `addr` in place of the cached one: after a peer
+    /// was unreachable (killed and restarted, say), the old channel may
+    /// still be backing off its reconnects, and an election must not wait
+    /// for that.
+    fn renew(&self, addr: &str) -> Result<Channel, String> {
+        let c = channel(addr, self.local)?;
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn client(
+        &self,
+        addr: &str,
+        c: Result<Channel, String>,
+    ) -> Result<RaftClient<Channel>, String> {
+        c.map(|c| {
+            RaftClient::new(c)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES * 8)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES * 8)
+        })
+        .map_err(|e| format!("{addr}: {e}"))
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -79,11 +105,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         PeerClient {
             target,
-            client: self.channel(&node.addr).map(|c| {
-                RaftClient::new(c)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES * 8)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES * 8)
-            }),
+            addr: node.addr.clone(),
+            client: self.client(&node.addr, self.channel(&node.addr)),
+            network: self.clone(),
         }
     }
 }
@@ -91,7 +115,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 #[derive(Debug)]
 pub struct PeerClient {
     target: NodeId,
+    addr: String,
     client: Result<RaftClient<Channel>, String>,
+    network: Network,
 }
 
 fn encode<T: Serialize>(v: &T) -> RaftMessage {
@@ -129,6 +155,9 @@ impl PeerClient {
         }
         .map_err(|s| {
             if s.code() == tonic::Code::Unavailable {
+                self.client = self
+                    .network
+                    .client(&self.addr, self.network.renew(&self.addr));
                 unreachable(&s)
             } else {
                 RPCError::Network(NetworkError::new(&NetErr(format!(

@@ -162,6 +162,11 @@ impl Node {
 
     /// Proposes `cmd` and waits for it to be applied here.
     pub async fn propose(&self, client: u64, seq: u64, cmd: Command) -> Result<Reply, Status> {
+        // A follower answers at once rather than queue behind batches that
+        // Raft may hold while this master starts or an election runs.
+        if !self.is_leader() {
+            return Err(self.not_leader(None));
+        }
         let req = Request {
             client,
             seq,
