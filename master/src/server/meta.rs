@@ -578,6 +578,10 @@ impl MasterMeta for MetaService {
                     "no live chunkserver with free space to place a chunk on",
                 ));
             }
+            let mut soft = node.soft();
+            for n in &chosen {
+                soft.reserve(*n, node.cfg.chunk_size_bytes);
+            }
             chosen
         } else {
             Vec::new()

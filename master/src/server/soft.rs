@@ -241,6 +241,15 @@ impl Soft {
         v
     }
 
+    /// Counts `bytes` as used on `id` until its next heartbeat says what is:
+    /// chunks placed between two heartbeats would otherwise all be placed
+    /// from the same view, on the same servers.
+    pub fn reserve(&mut self, id: NodeId, bytes: u64) {
+        if let Some(s) = self.servers.get_mut(&id) {
+            s.used_bytes = s.used_bytes.saturating_add(bytes).min(s.capacity_bytes);
+        }
+    }
+
     pub fn live_count(&self, now_ms: u64, timeout_ms: u64) -> usize {
         self.servers
             .values()
@@ -269,6 +278,34 @@ mod tests {
             changed: Vec::new(),
             removed: Vec::new(),
         }
+    }
+
+    #[test]
+    fn chunks_placed_between_heartbeats_spread_over_the_servers() {
+        let mut s = Soft::default();
+        for id in 1..=4 {
+            let mut b = beat(id, Some(Vec::new()));
+            b.capacity_bytes = 1000;
+            b.used_bytes = 0;
+            s.beat(b, 0);
+        }
+        let mut held = [0u32; 5];
+        for _ in 0..4 {
+            let views = s.views(0, 10, &BTreeSet::new());
+            for n in crate::placement::place(&views, 3, 0) {
+                held[n.0 as usize] += 1;
+                s.reserve(n, 10);
+            }
+        }
+        // 12 replicas over 4 servers: 3 each, not 4 on three of them.
+        assert_eq!(held[1..], [3, 3, 3, 3]);
+        // The next heartbeat says what is really used.
+        let mut b = beat(1, None);
+        b.capacity_bytes = 1000;
+        b.used_bytes = 7;
+        s.beat(b, 1);
+        let one = s.views(1, 10, &BTreeSet::new())[0].used_bytes;
+        assert_eq!(one, 7);
     }
 
     #[test]
