@@ -97,29 +97,37 @@ async fn read_file(c: &Client, path: &str, size: u64) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
+/// The local cluster the data-path benchmarks start: full-size chunks,
+/// leases and timeouts long enough for a loaded machine, data under `dir`.
+pub fn bench_spec(dir: &std::path::Path) -> Spec {
+    Spec {
+        chunk_size_bytes: gfs_proto::limits::DEFAULT_CHUNK_SIZE_BYTES,
+        lease_ms: 60_000,
+        lease_grace_ms: 5_000,
+        chunkserver_timeout_ms: 15_000,
+        heartbeat_ms: 500,
+        base_dir: Some(dir.to_path_buf()),
+        ..Spec::default()
+    }
+}
+
+/// The cluster to measure: the one at `masters`, or, with none named, a
+/// local one started from `spec`, which runs while the returned guard
+/// lives.
+pub async fn target(masters: &[String], spec: Spec) -> Result<(Option<Cluster>, Vec<String>)> {
+    if !masters.is_empty() {
+        return Ok((None, masters.to_vec()));
+    }
+    let cluster = Cluster::start(spec).await?;
+    let m = cluster.masters.addrs();
+    Ok((Some(cluster), m))
+}
+
 pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let (mut dev_w, mut dev_r, mut each) = (Vec::new(), Vec::new(), Vec::new());
-    let _local;
-    let masters = if args.masters.is_empty() {
-        let cluster = Cluster::start(Spec {
-            chunk_size_bytes: gfs_proto::limits::DEFAULT_CHUNK_SIZE_BYTES,
-            lease_ms: 60_000,
-            lease_grace_ms: 5_000,
-            chunkserver_timeout_ms: 15_000,
-            heartbeat_ms: 500,
-            base_dir: Some(args.dir.clone()),
-            ..Spec::default()
-        })
-        .await?;
-        let m = cluster.masters.addrs();
-        _local = Some(cluster);
-        m
-    } else {
-        _local = None;
-        args.masters.clone()
-    };
+    let (_local, masters) = target(&args.masters, bench_spec(&args.dir)).await?;
     let client = Client::connect(&masters)?;
     let mut block = vec![0u8; 8 << 20];
     fill_random(&mut block, 7);

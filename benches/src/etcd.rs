@@ -125,11 +125,7 @@ async fn clients(endpoints: &[String], n: usize) -> Result<Vec<Conn>> {
 }
 
 pub async fn run(args: &EtcdArgs) -> Result<EtcdReport> {
-    let base = format!(
-        "/bench-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    );
+    let base = crate::bench_dir();
     let mut setup = connect(&args.endpoints[0]).await?;
     let stat_keys = 100u64;
     for i in 0..stat_keys {

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use gfs_client::Client;
-use gfs_tests::cluster::{Cluster, Spec};
+use gfs_tests::cluster::Spec;
 use serde::Serialize;
 
 use crate::cluster::write_stream;
@@ -334,26 +334,11 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
         size: a.limit_bytes,
         json: false,
     })?;
-    let _local;
-    let masters = if a.masters.is_empty() {
-        let c = Cluster::start(Spec {
-            chunk_size_bytes: gfs_proto::limits::DEFAULT_CHUNK_SIZE_BYTES,
-            lease_ms: 60_000,
-            lease_grace_ms: 5_000,
-            chunkserver_timeout_ms: 15_000,
-            heartbeat_ms: 500,
-            base_dir: Some(a.dir.clone()),
-            rereplication_grace_ms: 60_000,
-            ..Spec::default()
-        })
-        .await?;
-        let m = c.masters.addrs();
-        _local = Some(c);
-        m
-    } else {
-        _local = None;
-        a.masters.clone()
+    let spec = Spec {
+        rereplication_grace_ms: 60_000,
+        ..crate::cluster::bench_spec(&a.dir)
     };
+    let (_local, masters) = crate::cluster::target(&a.masters, spec).await?;
     let admin = Client::connect(&masters)?;
     admin.mkdir("/fig3", true).await?;
     // The read set: a few files written once, read by every point.

@@ -199,6 +199,16 @@ pub fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// A namespace directory of this run's own, so benchmarks against an
+/// existing cluster never touch anything else.
+pub fn bench_dir() -> String {
+    format!(
+        "/bench-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
 /// Decimal megabytes per second.
 pub fn mb_s(bytes: u64, took: Duration) -> f64 {
     bytes as f64 / 1e6 / took.as_secs_f64()

@@ -124,11 +124,7 @@ pub async fn run(args: &MetaArgs) -> Result<MetaReport> {
         _local = None;
         args.masters.clone()
     };
-    let base = format!(
-        "/bench-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    );
+    let base = crate::bench_dir();
     let setup = MasterClient::new(&masters, MasterOptions::default())?;
     setup.mkdir(&format!("{base}/list"), true).await?;
     for i in 0..args.list_entries {

@@ -198,29 +198,16 @@ pub struct SnapshotReport {
 
 pub async fn snapshot(args: &SnapshotArgs) -> Result<SnapshotReport> {
     anyhow::ensure!(args.files > 0, "--files must be positive");
-    let _local;
-    let masters = if args.masters.is_empty() {
-        let cluster = Cluster::start(Spec {
-            chunk_size_bytes: CHUNK,
-            lease_ms: 60_000,
-            lease_grace_ms: 5_000,
-            ..Spec::default()
-        })
-        .await?;
-        let m = cluster.masters.addrs();
-        _local = Some(cluster);
-        m
-    } else {
-        _local = None;
-        args.masters.clone()
+    let spec = Spec {
+        chunk_size_bytes: CHUNK,
+        lease_ms: 60_000,
+        lease_grace_ms: 5_000,
+        ..Spec::default()
     };
+    let (_local, masters) = crate::cluster::target(&args.masters, spec).await?;
     let c = Client::connect(&masters)?;
     let m = c.master();
-    let base = format!(
-        "/bench-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    );
+    let base = crate::bench_dir();
     m.mkdir(&format!("{base}/tree"), true).await?;
     let probe = format!("{base}/probe");
     m.create(&probe, 0).await?;
