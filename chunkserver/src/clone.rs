@@ -15,13 +15,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::chunk::{CloneRequest, CopyLocalRequest, ReadRequest};
 use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES, error};
 use gfs_proto::{ChunkHandle, ChunkVersion};
 use gfs_storage_engine::StoreError;
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::service::{Shared, store_status};
 
@@ -140,13 +138,12 @@ async fn copy_into(
 async fn read_piece(
     sh: &Shared,
     from: &Source<'_>,
-    peer: Option<&mut ChunkserverClient<Channel>>,
     (to, version): (ChunkHandle, u64),
     offset: u64,
 ) -> Result<(Bytes, u64), Status> {
     let piece = MAX_FRAME_BYTES as u64;
-    match (from, peer) {
-        (Source::Local(h), _) => {
+    match from {
+        Source::Local(h) => {
             let info = sh.store.info(*h).await.map_err(store_status)?;
             if info.version.0 != version {
                 return Err(error(
@@ -165,20 +162,15 @@ async fn read_piece(
             };
             Ok((data, info.length))
         }
-        (Source::Peer(_), Some(c)) => {
+        Source::Peer(addr) => {
             let req = ReadRequest {
                 handle: to.0,
                 version,
                 offset,
                 length: piece,
             };
-            let r = tokio::time::timeout(READ_TIMEOUT, c.read(req))
-                .await
-                .map_err(|_| error(ErrorKind::Unavailable, "the clone source timed out"))??
-                .into_inner();
-            Ok((r.data, r.chunk_length))
+            sh.data.read(addr, &req, READ_TIMEOUT).await
         }
-        (Source::Peer(_), None) => Err(error(ErrorKind::Internal, "no client for the peer")),
     }
 }
 
@@ -190,13 +182,9 @@ async fn copy(
     from: &Source<'_>,
     rate: u64,
 ) -> Result<u64, Status> {
-    let mut peer = match from {
-        Source::Peer(addr) => Some(sh.peer(addr)?),
-        Source::Local(_) => None,
-    };
     let (start, mut offset) = (Instant::now(), 0u64);
     let piece = MAX_FRAME_BYTES as u64;
-    let mut pending = read_piece(sh, from, peer.as_mut(), (to, version), 0).await?;
+    let mut pending = read_piece(sh, from, (to, version), 0).await?;
     loop {
         let (data, chunk_length) = pending;
         let end = offset + data.len() as u64;
@@ -215,7 +203,7 @@ async fn copy(
             offset = end;
             break;
         }
-        let read = read_piece(sh, from, peer.as_mut(), (to, version), end);
+        let read = read_piece(sh, from, (to, version), end);
         let (written, next) = tokio::join!(write, read);
         written?;
         pending = next?;

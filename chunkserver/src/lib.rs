@@ -1,9 +1,10 @@
 //! The gfs-rs chunkserver: the gRPC service around the storage engine.
 //!
-//! - [`service`]: push along the replica chain (each server forwards frames
-//!   while still receiving them), mutations ordered by the primary under its
-//!   lease and forwarded to the secondaries, version-fenced reads with
-//!   verified checksums, delete;
+//! - [`data_plane`]: the framed-TCP data plane on the same port: pushes
+//!   along the replica chain (each server forwards pieces while still
+//!   receiving them), version-fenced reads with verified checksums;
+//! - [`service`]: the gRPC control plane: mutations ordered by the primary
+//!   under its lease and forwarded to the secondaries, delete, clone;
 //! - [`clone`]: copying a chunk from a peer for re-replication;
 //! - [`heartbeat`]: one loop per master;
 //! - pure decisions, tested by exact output: [`order`] (version fencing,
@@ -15,6 +16,7 @@ pub mod buffer;
 pub mod changes;
 pub mod clone;
 pub mod config;
+pub mod data_plane;
 pub mod heartbeat;
 pub mod order;
 pub mod service;
@@ -24,7 +26,7 @@ use std::future::Future;
 use gfs_proto::wire::MAX_MESSAGE_BYTES;
 use gfs_proto::wire::chunk::chunkserver_server::ChunkserverServer;
 use gfs_storage_engine::ChunkStore;
-use tonic::transport::server::TcpIncoming;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::ChunkserverConfig;
 use crate::service::{ChunkService, Shared};
@@ -53,20 +55,17 @@ pub async fn run(
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // One port for both planes: the acceptor keeps data-plane connections
+    // and hands the rest to tonic.
+    let (grpc_tx, grpc_rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio::spawn(data_plane::accept(shared.clone(), listener, grpc_tx));
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(32 << 20))
         .add_service(svc)
-        .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY on accepted sockets, replies wait out the
-            // peer's 40 ms delayed ACK (tonic applies the builder's
-            // nodelay only to listeners it binds itself).
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(ReceiverStream::new(grpc_rx), shutdown)
         .await
         .map_err(|e| format!("serving: {e}"));
+    acceptor.abort();
     for b in beats {
         b.abort();
     }

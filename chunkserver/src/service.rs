@@ -1,29 +1,28 @@
-//! The chunkserver's gRPC service: push (pipelined along the chain), mutate
-//! (the primary orders, applies and forwards), apply (a secondary), read
-//! (checksums verified), delete.
+//! The chunkserver's gRPC service, the control plane: mutate (the primary
+//! orders, applies and forwards), apply (a secondary), set version, revoke,
+//! clone, delete. Pushed data arrives, and reads leave, by the data plane
+//! ([`crate::data_plane`]); both meet in [`Shared`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gfs_proto::data::DataPool;
 use gfs_proto::record::RecordId;
 use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::chunk::chunkserver_server::Chunkserver;
 use gfs_proto::wire::chunk::{
     ApplyReply, ApplyRequest, CloneReply, CloneRequest, CopyLocalRequest, DeleteRequest, Empty,
-    MutateReply, MutateRequest, MutationKind, PushFrame, PushReply, ReadReply, ReadRequest,
-    RevokeRequest, SetVersionRequest,
+    MutateReply, MutateRequest, MutationKind, ReadRequest, RevokeRequest, SetVersionRequest,
 };
 use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES, error};
 use gfs_proto::{ChunkHandle, ChunkVersion};
 use gfs_storage_engine::{ChunkInfo, ChunkStore, StoreError};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
-use crate::buffer::{DataBuffer, Parts, parts_len};
+use crate::buffer::{DataBuffer, Full, Parts, parts_len};
 use crate::changes::Changes;
 use crate::clone::{Cloning, clone_chunk, copy_local};
 use crate::config::ChunkserverConfig;
@@ -32,9 +31,9 @@ use crate::order::{
 };
 
 /// Longest chain a push may name.
-const MAX_CHAIN: usize = 16;
+pub(crate) const MAX_CHAIN: usize = 16;
 /// Bound on one forwarded call to a peer.
-const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -87,6 +86,8 @@ pub struct Shared {
     /// Leases given up, to tell the leader with the next heartbeat.
     pub relinquished: Mutex<Vec<ChunkHandle>>,
     peers: Mutex<HashMap<String, ChunkserverClient<Channel>>>,
+    /// Data-plane connections to peers (forwarding pushes, clone reads).
+    pub data: Arc<DataPool>,
     pub cloning: Cloning,
 }
 
@@ -101,6 +102,7 @@ impl Shared {
             changes: Mutex::new(Changes::new(1 << 16)),
             relinquished: Mutex::default(),
             peers: Mutex::default(),
+            data: Arc::new(DataPool::new()),
             cloning: Cloning::default(),
         })
     }
@@ -149,6 +151,63 @@ impl Shared {
         })?;
         peers.insert(addr.to_string(), c.clone());
         Ok(c)
+    }
+
+    /// Up to `r.length` bytes at `r.offset` if this replica is at the
+    /// version the reader expects, verified; and the chunk's length here.
+    /// A corrupt replica is quarantined, never served.
+    pub(crate) async fn read_chunk(&self, r: &ReadRequest) -> Result<(Bytes, u64), Status> {
+        if r.length > MAX_FRAME_BYTES as u64 {
+            return Err(invalid(format!(
+                "a read returns at most {MAX_FRAME_BYTES} bytes, {} were asked for",
+                r.length
+            )));
+        }
+        let h = ChunkHandle(r.handle);
+        let info = self.store.info(h).await.map_err(store_status)?;
+        if fence_read(info.version.0, r.version) == Fence::Refuse {
+            return Err(error(
+                ErrorKind::StaleVersion,
+                format!(
+                    "chunk {h} is at version {} here, the reader expects {}: read another replica",
+                    info.version.0, r.version
+                ),
+            ));
+        }
+        let len = r.length.min(info.length.saturating_sub(r.offset));
+        let data = if len == 0 {
+            Bytes::new()
+        } else {
+            match self.store.read(h, r.offset, len).await {
+                Ok(d) => d,
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    // Never served: the replica goes to quarantine, the
+                    // masters hear it is gone, and the reader tries another.
+                    tracing::error!(chunk = %h, error = %e, "corrupt replica quarantined");
+                    if self.store.quarantine(h, &e.to_string()).await.is_ok() {
+                        self.note(h, None);
+                    }
+                    return Err(store_status(e));
+                }
+                Err(e) => return Err(store_status(e)),
+            }
+        };
+        Ok((data, info.length))
+    }
+
+    /// Room in the push buffer for `bytes` more.
+    pub(crate) fn reserve(&self, bytes: u64) -> Result<(), Full> {
+        Self::lock(&self.buffer).reserve(bytes, now_ms())
+    }
+
+    /// Gives back a reservation whose push failed.
+    pub(crate) fn release(&self, bytes: u64) {
+        Self::lock(&self.buffer).release(bytes);
+    }
+
+    /// Keeps a push that reserved `reserved` bytes for its mutation.
+    pub(crate) fn store_pushed(&self, id: u64, data: Parts, reserved: u64) {
+        Self::lock(&self.buffer).insert(id, data, reserved, now_ms());
     }
 
     /// The chunk's state here, creating it (at `version`) if it is absent
@@ -380,55 +439,6 @@ impl ChunkService {
 
 #[tonic::async_trait]
 impl Chunkserver for ChunkService {
-    async fn push(
-        &self,
-        req: Request<Streaming<PushFrame>>,
-    ) -> Result<Response<PushReply>, Status> {
-        let mut inbound = req.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| invalid("empty push"))?;
-        let total = first.total_bytes;
-        let max = self.shared.cfg.store.max_request_bytes;
-        if first.data_id == 0 || total > max || first.chain.len() > MAX_CHAIN {
-            return Err(invalid(format!(
-                "push needs a nonzero data id, at most {max} bytes and {MAX_CHAIN} servers"
-            )));
-        }
-        Shared::lock(&self.shared.buffer)
-            .reserve(total, now_ms())
-            .map_err(|e| error(ErrorKind::Busy, e.to_string()))?;
-        let received = self.receive(first, &mut inbound, total).await;
-        match received {
-            Ok((id, data, downstream)) => {
-                Shared::lock(&self.shared.buffer).insert(id, data, total, now_ms());
-                let (below, busy) = match downstream {
-                    Some(task) => match task.await {
-                        Ok(Ok(r)) => {
-                            let r = r.into_inner();
-                            (r.stored, r.busy)
-                        }
-                        Ok(Err(s)) => {
-                            tracing::debug!(error = %s.message(), "push down the chain failed");
-                            (0, gfs_proto::wire::detail_of(&s).kind() == ErrorKind::Busy)
-                        }
-                        Err(_) => (0, false),
-                    },
-                    None => (0, false),
-                };
-                Ok(Response::new(PushReply {
-                    stored: 1 + below,
-                    busy,
-                }))
-            }
-            Err(e) => {
-                Shared::lock(&self.shared.buffer).release(total);
-                Err(e)
-            }
-        }
-    }
-
     async fn mutate(&self, req: Request<MutateRequest>) -> Result<Response<MutateReply>, Status> {
         let r = req.into_inner();
         let kind = kind_of(r.kind, false)?;
@@ -514,50 +524,6 @@ impl Chunkserver for ChunkService {
             chunk_length: length,
         }))
     }
-    async fn read(&self, req: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
-        let r = req.into_inner();
-        if r.length > MAX_FRAME_BYTES as u64 {
-            return Err(invalid(format!(
-                "a read returns at most {MAX_FRAME_BYTES} bytes, {} were asked for",
-                r.length
-            )));
-        }
-        let h = ChunkHandle(r.handle);
-        let sh = &self.shared;
-        let info = sh.store.info(h).await.map_err(store_status)?;
-        if fence_read(info.version.0, r.version) == Fence::Refuse {
-            return Err(error(
-                ErrorKind::StaleVersion,
-                format!(
-                    "chunk {h} is at version {} here, the reader expects {}: read another replica",
-                    info.version.0, r.version
-                ),
-            ));
-        }
-        let len = r.length.min(info.length.saturating_sub(r.offset));
-        let data = if len == 0 {
-            Bytes::new()
-        } else {
-            match sh.store.read(h, r.offset, len).await {
-                Ok(d) => d,
-                Err(e @ StoreError::Corrupt { .. }) => {
-                    // Never served: the replica goes to quarantine, the
-                    // masters hear it is gone, and the reader tries another.
-                    tracing::error!(chunk = %h, error = %e, "corrupt replica quarantined");
-                    if sh.store.quarantine(h, &e.to_string()).await.is_ok() {
-                        sh.note(h, None);
-                    }
-                    return Err(store_status(e));
-                }
-                Err(e) => return Err(store_status(e)),
-            }
-        };
-        Ok(Response::new(ReadReply {
-            data,
-            chunk_length: info.length,
-        }))
-    }
-
     async fn set_version(
         &self,
         req: Request<SetVersionRequest>,
@@ -713,75 +679,5 @@ impl ChunkService {
             chunk_full: full,
             failed,
         })
-    }
-}
-
-type Downstream = tokio::task::JoinHandle<Result<Response<PushReply>, Status>>;
-
-impl ChunkService {
-    /// Receives a push while forwarding each frame down the chain.
-    async fn receive(
-        &self,
-        first: PushFrame,
-        inbound: &mut Streaming<PushFrame>,
-        total: u64,
-    ) -> Result<(u64, Parts, Option<Downstream>), Status> {
-        let id = first.data_id;
-        let (tx, downstream) = match first.chain.first() {
-            Some(next) => {
-                let mut peer = self.shared.peer(next)?;
-                let (tx, rx) = mpsc::channel::<PushFrame>(4);
-                let task = tokio::spawn(async move {
-                    tokio::time::timeout(PEER_TIMEOUT, peer.push(ReceiverStream::new(rx)))
-                        .await
-                        .map_err(|_| error(ErrorKind::Unavailable, "next server timed out"))?
-                });
-                (Some(tx), Some(task))
-            }
-            None => (None, None),
-        };
-        let forward = |tx: &Option<mpsc::Sender<PushFrame>>, f: PushFrame| {
-            let tx = tx.clone();
-            async move {
-                if let Some(tx) = tx {
-                    // A dead next server shows in its reply; keep receiving.
-                    let _ = tx.send(f).await;
-                }
-            }
-        };
-        let mut got = first.data.len() as u64;
-        let mut parts = vec![first.data.clone()];
-        forward(
-            &tx,
-            PushFrame {
-                chain: first.chain[1.min(first.chain.len())..].to_vec(),
-                ..first
-            },
-        )
-        .await;
-        while let Some(f) = inbound.message().await? {
-            got += f.data.len() as u64;
-            if got > total {
-                return Err(invalid(format!(
-                    "push {id:#x} sent more than its {total} bytes"
-                )));
-            }
-            parts.push(f.data.clone());
-            forward(
-                &tx,
-                PushFrame {
-                    data: f.data,
-                    ..PushFrame::default()
-                },
-            )
-            .await;
-        }
-        drop(tx);
-        if got != total {
-            return Err(invalid(format!(
-                "push {id:#x} ended after {got} of {total} bytes"
-            )));
-        }
-        Ok((id, parts, downstream))
     }
 }

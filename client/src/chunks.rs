@@ -1,28 +1,27 @@
-//! The client's side of the chunkservers: one lazily connected channel per
-//! server, and the three calls of the data path (push along a chain,
-//! mutate at the primary, read a piece from one replica).
+//! The client's side of the chunkservers: one lazily connected gRPC channel
+//! per server for mutations, pooled data-plane connections for pushes and
+//! reads, and the three calls of the data path (push along a chain, mutate
+//! at the primary, read a piece from one replica).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gfs_proto::data::DataPool;
 use gfs_proto::wire::MAX_FRAME_BYTES;
 use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
-use gfs_proto::wire::chunk::{MutateReply, MutateRequest, PushFrame, ReadReply, ReadRequest};
+use gfs_proto::wire::chunk::{MutateReply, MutateRequest, PushHeader, ReadRequest};
 use tonic::transport::Channel;
 
 use crate::master::MasterError;
-
-/// Bytes per pushed frame: small enough that each server forwards the
-/// start of a piece while the rest is still arriving.
-pub const PUSH_FRAME_BYTES: usize = 1 << 20;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Debug, Default)]
 pub struct ChunkPool {
     conns: Arc<Mutex<HashMap<String, ChunkserverClient<Channel>>>>,
+    data: Arc<DataPool>,
 }
 
 /// Why a push did not reach the whole chain.
@@ -57,30 +56,16 @@ impl ChunkPool {
         let Some(first) = chain.first() else {
             return Ok(());
         };
-        let mut c = self.get(first).map_err(PushError::Other)?;
-        let total = data.len();
-        let mut frames = Vec::with_capacity(total / PUSH_FRAME_BYTES + 1);
-        let mut at = 0;
-        loop {
-            let end = (at + PUSH_FRAME_BYTES).min(total);
-            frames.push(PushFrame {
-                data_id,
-                total_bytes: if at == 0 { total as u64 } else { 0 },
-                chain: if at == 0 {
-                    chain[1..].to_vec()
-                } else {
-                    Vec::new()
-                },
-                data: data.slice(at..end),
-            });
-            at = end;
-            if at >= total {
-                break;
-            }
-        }
-        match tokio::time::timeout(CALL_TIMEOUT, c.push(tokio_stream::iter(frames))).await {
-            Ok(Ok(r)) => {
-                let r = r.into_inner();
+        let header = PushHeader {
+            data_id,
+            total_bytes: data.len() as u64,
+            chain: chain[1..].to_vec(),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let _ = tx.try_send(data);
+        drop(tx);
+        match self.data.push(first, &header, rx, CALL_TIMEOUT).await {
+            Ok(r) => {
                 let stored = r.stored as usize;
                 if stored >= chain.len() {
                     Ok(())
@@ -90,7 +75,7 @@ impl ChunkPool {
                     Err(PushError::Broken(stored))
                 }
             }
-            Ok(Err(s)) => {
+            Err(s) => {
                 let e = MasterError::from_status(&s);
                 if crate::client::replica_failed(e.kind) {
                     Err(PushError::Broken(0))
@@ -98,7 +83,6 @@ impl ChunkPool {
                     Err(PushError::Other(e))
                 }
             }
-            Err(_) => Err(PushError::Broken(0)),
         }
     }
 
@@ -111,14 +95,13 @@ impl ChunkPool {
         }
     }
 
-    pub async fn read(&self, addr: &str, req: ReadRequest) -> Result<ReadReply, MasterError> {
+    /// A piece of a chunk from one replica, and the chunk's length there.
+    pub async fn read(&self, addr: &str, req: ReadRequest) -> Result<(Bytes, u64), MasterError> {
         debug_assert!(req.length <= MAX_FRAME_BYTES as u64);
-        let mut c = self.get(addr)?;
-        match tokio::time::timeout(CALL_TIMEOUT, c.read(req)).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(MasterError::from_status(&s)),
-            Err(_) => Err(unavailable(addr)),
-        }
+        self.data
+            .read(addr, &req, CALL_TIMEOUT)
+            .await
+            .map_err(|s| MasterError::from_status(&s))
     }
 }
 

@@ -529,7 +529,7 @@ impl Client {
                     length: len,
                 };
                 match self.pool.read(&r.addr, req).await {
-                    Ok(reply) => return Ok((reply.data, reply.chunk_length)),
+                    Ok(got) => return Ok(got),
                     Err(e) => {
                         tracing::debug!(replica = r.node_id, error = %e, "read failed; trying another replica");
                         last = Some(e);

@@ -12,11 +12,14 @@
 //! - [`path`]: [`GfsPath`], validated once at the wire boundary;
 //! - [`limits`]: chunk and block sizes, request bounds.
 //!
+//! - [`data`]: the chunkservers' data plane, framed TCP for pushes and
+//!   reads, and its client side;
 //! - [`wire`]: the generated tonic code of `proto/master.proto` (client
 //!   metadata, chunkserver heartbeats, admin, Raft) and the wire-error
 //!   mapping (`ErrorDetail` in status details: what to do next).
 
 pub mod codec;
+pub mod data;
 pub mod limits;
 pub mod path;
 pub mod record;

@@ -105,3 +105,23 @@ pub fn a_secondary(chunk: &gfs_proto::wire::master::ChunkInfo) -> u64 {
         .expect("a secondary")
         .node_id
 }
+
+/// Reads a piece of one replica directly over the data plane, as a client
+/// would: the data and the chunk's length there.
+pub async fn read_replica(
+    addr: &str,
+    handle: u64,
+    version: u64,
+    offset: u64,
+    length: u64,
+) -> Result<(bytes::Bytes, u64), tonic::Status> {
+    let req = gfs_proto::wire::chunk::ReadRequest {
+        handle,
+        version,
+        offset,
+        length,
+    };
+    gfs_proto::data::DataPool::new()
+        .read(addr, &req, std::time::Duration::from_secs(15))
+        .await
+}

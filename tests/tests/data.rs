@@ -135,33 +135,18 @@ async fn replica_views(c: &gfs_client::Client, off: u64) -> String {
     };
     let mut out = format!("chunk {} version {}\n", chunk.handle, chunk.version);
     for r in &chunk.replicas {
-        let got = async {
-            let mut cs = gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient::connect(
-                format!("http://{}", r.addr),
-            )
+        let got = gfs_tests::read_replica(&r.addr, chunk.handle, chunk.version, 0, chunk_size)
             .await
-            .map_err(|e| e.to_string())?
-            .max_decoding_message_size(gfs_proto::wire::MAX_MESSAGE_BYTES);
-            cs.read(gfs_proto::wire::chunk::ReadRequest {
-                handle: chunk.handle,
-                version: chunk.version,
-                offset: 0,
-                length: chunk_size,
-            })
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|e| e.message().to_string())
-        }
-        .await;
+            .map_err(|e| e.message().to_string());
         match got {
-            Ok(reply) => {
-                let found = gfs_proto::record::scan(&reply.data);
+            Ok((data, chunk_length)) => {
+                let found = gfs_proto::record::scan(&data);
                 let ids: Vec<_> = found.iter().map(|f| (f.offset, f.id.seq)).collect();
                 out += &format!(
                     "  n{}: chunk length {}, {} bytes, records (offset, seq) {ids:?}\n",
                     r.node_id,
-                    reply.chunk_length,
-                    reply.data.len()
+                    chunk_length,
+                    data.len()
                 );
             }
             Err(e) => out += &format!("  n{}: {e}\n", r.node_id),
@@ -311,23 +296,11 @@ async fn concurrent_writers_to_one_region_leave_replicas_identical() {
     for chunk in c.chunks("/shared").await.expect("chunks") {
         let mut copies = Vec::new();
         for r in &chunk.replicas {
-            let mut cs = gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient::connect(
-                format!("http://{}", r.addr),
-            )
-            .await
-            .expect("connect")
-            .max_decoding_message_size(gfs_proto::wire::MAX_MESSAGE_BYTES);
-            let got = cs
-                .read(gfs_proto::wire::chunk::ReadRequest {
-                    handle: chunk.handle,
-                    version: chunk.version,
-                    offset: 0,
-                    length: 1 << 20,
-                })
-                .await
-                .expect("read a replica")
-                .into_inner();
-            copies.push((r.node_id, got.data));
+            let (data, _) =
+                gfs_tests::read_replica(&r.addr, chunk.handle, chunk.version, 0, 1 << 20)
+                    .await
+                    .expect("read a replica");
+            copies.push((r.node_id, data));
         }
         assert_eq!(copies.len(), 3, "three replicas of chunk {}", chunk.index);
         for (id, data) in &copies[1..] {

@@ -4,9 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use gfs_proto::data::DataPool;
 use gfs_proto::wire::ErrorKind;
 use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
-use gfs_proto::wire::chunk::{MutateRequest, MutationKind, ReadRequest};
+use gfs_proto::wire::chunk::{MutateRequest, MutationKind, PushHeader};
 use gfs_proto::wire::detail_of;
 use gfs_tests::cluster::{Cluster, Spec};
 use gfs_tests::random_bytes;
@@ -162,16 +163,7 @@ async fn r10_a_stale_replica_is_never_read() {
     }
     // Asked directly at the current version, the stale replica refuses
     // (or is gone already: the leader has it deleted).
-    let mut direct = ChunkserverClient::connect(format!("http://{}", cluster.servers[vi].addr))
-        .await
-        .expect("connect");
-    let s = direct
-        .read(ReadRequest {
-            handle: now.handle,
-            version: now.version,
-            offset: 0,
-            length: 10,
-        })
+    let s = gfs_tests::read_replica(&cluster.servers[vi].addr, now.handle, now.version, 0, 10)
         .await
         .expect_err("stale");
     assert!(
@@ -246,44 +238,45 @@ async fn s4_mutations_without_lease_or_version_and_bad_requests_are_refused() {
     let mut bad = mutate(lease, chunk.version);
     bad.offset = u64::MAX - 2;
     assert_eq!(kind(cs.mutate(bad).await), ErrorKind::InvalidArgument);
-    let read = |version: u64, offset: u64, length: u64| ReadRequest {
-        handle: chunk.handle,
-        version,
-        offset,
-        length,
+    let read = |version: u64, offset: u64, length: u64| {
+        gfs_tests::read_replica(&primary.addr, chunk.handle, version, offset, length)
     };
+    fn read_kind<T>(r: Result<T, tonic::Status>) -> ErrorKind {
+        r.map_or_else(|s| detail_of(&s).kind(), |_| ErrorKind::Unspecified)
+    }
     assert_eq!(
-        kind(cs.read(read(chunk.version + 5, 0, 5)).await),
+        read_kind(read(chunk.version + 5, 0, 5).await),
         ErrorKind::StaleVersion
     );
     assert_eq!(
-        kind(cs.read(read(chunk.version, 0, 64 << 20)).await),
+        read_kind(read(chunk.version, 0, 64 << 20).await),
         ErrorKind::InvalidArgument
     );
     assert_eq!(
-        kind(cs.read(read(chunk.version, u64::MAX, 5)).await),
+        read_kind(read(chunk.version, u64::MAX, 5).await),
         ErrorKind::Unspecified
     );
     assert_eq!(
-        kind(
-            cs.read(ReadRequest {
-                handle: 0xdead_beef,
-                ..read(1, 0, 1)
-            })
-            .await
-        ),
+        read_kind(gfs_tests::read_replica(&primary.addr, 0xdead_beef, 1, 0, 1).await),
         ErrorKind::NotFound
     );
+    // The data plane refuses broken and oversized pushes, and stays up.
+    data_plane_refuses_bad_input(&primary.addr).await;
     // With the data pushed: an old version is refused (fencing).
-    let frame = gfs_proto::wire::chunk::PushFrame {
+    let pool = DataPool::new();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(bytes::Bytes::from_static(b"HELLO")).await.unwrap();
+    drop(tx);
+    let header = PushHeader {
         data_id: 42,
         total_bytes: 5,
         chain: Vec::new(),
-        data: bytes::Bytes::from_static(b"HELLO"),
     };
-    cs.push(tokio_stream::iter(vec![frame]))
+    let pushed = pool
+        .push(&primary.addr, &header, rx, Duration::from_secs(5))
         .await
         .expect("push");
+    assert_eq!(pushed.stored, 1);
     assert_eq!(
         kind(cs.mutate(mutate(lease, chunk.version - 1)).await),
         ErrorKind::StaleVersion
@@ -455,21 +448,14 @@ async fn r11_a_full_disk_on_a_chunkserver_costs_no_data() {
     for chunk in &chunks {
         // Every listed replica holds the whole chunk at the current version.
         for r in &chunk.replicas {
-            let mut cs = ChunkserverClient::connect(format!("http://{}", r.addr))
-                .await
-                .expect("connect");
-            let reply = cs
-                .read(ReadRequest {
-                    handle: chunk.handle,
-                    version: chunk.version,
-                    offset: 0,
-                    length: 0,
-                })
-                .await
-                .unwrap_or_else(|e| panic!("replica {} of chunk {}: {e}", r.node_id, chunk.index))
-                .into_inner();
+            let (_, chunk_length) =
+                gfs_tests::read_replica(&r.addr, chunk.handle, chunk.version, 0, 0)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!("replica {} of chunk {}: {e}", r.node_id, chunk.index)
+                    });
             assert_eq!(
-                reply.chunk_length,
+                chunk_length,
                 1 << 20,
                 "replica {} of chunk {} is partial",
                 r.node_id,
@@ -528,4 +514,64 @@ async fn r11_every_disk_full_is_a_clear_error() {
         "took {:?}",
         start.elapsed()
     );
+}
+
+/// S2 on the data plane, with raw bytes: an unknown op, a header length
+/// past the limit and a push larger than a server takes each get a clear
+/// error; a push that stops mid-data and bytes that are neither plane
+/// leave the server serving.
+async fn data_plane_refuses_bad_input(addr: &str) {
+    use gfs_proto::data::{MAGIC, Op, encode_request, read_reply};
+    use gfs_proto::wire::chunk::PushReply;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    async fn refused(addr: &str, bytes: &[u8]) -> ErrorKind {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(bytes).await.expect("send");
+        let reply =
+            tokio::time::timeout(Duration::from_secs(5), read_reply::<PushReply, _>(&mut s))
+                .await
+                .expect("an answer in time")
+                .expect("a well-formed answer");
+        reply.map_or_else(|d| d.kind(), |r| panic!("accepted: {r:?}"))
+    }
+    let mut unknown_op = MAGIC.to_vec();
+    unknown_op.extend_from_slice(&[9, 0, 0, 0, 0]);
+    assert_eq!(refused(addr, &unknown_op).await, ErrorKind::InvalidArgument);
+    let mut huge_header = MAGIC.to_vec();
+    huge_header.push(Op::Push as u8);
+    huge_header.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(
+        refused(addr, &huge_header).await,
+        ErrorKind::InvalidArgument
+    );
+    let too_big = PushHeader {
+        data_id: 7,
+        total_bytes: 1 << 40,
+        chain: Vec::new(),
+    };
+    assert_eq!(
+        refused(addr, &encode_request(Op::Push, &too_big)).await,
+        ErrorKind::InvalidArgument
+    );
+    let mut bad_proto = MAGIC.to_vec();
+    bad_proto.push(Op::Read as u8);
+    bad_proto.extend_from_slice(&3u32.to_le_bytes());
+    bad_proto.extend_from_slice(&[0xff, 0xff, 0xff]);
+    assert_eq!(refused(addr, &bad_proto).await, ErrorKind::InvalidArgument);
+    // A push that stops after 3 of 10 bytes, and plain garbage.
+    let torn = PushHeader {
+        data_id: 8,
+        total_bytes: 10,
+        chain: Vec::new(),
+    };
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut bytes = encode_request(Op::Push, &torn);
+    bytes.extend_from_slice(b"abc");
+    s.write_all(&bytes).await.expect("send");
+    drop(s);
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&[0x5a; 4096]).await.expect("send");
+    drop(s);
 }

@@ -1,0 +1,246 @@
+//! The server side of the data plane (`gfs_proto::data`): one listener for
+//! both planes. Each accepted connection is classified by its first four
+//! bytes; data-plane connections are served here, the rest go to tonic.
+//!
+//! A push is received in pieces of `PIECE_BYTES`, each read by the kernel
+//! straight into its own buffer, kept for the mutation and handed as it is
+//! to the connection that forwards it to the next server of the chain.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use gfs_proto::data::{
+    self, MAGIC, Op, PIECE_BYTES, encode_ok, encode_status, read_request, write_with,
+};
+use gfs_proto::wire::chunk::{PushHeader, PushReply, ReadHead, ReadRequest};
+use gfs_proto::wire::{ErrorKind, detail_of, error};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tonic::Status;
+
+use crate::service::{MAX_CHAIN, PEER_TIMEOUT, Shared};
+
+/// A connection that sends nothing for this long is closed (a pooled
+/// client connection is reopened).
+const IDLE: Duration = Duration::from_secs(60);
+
+/// How long a new connection may take to send its first four bytes.
+const FIRST_BYTES: Duration = Duration::from_secs(10);
+
+/// Accepts connections until the task is dropped (which ends every data
+/// connection it started); gRPC connections go to `grpc`.
+pub async fn accept(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    grpc: mpsc::Sender<io::Result<TcpStream>>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (s, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause, go on.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // Without TCP_NODELAY, replies wait out the peer's delayed ACK.
+                let _ = s.set_nodelay(true);
+                let (shared, grpc) = (shared.clone(), grpc.clone());
+                conns.spawn(async move {
+                    match tokio::time::timeout(FIRST_BYTES, is_data_plane(&s)).await {
+                        Ok(Ok(true)) => serve(&shared, s).await,
+                        Ok(Ok(false)) => {
+                            let _ = grpc.send(Ok(s)).await;
+                        }
+                        _ => {}
+                    }
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+/// Whether the connection starts with the data plane's magic; false for
+/// anything else (tonic then refuses what is not HTTP/2).
+async fn is_data_plane(s: &TcpStream) -> io::Result<bool> {
+    let mut first = [0u8; 4];
+    loop {
+        let n = s.peek(&mut first).await?;
+        if n == 0 || first[..n] != MAGIC[..n] {
+            return Ok(false);
+        }
+        if n == MAGIC.len() {
+            return Ok(true);
+        }
+        // A prefix of the magic so far: wait for the rest.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Serves requests one at a time until the client closes, idles or sends
+/// something that breaks the framing.
+async fn serve(sh: &Shared, mut s: TcpStream) {
+    loop {
+        let (op, header) = match tokio::time::timeout(IDLE, read_request(&mut s)).await {
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) | Err(_) => return,
+            Ok(Err(e)) => {
+                // Tell the client why (best effort), then close: the
+                // framing is lost.
+                let _ = s.write_all(&encode_status(&invalid(e.to_string()))).await;
+                return;
+            }
+        };
+        let keep = match op {
+            Op::Read => read(sh, &mut s, header).await,
+            Op::Push => push(sh, &mut s, header).await,
+        };
+        if !matches!(keep, Ok(true)) {
+            return;
+        }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Status {
+    error(ErrorKind::InvalidArgument, msg)
+}
+
+/// Answers a read; whether the connection is still usable.
+async fn read(sh: &Shared, s: &mut TcpStream, header: Bytes) -> io::Result<bool> {
+    let req = match ReadRequest::decode(header) {
+        Ok(r) => r,
+        Err(e) => {
+            s.write_all(&encode_status(&invalid(format!("bad read header: {e}"))))
+                .await?;
+            return Ok(false);
+        }
+    };
+    match sh.read_chunk(&req).await {
+        Ok((data, chunk_length)) => {
+            let head = ReadHead {
+                chunk_length,
+                data_bytes: data.len() as u64,
+            };
+            write_with(s, encode_ok(&head), data).await?;
+        }
+        Err(e) => s.write_all(&encode_status(&e)).await?,
+    }
+    Ok(true)
+}
+
+/// Receives a push while forwarding it down the chain; answers how many
+/// servers of the chain stored it. Whether the connection is still usable.
+async fn push(sh: &Shared, s: &mut TcpStream, header: Bytes) -> io::Result<bool> {
+    let h = match PushHeader::decode(header) {
+        Ok(h) => h,
+        Err(e) => {
+            s.write_all(&encode_status(&invalid(format!("bad push header: {e}"))))
+                .await?;
+            return Ok(false);
+        }
+    };
+    let total = h.total_bytes;
+    let max = sh.cfg.store.max_request_bytes;
+    if h.data_id == 0 || total > max || h.chain.len() > MAX_CHAIN {
+        // The payload that follows is not read: answer and close.
+        let e = invalid(format!(
+            "a push needs a nonzero data id, at most {max} bytes and {MAX_CHAIN} servers; got {total} bytes and {} servers",
+            h.chain.len()
+        ));
+        s.write_all(&encode_status(&e)).await?;
+        return Ok(false);
+    }
+    if let Err(full) = sh.reserve(total) {
+        // Read and drop the data so the connection stays in step.
+        drain(s, total).await?;
+        s.write_all(&encode_status(&error(ErrorKind::Busy, full.to_string())))
+            .await?;
+        return Ok(true);
+    }
+    let (tx, downstream) = match h.chain.split_first() {
+        Some((next, rest)) => {
+            let (tx, rx) = mpsc::channel::<Bytes>(8);
+            let fwd = PushHeader {
+                data_id: h.data_id,
+                total_bytes: total,
+                chain: rest.to_vec(),
+            };
+            let (pool, next) = (sh.data.clone(), next.clone());
+            let task = tokio::spawn(async move { pool.push(&next, &fwd, rx, PEER_TIMEOUT).await });
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
+    let mut parts = Vec::with_capacity(total.div_ceil(PIECE_BYTES as u64) as usize);
+    let mut got = 0u64;
+    while got < total {
+        let want = (total - got).min(PIECE_BYTES as u64) as usize;
+        match tokio::time::timeout(PEER_TIMEOUT, data::read_exact_bytes(s, want)).await {
+            Ok(Ok(p)) => {
+                got += p.len() as u64;
+                if let Some(tx) = &tx {
+                    // A dead next server shows in its reply; keep receiving.
+                    let _ = tx.send(p.clone()).await;
+                }
+                parts.push(p);
+            }
+            Ok(Err(e)) => {
+                sh.release(total);
+                return Err(e);
+            }
+            Err(_) => {
+                sh.release(total);
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "push stalled mid-data",
+                ));
+            }
+        }
+    }
+    drop(tx);
+    sh.store_pushed(h.data_id, parts, total);
+    let (below, busy) = match downstream {
+        Some(task) => match task.await {
+            Ok(Ok(r)) => (r.stored, r.busy),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e.message(), "push down the chain failed");
+                (0, detail_of(&e).kind() == ErrorKind::Busy)
+            }
+            Err(_) => (0, false),
+        },
+        None => (0, false),
+    };
+    let reply = PushReply {
+        stored: 1 + below,
+        busy,
+    };
+    s.write_all(&data::encode_ok(&reply)).await?;
+    Ok(true)
+}
+
+/// Reads and drops `n` bytes.
+async fn drain(s: &mut TcpStream, n: u64) -> io::Result<()> {
+    let mut buf = BytesMut::zeroed(PIECE_BYTES.min(n as usize));
+    let mut left = n;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let got = tokio::time::timeout(PEER_TIMEOUT, s.read(&mut buf[..want]))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "push stalled mid-data"))??;
+        if got == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        left -= got as u64;
+    }
+    Ok(())
+}

@@ -1,0 +1,426 @@
+//! The data plane: chunk data pushed along a replica chain and read back,
+//! as framed TCP on the chunkserver's own port, beside its gRPC control
+//! plane (a chunkserver tells the two apart by the first four bytes).
+//!
+//! Why not gRPC: on one host, HTTP/2 framing and protobuf put every byte
+//! through two extra copies per hop and several task wake-ups per frame;
+//! here a byte is copied by the kernel into a buffer that is then stored and
+//! forwarded as it is (figures in ARCHITECTURE.md).
+//!
+//! ```text
+//! request: MAGIC (4) | op (1) | header length (u32 LE) | header | payload
+//! reply:   status (1) | header length (u32 LE) | header | payload
+//! ```
+//!
+//! Headers are protobuf messages of `gfs.chunk.v1`: a push sends a
+//! [`PushHeader`] and `total_bytes` of data and gets a [`PushReply`]; a read
+//! sends a [`ReadRequest`] and gets a [`ReadHead`] and `data_bytes` of data.
+//! A failed request gets status 1 and an [`ErrorDetail`]. A connection
+//! carries one request at a time and is reused; a server closes it after a
+//! request it could not parse.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::wire::chunk::{PushHeader, PushReply, ReadHead, ReadRequest};
+use crate::wire::{ErrorDetail, ErrorKind, MAX_FRAME_BYTES, detail_of, error, status};
+
+/// The first bytes of every data-plane connection. An HTTP/2 connection
+/// starts with "PRI ", so the two never collide.
+pub const MAGIC: [u8; 4] = *b"GFSd";
+
+/// Largest header either side accepts (S2).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Bytes a server receives before it forwards them down the chain: small
+/// enough that the next server starts early, large enough to be cheap.
+pub const PIECE_BYTES: usize = 512 * 1024;
+
+/// An idle pooled connection older than this is closed, not reused.
+const IDLE_REUSE: Duration = Duration::from_secs(30);
+
+/// Idle connections kept per server.
+const IDLE_PER_ADDR: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    Push = 1,
+    Read = 2,
+}
+
+const OK: u8 = 0;
+const FAILED: u8 = 1;
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// A request's first bytes: magic, op and header length.
+pub fn encode_request(op: Op, header: &impl Message) -> Vec<u8> {
+    let h = header.encode_to_vec();
+    let mut out = Vec::with_capacity(9 + h.len());
+    out.extend_from_slice(&MAGIC);
+    out.push(op as u8);
+    out.extend_from_slice(&(h.len() as u32).to_le_bytes());
+    out.extend_from_slice(&h);
+    out
+}
+
+/// Parses the 9 bytes in front of a request's header.
+pub fn parse_request_prefix(p: &[u8; 9]) -> io::Result<(Op, usize)> {
+    if p[..4] != MAGIC {
+        return Err(bad(format!(
+            "not a gfs data-plane request: {:02x?}",
+            &p[..4]
+        )));
+    }
+    let op = match p[4] {
+        1 => Op::Push,
+        2 => Op::Read,
+        other => return Err(bad(format!("unknown data-plane op {other}"))),
+    };
+    let len = u32::from_le_bytes([p[5], p[6], p[7], p[8]]) as usize;
+    if len > MAX_HEADER_BYTES {
+        return Err(bad(format!(
+            "a data-plane header of {len} bytes exceeds {MAX_HEADER_BYTES}"
+        )));
+    }
+    Ok((op, len))
+}
+
+/// A successful reply's header.
+pub fn encode_ok(header: &impl Message) -> Vec<u8> {
+    reply(OK, &header.encode_to_vec())
+}
+
+/// A failed request's reply.
+pub fn encode_err(detail: &ErrorDetail) -> Vec<u8> {
+    let mut d = detail.clone();
+    // An error message never makes a header too large to read.
+    if d.message.len() > MAX_HEADER_BYTES / 2 {
+        let mut cut = MAX_HEADER_BYTES / 2;
+        while !d.message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        d.message.truncate(cut);
+    }
+    reply(FAILED, &d.encode_to_vec())
+}
+
+fn reply(status: u8, h: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + h.len());
+    out.push(status);
+    out.extend_from_slice(&(h.len() as u32).to_le_bytes());
+    out.extend_from_slice(h);
+    out
+}
+
+/// Reads the next request's op and header; `None` at a clean end of the
+/// connection between requests.
+pub async fn read_request<S: AsyncRead + Unpin>(s: &mut S) -> io::Result<Option<(Op, Bytes)>> {
+    let mut p = [0u8; 9];
+    // The first byte tells a clean end from a torn request.
+    if s.read(&mut p[..1]).await? == 0 {
+        return Ok(None);
+    }
+    s.read_exact(&mut p[1..]).await?;
+    let (op, len) = parse_request_prefix(&p)?;
+    Ok(Some((op, read_exact_bytes(s, len).await?)))
+}
+
+/// Exactly `n` bytes, read straight into one buffer.
+pub async fn read_exact_bytes<S: AsyncRead + Unpin>(s: &mut S, n: usize) -> io::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(n);
+    while buf.len() < n {
+        let mut limited = (&mut *s).take((n - buf.len()) as u64);
+        if limited.read_buf(&mut buf).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the peer closed after {} of {n} bytes", buf.len()),
+            ));
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads a reply: its header, or the error it carries.
+pub async fn read_reply<M: Message + Default, S: AsyncRead + Unpin>(
+    s: &mut S,
+) -> io::Result<Result<M, ErrorDetail>> {
+    let mut p = [0u8; 5];
+    s.read_exact(&mut p).await?;
+    let len = u32::from_le_bytes([p[1], p[2], p[3], p[4]]) as usize;
+    if len > MAX_HEADER_BYTES {
+        return Err(bad(format!("a reply header of {len} bytes")));
+    }
+    let h = read_exact_bytes(s, len).await?;
+    match p[0] {
+        OK => M::decode(h).map(Ok).map_err(|e| bad(e.to_string())),
+        FAILED => ErrorDetail::decode(h)
+            .map(Err)
+            .map_err(|e| bad(e.to_string())),
+        other => Err(bad(format!("unknown reply status {other}"))),
+    }
+}
+
+/// Writes `head` and then `data` with as few system calls as the socket
+/// allows.
+pub async fn write_with<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    head: Vec<u8>,
+    data: Bytes,
+) -> io::Result<()> {
+    let mut both = Bytes::from(head).chain(data);
+    s.write_all_buf(&mut both).await
+}
+
+/// The client side of the data plane: idle connections per server, reused
+/// one request at a time. Errors are statuses like the control plane's, so
+/// callers read them with [`detail_of`]: a server that cannot be reached or
+/// sends a broken reply is `Unavailable`.
+#[derive(Debug, Default)]
+pub struct DataPool {
+    idle: Mutex<HashMap<String, Vec<(TcpStream, Instant)>>>,
+}
+
+impl DataPool {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An idle connection that is still open, or a new one.
+    async fn take(&self, addr: &str) -> Result<TcpStream, Status> {
+        loop {
+            let found = {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                idle.get_mut(addr).and_then(Vec::pop)
+            };
+            let Some((s, since)) = found else { break };
+            // Closed by the server (restarted, idle timeout) or holding
+            // stray bytes: not reusable.
+            if since.elapsed() < IDLE_REUSE
+                && matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            {
+                return Ok(s);
+            }
+        }
+        let s = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
+            .await
+            .map_err(|_| unavailable(addr, "connecting timed out"))?
+            .map_err(|e| unavailable(addr, &e.to_string()))?;
+        s.set_nodelay(true)
+            .map_err(|e| unavailable(addr, &e.to_string()))?;
+        Ok(s)
+    }
+
+    fn give_back(&self, addr: &str, s: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let v = idle.entry(addr.to_string()).or_default();
+        if v.len() < IDLE_PER_ADDR {
+            v.push((s, Instant::now()));
+        }
+    }
+
+    /// Reads `req.length` (at most [`MAX_FRAME_BYTES`]) bytes; returns the
+    /// data (less at the chunk's end) and the chunk's length there.
+    pub async fn read(
+        &self,
+        addr: &str,
+        req: &ReadRequest,
+        timeout: Duration,
+    ) -> Result<(Bytes, u64), Status> {
+        if req.length > MAX_FRAME_BYTES as u64 {
+            return Err(error(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "a read returns at most {MAX_FRAME_BYTES} bytes, {} were asked for",
+                    req.length
+                ),
+            ));
+        }
+        let mut s = self.take(addr).await?;
+        let call = async {
+            s.write_all(&encode_request(Op::Read, req)).await?;
+            match read_reply::<ReadHead, _>(&mut s).await? {
+                Ok(head) if head.data_bytes > req.length => Err(bad(format!(
+                    "{} bytes answered for a read of {}",
+                    head.data_bytes, req.length
+                ))),
+                Ok(head) => {
+                    let data = read_exact_bytes(&mut s, head.data_bytes as usize).await?;
+                    Ok(Ok((data, head.chunk_length)))
+                }
+                Err(d) => Ok(Err(d)),
+            }
+        };
+        let out = self.finish(addr, timeout, call).await;
+        if out.is_ok() {
+            self.give_back(addr, s);
+        }
+        out
+    }
+
+    /// Pushes `total` bytes, arriving as pieces on `pieces`, to `addr`,
+    /// which forwards them to `header.chain`. Ends the connection if
+    /// `pieces` closes early.
+    pub async fn push(
+        &self,
+        addr: &str,
+        header: &PushHeader,
+        mut pieces: mpsc::Receiver<Bytes>,
+        timeout: Duration,
+    ) -> Result<PushReply, Status> {
+        let total = header.total_bytes;
+        let mut s = self.take(addr).await?;
+        let call = async {
+            let mut head = encode_request(Op::Push, header);
+            let mut sent = 0u64;
+            let mut written = Ok(());
+            while let Some(p) = pieces.recv().await {
+                sent += p.len() as u64;
+                if sent > total {
+                    return Err(bad(format!("more than the {total} bytes announced")));
+                }
+                written = write_with(&mut s, std::mem::take(&mut head), p).await;
+                if written.is_err() {
+                    break;
+                }
+            }
+            if written.is_ok() && sent < total {
+                return Err(bad(format!("only {sent} of the {total} bytes announced")));
+            }
+            if written.is_ok() && !head.is_empty() {
+                s.write_all(&head).await?;
+            }
+            // A server that refused the header answers and closes: its
+            // answer says more than the failed write.
+            match read_reply::<PushReply, _>(&mut s).await {
+                Ok(r) => Ok(r),
+                Err(e) => written.and(Err(e)),
+            }
+        };
+        let out = self.finish(addr, timeout, call).await;
+        if out.is_ok() {
+            self.give_back(addr, s);
+        }
+        out
+    }
+
+    async fn finish<T>(
+        &self,
+        addr: &str,
+        timeout: Duration,
+        call: impl Future<Output = io::Result<Result<T, ErrorDetail>>>,
+    ) -> Result<T, Status> {
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(d))) => Err(status(d)),
+            Ok(Err(e)) => Err(unavailable(addr, &e.to_string())),
+            Err(_) => Err(unavailable(addr, "no answer in time")),
+        }
+    }
+}
+
+fn unavailable(addr: &str, why: &str) -> Status {
+    error(ErrorKind::Unavailable, format!("chunkserver {addr}: {why}"))
+}
+
+/// What a server answers for a failed request: the status's detail.
+pub fn encode_status(s: &Status) -> Vec<u8> {
+    encode_err(&detail_of(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_prefixes_round_trip_and_refuse_garbage() {
+        let req = ReadRequest {
+            handle: 7,
+            version: 2,
+            offset: 65536,
+            length: 4096,
+        };
+        let b = encode_request(Op::Read, &req);
+        let p: [u8; 9] = b[..9].try_into().unwrap();
+        let (op, len) = parse_request_prefix(&p).unwrap();
+        assert_eq!((op, len), (Op::Read, b.len() - 9));
+        assert_eq!(ReadRequest::decode(&b[9..]).unwrap(), req);
+
+        let http2: [u8; 9] = *b"PRI * HTT";
+        assert!(parse_request_prefix(&http2).is_err());
+        let mut op9 = p;
+        op9[4] = 9;
+        assert!(
+            parse_request_prefix(&op9)
+                .unwrap_err()
+                .to_string()
+                .contains("op 9")
+        );
+        let mut huge = p;
+        huge[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(parse_request_prefix(&huge).is_err());
+    }
+
+    #[tokio::test]
+    async fn replies_read_back_as_headers_or_errors() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let head = ReadHead {
+            chunk_length: 10,
+            data_bytes: 3,
+        };
+        write_with(&mut a, encode_ok(&head), Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
+        let long = "x".repeat(MAX_HEADER_BYTES);
+        a.write_all(&encode_err(&ErrorDetail {
+            kind: ErrorKind::StaleVersion as i32,
+            message: long,
+            leader_id: 0,
+            leader_addr: String::new(),
+        }))
+        .await
+        .unwrap();
+        a.write_all(&[7, 0, 0, 0, 0]).await.unwrap();
+        assert_eq!(read_reply::<ReadHead, _>(&mut b).await.unwrap(), Ok(head));
+        assert_eq!(&read_exact_bytes(&mut b, 3).await.unwrap()[..], b"abc");
+        let d = read_reply::<ReadHead, _>(&mut b)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(d.kind(), ErrorKind::StaleVersion);
+        assert_eq!(d.message.len(), MAX_HEADER_BYTES / 2);
+        assert!(read_reply::<ReadHead, _>(&mut b).await.is_err(), "status 7");
+    }
+
+    #[tokio::test]
+    async fn requests_end_cleanly_only_between_requests() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let h = PushHeader {
+            data_id: 1,
+            total_bytes: 5,
+            chain: vec!["127.0.0.1:1".into()],
+        };
+        let bytes = encode_request(Op::Push, &h);
+        a.write_all(&bytes).await.unwrap();
+        a.write_all(&bytes[..4]).await.unwrap();
+        drop(a);
+        let (op, got) = read_request(&mut b).await.unwrap().unwrap();
+        assert_eq!((op, PushHeader::decode(got).unwrap()), (Op::Push, h));
+        assert!(read_request(&mut b).await.is_err(), "torn request");
+        let (a, mut b) = tokio::io::duplex(16);
+        drop(a);
+        assert!(read_request(&mut b).await.unwrap().is_none());
+    }
+}
