@@ -626,20 +626,6 @@ impl ChunkService {
             }
             _ => (MutationKind::Write, r.offset),
         };
-        let length = match sh.apply_local(h, applied_kind, offset, data, r.sync).await {
-            Ok(l) => l,
-            Err(e) => {
-                // This replica cannot take the mutation (disk full, I/O
-                // error): another primary must order the chunk.
-                if matches!(
-                    gfs_proto::wire::detail_of(&e).kind(),
-                    ErrorKind::NoSpace | ErrorKind::Internal
-                ) {
-                    sh.relinquish(h);
-                }
-                return Err(e);
-            }
-        };
         order.serial += 1;
         let apply = ApplyRequest {
             handle: r.handle,
@@ -656,7 +642,27 @@ impl ChunkService {
             sync: r.sync,
             create: offset == 0 && applied_kind != MutationKind::Pad,
         };
-        let (failed, missing) = self.forward(r, apply).await;
+        // The secondaries write while this replica does: the disk sees the
+        // three writes together, not one and then two. A failure anywhere
+        // leaves the region inconsistent, as a failed secondary always did.
+        let (local, (failed, missing)) = tokio::join!(
+            sh.apply_local(h, applied_kind, offset, data, r.sync),
+            self.forward(r, apply)
+        );
+        let length = match local {
+            Ok(l) => l,
+            Err(e) => {
+                // This replica cannot take the mutation (disk full, I/O
+                // error): another primary must order the chunk.
+                if matches!(
+                    gfs_proto::wire::detail_of(&e).kind(),
+                    ErrorKind::NoSpace | ErrorKind::Internal
+                ) {
+                    sh.relinquish(h);
+                }
+                return Err(e);
+            }
+        };
         if missing && failed.is_empty() {
             return Err(error(
                 ErrorKind::DataMissing,

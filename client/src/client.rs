@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use gfs_proto::record::{self, RecordId};
 use gfs_proto::wire::chunk::{MutateReply, MutateRequest, MutationKind, ReadRequest, Replica};
 use gfs_proto::wire::master::{ChunkInfo, FileInfo};
@@ -73,6 +74,11 @@ fn now_ms() -> u64 {
 
 /// `NO_SPACE` answers one mutation takes before it fails with that error.
 const MAX_NO_SPACE_RETRIES: u32 = 6;
+
+/// A read is split into pieces of at most this many bytes ...
+const READ_PIECE_BYTES: u64 = 1 << 20;
+/// ... of which this many are read at once.
+const READ_PIECES_IN_FLIGHT: usize = 4;
 /// Pushes of one mutation a replica may refuse for lack of buffer space
 /// (with backoff, ~15 s) before it is reported as failed.
 const MAX_BUSY_PUSHES: u32 = 20;
@@ -558,30 +564,59 @@ impl Client {
 
     /// Up to `len` bytes from `offset`; fewer at the end of the file.
     pub async fn read_at(&self, path: &str, offset: u64, len: u64) -> Result<Bytes> {
+        let mut pieces = self.read_pieces(path, offset, len).await?;
+        if pieces.len() == 1 {
+            return Ok(pieces.pop().unwrap_or_default());
+        }
+        let mut out = BytesMut::with_capacity(pieces.iter().map(Bytes::len).sum());
+        for p in &pieces {
+            out.extend_from_slice(p);
+        }
+        Ok(out.freeze())
+    }
+
+    /// As `read_at`, as the pieces it was read in: at most `READ_PIECE_BYTES`
+    /// each, never across a chunk boundary, `READ_PIECES_IN_FLIGHT` at a
+    /// time, each from a replica of its own choosing (one reader keeps
+    /// several disks and connections busy).
+    pub(crate) async fn read_pieces(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<Bytes>> {
         let cs = self.chunk_size(path).await?;
-        let mut out = BytesMut::new();
-        let mut pos = offset;
         let end = offset.saturating_add(len);
+        let mut wanted = Vec::new();
+        let mut pos = offset;
         while pos < end {
-            let (index, in_chunk) = (pos / cs, pos % cs);
-            let n = (end - pos).min(MAX_FRAME_BYTES as u64).min(cs - in_chunk);
-            let (mut data, _) = self.read_piece(path, index, in_chunk, n).await?;
-            if (data.len() as u64) < n && self.stale_end(path, index).await? {
-                // The cached version was old and a replica left out of a
-                // later version answered: read again at the current one.
-                data = self.read_piece(path, index, in_chunk, n).await?.0;
-            }
-            let got = data.len() as u64;
-            if out.is_empty() && got == len {
-                return Ok(data);
-            }
-            out.extend_from_slice(&data);
-            pos += got;
-            if got < n {
+            let in_chunk = pos % cs;
+            let n = (end - pos).min(READ_PIECE_BYTES).min(cs - in_chunk);
+            wanted.push((pos / cs, in_chunk, n));
+            pos += n;
+        }
+        let mut got = futures_util::stream::iter(wanted)
+            .map(|(index, in_chunk, n)| async move {
+                let (mut data, _) = self.read_piece(path, index, in_chunk, n).await?;
+                if (data.len() as u64) < n && self.stale_end(path, index).await? {
+                    // The cached version was old and a replica left out of
+                    // a later version answered: read again at the current one.
+                    data = self.read_piece(path, index, in_chunk, n).await?.0;
+                }
+                Ok::<_, MasterError>((data, n))
+            })
+            .buffered(READ_PIECES_IN_FLIGHT);
+        let mut out = Vec::new();
+        while let Some(piece) = got.next().await {
+            let (data, n) = piece?;
+            let short = (data.len() as u64) < n;
+            out.push(data);
+            if short {
+                // The end of the file: later pieces read nothing.
                 break;
             }
         }
-        Ok(out.freeze())
+        Ok(out)
     }
 }
 

@@ -62,7 +62,12 @@ async fn a_write_after_a_snapshot_changes_exactly_the_written_bytes_of_one_side(
     assert_eq!((after[0], after[2]), (before[0], before[2]));
     assert_ne!(after[1], before[1]);
     let files_after: usize = (0..4).map(|i| cluster.chunk_files(i)).sum();
-    assert_eq!(files_after, files_before + 3);
+    assert_eq!(
+        files_after,
+        files_before + 3,
+        "chunk files per server after the write: {:?}",
+        (0..4).map(|i| cluster.chunk_files(i)).collect::<Vec<_>>()
+    );
 
     // The snapshot is a file system like any other: appending to it
     // leaves the source alone.
