@@ -95,11 +95,17 @@ impl ChunkPool {
         }
     }
 
-    /// A piece of a chunk from one replica, and the chunk's length there.
-    pub async fn read(&self, addr: &str, req: ReadRequest) -> Result<(Bytes, u64), MasterError> {
+    /// A piece of a chunk from one replica, read into `dst`: how many
+    /// bytes, and the chunk's length there.
+    pub async fn read(
+        &self,
+        addr: &str,
+        req: ReadRequest,
+        dst: &mut [u8],
+    ) -> Result<(usize, u64), MasterError> {
         debug_assert!(req.length <= MAX_FRAME_BYTES as u64);
         self.data
-            .read(addr, &req, CALL_TIMEOUT)
+            .read_into(addr, &req, dst, CALL_TIMEOUT)
             .await
             .map_err(|s| MasterError::from_status(&s))
     }

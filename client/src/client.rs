@@ -77,8 +77,11 @@ const MAX_NO_SPACE_RETRIES: u32 = 6;
 
 /// A read is split into pieces of at most this many bytes ...
 const READ_PIECE_BYTES: u64 = 1 << 20;
-/// ... of which this many are read at once.
+/// ... of which this many are read at once ...
 const READ_PIECES_IN_FLIGHT: usize = 4;
+/// ... into buffers of at most this many bytes (a longer read is copied
+/// together from them).
+const READ_SPAN_BYTES: u64 = 64 << 20;
 /// Pushes of one mutation a replica may refuse for lack of buffer space
 /// (with backoff, ~15 s) before it is reported as failed.
 const MAX_BUSY_PUSHES: u32 = 20;
@@ -169,7 +172,7 @@ impl Client {
             return Ok(r.length);
         }
         let last = r.chunks - 1;
-        let (_, chunk_len) = self.read_piece(path, last, 0, 0).await?;
+        let (_, chunk_len) = self.read_piece(path, last, 0, &mut []).await?;
         Ok(r.length.max(last * r.chunk_size_bytes + chunk_len))
     }
 
@@ -504,16 +507,17 @@ impl Client {
 
     // ---- reads ------------------------------------------------------------
 
-    /// Up to `len` bytes of chunk `index` from `offset`, from the first
-    /// replica that answers with verified data, and the chunk's length on
-    /// that replica. A chunk the file does not have reads as empty.
+    /// Up to `dst.len()` bytes of chunk `index` from `offset` into `dst`,
+    /// from the first replica that answers with verified data: how many,
+    /// and the chunk's length on that replica. A chunk the file does not
+    /// have reads as empty.
     pub(crate) async fn read_piece(
         &self,
         path: &str,
         index: u64,
         offset: u64,
-        len: u64,
-    ) -> Result<(Bytes, u64)> {
+        dst: &mut [u8],
+    ) -> Result<(usize, u64)> {
         let mut last = None;
         for round in 0..3 {
             if round > 0 {
@@ -521,7 +525,7 @@ impl Client {
                 tokio::time::sleep(Duration::from_millis(50 * round)).await;
             }
             let Some(info) = self.master.locate(path, index).await? else {
-                return Ok((Bytes::new(), 0));
+                return Ok((0, 0));
             };
             // Spread readers over the replicas.
             let n = info.replicas.len();
@@ -532,9 +536,9 @@ impl Client {
                     handle: info.handle,
                     version: info.version,
                     offset,
-                    length: len,
+                    length: dst.len() as u64,
                 };
-                match self.pool.read(&r.addr, req).await {
+                match self.pool.read(&r.addr, req, dst).await {
                     Ok(got) => return Ok(got),
                     Err(e) => {
                         tracing::debug!(replica = r.node_id, error = %e, "read failed; trying another replica");
@@ -564,53 +568,60 @@ impl Client {
 
     /// Up to `len` bytes from `offset`; fewer at the end of the file.
     pub async fn read_at(&self, path: &str, offset: u64, len: u64) -> Result<Bytes> {
-        let mut pieces = self.read_pieces(path, offset, len).await?;
-        if pieces.len() == 1 {
-            return Ok(pieces.pop().unwrap_or_default());
-        }
-        let mut out = BytesMut::with_capacity(pieces.iter().map(Bytes::len).sum());
-        for p in &pieces {
-            out.extend_from_slice(p);
+        let cs = self.chunk_size(path).await?;
+        let mut out = BytesMut::new();
+        let mut pos = offset;
+        let end = offset.saturating_add(len);
+        while pos < end {
+            let span = (end - pos).min(READ_SPAN_BYTES);
+            let got = self.read_span(path, cs, pos, span).await?;
+            let short = (got.len() as u64) < span;
+            pos += got.len() as u64;
+            if out.is_empty() {
+                out = got;
+            } else {
+                out.extend_from_slice(&got);
+            }
+            if short {
+                break;
+            }
         }
         Ok(out.freeze())
     }
 
-    /// As `read_at`, as the pieces it was read in: at most `READ_PIECE_BYTES`
-    /// each, never across a chunk boundary, `READ_PIECES_IN_FLIGHT` at a
-    /// time, each from a replica of its own choosing (one reader keeps
-    /// several disks and connections busy).
-    pub(crate) async fn read_pieces(
-        &self,
-        path: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<Vec<Bytes>> {
-        let cs = self.chunk_size(path).await?;
-        let end = offset.saturating_add(len);
-        let mut wanted = Vec::new();
+    /// Up to `len` bytes from `offset`, read straight into one buffer in
+    /// pieces of at most `READ_PIECE_BYTES` (never across a chunk
+    /// boundary), `READ_PIECES_IN_FLIGHT` at a time, each from a replica of
+    /// its own choosing: one reader keeps several disks and connections
+    /// busy, and no byte is copied after the socket.
+    async fn read_span(&self, path: &str, cs: u64, offset: u64, len: u64) -> Result<BytesMut> {
+        let mut buf = BytesMut::zeroed(len as usize);
+        let mut parts = Vec::new();
         let mut pos = offset;
-        while pos < end {
-            let in_chunk = pos % cs;
-            let n = (end - pos).min(READ_PIECE_BYTES).min(cs - in_chunk);
-            wanted.push((pos / cs, in_chunk, n));
+        while !buf.is_empty() {
+            let n = (buf.len() as u64).min(READ_PIECE_BYTES).min(cs - pos % cs);
+            parts.push((pos, buf.split_to(n as usize)));
             pos += n;
         }
-        let mut got = futures_util::stream::iter(wanted)
-            .map(|(index, in_chunk, n)| async move {
-                let (mut data, _) = self.read_piece(path, index, in_chunk, n).await?;
-                if (data.len() as u64) < n && self.stale_end(path, index).await? {
+        let mut done = futures_util::stream::iter(parts)
+            .map(|(at, mut part)| async move {
+                let (index, in_chunk) = (at / cs, at % cs);
+                let want = part.len();
+                let (mut got, _) = self.read_piece(path, index, in_chunk, &mut part).await?;
+                if got < want && self.stale_end(path, index).await? {
                     // The cached version was old and a replica left out of
                     // a later version answered: read again at the current one.
-                    data = self.read_piece(path, index, in_chunk, n).await?.0;
+                    got = self.read_piece(path, index, in_chunk, &mut part).await?.0;
                 }
-                Ok::<_, MasterError>((data, n))
+                part.truncate(got);
+                Ok::<_, MasterError>((part, got < want))
             })
             .buffered(READ_PIECES_IN_FLIGHT);
-        let mut out = Vec::new();
-        while let Some(piece) = got.next().await {
-            let (data, n) = piece?;
-            let short = (data.len() as u64) < n;
-            out.push(data);
+        let mut out = BytesMut::new();
+        while let Some(piece) = done.next().await {
+            let (part, short) = piece?;
+            // Contiguous with what came before: no copy.
+            out.unsplit(part);
             if short {
                 // The end of the file: later pieces read nothing.
                 break;

@@ -239,11 +239,27 @@ impl DataPool {
         req: &ReadRequest,
         timeout: Duration,
     ) -> Result<(Bytes, u64), Status> {
-        if req.length > MAX_FRAME_BYTES as u64 {
+        let mut buf = BytesMut::zeroed(req.length.min(MAX_FRAME_BYTES as u64) as usize);
+        let (n, chunk_length) = self.read_into(addr, req, &mut buf, timeout).await?;
+        buf.truncate(n);
+        Ok((buf.freeze(), chunk_length))
+    }
+
+    /// As [`DataPool::read`], straight into `dst` (at least `req.length`
+    /// bytes): how many bytes came, and the chunk's length there.
+    pub async fn read_into(
+        &self,
+        addr: &str,
+        req: &ReadRequest,
+        dst: &mut [u8],
+        timeout: Duration,
+    ) -> Result<(usize, u64), Status> {
+        if req.length > MAX_FRAME_BYTES as u64 || req.length > dst.len() as u64 {
             return Err(error(
                 ErrorKind::InvalidArgument,
                 format!(
-                    "a read returns at most {MAX_FRAME_BYTES} bytes, {} were asked for",
+                    "a read returns at most {MAX_FRAME_BYTES} bytes into {}, {} were asked for",
+                    dst.len(),
                     req.length
                 ),
             ));
@@ -257,8 +273,9 @@ impl DataPool {
                     head.data_bytes, req.length
                 ))),
                 Ok(head) => {
-                    let data = read_exact_bytes(&mut s, head.data_bytes as usize).await?;
-                    Ok(Ok((data, head.chunk_length)))
+                    let n = head.data_bytes as usize;
+                    s.read_exact(&mut dst[..n]).await?;
+                    Ok(Ok((n, head.chunk_length)))
                 }
                 Err(d) => Ok(Err(d)),
             }
