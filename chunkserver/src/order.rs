@@ -49,26 +49,49 @@ pub fn fence_read(mine: u64, theirs: u64) -> Fence {
     }
 }
 
-/// Where a record append goes.
+/// Where one record of a batch of appends goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AppendPlan {
-    /// At the chunk's end.
+pub enum Placed {
+    /// Written at this offset, right after the record before it.
     At(u64),
-    /// It does not fit: pad the chunk on every replica, the client moves on.
-    Pad,
     /// This retry was already committed at that offset.
     Duplicate(u64),
+    /// It does not fit: the chunk is padded after the records placed, and
+    /// the client moves on to the next chunk.
+    Full,
 }
 
-pub fn plan_append(length: u64, chunk_size: u64, record_len: u64, dup: Option<u64>) -> AppendPlan {
-    if let Some(at) = dup {
-        return AppendPlan::Duplicate(at);
-    }
-    if length + record_len > chunk_size {
-        AppendPlan::Pad
-    } else {
-        AppendPlan::At(length)
-    }
+/// Places a batch of appends queued for one chunk (`(id, length)` in
+/// arrival order) at a chunk of `length` bytes: one after the other from
+/// the chunk's end, until one does not fit; that one and every later one
+/// are `Full` (the chunk is padded from the end of the placed records,
+/// the second value). A retry of a committed record (client id nonzero)
+/// gets its first offset. A record repeated inside the batch is placed
+/// twice: readers drop duplicates by id.
+pub fn plan_appends(
+    length: u64,
+    chunk_size: u64,
+    records: &[(RecordId, u64)],
+    committed: &Committed,
+) -> (Vec<Placed>, u64) {
+    let mut end = length;
+    let mut full = false;
+    let placed = records
+        .iter()
+        .map(|&(id, len)| {
+            let dup = (id.client_id != 0).then(|| committed.find(id)).flatten();
+            if let Some(at) = dup {
+                Placed::Duplicate(at)
+            } else if full || end + len > chunk_size {
+                full = true;
+                Placed::Full
+            } else {
+                end += len;
+                Placed::At(end - len)
+            }
+        })
+        .collect();
+    (placed, end)
 }
 
 /// Appends the primary committed recently, to answer a retry with the first
@@ -116,13 +139,47 @@ mod tests {
     }
 
     #[test]
-    fn records_go_at_the_end_or_pad_or_dedupe() {
-        assert_eq!(plan_append(0, 100, 25, None), AppendPlan::At(0));
-        assert_eq!(plan_append(75, 100, 25, None), AppendPlan::At(75));
-        assert_eq!(plan_append(76, 100, 25, None), AppendPlan::Pad);
+    fn records_go_at_the_end_one_after_another_until_one_does_not_fit() {
+        let id = |c, s| RecordId {
+            client_id: c,
+            seq: s,
+        };
+        let mut done = Committed::default();
+        done.record(id(1, 1), 10);
+        done.record(id(0, 5), 20);
         assert_eq!(
-            plan_append(90, 100, 25, Some(10)),
-            AppendPlan::Duplicate(10)
+            plan_appends(0, 100, &[(id(1, 2), 25)], &done),
+            (vec![Placed::At(0)], 25)
+        );
+        let batch = [
+            (id(2, 1), 25),
+            (id(1, 1), 25),
+            (id(3, 1), 30),
+            (id(0, 5), 10),
+            (id(4, 1), 20),
+            (id(5, 1), 1),
+            (id(1, 1), 5),
+        ];
+        // 40 + 25 + 30 = 95: the next 10 does not fit, nor does anything
+        // after it; the committed retry is answered wherever it stands.
+        assert_eq!(
+            plan_appends(40, 100, &batch, &done),
+            (
+                vec![
+                    Placed::At(40),
+                    Placed::Duplicate(10),
+                    Placed::At(65),
+                    Placed::Full,
+                    Placed::Full,
+                    Placed::Full,
+                    Placed::Duplicate(10),
+                ],
+                95
+            )
+        );
+        assert_eq!(
+            plan_appends(100, 100, &[(id(2, 2), 1)], &done),
+            (vec![Placed::Full], 100)
         );
     }
 

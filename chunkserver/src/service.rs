@@ -3,7 +3,7 @@
 //! clone, delete. Pushed data arrives, and reads leave, by the data plane
 //! ([`crate::data_plane`]); both meet in [`Shared`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use gfs_proto::wire::chunk::{
 use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES, error};
 use gfs_proto::{ChunkHandle, ChunkVersion};
 use gfs_storage_engine::{ChunkInfo, ChunkStore, StoreError};
+use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -27,7 +28,7 @@ use crate::changes::Changes;
 use crate::clone::{Cloning, clone_chunk, copy_local};
 use crate::config::ChunkserverConfig;
 use crate::order::{
-    AppendPlan, Committed, Fence, fence_forwarded, fence_mutation, fence_read, plan_append,
+    Committed, Fence, Placed, fence_forwarded, fence_mutation, fence_read, plan_appends,
 };
 
 /// Longest chain a push may name.
@@ -62,12 +63,23 @@ struct Ordered {
     committed: Committed,
 }
 
-/// A chunk's ordering lock, and a signal after each applied mutation (a
-/// write that arrived ahead of the one before it waits for it).
+/// A chunk's ordering lock, a signal after each applied mutation (a write
+/// that arrived ahead of the one before it waits for it), and the record
+/// appends waiting for the lock: its next holder commits them together.
 #[derive(Debug, Default)]
 struct Slot {
     order: tokio::sync::Mutex<Ordered>,
     applied: tokio::sync::Notify,
+    appends: Mutex<VecDeque<Queued>>,
+}
+
+/// A record append waiting to be committed with the others queued for its
+/// chunk.
+#[derive(Debug)]
+struct Queued {
+    r: MutateRequest,
+    data: Parts,
+    reply: oneshot::Sender<Result<MutateReply, Status>>,
 }
 
 /// How long a write that arrived before the data in front of it waits for
@@ -119,23 +131,33 @@ impl Shared {
         Self::lock(&self.ordered).entry(h).or_default().clone()
     }
 
-    fn data(&self, id: u64, len: u64) -> Result<Parts, Status> {
-        let d = Self::lock(&self.buffer).get(id, now_ms()).ok_or_else(|| {
-            error(
-                ErrorKind::DataMissing,
-                format!("data {id:#x} is not buffered here (expired or never pushed): push again"),
-            )
-        })?;
-        if parts_len(&d) != len {
+    /// The pushed data of `ids`, one after the other, which must come to
+    /// `len` bytes.
+    fn data(&self, ids: &[u64], len: u64) -> Result<Parts, Status> {
+        let now = now_ms();
+        let buffer = Self::lock(&self.buffer);
+        let mut out = Parts::new();
+        for &id in ids {
+            let d = buffer.get(id, now).ok_or_else(|| {
+                error(
+                    ErrorKind::DataMissing,
+                    format!(
+                        "data {id:#x} is not buffered here (expired or never pushed): push again"
+                    ),
+                )
+            })?;
+            out.extend(d);
+        }
+        if parts_len(&out) != len {
             return Err(error(
                 ErrorKind::InvalidArgument,
                 format!(
-                    "data {id:#x} holds {} bytes, the mutation names {len}",
-                    parts_len(&d)
+                    "data {ids:x?} holds {} bytes, the mutation names {len}",
+                    parts_len(&out)
                 ),
             ));
         }
-        Ok(d)
+        Ok(out)
     }
 
     pub(crate) fn peer(&self, addr: &str) -> Result<ChunkserverClient<Channel>, Status> {
@@ -193,6 +215,19 @@ impl Shared {
             }
         };
         Ok((data, info.length))
+    }
+
+    /// After a mutation every replica took: its data is no longer needed,
+    /// and the lease saw a mutation.
+    fn committed(&self, h: ChunkHandle, ids: &[u64], now: u64) {
+        let mut buffer = Self::lock(&self.buffer);
+        for &id in ids {
+            buffer.remove(id);
+        }
+        drop(buffer);
+        if let Some(l) = Self::lock(&self.leases).get_mut(&h) {
+            l.last_mutation_ms = now;
+        }
     }
 
     /// Room in the push buffer for `bytes` more.
@@ -401,7 +436,7 @@ impl ChunkService {
     async fn forward(&self, r: &MutateRequest, apply: ApplyRequest) -> (Vec<u64>, bool) {
         let mut calls = tokio::task::JoinSet::new();
         for s in &r.secondaries {
-            let (id, req) = (s.node_id, apply);
+            let (id, req) = (s.node_id, apply.clone());
             match self.shared.peer(&s.addr) {
                 Ok(mut c) => {
                     calls.spawn(async move {
@@ -461,13 +496,16 @@ impl Chunkserver for ChunkService {
         }
         let now = now_ms();
         sh.held_lease(h, r.lease_expires_ms, r.version, now)?;
-        let data = sh.data(r.data_id, r.length)?;
+        let data = sh.data(&[r.data_id], r.length)?;
         let slot = sh.ordered(h);
+        if kind == MutationKind::Append {
+            return self.append(slot, r, data).await.map(Response::new);
+        }
         let waited_out = tokio::time::Instant::now() + OUT_OF_ORDER_WAIT;
         let mut order = loop {
             let order = slot.order.lock().await;
             let length = sh.store.info(h).await.map_or(0, |i| i.length);
-            if kind != MutationKind::Write || r.offset <= length {
+            if r.offset <= length {
                 break order;
             }
             if tokio::time::Instant::now() >= waited_out {
@@ -492,7 +530,7 @@ impl Chunkserver for ChunkService {
         };
         // A revocation may have come while this waited for its turn.
         let result = match sh.held_lease(h, r.lease_expires_ms, r.version, now) {
-            Ok(()) => self.mutate_ordered(&r, kind, &data, &mut order, now).await,
+            Ok(()) => self.write_ordered(&r, &data, &mut order, now).await,
             Err(e) => Err(e),
         };
         drop(order);
@@ -509,7 +547,9 @@ impl Chunkserver for ChunkService {
             Parts::new()
         } else {
             self.check_size(r.offset, r.length)?;
-            sh.data(r.data_id, r.length)?
+            let mut ids = vec![r.data_id];
+            ids.extend_from_slice(&r.more_data_ids);
+            sh.data(&ids, r.length)?
         };
         let slot = sh.ordered(h);
         let _order = slot.order.lock().await;
@@ -518,7 +558,10 @@ impl Chunkserver for ChunkService {
         sh.fence_by(fence, &info, r.version).await?;
         let length = sh.apply_local(h, kind, r.offset, &data, r.sync).await?;
         if kind != MutationKind::Pad {
-            Shared::lock(&sh.buffer).remove(r.data_id);
+            let mut buffer = Shared::lock(&sh.buffer);
+            for id in std::iter::once(r.data_id).chain(r.more_data_ids) {
+                buffer.remove(id);
+            }
         }
         Ok(Response::new(ApplyReply {
             chunk_length: length,
@@ -589,64 +632,225 @@ impl Chunkserver for ChunkService {
 impl ChunkService {
     /// A mutation at the primary once its turn has come: fence, place,
     /// apply locally, forward to the secondaries in serial order.
-    async fn mutate_ordered(
+    /// A write at the client's offset, under the chunk's order lock.
+    async fn write_ordered(
         &self,
         r: &MutateRequest,
-        kind: MutationKind,
         data: &[Bytes],
         order: &mut Ordered,
         now: u64,
     ) -> Result<MutateReply, Status> {
         let sh = &self.shared;
         let h = ChunkHandle(r.handle);
-        let create = kind == MutationKind::Append || r.offset == 0;
-        let info = sh.local(h, r.version, create).await?;
+        let info = sh.local(h, r.version, r.offset == 0).await?;
         sh.fence(&info, r.version).await?;
-        let id = RecordId {
-            client_id: r.client_id,
-            seq: r.seq,
-        };
-        let (applied_kind, offset) = match kind {
-            MutationKind::Append => {
-                let dup = (r.client_id != 0)
-                    .then(|| order.committed.find(id))
-                    .flatten();
-                match plan_append(info.length, sh.cfg.chunk_size_bytes, r.length, dup) {
-                    AppendPlan::Duplicate(at) => {
-                        return Ok(MutateReply {
-                            offset: at,
-                            chunk_length: info.length,
-                            chunk_full: false,
-                            failed: Vec::new(),
-                        });
-                    }
-                    AppendPlan::Pad => (MutationKind::Pad, info.length),
-                    AppendPlan::At(at) => (MutationKind::Write, at),
+        let (length, failed) = self
+            .commit(r, MutationKind::Write, r.offset, data, &[r.data_id], order)
+            .await?;
+        if failed.is_empty() {
+            sh.committed(h, &[r.data_id], now);
+        }
+        Ok(MutateReply {
+            offset: r.offset,
+            chunk_length: length,
+            chunk_full: false,
+            failed,
+        })
+    }
+
+    /// A record append: queued for the chunk, then committed by whichever
+    /// append holds the order lock next, together with every other append
+    /// queued by then (one disk write per replica for all of them).
+    async fn append(
+        &self,
+        slot: Arc<Slot>,
+        r: MutateRequest,
+        data: Parts,
+    ) -> Result<MutateReply, Status> {
+        let (tx, rx) = oneshot::channel();
+        Shared::lock(&slot.appends).push_back(Queued { r, data, reply: tx });
+        // In a task of its own: a client that goes away must not cancel a
+        // commit that carries other clients' records.
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut order = slot.order.lock().await;
+            loop {
+                let batch = me.next_batch(&slot);
+                if batch.is_empty() {
+                    break;
+                }
+                me.append_batch(batch, &mut order).await;
+            }
+            drop(order);
+            slot.applied.notify_waiters();
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(error(ErrorKind::Internal, "the append was dropped")))
+    }
+
+    /// The queued appends at the front that can go in one mutation: same
+    /// version and secondaries, at most `max_request_bytes` together.
+    fn next_batch(&self, slot: &Slot) -> Vec<Queued> {
+        let max = self.shared.cfg.store.max_request_bytes;
+        let mut queue = Shared::lock(&slot.appends);
+        let mut batch: Vec<Queued> = Vec::new();
+        let mut bytes = 0;
+        while let Some(q) = queue.front() {
+            let fits = batch.first().is_none_or(|first| {
+                first.r.version == q.r.version
+                    && first.r.secondaries == q.r.secondaries
+                    && bytes + q.r.length <= max
+            });
+            if !fits {
+                break;
+            }
+            bytes += q.r.length;
+            batch.extend(queue.pop_front());
+        }
+        batch
+    }
+
+    /// Commits a batch of appends: the records that fit are written one
+    /// after the other in one mutation, the chunk is padded if one did not
+    /// fit, and each append gets its answer.
+    async fn append_batch(&self, batch: Vec<Queued>, order: &mut Ordered) {
+        let sh = &self.shared;
+        let now = now_ms();
+        // A revocation may have come while these waited for their turn.
+        let mut held = Vec::with_capacity(batch.len());
+        for q in batch {
+            let h = ChunkHandle(q.r.handle);
+            match sh.held_lease(h, q.r.lease_expires_ms, q.r.version, now) {
+                Ok(()) => held.push(q),
+                Err(e) => {
+                    let _ = q.reply.send(Err(e));
                 }
             }
-            _ => (MutationKind::Write, r.offset),
+        }
+        let batch = held;
+        let Some(first) = batch.first() else { return };
+        let r = first.r.clone();
+        let answers = match self.append_ordered(&r, &batch, order, now).await {
+            Ok(a) => a.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e); batch.len()],
         };
+        for (q, a) in batch.into_iter().zip(answers) {
+            let _ = q.reply.send(a);
+        }
+    }
+
+    async fn append_ordered(
+        &self,
+        r: &MutateRequest,
+        batch: &[Queued],
+        order: &mut Ordered,
+        now: u64,
+    ) -> Result<Vec<MutateReply>, Status> {
+        let sh = &self.shared;
+        let h = ChunkHandle(r.handle);
+        let info = sh.local(h, r.version, true).await?;
+        sh.fence(&info, r.version).await?;
+        let id = |q: &Queued| RecordId {
+            client_id: q.r.client_id,
+            seq: q.r.seq,
+        };
+        let records: Vec<_> = batch.iter().map(|q| (id(q), q.r.length)).collect();
+        let (placed, end) = plan_appends(
+            info.length,
+            sh.cfg.chunk_size_bytes,
+            &records,
+            &order.committed,
+        );
+        let written: Vec<&Queued> = batch
+            .iter()
+            .zip(&placed)
+            .filter(|(_, p)| matches!(p, Placed::At(_)))
+            .map(|(q, _)| q)
+            .collect();
+        let (mut length, mut failed) = (info.length, Vec::new());
+        if !written.is_empty() {
+            let data: Parts = written
+                .iter()
+                .flat_map(|q| q.data.iter().cloned())
+                .collect();
+            let ids: Vec<u64> = written.iter().map(|q| q.r.data_id).collect();
+            let sync = written.iter().any(|q| q.r.sync);
+            let req = MutateRequest { sync, ..r.clone() };
+            (length, failed) = self
+                .commit(&req, MutationKind::Write, info.length, &data, &ids, order)
+                .await?;
+            if failed.is_empty() {
+                for (q, p) in batch.iter().zip(&placed) {
+                    if let (Placed::At(at), true) = (p, q.r.client_id != 0) {
+                        order.committed.record(id(q), *at);
+                    }
+                }
+                sh.committed(h, &ids, now);
+            }
+        }
+        let (mut padded, mut pad_failed) = (length, Vec::new());
+        if placed.contains(&Placed::Full) {
+            (padded, pad_failed) = self
+                .commit(r, MutationKind::Pad, end, &[], &[], order)
+                .await?;
+        }
+        Ok(placed
+            .iter()
+            .map(|p| match *p {
+                Placed::At(at) => MutateReply {
+                    offset: at,
+                    chunk_length: length,
+                    chunk_full: false,
+                    failed: failed.clone(),
+                },
+                Placed::Duplicate(at) => MutateReply {
+                    offset: at,
+                    chunk_length: info.length,
+                    chunk_full: false,
+                    failed: Vec::new(),
+                },
+                Placed::Full => MutateReply {
+                    offset: end,
+                    chunk_length: padded,
+                    chunk_full: true,
+                    failed: pad_failed.clone(),
+                },
+            })
+            .collect())
+    }
+
+    /// Applies a mutation here and at the secondaries, in this chunk's
+    /// serial order: the chunk's length here after it, and the secondaries
+    /// that failed it.
+    async fn commit(
+        &self,
+        r: &MutateRequest,
+        kind: MutationKind,
+        offset: u64,
+        data: &[Bytes],
+        ids: &[u64],
+        order: &mut Ordered,
+    ) -> Result<(u64, Vec<u64>), Status> {
+        let sh = &self.shared;
+        let h = ChunkHandle(r.handle);
         order.serial += 1;
         let apply = ApplyRequest {
             handle: r.handle,
             version: r.version,
-            kind: applied_kind as i32,
+            kind: kind as i32,
             offset,
-            data_id: r.data_id,
-            length: if applied_kind == MutationKind::Pad {
-                0
-            } else {
-                r.length
-            },
+            data_id: ids.first().copied().unwrap_or(0),
+            more_data_ids: ids.get(1..).unwrap_or_default().to_vec(),
+            length: parts_len(data),
             serial: order.serial,
             sync: r.sync,
-            create: offset == 0 && applied_kind != MutationKind::Pad,
+            create: offset == 0 && kind != MutationKind::Pad,
         };
         // The secondaries write while this replica does: the disk sees the
         // three writes together, not one and then two. A failure anywhere
         // leaves the region inconsistent, as a failed secondary always did.
         let (local, (failed, missing)) = tokio::join!(
-            sh.apply_local(h, applied_kind, offset, data, r.sync),
+            sh.apply_local(h, kind, offset, data, r.sync),
             self.forward(r, apply)
         );
         let length = match local {
@@ -669,21 +873,6 @@ impl ChunkService {
                 "a secondary lacks the pushed data: push again and retry",
             ));
         }
-        let full = applied_kind == MutationKind::Pad;
-        if failed.is_empty() {
-            if kind == MutationKind::Append && !full && r.client_id != 0 {
-                order.committed.record(id, offset);
-            }
-            Shared::lock(&sh.buffer).remove(r.data_id);
-            if let Some(l) = Shared::lock(&sh.leases).get_mut(&h) {
-                l.last_mutation_ms = now;
-            }
-        }
-        Ok(MutateReply {
-            offset,
-            chunk_length: length,
-            chunk_full: full,
-            failed,
-        })
+        Ok((length, failed))
     }
 }
