@@ -220,13 +220,17 @@ impl Shared {
     /// After a mutation every replica took: its data is no longer needed,
     /// and the lease saw a mutation.
     fn committed(&self, h: ChunkHandle, ids: &[u64], now: u64) {
+        self.forget_data(ids);
+        if let Some(l) = Self::lock(&self.leases).get_mut(&h) {
+            l.last_mutation_ms = now;
+        }
+    }
+
+    /// Drops pushed data from the buffer.
+    fn forget_data(&self, ids: &[u64]) {
         let mut buffer = Self::lock(&self.buffer);
         for &id in ids {
             buffer.remove(id);
-        }
-        drop(buffer);
-        if let Some(l) = Self::lock(&self.leases).get_mut(&h) {
-            l.last_mutation_ms = now;
         }
     }
 
@@ -557,12 +561,12 @@ impl Chunkserver for ChunkService {
         let fence = fence_forwarded(info.version.0, r.version);
         sh.fence_by(fence, &info, r.version).await?;
         let length = sh.apply_local(h, kind, r.offset, &data, r.sync).await?;
-        if kind != MutationKind::Pad {
-            let mut buffer = Shared::lock(&sh.buffer);
-            for id in std::iter::once(r.data_id).chain(r.more_data_ids) {
-                buffer.remove(id);
-            }
+        let mut buffer = Shared::lock(&sh.buffer);
+        let used = std::iter::once(r.data_id).filter(|_| kind != MutationKind::Pad);
+        for id in used.chain(r.more_data_ids).chain(r.dropped_data_ids) {
+            buffer.remove(id);
         }
+        drop(buffer);
         Ok(Response::new(ApplyReply {
             chunk_length: length,
         }))
@@ -645,7 +649,14 @@ impl ChunkService {
         let info = sh.local(h, r.version, r.offset == 0).await?;
         sh.fence(&info, r.version).await?;
         let (length, failed) = self
-            .commit(r, MutationKind::Write, r.offset, data, &[r.data_id], order)
+            .commit(
+                r,
+                MutationKind::Write,
+                r.offset,
+                data,
+                (&[r.data_id], &[]),
+                order,
+            )
             .await?;
         if failed.is_empty() {
             sh.committed(h, &[r.data_id], now);
@@ -767,6 +778,16 @@ impl ChunkService {
             .filter(|(_, p)| matches!(p, Placed::At(_)))
             .map(|(q, _)| q)
             .collect();
+        // Data no mutation will use: dropped here now, at the secondaries
+        // with the last mutation of the batch.
+        let unused: Vec<u64> = batch
+            .iter()
+            .zip(&placed)
+            .filter(|(_, p)| !matches!(p, Placed::At(_)))
+            .map(|(q, _)| q.r.data_id)
+            .collect();
+        sh.forget_data(&unused);
+        let pads = placed.contains(&Placed::Full);
         let (mut length, mut failed) = (info.length, Vec::new());
         if !written.is_empty() {
             let data: Parts = written
@@ -776,8 +797,16 @@ impl ChunkService {
             let ids: Vec<u64> = written.iter().map(|q| q.r.data_id).collect();
             let sync = written.iter().any(|q| q.r.sync);
             let req = MutateRequest { sync, ..r.clone() };
+            let dropped = if pads { &[][..] } else { &unused[..] };
             (length, failed) = self
-                .commit(&req, MutationKind::Write, info.length, &data, &ids, order)
+                .commit(
+                    &req,
+                    MutationKind::Write,
+                    info.length,
+                    &data,
+                    (&ids, dropped),
+                    order,
+                )
                 .await?;
             if failed.is_empty() {
                 for (q, p) in batch.iter().zip(&placed) {
@@ -789,9 +818,9 @@ impl ChunkService {
             }
         }
         let (mut padded, mut pad_failed) = (length, Vec::new());
-        if placed.contains(&Placed::Full) {
+        if pads {
             (padded, pad_failed) = self
-                .commit(r, MutationKind::Pad, end, &[], &[], order)
+                .commit(r, MutationKind::Pad, end, &[], (&[], &unused), order)
                 .await?;
         }
         Ok(placed
@@ -828,7 +857,7 @@ impl ChunkService {
         kind: MutationKind,
         offset: u64,
         data: &[Bytes],
-        ids: &[u64],
+        (ids, dropped): (&[u64], &[u64]),
         order: &mut Ordered,
     ) -> Result<(u64, Vec<u64>), Status> {
         let sh = &self.shared;
@@ -841,6 +870,7 @@ impl ChunkService {
             offset,
             data_id: ids.first().copied().unwrap_or(0),
             more_data_ids: ids.get(1..).unwrap_or_default().to_vec(),
+            dropped_data_ids: dropped.to_vec(),
             length: parts_len(data),
             serial: order.serial,
             sync: r.sync,

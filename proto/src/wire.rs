@@ -22,9 +22,10 @@ pub use master::{ErrorDetail, ErrorKind};
 /// Largest frame of chunk data on the wire (push and read).
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
-/// A lazily connected client of the chunkserver at `addr` ("host:port"),
-/// set up the way every data-path caller needs it: TCP_NODELAY, HTTP/2
-/// windows large enough for 4 MiB frames, the gfs message limit.
+/// A lazily connected client of the chunkserver's control plane at `addr`
+/// ("host:port"): TCP_NODELAY (a mutation's answer must not wait out a
+/// delayed ACK), the gfs message limit. Chunk data moves on the data plane
+/// (`crate::data`).
 pub fn chunk_client(
     addr: &str,
 ) -> Result<
@@ -34,8 +35,6 @@ pub fn chunk_client(
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(std::time::Duration::from_secs(1))
         .tcp_nodelay(true)
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(32 << 20))
         .connect_lazy();
     Ok(chunk::chunkserver_client::ChunkserverClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
