@@ -18,7 +18,7 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use gfs_client::Client;
@@ -255,6 +255,39 @@ where
     Ok(mb_s(bytes_each * n as u64, start.elapsed()))
 }
 
+/// Until the chunk files of a local cluster under `dir` stop
+/// disappearing (at most 60 s): the chunkservers delete the last
+/// benchmark's replicas in the background, and that disk work would count
+/// against the first points of the next benchmark. Returns at once for a
+/// cluster elsewhere.
+async fn settle(dir: &std::path::Path) {
+    fn chunk_files(dir: &std::path::Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|e| {
+                let p = e.path();
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    chunk_files(&p)
+                } else {
+                    usize::from(p.extension().is_some_and(|x| x == "chunk"))
+                }
+            })
+            .sum()
+    }
+    let mut last = chunk_files(dir);
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = chunk_files(dir);
+        if now >= last {
+            return;
+        }
+        last = now;
+    }
+}
+
 fn random_block(seed: u64, len: usize) -> std::sync::Arc<Vec<u8>> {
     let mut b = vec![0u8; len];
     fill_random(&mut b, seed);
@@ -391,6 +424,7 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
                     .await?;
             }
         }
+        settle(&a.dir).await;
     }
     bar.finish_and_clear();
     for f in &read_set {

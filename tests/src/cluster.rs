@@ -262,6 +262,27 @@ impl Cluster {
             .count()
     }
 
+    /// The chunk handles that have a replica file on any server.
+    pub fn chunk_handles(&self) -> std::collections::BTreeSet<u64> {
+        (0..self.servers.len())
+            .flat_map(|i| walkdir(&self.servers[i].data_dir))
+            .filter(|p| p.extension().is_some_and(|e| e == "chunk"))
+            .filter_map(|p| u64::from_str_radix(p.file_stem()?.to_str()?, 16).ok())
+            .collect()
+    }
+
+    /// How many servers hold a replica file of `handle`.
+    pub fn chunk_replicas(&self, handle: u64) -> usize {
+        let name = format!("{handle:016x}.chunk");
+        (0..self.servers.len())
+            .filter(|&i| {
+                walkdir(&self.servers[i].data_dir)
+                    .iter()
+                    .any(|p| p.file_name().is_some_and(|n| *n == *name))
+            })
+            .count()
+    }
+
     /// The leader's fsck of the whole namespace.
     pub async fn fsck(&self) -> anyhow::Result<gfs_proto::wire::master::FsckReply> {
         Ok(self.masters.client().fsck("/", true).await?)
