@@ -547,12 +547,16 @@ impl Chunkserver for ChunkService {
         let kind = kind_of(r.kind, true)?;
         let h = ChunkHandle(r.handle);
         let sh = &self.shared;
+        // The data this mutation writes, then data nothing will use.
+        let mut ids = Vec::new();
+        if kind != MutationKind::Pad {
+            ids.push(r.data_id);
+            ids.extend_from_slice(&r.more_data_ids);
+        }
         let data = if kind == MutationKind::Pad {
             Parts::new()
         } else {
             self.check_size(r.offset, r.length)?;
-            let mut ids = vec![r.data_id];
-            ids.extend_from_slice(&r.more_data_ids);
             sh.data(&ids, r.length)?
         };
         let slot = sh.ordered(h);
@@ -561,16 +565,13 @@ impl Chunkserver for ChunkService {
         let fence = fence_forwarded(info.version.0, r.version);
         sh.fence_by(fence, &info, r.version).await?;
         let length = sh.apply_local(h, kind, r.offset, &data, r.sync).await?;
-        let mut buffer = Shared::lock(&sh.buffer);
-        let used = std::iter::once(r.data_id).filter(|_| kind != MutationKind::Pad);
-        for id in used.chain(r.more_data_ids).chain(r.dropped_data_ids) {
-            buffer.remove(id);
-        }
-        drop(buffer);
+        ids.extend_from_slice(&r.dropped_data_ids);
+        sh.forget_data(&ids);
         Ok(Response::new(ApplyReply {
             chunk_length: length,
         }))
     }
+
     async fn set_version(
         &self,
         req: Request<SetVersionRequest>,
@@ -634,9 +635,8 @@ impl Chunkserver for ChunkService {
 }
 
 impl ChunkService {
-    /// A mutation at the primary once its turn has come: fence, place,
-    /// apply locally, forward to the secondaries in serial order.
-    /// A write at the client's offset, under the chunk's order lock.
+    /// A write at the client's offset, under the chunk's order lock: fence,
+    /// apply here and at the secondaries.
     async fn write_ordered(
         &self,
         r: &MutateRequest,
