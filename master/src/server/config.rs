@@ -67,16 +67,19 @@ pub struct ChunksFile {
     pub min_free_bytes: Option<u64>,
 }
 
-pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
-pub const DEFAULT_ELECTION_MIN_MS: u64 = 150;
-pub const DEFAULT_ELECTION_MAX_MS: u64 = 300;
+pub const DEFAULT_HEARTBEAT_MS: u64 = 30;
+pub const DEFAULT_ELECTION_MIN_MS: u64 = 100;
+pub const DEFAULT_ELECTION_MAX_MS: u64 = 200;
 
-/// Raft timing. Defaults are tuned for a loaded 2-core machine on loopback:
-/// a heartbeat every 50 ms keeps followers quiet through scheduling hiccups
-/// of a few hundred ms; an election starts 150-300 ms after the last
-/// heartbeat (measured: 300-600 ms gave a kill-to-mutation p50 of 1.18 s,
-/// 150-300 ms gives 0.64 s; openraft also makes followers refuse votes for
-/// `election_max_ms` after hearing from a leader, the "leader lease").
+/// Raft timing. Defaults are tuned for a loaded 2-core machine on loopback.
+/// openraft makes a follower refuse votes for `election_max_ms` after it
+/// last heard from a leader (the "leader lease") and only then starts its
+/// own election timer, so a dead leader is replaced about
+/// `election_max_ms` + 100-200 ms after its last heartbeat. Measured
+/// (`gfs-bench failover --kills 20`, kill to first acknowledged mutation):
+/// 300-600 ms elections gave a p50 of 1.18 s; 150-300 ms (heartbeat 50)
+/// p50 0.58-0.68 s with a max of 1.5-1.9 s against the 2 s limit;
+/// 100-200 ms (heartbeat 30) p50 0.47 s, max 1.19-1.29 s.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RaftTimings {
     pub heartbeat_ms: u64,
@@ -240,7 +243,7 @@ mod tests {
         assert_eq!(c.peers.len(), 3);
         assert_eq!(c.peers[&3], "127.0.0.3:7000");
         assert_eq!(c.raft.heartbeat_ms, 40);
-        assert_eq!(c.raft.election_min_ms, 150);
+        assert_eq!(c.raft.election_min_ms, DEFAULT_ELECTION_MIN_MS);
         assert_eq!(c.default_replication, 3);
         assert_eq!(c.lease_ms, 60_000);
     }
