@@ -46,7 +46,7 @@ impl Default for MasterOptions {
             deadline: Duration::from_secs(30),
             attempt_timeout: Duration::from_secs(2),
             backoff_min: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(50),
             location_ttl: Duration::from_secs(30),
         }
     }
