@@ -102,8 +102,14 @@ async fn serve(sh: &Shared, mut s: TcpStream) {
             }
         };
         let keep = match op {
-            Op::Read => read(sh, &mut s, header).await,
-            Op::Push => push(sh, &mut s, header).await,
+            Op::Read => match decoded(&mut s, header, "read").await {
+                Ok(Some(req)) => read(sh, &mut s, req).await,
+                other => other.map(|_| false),
+            },
+            Op::Push => match decoded(&mut s, header, "push").await {
+                Ok(Some(h)) => push(sh, &mut s, h).await,
+                other => other.map(|_| false),
+            },
         };
         if !matches!(keep, Ok(true)) {
             return;
@@ -115,16 +121,25 @@ fn invalid(msg: impl Into<String>) -> Status {
     error(ErrorKind::InvalidArgument, msg)
 }
 
-/// Answers a read; whether the connection is still usable.
-async fn read(sh: &Shared, s: &mut TcpStream, header: Bytes) -> io::Result<bool> {
-    let req = match ReadRequest::decode(header) {
-        Ok(r) => r,
+/// The request's header, or `None` after telling the client it could not
+/// be decoded (the connection is then closed).
+async fn decoded<M: Message + Default>(
+    s: &mut TcpStream,
+    header: Bytes,
+    what: &str,
+) -> io::Result<Option<M>> {
+    match M::decode(header) {
+        Ok(m) => Ok(Some(m)),
         Err(e) => {
-            s.write_all(&encode_status(&invalid(format!("bad read header: {e}"))))
-                .await?;
-            return Ok(false);
+            let refusal = invalid(format!("bad {what} header: {e}"));
+            s.write_all(&encode_status(&refusal)).await?;
+            Ok(None)
         }
-    };
+    }
+}
+
+/// Answers a read; whether the connection is still usable.
+async fn read(sh: &Shared, s: &mut TcpStream, req: ReadRequest) -> io::Result<bool> {
     match sh.read_chunk(&req).await {
         Ok((data, chunk_length)) => {
             let head = ReadHead {
@@ -140,15 +155,7 @@ async fn read(sh: &Shared, s: &mut TcpStream, header: Bytes) -> io::Result<bool>
 
 /// Receives a push while forwarding it down the chain; answers how many
 /// servers of the chain stored it. Whether the connection is still usable.
-async fn push(sh: &Shared, s: &mut TcpStream, header: Bytes) -> io::Result<bool> {
-    let h = match PushHeader::decode(header) {
-        Ok(h) => h,
-        Err(e) => {
-            s.write_all(&encode_status(&invalid(format!("bad push header: {e}"))))
-                .await?;
-            return Ok(false);
-        }
-    };
+async fn push(sh: &Shared, s: &mut TcpStream, h: PushHeader) -> io::Result<bool> {
     let total = h.total_bytes;
     let max = sh.cfg.store.max_request_bytes;
     if h.data_id == 0 || total > max || h.chain.len() > MAX_CHAIN {

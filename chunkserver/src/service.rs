@@ -547,17 +547,11 @@ impl Chunkserver for ChunkService {
         let kind = kind_of(r.kind, true)?;
         let h = ChunkHandle(r.handle);
         let sh = &self.shared;
-        // The data this mutation writes, then data nothing will use.
-        let mut ids = Vec::new();
-        if kind != MutationKind::Pad {
-            ids.push(r.data_id);
-            ids.extend_from_slice(&r.more_data_ids);
-        }
         let data = if kind == MutationKind::Pad {
             Parts::new()
         } else {
             self.check_size(r.offset, r.length)?;
-            sh.data(&ids, r.length)?
+            sh.data(&r.data_ids, r.length)?
         };
         let slot = sh.ordered(h);
         let _order = slot.order.lock().await;
@@ -565,8 +559,8 @@ impl Chunkserver for ChunkService {
         let fence = fence_forwarded(info.version.0, r.version);
         sh.fence_by(fence, &info, r.version).await?;
         let length = sh.apply_local(h, kind, r.offset, &data, r.sync).await?;
-        ids.extend_from_slice(&r.dropped_data_ids);
-        sh.forget_data(&ids);
+        sh.forget_data(&r.data_ids);
+        sh.forget_data(&r.dropped_data_ids);
         Ok(Response::new(ApplyReply {
             chunk_length: length,
         }))
@@ -868,8 +862,7 @@ impl ChunkService {
             version: r.version,
             kind: kind as i32,
             offset,
-            data_id: ids.first().copied().unwrap_or(0),
-            more_data_ids: ids.get(1..).unwrap_or_default().to_vec(),
+            data_ids: ids.to_vec(),
             dropped_data_ids: dropped.to_vec(),
             length: parts_len(data),
             serial: order.serial,

@@ -264,10 +264,9 @@ impl DataPool {
                 ),
             ));
         }
-        let mut s = self.take(addr).await?;
-        let call = async {
+        self.exchange(addr, timeout, async |s: &mut TcpStream| {
             s.write_all(&encode_request(Op::Read, req)).await?;
-            match read_reply::<ReadHead, _>(&mut s).await? {
+            match read_reply::<ReadHead, _>(s).await? {
                 Ok(head) if head.data_bytes > req.length => Err(bad(format!(
                     "{} bytes answered for a read of {}",
                     head.data_bytes, req.length
@@ -279,12 +278,8 @@ impl DataPool {
                 }
                 Err(d) => Ok(Err(d)),
             }
-        };
-        let out = self.finish(addr, timeout, call).await;
-        if out.is_ok() {
-            self.give_back(addr, s);
-        }
-        out
+        })
+        .await
     }
 
     /// Pushes `total` bytes, arriving as pieces on `pieces`, to `addr`,
@@ -298,8 +293,7 @@ impl DataPool {
         timeout: Duration,
     ) -> Result<PushReply, Status> {
         let total = header.total_bytes;
-        let mut s = self.take(addr).await?;
-        let call = async {
+        self.exchange(addr, timeout, async |s: &mut TcpStream| {
             let mut head = encode_request(Op::Push, header);
             let mut sent = 0u64;
             let mut written = Ok(());
@@ -308,7 +302,7 @@ impl DataPool {
                 if sent > total {
                     return Err(bad(format!("more than the {total} bytes announced")));
                 }
-                written = write_with(&mut s, std::mem::take(&mut head), p).await;
+                written = write_with(s, std::mem::take(&mut head), p).await;
                 if written.is_err() {
                     break;
                 }
@@ -321,30 +315,33 @@ impl DataPool {
             }
             // A server that refused the header answers and closes: its
             // answer says more than the failed write.
-            match read_reply::<PushReply, _>(&mut s).await {
+            match read_reply::<PushReply, _>(s).await {
                 Ok(r) => Ok(r),
                 Err(e) => written.and(Err(e)),
             }
-        };
-        let out = self.finish(addr, timeout, call).await;
-        if out.is_ok() {
-            self.give_back(addr, s);
-        }
-        out
+        })
+        .await
     }
 
-    async fn finish<T>(
+    /// One request on a pooled connection, bounded by `timeout`: the
+    /// connection goes back to the pool only after a complete answer.
+    async fn exchange<T>(
         &self,
         addr: &str,
         timeout: Duration,
-        call: impl Future<Output = io::Result<Result<T, ErrorDetail>>>,
+        call: impl AsyncFnOnce(&mut TcpStream) -> io::Result<Result<T, ErrorDetail>>,
     ) -> Result<T, Status> {
-        match tokio::time::timeout(timeout, call).await {
+        let mut s = self.take(addr).await?;
+        let out = match tokio::time::timeout(timeout, call(&mut s)).await {
             Ok(Ok(Ok(v))) => Ok(v),
             Ok(Ok(Err(d))) => Err(status(d)),
             Ok(Err(e)) => Err(unavailable(addr, &e.to_string())),
             Err(_) => Err(unavailable(addr, "no answer in time")),
+        };
+        if out.is_ok() {
+            self.give_back(addr, s);
         }
+        out
     }
 }
 
