@@ -94,6 +94,32 @@ pub fn plan_appends(
     (placed, end)
 }
 
+/// The last mutation a replica processed for one chunk, as the primary
+/// numbered it: its run (process) and serial. Rounds of record appends are
+/// pipelined, so a replica may receive a mutation before the one it follows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Turn {
+    last: Option<(u64, u64)>,
+}
+
+impl Turn {
+    /// Whether a mutation that follows mutation `after` of primary run
+    /// `run` may be applied now (`after` 0: it follows nothing in flight).
+    pub fn ready(&self, run: u64, after: u64) -> bool {
+        after == 0 || self.last == Some((run, after))
+    }
+
+    /// Mutation `serial` of `run` was processed, applied or failed. Within
+    /// a run the turn never moves back: a mutation that arrives after its
+    /// successor gave up waiting for it does not hold the next one up.
+    pub fn processed(&mut self, run: u64, serial: u64) {
+        match self.last {
+            Some((r, s)) if r == run && s >= serial => {}
+            _ => self.last = Some((run, serial)),
+        }
+    }
+}
+
 /// Appends the primary committed recently, to answer a retry with the first
 /// offset instead of a second copy. Bounded: a retry comes soon after its
 /// first attempt.
@@ -181,6 +207,25 @@ mod tests {
             plan_appends(100, 100, &[(id(2, 2), 1)], &done),
             (vec![Placed::Full], 100)
         );
+    }
+
+    #[test]
+    fn pipelined_mutations_wait_for_the_one_they_follow() {
+        let mut t = Turn::default();
+        assert!(t.ready(7, 0));
+        assert!(!t.ready(7, 1));
+        t.processed(7, 1);
+        assert!(t.ready(7, 1));
+        assert!(!t.ready(7, 2));
+        // Another run of the primary (it restarted) starts its own order.
+        assert!(!t.ready(8, 1));
+        t.processed(7, 3);
+        t.processed(7, 2);
+        assert_eq!(t, Turn { last: Some((7, 3)) });
+        assert!(t.ready(7, 3));
+        t.processed(8, 1);
+        assert!(t.ready(8, 1));
+        assert!(!t.ready(7, 3));
     }
 
     #[test]

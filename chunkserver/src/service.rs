@@ -14,7 +14,8 @@ use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::chunk::chunkserver_server::Chunkserver;
 use gfs_proto::wire::chunk::{
     ApplyReply, ApplyRequest, CloneReply, CloneRequest, CopyLocalRequest, DeleteRequest, Empty,
-    MutateReply, MutateRequest, MutationKind, ReadRequest, RevokeRequest, SetVersionRequest,
+    MutateReply, MutateRequest, MutationKind, ReadRequest, Replica, RevokeRequest,
+    SetVersionRequest,
 };
 use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES, error};
 use gfs_proto::{ChunkHandle, ChunkVersion};
@@ -28,13 +29,17 @@ use crate::changes::Changes;
 use crate::clone::{Cloning, clone_chunk, copy_local};
 use crate::config::ChunkserverConfig;
 use crate::order::{
-    Committed, Fence, Placed, fence_forwarded, fence_mutation, fence_read, plan_appends,
+    Committed, Fence, Placed, Turn, fence_forwarded, fence_mutation, fence_read, plan_appends,
 };
 
 /// Longest chain a push may name.
 pub(crate) const MAX_CHAIN: usize = 16;
 /// Bound on one forwarded call to a peer.
 pub(crate) const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rounds of record appends one chunk's primary keeps in flight: while the
+/// replicas' answers to one come back, each replica already writes the
+/// next, so the disk is never idle between rounds.
+const APPEND_PIPELINE: usize = 2;
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -56,12 +61,79 @@ pub struct HeldLease {
     pub revoked_through: u64,
 }
 
-/// Per chunk: mutations are applied one at a time, in serial order.
+/// Per chunk, at its primary: the serial order of mutations, the appends
+/// committed recently, and while rounds of appends are in flight, where
+/// the last one planned leaves the chunk.
 #[derive(Debug, Default)]
 struct Ordered {
     serial: u64,
     committed: Committed,
+    tail: Option<Tail>,
 }
+
+/// The last round of appends planned while earlier ones are in flight: the
+/// next round may follow it only under the same version and secondaries.
+#[derive(Debug)]
+struct Tail {
+    version: u64,
+    secondaries: Vec<Replica>,
+    end: u64,
+    serial: u64,
+}
+
+impl Ordered {
+    /// The next mutation in this chunk's serial order, to be applied at
+    /// each replica after mutation `after` (0: none is in flight).
+    fn plan(&mut self, kind: MutationKind, offset: u64, data: Parts, after: u64) -> Planned {
+        self.serial += 1;
+        Planned {
+            kind,
+            offset,
+            data,
+            ids: Vec::new(),
+            dropped: Vec::new(),
+            serial: self.serial,
+            after,
+            sync: false,
+        }
+    }
+}
+
+/// A mutation the primary ordered: its place in the serial order and
+/// what it writes (`ids` name the pushed data at the secondaries; the data
+/// in `dropped` is no longer needed once it is applied).
+#[derive(Debug)]
+struct Planned {
+    kind: MutationKind,
+    offset: u64,
+    data: Parts,
+    ids: Vec<u64>,
+    dropped: Vec<u64>,
+    serial: u64,
+    after: u64,
+    sync: bool,
+}
+
+/// A round of record appends: the batch, where its records go, and the
+/// mutations that put them there (the records that fit, then the padding
+/// if one did not).
+#[derive(Debug)]
+struct Round {
+    /// The first request: chunk, version, secondaries.
+    r: MutateRequest,
+    batch: Vec<Queued>,
+    placed: Vec<Placed>,
+    /// The chunk's length before the round, and after its records.
+    length: u64,
+    end: u64,
+    write: Option<Planned>,
+    pad: Option<Planned>,
+    now: u64,
+}
+
+/// What the replicas made of a round's mutations: the chunk's length at
+/// the primary after each, and the secondaries that failed it.
+type Outcome = Result<(Option<(u64, Vec<u64>)>, Option<(u64, Vec<u64>)>), Status>;
 
 /// A chunk's ordering lock, a signal after each applied mutation (a write
 /// that arrived ahead of the one before it waits for it), and the record
@@ -71,6 +143,58 @@ struct Slot {
     order: tokio::sync::Mutex<Ordered>,
     applied: tokio::sync::Notify,
     appends: Mutex<VecDeque<Queued>>,
+    /// The last mutation processed here (pipelined rounds wait for it).
+    turn: Mutex<Turn>,
+}
+
+/// Marks a mutation processed at this replica when dropped, however its
+/// handling ended, so the one that follows it never waits in vain.
+struct Processed<'a> {
+    slot: &'a Slot,
+    run: u64,
+    serial: u64,
+}
+
+impl Slot {
+    /// Runs `apply` once the mutation it follows (`after` of primary run
+    /// `run`) was processed here, and marks mutation `serial` processed
+    /// whatever the outcome. A predecessor that has not arrived after
+    /// `patience` (`PEER_TIMEOUT` but in tests) fails this one.
+    async fn in_turn<T>(
+        &self,
+        (run, serial, after): (u64, u64, u64),
+        patience: Duration,
+        apply: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let _done = Processed {
+            slot: self,
+            run,
+            serial,
+        };
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let notified = self.applied.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if Shared::lock(&self.turn).ready(run, after) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(error(
+                    ErrorKind::Unavailable,
+                    format!("mutation {after}, which this one follows, never arrived here"),
+                ));
+            }
+        }
+        apply.await
+    }
+}
+
+impl Drop for Processed<'_> {
+    fn drop(&mut self) {
+        Shared::lock(&self.slot.turn).processed(self.run, self.serial);
+        self.slot.applied.notify_waiters();
+    }
 }
 
 /// A record append waiting to be committed with the others queued for its
@@ -101,6 +225,8 @@ pub struct Shared {
     /// Data-plane connections to peers (forwarding pushes, clone reads).
     pub data: Arc<DataPool>,
     pub cloning: Cloning,
+    /// Names this process in the serials it gives mutations as a primary.
+    run: u64,
 }
 
 impl Shared {
@@ -116,6 +242,7 @@ impl Shared {
             peers: Mutex::default(),
             data: Arc::new(DataPool::new()),
             cloning: Cloning::default(),
+            run: rand::random::<u64>() | 1,
         })
     }
 
@@ -534,7 +661,7 @@ impl Chunkserver for ChunkService {
         };
         // A revocation may have come while this waited for its turn.
         let result = match sh.held_lease(h, r.lease_expires_ms, r.version, now) {
-            Ok(()) => self.write_ordered(&r, &data, &mut order, now).await,
+            Ok(()) => self.write_ordered(&r, data, &slot, &mut order, now).await,
             Err(e) => Err(e),
         };
         drop(order);
@@ -545,22 +672,11 @@ impl Chunkserver for ChunkService {
     async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyReply>, Status> {
         let r = req.into_inner();
         let kind = kind_of(r.kind, true)?;
-        let h = ChunkHandle(r.handle);
-        let sh = &self.shared;
-        let data = if kind == MutationKind::Pad {
-            Parts::new()
-        } else {
-            self.check_size(r.offset, r.length)?;
-            sh.data(&r.data_ids, r.length)?
-        };
-        let slot = sh.ordered(h);
-        let _order = slot.order.lock().await;
-        let info = sh.local(h, r.version, r.create).await?;
-        let fence = fence_forwarded(info.version.0, r.version);
-        sh.fence_by(fence, &info, r.version).await?;
-        let length = sh.apply_local(h, kind, r.offset, &data, r.sync).await?;
-        sh.forget_data(&r.data_ids);
-        sh.forget_data(&r.dropped_data_ids);
+        let slot = self.shared.ordered(ChunkHandle(r.handle));
+        let turn = (r.primary_run, r.serial, r.after_serial);
+        let length = slot
+            .in_turn(turn, PEER_TIMEOUT, self.apply_here(&slot, &r, kind))
+            .await?;
         Ok(Response::new(ApplyReply {
             chunk_length: length,
         }))
@@ -634,7 +750,8 @@ impl ChunkService {
     async fn write_ordered(
         &self,
         r: &MutateRequest,
-        data: &[Bytes],
+        data: Parts,
+        slot: &Slot,
         order: &mut Ordered,
         now: u64,
     ) -> Result<MutateReply, Status> {
@@ -642,16 +759,12 @@ impl ChunkService {
         let h = ChunkHandle(r.handle);
         let info = sh.local(h, r.version, r.offset == 0).await?;
         sh.fence(&info, r.version).await?;
-        let (length, failed) = self
-            .commit(
-                r,
-                MutationKind::Write,
-                r.offset,
-                data,
-                (&[r.data_id], &[]),
-                order,
-            )
-            .await?;
+        let m = Planned {
+            ids: vec![r.data_id],
+            sync: r.sync,
+            ..order.plan(MutationKind::Write, r.offset, data, 0)
+        };
+        let (length, failed) = self.commit(r, &m, slot).await?;
         if failed.is_empty() {
             sh.committed(h, &[r.data_id], now);
         }
@@ -661,6 +774,32 @@ impl ChunkService {
             chunk_full: false,
             failed,
         })
+    }
+
+    /// A secondary's part of a mutation, in its turn: fence, apply, and let
+    /// the pushed data go.
+    async fn apply_here(
+        &self,
+        slot: &Slot,
+        r: &ApplyRequest,
+        kind: MutationKind,
+    ) -> Result<u64, Status> {
+        let h = ChunkHandle(r.handle);
+        let sh = &self.shared;
+        let data = if kind == MutationKind::Pad {
+            Parts::new()
+        } else {
+            self.check_size(r.offset, r.length)?;
+            sh.data(&r.data_ids, r.length)?
+        };
+        let _order = slot.order.lock().await;
+        let info = sh.local(h, r.version, r.create).await?;
+        let fence = fence_forwarded(info.version.0, r.version);
+        sh.fence_by(fence, &info, r.version).await?;
+        let length = sh.apply_local(h, kind, r.offset, &data, r.sync).await?;
+        sh.forget_data(&r.data_ids);
+        sh.forget_data(&r.dropped_data_ids);
+        Ok(length)
     }
 
     /// A record append: queued for the chunk, then committed by whichever
@@ -679,13 +818,7 @@ impl ChunkService {
         let me = self.clone();
         tokio::spawn(async move {
             let mut order = slot.order.lock().await;
-            loop {
-                let batch = me.next_batch(&slot);
-                if batch.is_empty() {
-                    break;
-                }
-                me.append_batch(batch, &mut order).await;
-            }
+            me.drain_appends(&slot, &mut order).await;
             drop(order);
             slot.applied.notify_waiters();
         });
@@ -693,19 +826,57 @@ impl ChunkService {
             .unwrap_or_else(|_| Err(error(ErrorKind::Internal, "the append was dropped")))
     }
 
+    /// Commits the queued appends round by round, with up to
+    /// `APPEND_PIPELINE` rounds in flight. Each replica applies them in
+    /// their serial order; each round is answered once every replica
+    /// applied it.
+    async fn drain_appends(&self, slot: &Arc<Slot>, order: &mut Ordered) {
+        let mut rounds = VecDeque::new();
+        loop {
+            while rounds.len() < APPEND_PIPELINE {
+                let batch = self.next_batch(slot, order.tail.as_ref());
+                if batch.is_empty() {
+                    break;
+                }
+                if let Some(round) = self.plan_round(batch, order).await {
+                    let (me, slot) = (self.clone(), slot.clone());
+                    rounds.push_back(tokio::spawn(async move {
+                        let outcome = me.run_round(&round, &slot).await;
+                        (round, outcome)
+                    }));
+                }
+            }
+            let Some(next) = rounds.pop_front() else {
+                break;
+            };
+            // A round that panicked drops its answers: those appends fail.
+            if let Ok((round, outcome)) = next.await {
+                self.finish_round(round, outcome, order);
+            }
+            if rounds.is_empty() {
+                order.tail = None;
+            }
+        }
+    }
+
     /// The queued appends at the front that can go in one mutation: same
-    /// version and secondaries, at most `max_request_bytes` together.
-    fn next_batch(&self, slot: &Slot) -> Vec<Queued> {
+    /// version and secondaries (as the round in flight, if any), at most
+    /// `max_request_bytes` together.
+    fn next_batch(&self, slot: &Slot, tail: Option<&Tail>) -> Vec<Queued> {
         let max = self.shared.cfg.store.max_request_bytes;
         let mut queue = Shared::lock(&slot.appends);
         let mut batch: Vec<Queued> = Vec::new();
         let mut bytes = 0;
         while let Some(q) = queue.front() {
-            let fits = batch.first().is_none_or(|first| {
-                first.r.version == q.r.version
-                    && first.r.secondaries == q.r.secondaries
-                    && bytes + q.r.length <= max
-            });
+            let fits = match (batch.first(), tail) {
+                (Some(first), _) => {
+                    first.r.version == q.r.version
+                        && first.r.secondaries == q.r.secondaries
+                        && bytes + q.r.length <= max
+                }
+                (None, Some(t)) => t.version == q.r.version && t.secondaries == q.r.secondaries,
+                (None, None) => true,
+            };
             if !fits {
                 break;
             }
@@ -715,10 +886,10 @@ impl ChunkService {
         batch
     }
 
-    /// Commits a batch of appends: the records that fit are written one
-    /// after the other in one mutation, the chunk is padded if one did not
-    /// fit, and each append gets its answer.
-    async fn append_batch(&self, batch: Vec<Queued>, order: &mut Ordered) {
+    /// Places a batch of appends after the round in flight (or at the
+    /// chunk's end here) and orders the mutations that write them. Appends
+    /// that cannot go (a revoked lease, a refused version) are answered now.
+    async fn plan_round(&self, batch: Vec<Queued>, order: &mut Ordered) -> Option<Round> {
         let sh = &self.shared;
         let now = now_ms();
         // A revocation may have come while these waited for their turn.
@@ -733,93 +904,133 @@ impl ChunkService {
             }
         }
         let batch = held;
-        let Some(first) = batch.first() else { return };
-        let r = first.r.clone();
-        let answers = match self.append_ordered(&r, &batch, order, now).await {
-            Ok(a) => a.into_iter().map(Ok).collect(),
-            Err(e) => vec![Err(e); batch.len()],
+        let r = batch.first()?.r.clone();
+        let (length, after) = match &order.tail {
+            Some(t) => (t.end, t.serial),
+            None => match self.fenced_info(&r).await {
+                Ok(length) => (length, 0),
+                Err(e) => {
+                    for q in batch {
+                        let _ = q.reply.send(Err(e.clone()));
+                    }
+                    return None;
+                }
+            },
         };
-        for (q, a) in batch.into_iter().zip(answers) {
-            let _ = q.reply.send(a);
-        }
-    }
-
-    async fn append_ordered(
-        &self,
-        r: &MutateRequest,
-        batch: &[Queued],
-        order: &mut Ordered,
-        now: u64,
-    ) -> Result<Vec<MutateReply>, Status> {
-        let sh = &self.shared;
-        let h = ChunkHandle(r.handle);
-        let info = sh.local(h, r.version, true).await?;
-        sh.fence(&info, r.version).await?;
         let id = |q: &Queued| RecordId {
             client_id: q.r.client_id,
             seq: q.r.seq,
         };
         let records: Vec<_> = batch.iter().map(|q| (id(q), q.r.length)).collect();
-        let (placed, end) = plan_appends(
-            info.length,
-            sh.cfg.chunk_size_bytes,
-            &records,
-            &order.committed,
-        );
-        let written: Vec<&Queued> = batch
-            .iter()
-            .zip(&placed)
-            .filter(|(_, p)| matches!(p, Placed::At(_)))
-            .map(|(q, _)| q)
-            .collect();
+        let chunk_size = sh.cfg.chunk_size_bytes;
+        let (placed, end) = plan_appends(length, chunk_size, &records, &order.committed);
+        let (mut written, mut unused) = (Vec::new(), Vec::new());
+        for (q, p) in batch.iter().zip(&placed) {
+            match p {
+                Placed::At(_) => written.push(q),
+                _ => unused.push(q.r.data_id),
+            }
+        }
         // Data no mutation will use: dropped here now, at the secondaries
-        // with the last mutation of the batch.
-        let unused: Vec<u64> = batch
-            .iter()
-            .zip(&placed)
-            .filter(|(_, p)| !matches!(p, Placed::At(_)))
-            .map(|(q, _)| q.r.data_id)
-            .collect();
+        // with the last mutation of the round.
         sh.forget_data(&unused);
         let pads = placed.contains(&Placed::Full);
-        let (mut length, mut failed) = (info.length, Vec::new());
-        if !written.is_empty() {
-            let data: Parts = written
+        let mut last = after;
+        let write = (!written.is_empty()).then(|| {
+            let data = written
                 .iter()
                 .flat_map(|q| q.data.iter().cloned())
                 .collect();
-            let ids: Vec<u64> = written.iter().map(|q| q.r.data_id).collect();
-            let sync = written.iter().any(|q| q.r.sync);
-            let req = MutateRequest { sync, ..r.clone() };
-            let dropped = if pads { &[][..] } else { &unused[..] };
-            (length, failed) = self
-                .commit(
-                    &req,
-                    MutationKind::Write,
-                    info.length,
-                    &data,
-                    (&ids, dropped),
-                    order,
-                )
-                .await?;
-            if failed.is_empty() {
-                for (q, p) in batch.iter().zip(&placed) {
-                    if let (Placed::At(at), true) = (p, q.r.client_id != 0) {
-                        order.committed.record(id(q), *at);
-                    }
+            let m = Planned {
+                ids: written.iter().map(|q| q.r.data_id).collect(),
+                dropped: if pads { Vec::new() } else { unused.clone() },
+                sync: written.iter().any(|q| q.r.sync),
+                ..order.plan(MutationKind::Write, length, data, last)
+            };
+            last = m.serial;
+            m
+        });
+        let pad = pads.then(|| {
+            let m = Planned {
+                dropped: unused,
+                sync: r.sync,
+                ..order.plan(MutationKind::Pad, end, Parts::new(), last)
+            };
+            last = m.serial;
+            m
+        });
+        order.tail = Some(Tail {
+            version: r.version,
+            secondaries: r.secondaries.clone(),
+            end: if pads { chunk_size } else { end },
+            serial: last,
+        });
+        Some(Round {
+            r,
+            batch,
+            placed,
+            length,
+            end,
+            write,
+            pad,
+            now,
+        })
+    }
+
+    /// The chunk's length here once it is at the request's version
+    /// (created if this is its first mutation).
+    async fn fenced_info(&self, r: &MutateRequest) -> Result<u64, Status> {
+        let info = self
+            .shared
+            .local(ChunkHandle(r.handle), r.version, true)
+            .await?;
+        self.shared.fence(&info, r.version).await?;
+        Ok(info.length)
+    }
+
+    /// Commits a round's mutations, every one of them (the rounds after it
+    /// follow them in each replica's order).
+    async fn run_round(&self, round: &Round, slot: &Slot) -> Outcome {
+        let write = match &round.write {
+            Some(m) => Some(self.commit(&round.r, m, slot).await),
+            None => None,
+        };
+        let pad = match &round.pad {
+            Some(m) => Some(self.commit(&round.r, m, slot).await),
+            None => None,
+        };
+        Ok((write.transpose()?, pad.transpose()?))
+    }
+
+    /// Answers a round's appends, and remembers its records for retries
+    /// once every replica has them.
+    fn finish_round(&self, round: Round, outcome: Outcome, order: &mut Ordered) {
+        let sh = &self.shared;
+        let (write, pad) = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                for q in round.batch {
+                    let _ = q.reply.send(Err(e.clone()));
                 }
-                sh.committed(h, &ids, now);
+                return;
             }
+        };
+        let (length, failed) = write.unwrap_or((round.length, Vec::new()));
+        let (padded, pad_failed) = pad.unwrap_or((length, Vec::new()));
+        if let (Some(m), true) = (&round.write, failed.is_empty()) {
+            for (q, p) in round.batch.iter().zip(&round.placed) {
+                if let (Placed::At(at), true) = (p, q.r.client_id != 0) {
+                    let id = RecordId {
+                        client_id: q.r.client_id,
+                        seq: q.r.seq,
+                    };
+                    order.committed.record(id, *at);
+                }
+            }
+            sh.committed(ChunkHandle(round.r.handle), &m.ids, round.now);
         }
-        let (mut padded, mut pad_failed) = (length, Vec::new());
-        if pads {
-            (padded, pad_failed) = self
-                .commit(r, MutationKind::Pad, end, &[], (&[], &unused), order)
-                .await?;
-        }
-        Ok(placed
-            .iter()
-            .map(|p| match *p {
+        for (q, p) in round.batch.into_iter().zip(&round.placed) {
+            let reply = match *p {
                 Placed::At(at) => MutateReply {
                     offset: at,
                     chunk_length: length,
@@ -828,52 +1039,52 @@ impl ChunkService {
                 },
                 Placed::Duplicate(at) => MutateReply {
                     offset: at,
-                    chunk_length: info.length,
+                    chunk_length: round.length,
                     chunk_full: false,
                     failed: Vec::new(),
                 },
                 Placed::Full => MutateReply {
-                    offset: end,
+                    offset: round.end,
                     chunk_length: padded,
                     chunk_full: true,
                     failed: pad_failed.clone(),
                 },
-            })
-            .collect())
+            };
+            let _ = q.reply.send(Ok(reply));
+        }
     }
 
-    /// Applies a mutation here and at the secondaries, in this chunk's
-    /// serial order: the chunk's length here after it, and the secondaries
-    /// that failed it.
+    /// Applies a mutation here and at the secondaries, each in its turn in
+    /// this chunk's serial order: the chunk's length here after it, and
+    /// the secondaries that failed it.
     async fn commit(
         &self,
         r: &MutateRequest,
-        kind: MutationKind,
-        offset: u64,
-        data: &[Bytes],
-        (ids, dropped): (&[u64], &[u64]),
-        order: &mut Ordered,
+        m: &Planned,
+        slot: &Slot,
     ) -> Result<(u64, Vec<u64>), Status> {
         let sh = &self.shared;
         let h = ChunkHandle(r.handle);
-        order.serial += 1;
         let apply = ApplyRequest {
             handle: r.handle,
             version: r.version,
-            kind: kind as i32,
-            offset,
-            data_ids: ids.to_vec(),
-            dropped_data_ids: dropped.to_vec(),
-            length: parts_len(data),
-            serial: order.serial,
-            sync: r.sync,
-            create: offset == 0 && kind != MutationKind::Pad,
+            kind: m.kind as i32,
+            offset: m.offset,
+            data_ids: m.ids.clone(),
+            dropped_data_ids: m.dropped.clone(),
+            length: parts_len(&m.data),
+            serial: m.serial,
+            sync: m.sync,
+            create: m.offset == 0 && m.kind != MutationKind::Pad,
+            after_serial: m.after,
+            primary_run: sh.run,
         };
         // The secondaries write while this replica does: the disk sees the
         // three writes together, not one and then two. A failure anywhere
         // leaves the region inconsistent, as a failed secondary always did.
+        let here = sh.apply_local(h, m.kind, m.offset, &m.data, m.sync);
         let (local, (failed, missing)) = tokio::join!(
-            sh.apply_local(h, kind, offset, data, r.sync),
+            slot.in_turn((sh.run, m.serial, m.after), PEER_TIMEOUT, here),
             self.forward(r, apply)
         );
         let length = match local {
@@ -897,5 +1108,65 @@ impl ChunkService {
             ));
         }
         Ok((length, failed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    const PATIENCE: Duration = Duration::from_millis(300);
+
+    /// Runs mutation `serial` (following `after`) of run 7 on `slot`,
+    /// logging when it is applied.
+    fn mutation(
+        slot: &Arc<Slot>,
+        log: &Arc<Mutex<Vec<u64>>>,
+        serial: u64,
+        after: u64,
+        result: Result<(), Status>,
+    ) -> tokio::task::JoinHandle<Result<(), Status>> {
+        let (slot, log) = (slot.clone(), log.clone());
+        tokio::spawn(async move {
+            slot.in_turn((7, serial, after), PATIENCE, async {
+                Shared::lock(&log).push(serial);
+                result
+            })
+            .await
+        })
+    }
+
+    #[tokio::test]
+    async fn pipelined_mutations_apply_in_serial_order_whatever_their_arrival() {
+        let (slot, log) = (Arc::new(Slot::default()), Arc::new(Mutex::new(Vec::new())));
+        let third = mutation(&slot, &log, 3, 2, Ok(()));
+        let second = mutation(&slot, &log, 2, 1, Err(invalid("data missing")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            Shared::lock(&log).is_empty(),
+            "nothing runs before mutation 1"
+        );
+        let first = mutation(&slot, &log, 1, 0, Ok(()));
+        assert!(first.await.unwrap().is_ok());
+        // A failed mutation still lets the next one go.
+        assert!(second.await.unwrap().is_err());
+        assert!(third.await.unwrap().is_ok());
+        assert_eq!(*Shared::lock(&log), vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_predecessor_that_never_comes_fails_the_mutation_after_a_while() {
+        let (slot, log) = (Arc::new(Slot::default()), Arc::new(Mutex::new(Vec::new())));
+        let orphan = mutation(&slot, &log, 5, 4, Ok(()));
+        let started = std::time::Instant::now();
+        let e = orphan.await.unwrap().unwrap_err();
+        assert!(started.elapsed() >= PATIENCE);
+        assert!(e.message().contains("never arrived"), "{}", e.message());
+        assert!(Shared::lock(&log).is_empty());
+        // The one after it is not held up in turn.
+        assert!(mutation(&slot, &log, 6, 5, Ok(())).await.unwrap().is_ok());
+        assert_eq!(*Shared::lock(&log), vec![6]);
     }
 }
