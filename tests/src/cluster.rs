@@ -233,6 +233,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// Sends `sig` (SIGSTOP, SIGCONT) to chunkserver `i`.
+    pub fn signal_server(&self, i: usize, sig: i32) -> anyhow::Result<()> {
+        crate::signal(self.servers[i].child.as_ref(), sig)
+    }
+
     pub fn restart_server(&mut self, i: usize) -> anyhow::Result<()> {
         self.kill_server(i)?;
         self.spawn(i)

@@ -18,6 +18,18 @@ pub mod cluster;
 pub mod history;
 pub mod masters;
 
+/// Sends `sig` to a child we spawned and have not reaped.
+pub fn signal(child: Option<&std::process::Child>, sig: i32) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let pid = i32::try_from(child.context("the process is not running")?.id())?;
+    // SAFETY: plain syscall on the pid of a child we spawned and have not
+    // reaped.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        anyhow::bail!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A binary of this workspace, built next to the test executable by
 /// `cargo test --workspace --all-targets` (or named by `GFS_BIN_DIR`).
 pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {

@@ -147,17 +147,7 @@ impl MasterCluster {
     }
 
     fn signal(&mut self, i: usize, sig: i32) -> anyhow::Result<()> {
-        let child = self.masters[i]
-            .child
-            .as_ref()
-            .context("master is not running")?;
-        let pid = i32::try_from(child.id())?;
-        // SAFETY: plain syscall on the pid of a child we spawned and have
-        // not reaped.
-        if unsafe { libc::kill(pid, sig) } != 0 {
-            bail!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
-        }
-        Ok(())
+        crate::signal(self.masters[i].child.as_ref(), sig)
     }
 
     /// `kill -9` master `i` and reap it.

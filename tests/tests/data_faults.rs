@@ -413,6 +413,85 @@ async fn a_version_bump_without_a_later_write_keeps_the_chunk_readable() {
     assert!(got[..] == data[..]);
 }
 
+/// A leader killed after logging a lease grant but before any replica
+/// took the new version: every replica is one version behind the chunk
+/// table. The next leader completes the grant over them, so the chunk
+/// stays readable and writable, its data intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_killed_between_a_grant_and_the_new_version_leaves_the_chunk_usable() {
+    let mut cluster = Cluster::start(Spec {
+        chunkservers: 3,
+        lease_ms: 1_000,
+        lease_grace_ms: 200,
+        // Stopped servers still count as live while the grant runs.
+        chunkserver_timeout_ms: 10_000,
+        ..Spec::default()
+    })
+    .await
+    .expect("cluster");
+    let c = cluster.client();
+    let data = random_bytes(300_000, 11);
+    c.create("/f", 3).await.expect("create");
+    c.write_at("/f", 0, &data).await.expect("write");
+    let before = c.chunks("/f").await.expect("chunks").remove(0);
+    // The lease runs out, so the next write needs a new grant.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.chunks("/f").await.expect("chunks")[0].primary != 0 {
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The replicas cannot take the new version: the grant is logged, then
+    // the leader waits for them, and dies.
+    for i in 0..3 {
+        cluster.signal_server(i, libc::SIGSTOP).expect("stop");
+    }
+    let leader = cluster
+        .masters
+        .leader(Duration::from_secs(5))
+        .await
+        .expect("leader");
+    let master = c.master().clone();
+    let grant = tokio::spawn(async move { master.write_chunk("/f", 0, &[]).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cluster.masters.kill(leader).expect("kill the leader");
+    for i in 0..3 {
+        cluster.signal_server(i, libc::SIGCONT).expect("cont");
+    }
+    let _ = grant.await;
+    // A fresh client, so nothing is cached from before.
+    let fresh = cluster.client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        match fresh.read_at("/f", 0, data.len() as u64).await {
+            Ok(got) if got.len() == data.len() => break got,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the chunk stayed unreadable after the failover: {other:?} {:?}",
+                    fresh.chunks("/f").await
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(got[..] == data[..]);
+    fresh
+        .write_at("/f", 0, b"after the failover")
+        .await
+        .expect("write after the failover");
+    let after = fresh.chunks("/f").await.expect("chunks").remove(0);
+    assert!(
+        after.version >= before.version + 2,
+        "the grant the dead leader logged was never superseded: {before:?} -> {after:?}"
+    );
+    assert_eq!(after.replicas.len(), 3, "{after:?}");
+    assert_eq!(
+        &fresh.read_at("/f", 0, 18).await.expect("read")[..],
+        b"after the failover"
+    );
+}
+
 /// R11 (chunkserver side): one chunkserver's disk fills up during
 /// ingestion. The write completes on the others, no chunk counts the full
 /// server as a replica unless it holds the whole chunk, and new chunks are

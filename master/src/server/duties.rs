@@ -153,6 +153,7 @@ pub async fn run(node: Arc<Node>) {
             continue;
         }
         reclaim(&node).await;
+        super::grant::complete_unconfirmed(&node).await;
         for order in plan(&node) {
             tokio::spawn(execute(node.clone(), order));
         }
@@ -368,6 +369,8 @@ pub fn collect_garbage(node: &Node, id: NodeId, max: usize) -> Vec<DeleteChunk> 
         }
         last = h;
         let known = match a.state.chunk(h) {
+            // Its replicas at the version before may be the current ones.
+            Some(_) if a.state.unconfirmed(h) => Known::Unknown,
             Some(c) => Known::Live(chunk_of(&a.state, duties, &blocked, h, c, clock)),
             None if a.state.allocated(h) => Known::Reclaimed,
             None => Known::Unknown,

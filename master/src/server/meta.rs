@@ -59,19 +59,15 @@ fn info(name: String, inode: &Inode) -> FileInfo {
     }
 }
 
-/// Lease grants in a row for one request when replicas do not confirm the
-/// new version.
-const MAX_GRANT_ROUNDS: usize = 3;
-
 /// The chunk's version in the applied state (`fallback` if it has none).
-fn version_of(node: &Node, handle: ChunkHandle, fallback: ChunkVersion) -> ChunkVersion {
+pub(crate) fn version_of(node: &Node, handle: ChunkHandle, fallback: ChunkVersion) -> ChunkVersion {
     node.state()
         .state
         .chunk(handle)
         .map_or(fallback, |c| c.version)
 }
 
-fn unexpected(r: Reply) -> Status {
+pub(crate) fn unexpected(r: Reply) -> Status {
     error(ErrorKind::Internal, format!("unexpected reply {r:?}"))
 }
 
@@ -147,105 +143,6 @@ impl MetaService {
                 format!("{p} is a directory"),
             )),
         }
-    }
-
-    /// Grants (or, with `bump`, re-grants) the lease on `handle` at
-    /// `version` + 1 to a live replica at `version`, and tells those
-    /// replicas the new version; returns the ones that did not confirm it
-    /// (forgotten: stale from now on). Callers hold `Node::grants`.
-    async fn grant(
-        &self,
-        handle: ChunkHandle,
-        version: ChunkVersion,
-        replication: usize,
-        bump: bool,
-    ) -> Result<Vec<NodeId>, Status> {
-        let node = &self.node;
-        let (now, timeout) = (now_ms(), node.cfg.chunkserver_timeout_ms);
-        let lease = node.state().state.lease(handle);
-        // Grant to a live, up-to-date replica; the same primary as before
-        // if it is still one (the lease is then extended, not re-granted).
-        let mut candidates: Vec<NodeId> = node
-            .soft()
-            .replicas(handle, version, now, timeout)
-            .iter()
-            .map(|s| s.id)
-            .collect();
-        // A draining server's replica is left out of a new lease once the
-        // others are enough: it goes stale and is collected.
-        {
-            let a = node.state();
-            let draining = a.state.draining();
-            let staying = candidates.iter().filter(|n| !draining.contains(n)).count();
-            if staying >= replication {
-                candidates.retain(|n| !draining.contains(n));
-            }
-        }
-        let primary = lease
-            .map(|l| l.primary)
-            .filter(|p| candidates.contains(p))
-            .or_else(|| candidates.first().copied())
-            .ok_or_else(|| {
-                error(
-                    ErrorKind::NoReplica,
-                    format!("no live up-to-date replica of chunk {handle}"),
-                )
-            })?;
-        // The grant gives the chunk version + 1. Count the current
-        // replicas at it before the grant is visible, so no reader of the
-        // new version ever sees the chunk without replicas; they take the
-        // new version with the first mutation under the lease.
-        {
-            let mut soft = node.soft();
-            for n in &candidates {
-                soft.expect(handle, *n, ChunkVersion(version.0 + 1));
-            }
-        }
-        let granted = node
-            .propose(
-                0,
-                0,
-                Command::GrantLease {
-                    handle,
-                    primary,
-                    duration_ms: node.cfg.lease_ms,
-                    grace_ms: node.cfg.lease_grace_ms,
-                    bump,
-                },
-            )
-            .await?;
-        let Reply::Lease { lease, granted, .. } = granted else {
-            return Err(unexpected(granted));
-        };
-        let refused = if granted {
-            let addrs: Vec<(NodeId, String)> = {
-                let soft = node.soft();
-                candidates
-                    .iter()
-                    .filter_map(|n| soft.server(*n).map(|s| (*n, s.addr.clone())))
-                    .collect()
-            };
-            node.chunkservers
-                .set_version(handle, lease.version, &addrs)
-                .await
-        } else {
-            Vec::new()
-        };
-        let mut soft = node.soft();
-        for n in candidates {
-            if refused.contains(&n) {
-                // Left at the old version: stale from now on.
-                soft.forget(handle, n);
-            } else {
-                soft.expect(handle, n, lease.version);
-            }
-        }
-        // Only a refusal by a secondary is worth another bump: the lease
-        // stays with its primary until it expires.
-        Ok(refused
-            .into_iter()
-            .filter(|n| *n != lease.primary)
-            .collect())
     }
 
     fn chunk_info(&self, index: u64, handle: ChunkHandle) -> ChunkInfo {
@@ -628,13 +525,12 @@ impl MasterMeta for MetaService {
         };
         let failed: Vec<NodeId> = r.failed.iter().map(|n| NodeId(*n)).collect();
         // The common case: a live lease and nothing to report.
-        if failed.is_empty()
-            && node
-                .state()
-                .state
-                .lease(handle)
-                .is_some_and(|l| l.expires_at_ms > now)
-        {
+        let leased = {
+            let a = node.state();
+            a.state.lease(handle).is_some_and(|l| l.expires_at_ms > now)
+                && !a.state.unconfirmed(handle)
+        };
+        if failed.is_empty() && leased {
             let info = self.chunk_info(r.index, handle);
             if info.replicas.len() < usize::from(f.replication) {
                 node.duties.mark_blocked(handle, now);
@@ -659,7 +555,9 @@ impl MasterMeta for MetaService {
                 // before the new version makes it stale.
                 soft.forget(handle, *n);
             }
-            let bump = lease.is_some_and(|l| l.version == version && !failed.is_empty());
+            // An unconfirmed grant was never handed out: grant again.
+            let bump = lease.is_some_and(|l| l.version == version && !failed.is_empty())
+                || node.state().state.unconfirmed(handle);
             (bump, soft.replicas(handle, version, now, timeout).len())
         };
         if live < replication {
@@ -678,18 +576,7 @@ impl MasterMeta for MetaService {
                 format!("chunk {handle} is being re-replicated; retry shortly"),
             ));
         }
-        let mut bump = bump;
-        // A replica that did not confirm the new version may still take it
-        // later (its answer was only slow); another bump without it makes
-        // sure it can never pass for current.
-        for _ in 0..MAX_GRANT_ROUNDS {
-            let version = version_of(node, handle, version);
-            let refused = self.grant(handle, version, replication, bump).await?;
-            if refused.is_empty() {
-                break;
-            }
-            bump = true;
-        }
+        super::grant::grant_rounds(node, handle, version, replication, bump).await?;
         Ok(Response::new(self.chunk_info(r.index, handle)))
     }
     async fn report_length(

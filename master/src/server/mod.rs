@@ -7,6 +7,7 @@ pub mod chunkservers;
 pub mod config;
 pub mod duties;
 pub mod fsck;
+pub mod grant;
 pub mod meta;
 pub mod network;
 pub mod node;

@@ -218,6 +218,13 @@ pub enum Command {
     /// outer request's time. The leader batches concurrent proposals so a
     /// burst of creates costs one entry, not one each.
     Batch(Vec<Request>),
+    /// The replicas took the version `GrantLease` gave the chunk (at least
+    /// one confirmed `SetVersion`); the grant is complete. (After `Batch`:
+    /// log entries written before it existed keep their encoding.)
+    ConfirmVersion {
+        handle: ChunkHandle,
+        version: ChunkVersion,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,6 +349,11 @@ pub struct MasterState {
     sessions: HashMap<u64, Session>,
     /// Chunkservers being decommissioned.
     draining: BTreeSet<NodeId>,
+    /// Chunks whose last grant is not confirmed: its leader may have died
+    /// before any replica took the new version. Their replicas at the
+    /// version before still count, and their lease was never handed to a
+    /// client (the leader answers only after the confirmation).
+    unconfirmed: BTreeSet<ChunkHandle>,
     /// Keys changed since the last `take_dirty`: what the storage layer must
     /// write (or delete) in the same batch as `last_applied`.
     dirty: Vec<persist::Key>,
@@ -371,6 +383,7 @@ impl MasterState {
             next_deleted: 1,
             sessions: HashMap::new(),
             draining: BTreeSet::new(),
+            unconfirmed: BTreeSet::new(),
             dirty: vec![persist::Key::Path("/".into()), persist::Key::Counters],
         }
     }
@@ -485,6 +498,16 @@ impl MasterState {
                 new,
                 version,
             } => self.split_chunk(&path, index, (old, new), version),
+            Command::ConfirmVersion { handle, version } => {
+                let current = self
+                    .chunks
+                    .get(&handle)
+                    .is_some_and(|c| c.version == version);
+                if current && self.unconfirmed.remove(&handle) {
+                    self.dirty.push(persist::Key::Unconfirmed(handle));
+                }
+                Ok(Reply::Done)
+            }
             // `apply` takes batches apart; one inside a batch is refused.
             Command::Batch(_) => Err(MetaError::InvalidArgument("nested batch".into())),
         }
@@ -549,6 +572,15 @@ impl MasterState {
 
     pub fn lease(&self, handle: ChunkHandle) -> Option<Lease> {
         self.leases.get(&handle).copied()
+    }
+
+    /// Whether the chunk's last grant is unconfirmed (see `unconfirmed`).
+    pub fn unconfirmed(&self, handle: ChunkHandle) -> bool {
+        self.unconfirmed.contains(&handle)
+    }
+
+    pub fn unconfirmed_chunks(&self) -> impl Iterator<Item = ChunkHandle> + '_ {
+        self.unconfirmed.iter().copied()
     }
 
     pub fn deleted(&self) -> impl Iterator<Item = (u64, &Deleted)> {
@@ -852,6 +884,9 @@ impl MasterState {
                     if c.refs == 0 {
                         self.chunks.remove(&h);
                         chunks += 1;
+                        if self.unconfirmed.remove(&h) {
+                            self.dirty.push(persist::Key::Unconfirmed(h));
+                        }
                         if self.leases.remove(&h).is_some() {
                             self.dirty.push(persist::Key::Lease(h));
                         }
@@ -1109,8 +1144,12 @@ impl MasterState {
                 });
             }
             // Another primary only once the old lease has certainly expired,
-            // with `grace_ms` for clock drift between masters and servers.
-            if l.primary != primary && now < l.expires_at_ms + grace_ms {
+            // with `grace_ms` for clock drift between masters and servers;
+            // at once if no client was ever given it.
+            if l.primary != primary
+                && now < l.expires_at_ms + grace_ms
+                && !self.unconfirmed.contains(&handle)
+            {
                 let (primary, expires_at_ms) = (l.primary, l.expires_at_ms);
                 return Err(MetaError::LeaseHeld {
                     handle,
@@ -1126,8 +1165,12 @@ impl MasterState {
             expires_at_ms: now + duration_ms,
         };
         self.leases.insert(handle, lease);
-        self.dirty
-            .extend([persist::Key::Chunk(handle), persist::Key::Lease(handle)]);
+        self.unconfirmed.insert(handle);
+        self.dirty.extend([
+            persist::Key::Chunk(handle),
+            persist::Key::Lease(handle),
+            persist::Key::Unconfirmed(handle),
+        ]);
         Ok(Reply::Lease {
             handle,
             lease,

@@ -9,8 +9,8 @@
 //! a Raft snapshot is [`MasterState::dump`], all of them.
 //!
 //! Keys: `p<path>` inode, `c<handle>` chunk, `l<handle>` lease, `d<id>`
-//! deleted tree, `s<client>` session, `x<node>` draining chunkserver, `n`
-//! counters; integers big-endian so
+//! deleted tree, `s<client>` session, `x<node>` draining chunkserver,
+//! `u<handle>` chunk with an unconfirmed grant, `n` counters; integers big-endian so
 //! RocksDB orders them numerically.
 
 use std::collections::HashMap;
@@ -28,6 +28,7 @@ pub enum Key {
     Deleted(u64),
     Session(u64),
     Draining(NodeId),
+    Unconfirmed(ChunkHandle),
     Counters,
 }
 
@@ -70,6 +71,7 @@ impl Key {
             Key::Deleted(id) => tagged(b'd', *id),
             Key::Session(c) => tagged(b's', *c),
             Key::Draining(n) => tagged(b'x', n.0),
+            Key::Unconfirmed(h) => tagged(b'u', h.0),
             Key::Counters => b"n".to_vec(),
         }
     }
@@ -83,6 +85,7 @@ impl Key {
             b'd' => Key::Deleted(be(rest)?),
             b's' => Key::Session(be(rest)?),
             b'x' => Key::Draining(NodeId(be(rest)?)),
+            b'u' => Key::Unconfirmed(ChunkHandle(be(rest)?)),
             b'n' if rest.is_empty() => Key::Counters,
             _ => return None,
         })
@@ -111,6 +114,7 @@ impl MasterState {
             Key::Deleted(id) => self.deleted.get(id).map(enc),
             Key::Session(c) => self.sessions.get(c).map(enc),
             Key::Draining(n) => self.draining.contains(n).then(|| enc(&true)),
+            Key::Unconfirmed(h) => self.unconfirmed.contains(h).then(|| enc(&true)),
             Key::Counters => Some(enc(&Counters {
                 chunk_size_bytes: self.chunk_size_bytes,
                 next_handle: self.next_handle,
@@ -135,6 +139,7 @@ impl MasterState {
         keys.extend(self.deleted.keys().map(|id| Key::Deleted(*id)));
         keys.extend(self.sessions.keys().map(|c| Key::Session(*c)));
         keys.extend(self.draining.iter().map(|n| Key::Draining(*n)));
+        keys.extend(self.unconfirmed.iter().map(|h| Key::Unconfirmed(*h)));
         keys.push(Key::Counters);
         keys.sort();
         out.extend(keys.into_iter().map(|k| {
@@ -152,6 +157,7 @@ impl MasterState {
             (HashMap::new(), HashMap::new(), HashMap::new());
         let mut deleted = std::collections::BTreeMap::new();
         let mut draining = std::collections::BTreeSet::new();
+        let mut unconfirmed = std::collections::BTreeSet::new();
         let mut counters: Option<Counters> = None;
         for (k, v) in pairs {
             let key = Key::decode(&k).ok_or_else(|| LoadError::UnknownKey(k.clone()))?;
@@ -182,6 +188,12 @@ impl MasterState {
                         draining.insert(n);
                     }
                 }
+                Key::Unconfirmed(h) => {
+                    let on: bool = postcard::from_bytes(&v).map_err(bad)?;
+                    if on {
+                        unconfirmed.insert(h);
+                    }
+                }
                 Key::Counters => counters = Some(postcard::from_bytes(&v).map_err(bad)?),
             }
         }
@@ -196,6 +208,7 @@ impl MasterState {
             next_deleted: c.next_deleted,
             sessions,
             draining,
+            unconfirmed,
             dirty: Vec::new(),
         })
     }

@@ -34,6 +34,19 @@ impl Sim {
         })
     }
 
+    /// A state holding file /f with one chunk (handle 1).
+    fn with_one_chunk() -> (Self, ChunkHandle) {
+        let mut s = Self::new();
+        s.run(create("/f")).expect("create");
+        s.run(Command::AddChunk {
+            path: p("/f"),
+            index: 0,
+            replicas: vec![],
+        })
+        .expect("chunk");
+        (s, ChunkHandle(1))
+    }
+
     fn names(&self, dir: &str) -> Vec<String> {
         let page = self.st.list(&p(dir), None, 1000).expect("list");
         page.entries.into_iter().map(|e| e.name).collect()
@@ -609,15 +622,7 @@ fn chunks_are_added_by_index_so_racers_and_retries_agree() {
 
 #[test]
 fn leases_bump_the_version_on_grant_and_never_overlap() {
-    let mut s = Sim::new();
-    s.run(create("/f")).expect("create");
-    s.run(Command::AddChunk {
-        path: p("/f"),
-        index: 0,
-        replicas: vec![],
-    })
-    .expect("chunk");
-    let h = ChunkHandle(1);
+    let (mut s, h) = Sim::with_one_chunk();
     let grant = |n| Command::GrantLease {
         handle: h,
         primary: NodeId(n),
@@ -638,6 +643,13 @@ fn leases_bump_the_version_on_grant_and_never_overlap() {
             granted: true
         })
     );
+    // The replicas took version 2 (until then the lease was never handed
+    // out, and could be granted over).
+    s.run(Command::ConfirmVersion {
+        handle: h,
+        version: ChunkVersion(2),
+    })
+    .expect("confirm");
     // The same primary asking again extends without a new version.
     s.now = 30_000;
     assert_eq!(
@@ -723,6 +735,65 @@ fn leases_bump_the_version_on_grant_and_never_overlap() {
 }
 
 #[test]
+fn a_grant_stays_unconfirmed_until_the_replicas_took_its_version() {
+    let (mut s, h) = Sim::with_one_chunk();
+    let grant = |n, bump| Command::GrantLease {
+        handle: h,
+        primary: NodeId(n),
+        duration_ms: 60_000,
+        grace_ms: 1_000,
+        bump,
+    };
+    let confirm = |v| Command::ConfirmVersion {
+        handle: h,
+        version: ChunkVersion(v),
+    };
+    assert!(!s.st.unconfirmed(h));
+    s.run(grant(1, false)).expect("grant");
+    assert!(s.st.unconfirmed(h));
+    // The leader died before the replicas took version 2: the next one
+    // grants over it at once, to another primary, since no client was
+    // ever told of that lease.
+    assert_eq!(
+        s.run(grant(2, true)),
+        Ok(Reply::Lease {
+            handle: h,
+            lease: Lease {
+                primary: NodeId(2),
+                version: ChunkVersion(3),
+                expires_at_ms: 61_000,
+            },
+            granted: true
+        })
+    );
+    // A late confirmation of the older version changes nothing.
+    assert_eq!(s.run(confirm(2)), Ok(Reply::Done));
+    assert!(s.st.unconfirmed(h));
+    assert_eq!(s.run(confirm(3)), Ok(Reply::Done));
+    assert!(!s.st.unconfirmed(h));
+    assert_eq!(s.st.unconfirmed_chunks().count(), 0);
+    // A confirmed lease is held against another primary again.
+    assert!(matches!(
+        s.run(grant(1, true)),
+        Err(MetaError::LeaseHeld { .. })
+    ));
+    // An extension gives no new version and needs no confirmation.
+    assert!(matches!(
+        s.run(grant(2, false)),
+        Ok(Reply::Lease { granted: false, .. })
+    ));
+    assert!(!s.st.unconfirmed(h));
+    // Confirming a chunk that does not exist is harmless.
+    assert_eq!(
+        s.run(Command::ConfirmVersion {
+            handle: ChunkHandle(99),
+            version: ChunkVersion(1),
+        }),
+        Ok(Reply::Done)
+    );
+}
+
+#[test]
 fn replicas_applying_the_same_log_agree_exactly() {
     let log: Vec<Request> = (0..200u64)
         .map(|i| {
@@ -778,8 +849,15 @@ fn persisting_dirty_keys_reproduces_the_state_exactly() {
         }
     };
     persist(&mut st, &mut disk);
+    let (mut pending, mut confirmed) = (false, false);
     for i in 0..300u64 {
         let d = format!("/d{}", i % 5);
+        // The lowest chunk a grant left unconfirmed, else the lowest chunk.
+        let confirm = st
+            .unconfirmed_chunks()
+            .next()
+            .or_else(|| st.chunks().map(|(h, _)| h).min())
+            .unwrap_or(ChunkHandle(1));
         let cmd = match i % 9 {
             0 => mkdir(&format!("{d}/sub{}", i % 3), true),
             1 => create(&format!("{d}/f{i}")),
@@ -789,7 +867,7 @@ fn persisting_dirty_keys_reproduces_the_state_exactly() {
                 replicas: vec![],
             },
             3 => Command::GrantLease {
-                handle: ChunkHandle(i / 9 + 1),
+                handle: confirm,
                 primary: NodeId(i % 2),
                 duration_ms: 50,
                 grace_ms: 5,
@@ -809,18 +887,26 @@ fn persisting_dirty_keys_reproduces_the_state_exactly() {
                 purge: false,
             },
             7 => Command::Undelete { id: i / 20 + 1 },
+            8 if i % 18 == 8 => Command::ConfirmVersion {
+                handle: confirm,
+                version: st.chunk(confirm).map_or(ChunkVersion(0), |c| c.version),
+            },
             _ => Command::ExtendLeases {
                 primary: NodeId(1),
                 handles: vec![ChunkHandle(i / 9)],
                 duration_ms: 50,
             },
         };
+        let was = st.unconfirmed(confirm);
+        let confirming = matches!(cmd, Command::ConfirmVersion { .. });
         let _ = st.apply(Request {
             client: i % 3,
             seq: i,
             now_ms: i * 7,
             cmd,
         });
+        pending |= st.unconfirmed_chunks().count() > 0;
+        confirmed |= confirming && was && !st.unconfirmed(confirm);
         persist(&mut st, &mut disk);
         let reloaded = MasterState::load(disk.clone()).expect("load");
         assert_eq!(reloaded.dump(), st.dump(), "after request {i}");
@@ -828,6 +914,10 @@ fn persisting_dirty_keys_reproduces_the_state_exactly() {
     assert!(
         st.chunk_count() > 0 && st.deleted().count() > 0,
         "the history exercised chunks and deletes"
+    );
+    assert!(
+        pending && confirmed,
+        "the history had grants unconfirmed and confirmed some"
     );
 }
 

@@ -1,0 +1,201 @@
+//! Lease grants: the leader picks a primary among the chunk's current
+//! replicas, logs the grant (which gives the chunk a new version), tells
+//! the replicas the new version, and logs that they took it. Only then
+//! does a client hear of the lease.
+//!
+//! A leader can die between logging the grant and the replicas taking the
+//! version. Every replica is then one version behind the table, and no
+//! client ever saw the new version. Until a `ConfirmVersion` is logged the
+//! grant is *unconfirmed*: the next leader counts the replicas at the
+//! version before as current, and grants again over them (at once, from
+//! its duties, so readers are not left without replicas).
+
+use gfs_proto::wire::{ErrorKind, error};
+use gfs_proto::{ChunkHandle, ChunkVersion, NodeId};
+use tonic::Status;
+
+use super::meta::{unexpected, version_of};
+use super::node::{Node, now_ms};
+use crate::state::{Command, Reply};
+
+/// Lease grants in a row for one request when replicas do not confirm the
+/// new version.
+const MAX_GRANT_ROUNDS: usize = 3;
+
+/// Unconfirmed grants one duty pass completes at most.
+const COMPLETE_PER_PASS: usize = 64;
+
+/// Grants the lease on `handle`, again (with a new version each time)
+/// while a secondary does not confirm the new version. Callers hold
+/// `Node::grants`.
+pub async fn grant_rounds(
+    node: &Node,
+    handle: ChunkHandle,
+    version: ChunkVersion,
+    replication: usize,
+    mut bump: bool,
+) -> Result<(), Status> {
+    // A replica that did not confirm the new version may still take it
+    // later (its answer was only slow); another bump without it makes
+    // sure it can never pass for current.
+    for _ in 0..MAX_GRANT_ROUNDS {
+        let version = version_of(node, handle, version);
+        let refused = grant(node, handle, version, replication, bump).await?;
+        if refused.is_empty() {
+            break;
+        }
+        bump = true;
+    }
+    Ok(())
+}
+
+/// The live replicas a grant may go to: those at the table's version, and
+/// while the last grant is unconfirmed, those at the version before.
+fn candidates(node: &Node, handle: ChunkHandle, version: ChunkVersion) -> Vec<NodeId> {
+    let (now, timeout) = (now_ms(), node.cfg.chunkserver_timeout_ms);
+    let floor = if node.state().state.unconfirmed(handle) {
+        ChunkVersion(version.0.saturating_sub(1))
+    } else {
+        version
+    };
+    node.soft()
+        .replicas(handle, floor, now, timeout)
+        .iter()
+        .map(|s| s.id)
+        .collect()
+}
+
+/// Grants (or, with `bump`, re-grants) the lease on `handle` at
+/// `version` + 1 to a live current replica, tells the candidates the new
+/// version, and logs that they took it; returns the secondaries that did
+/// not (forgotten: stale from now on). Callers hold `Node::grants`.
+async fn grant(
+    node: &Node,
+    handle: ChunkHandle,
+    version: ChunkVersion,
+    replication: usize,
+    bump: bool,
+) -> Result<Vec<NodeId>, Status> {
+    let lease = node.state().state.lease(handle);
+    // Grant to a live, up-to-date replica; the same primary as before
+    // if it is still one (the lease is then extended, not re-granted).
+    let mut candidates = candidates(node, handle, version);
+    // A draining server's replica is left out of a new lease once the
+    // others are enough: it goes stale and is collected.
+    {
+        let a = node.state();
+        let draining = a.state.draining();
+        let staying = candidates.iter().filter(|n| !draining.contains(n)).count();
+        if staying >= replication {
+            candidates.retain(|n| !draining.contains(n));
+        }
+    }
+    let primary = lease
+        .map(|l| l.primary)
+        .filter(|p| candidates.contains(p))
+        .or_else(|| candidates.first().copied())
+        .ok_or_else(|| {
+            error(
+                ErrorKind::NoReplica,
+                format!("no live up-to-date replica of chunk {handle}"),
+            )
+        })?;
+    // The grant gives the chunk version + 1. Count the current
+    // replicas at it before the grant is visible, so no reader of the
+    // new version ever sees the chunk without replicas; they take the
+    // new version with the first mutation under the lease.
+    {
+        let mut soft = node.soft();
+        for n in &candidates {
+            soft.expect(handle, *n, ChunkVersion(version.0 + 1));
+        }
+    }
+    let granted = node
+        .propose(
+            0,
+            0,
+            Command::GrantLease {
+                handle,
+                primary,
+                duration_ms: node.cfg.lease_ms,
+                grace_ms: node.cfg.lease_grace_ms,
+                bump,
+            },
+        )
+        .await?;
+    let Reply::Lease { lease, granted, .. } = granted else {
+        return Err(unexpected(granted));
+    };
+    let refused = if granted {
+        let addrs: Vec<(NodeId, String)> = {
+            let soft = node.soft();
+            candidates
+                .iter()
+                .filter_map(|n| soft.server(*n).map(|s| (*n, s.addr.clone())))
+                .collect()
+        };
+        node.chunkservers
+            .set_version(handle, lease.version, &addrs)
+            .await
+    } else {
+        Vec::new()
+    };
+    {
+        let mut soft = node.soft();
+        for n in &candidates {
+            if refused.contains(n) {
+                // Left at the old version: stale from now on.
+                soft.forget(handle, *n);
+            } else {
+                soft.expect(handle, *n, lease.version);
+            }
+        }
+    }
+    if granted && candidates.iter().any(|n| !refused.contains(n)) {
+        let confirm = Command::ConfirmVersion {
+            handle,
+            version: lease.version,
+        };
+        node.propose(0, 0, confirm).await?;
+    }
+    // Only a refusal by a secondary is worth another bump: the lease
+    // stays with its primary until it expires.
+    Ok(refused
+        .into_iter()
+        .filter(|n| *n != lease.primary)
+        .collect())
+}
+
+/// The leader's duty: completes the grants a previous leader logged but
+/// did not confirm (it died before the replicas took the new version),
+/// by granting again over the replicas at the version before.
+pub async fn complete_unconfirmed(node: &Node) {
+    let pending: Vec<(ChunkHandle, ChunkVersion, u8)> = {
+        let a = node.state();
+        a.state
+            .unconfirmed_chunks()
+            .filter_map(|h| a.state.chunk(h).map(|c| (h, c.version, c.replication)))
+            .take(COMPLETE_PER_PASS)
+            .collect()
+    };
+    for (handle, version, replication) in pending {
+        // Grants in progress hold this lock and confirm before releasing
+        // it: what is still unconfirmed once it is held was left behind.
+        let _grants = node.grants.lock().await;
+        let version = version_of(node, handle, version);
+        if !node.state().state.unconfirmed(handle) || node.duties.cloning(handle) {
+            continue;
+        }
+        if candidates(node, handle, version).is_empty() {
+            continue;
+        }
+        match grant_rounds(node, handle, version, usize::from(replication), true).await {
+            Ok(()) => {
+                tracing::info!(chunk = %handle, "completed a grant the previous leader left unconfirmed")
+            }
+            Err(e) => {
+                tracing::warn!(chunk = %handle, error = %e.message(), "could not complete an unconfirmed grant")
+            }
+        }
+    }
+}
