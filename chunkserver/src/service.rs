@@ -691,7 +691,7 @@ impl Chunkserver for ChunkService {
         let sh = &self.shared;
         // Not behind the chunk's ordering lock: mutations may be queued
         // there for seconds, and adopting a newer version is idempotent.
-        let info = sh.store.info(h).await.map_err(store_status)?;
+        let info = sh.local(h, r.version, r.create).await?;
         sh.fence(&info, r.version).await?;
         Ok(Response::new(Empty {}))
     }

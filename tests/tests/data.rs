@@ -196,6 +196,24 @@ async fn records_that_did_not_fit_leave_no_data_behind() {
     );
 }
 
+/// A default cluster holding an empty `/log`, shared with a task that
+/// kills its processes; a client, and 8 appending clients.
+async fn shared_log_cluster() -> (
+    std::sync::Arc<tokio::sync::Mutex<Cluster>>,
+    gfs_client::Client,
+    Vec<gfs_client::Client>,
+) {
+    let cluster = Cluster::start(Spec::default()).await.expect("cluster");
+    let c = cluster.client();
+    c.create("/log", 0).await.expect("create");
+    let clients = (0..8).map(|_| cluster.client()).collect();
+    (
+        std::sync::Arc::new(tokio::sync::Mutex::new(cluster)),
+        c,
+        clients,
+    )
+}
+
 /// R8 (record-append half): kill -9 a secondary, then a primary, while 8
 /// clients append; every acknowledged record is read back exactly once.
 ///
@@ -205,11 +223,7 @@ async fn records_that_did_not_fit_leave_no_data_behind() {
 /// records. Secondaries now accept only their own version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r8_appenders_survive_kills_of_a_secondary_and_a_primary() {
-    let cluster = Cluster::start(Spec::default()).await.expect("cluster");
-    let c = cluster.client();
-    c.create("/log", 0).await.expect("create");
-    let clients = (0..8).map(|_| cluster.client()).collect();
-    let cluster = std::sync::Arc::new(tokio::sync::Mutex::new(cluster));
+    let (cluster, c, clients) = shared_log_cluster().await;
     let killer = {
         let (cluster, c) = (cluster.clone(), c.clone());
         tokio::spawn(async move {
@@ -242,6 +256,34 @@ async fn r8_appenders_survive_kills_of_a_secondary_and_a_primary() {
     let killed = killer.await.expect("killer");
     assert!(!killed.is_empty(), "nothing was killed");
     check_records(&c, &acked).await;
+}
+
+/// Ingestion through master failovers: the leader is killed (kill -9, then
+/// restarted as a follower) three times while 8 clients append to a file
+/// of 1 MiB chunks, so new chunks and lease grants keep coming during the
+/// elections. Every acknowledged record is read back exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appenders_survive_kills_of_the_master_leader() {
+    let (cluster, c, clients) = shared_log_cluster().await;
+    let killer = {
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            let mut kills = 0;
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                let mut cl = cluster.lock().await;
+                if let Ok(l) = cl.masters.leader(Duration::from_secs(10)).await {
+                    cl.masters.restart(l).expect("kill and restart the leader");
+                    kills += 1;
+                }
+            }
+            kills
+        })
+    };
+    let acked = append_with(clients, 40, 150_000, Duration::from_millis(20)).await;
+    assert_eq!(killer.await.expect("killer"), 3);
+    check_records(&c, &acked).await;
+    assert!(c.stat("/log").await.expect("stat").chunks > 10);
 }
 
 /// R6: kill -9 of a secondary, then of the primary, in the middle of a

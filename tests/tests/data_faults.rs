@@ -492,6 +492,52 @@ async fn a_leader_killed_between_a_grant_and_the_new_version_leaves_the_chunk_us
     );
 }
 
+/// A replica that stops heartbeating during a lease is versioned out
+/// before a writer is sent elsewhere, never just left out: left out, it
+/// would miss the write and, heartbeating again at the same version, pass
+/// for current with the old bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_silent_during_a_lease_is_versioned_out_not_left_behind() {
+    let cluster = Cluster::start(Spec {
+        chunkservers: 3,
+        lease_ms: 30_000,
+        chunkserver_timeout_ms: 1_500,
+        ..Spec::default()
+    })
+    .await
+    .expect("cluster");
+    let c = cluster.client();
+    c.create("/f", 3).await.expect("create");
+    c.write_at("/f", 0, b"old bytes").await.expect("write");
+    let before = c.chunks("/f").await.expect("chunks").remove(0);
+    let silent = gfs_tests::a_secondary(&before);
+    let i = cluster.server_index(silent).expect("known");
+    cluster.signal_server(i, libc::SIGSTOP).expect("stop");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // A new writer asks the masters while the lease is still live.
+    let w = cluster.client();
+    w.write_at("/f", 0, b"new bytes").await.expect("write");
+    cluster.signal_server(i, libc::SIGCONT).expect("cont");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let after = c.chunks("/f").await.expect("chunks").remove(0);
+    assert!(after.version > before.version, "{before:?} -> {after:?}");
+    for r in &after.replicas {
+        let (data, _) = gfs_tests::read_replica(&r.addr, after.handle, after.version, 0, 9)
+            .await
+            .expect("read a listed replica");
+        assert_eq!(&data[..], b"new bytes", "replica n{} is listed", r.node_id);
+    }
+    let stale = &cluster.servers[i].addr;
+    if let Ok((data, _)) = gfs_tests::read_replica(stale, before.handle, after.version, 0, 9).await
+    {
+        assert_eq!(
+            &data[..],
+            b"new bytes",
+            "the silent replica passes for current"
+        );
+    }
+}
+
 /// R11 (chunkserver side): one chunkserver's disk fills up during
 /// ingestion. The write completes on the others, no chunk counts the full
 /// server as a replica unless it holds the whole chunk, and new chunks are

@@ -26,8 +26,9 @@ const MAX_GRANT_ROUNDS: usize = 3;
 const COMPLETE_PER_PASS: usize = 64;
 
 /// Grants the lease on `handle`, again (with a new version each time)
-/// while a secondary does not confirm the new version. Callers hold
-/// `Node::grants`.
+/// while a secondary does not confirm the new version; fails if no round
+/// was confirmed, so no client is ever handed an unconfirmed lease.
+/// Callers hold `Node::grants`.
 pub async fn grant_rounds(
     node: &Node,
     handle: ChunkHandle,
@@ -45,6 +46,12 @@ pub async fn grant_rounds(
             break;
         }
         bump = true;
+    }
+    if node.state().state.unconfirmed(handle) {
+        return Err(error(
+            ErrorKind::Unavailable,
+            format!("the replicas of chunk {handle} did not take its new version; retry"),
+        ));
     }
     Ok(())
 }
@@ -76,7 +83,10 @@ async fn grant(
     replication: usize,
     bump: bool,
 ) -> Result<Vec<NodeId>, Status> {
-    let lease = node.state().state.lease(handle);
+    let (lease, create) = {
+        let a = node.state();
+        (a.state.lease(handle), a.state.pristine(handle))
+    };
     // Grant to a live, up-to-date replica; the same primary as before
     // if it is still one (the lease is then extended, not re-granted).
     let mut candidates = candidates(node, handle, version);
@@ -135,7 +145,7 @@ async fn grant(
                 .collect()
         };
         node.chunkservers
-            .set_version(handle, lease.version, &addrs)
+            .set_version(handle, lease.version, &addrs, create)
             .await
     } else {
         Vec::new()
@@ -151,19 +161,68 @@ async fn grant(
             }
         }
     }
-    if granted && candidates.iter().any(|n| !refused.contains(n)) {
+    // Only a refusal by a secondary is worth another bump: the lease
+    // stays with its primary until it expires.
+    let again: Vec<NodeId> = refused
+        .iter()
+        .copied()
+        .filter(|n| *n != lease.primary)
+        .collect();
+    // Confirmed only when no other round follows: a secondary that did not
+    // answer in time may still take this version late, and a client handed
+    // this lease before the next bump could have mutations acknowledged
+    // without it, which it would then pass for current with.
+    if granted && again.is_empty() && candidates.iter().any(|n| !refused.contains(n)) {
         let confirm = Command::ConfirmVersion {
             handle,
             version: lease.version,
+            replicas: candidates
+                .iter()
+                .copied()
+                .filter(|n| !refused.contains(n))
+                .collect(),
         };
         node.propose(0, 0, confirm).await?;
     }
-    // Only a refusal by a secondary is worth another bump: the lease
-    // stays with its primary until it expires.
-    Ok(refused
-        .into_iter()
-        .filter(|n| *n != lease.primary)
-        .collect())
+    Ok(again)
+}
+
+/// The replicas of the chunk's confirmed grant that are not live at its
+/// version here (none while a grant is unconfirmed): a writer must not
+/// be sent without them, so they count as failed. Right after this
+/// process started, one not heard from yet may only be late: the
+/// writer is asked to retry instead.
+pub fn absent_members(node: &Node, handle: ChunkHandle, now: u64) -> Result<Vec<NodeId>, Status> {
+    let timeout = node.cfg.chunkserver_timeout_ms;
+    let (members, version) = {
+        let a = node.state();
+        // An unconfirmed grant is granted again anyway; its members
+        // are those of the version before.
+        let Some(m) = a
+            .state
+            .members(handle)
+            .filter(|_| !a.state.unconfirmed(handle))
+        else {
+            return Ok(Vec::new());
+        };
+        let v = a.state.chunk(handle).map_or(ChunkVersion(0), |c| c.version);
+        (m.to_vec(), v)
+    };
+    let soft = node.soft();
+    let live: Vec<NodeId> = soft
+        .replicas(handle, version, now, timeout)
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    let absent: Vec<NodeId> = members.into_iter().filter(|n| !live.contains(n)).collect();
+    let learning = now < node.started_ms + timeout;
+    if learning && absent.iter().any(|n| soft.server(*n).is_none()) {
+        return Err(error(
+            ErrorKind::Unavailable,
+            format!("this master is still learning where chunk {handle} is; retry"),
+        ));
+    }
+    Ok(absent)
 }
 
 /// The leader's duty: completes the grants a previous leader logged but

@@ -67,6 +67,25 @@ pub(crate) fn version_of(node: &Node, handle: ChunkHandle, fallback: ChunkVersio
         .map_or(fallback, |c| c.version)
 }
 
+/// Live servers for a new chunk's replicas, their space reserved.
+fn place_new(node: &Node, replication: u8, now: u64) -> Result<Vec<NodeId>, Status> {
+    let timeout = node.cfg.chunkserver_timeout_ms;
+    let draining = node.state().state.draining().clone();
+    let views = node.soft().views(now, timeout, &draining);
+    let chosen = place(&views, usize::from(replication), node.cfg.min_free_bytes);
+    if chosen.is_empty() {
+        return Err(error(
+            ErrorKind::NoSpace,
+            "no live chunkserver with free space to place a chunk on",
+        ));
+    }
+    let mut soft = node.soft();
+    for n in &chosen {
+        soft.reserve(*n, node.cfg.chunk_size_bytes);
+    }
+    Ok(chosen)
+}
+
 pub(crate) fn unexpected(r: Reply) -> Status {
     error(ErrorKind::Internal, format!("unexpected reply {r:?}"))
 }
@@ -145,22 +164,30 @@ impl MetaService {
         }
     }
 
+    /// Where chunk `index` is, for readers and writers. The lease is shown
+    /// only when it is confirmed and every replica of its grant is live
+    /// here: a writer handed a shorter list would leave one behind at the
+    /// same version, so it must ask `WriteChunk`, which versions it out.
     fn chunk_info(&self, index: u64, handle: ChunkHandle) -> ChunkInfo {
         let now = now_ms();
         let timeout = self.node.cfg.chunkserver_timeout_ms;
-        let (version, lease) = {
+        let (version, lease, members) = {
             let a = self.node.state();
             (
                 a.state
                     .chunk(handle)
                     .map(|c| c.version)
                     .unwrap_or(ChunkVersion(0)),
-                a.state.lease(handle),
+                a.state
+                    .lease(handle)
+                    .filter(|_| !a.state.unconfirmed(handle)),
+                a.state.members(handle).map(<[NodeId]>::to_vec),
             )
         };
         let soft = self.node.soft();
-        let replicas = soft
-            .replicas(handle, version, now, timeout)
+        let live = soft.replicas(handle, version, now, timeout);
+        let whole = members.is_none_or(|m| m.iter().all(|n| live.iter().any(|s| s.id == *n)));
+        let replicas = live
             .into_iter()
             .map(|s| gfs_proto::wire::master::Replica {
                 node_id: s.id.0,
@@ -168,7 +195,7 @@ impl MetaService {
             })
             .collect();
         let (primary, lease_expires_ms) = match lease {
-            Some(l) if l.expires_at_ms > now => (l.primary.0, l.expires_at_ms),
+            Some(l) if l.expires_at_ms > now && whole => (l.primary.0, l.expires_at_ms),
             _ => (0, 0),
         };
         ChunkInfo {
@@ -466,26 +493,25 @@ impl MasterMeta for MetaService {
             .ok()
             .and_then(|i| f.chunks.get(i).copied());
         let replicas = if r.index == f.chunks.len() as u64 {
-            let draining = node.state().state.draining().clone();
-            let views = node.soft().views(now, timeout, &draining);
-            let chosen = place(&views, usize::from(f.replication), node.cfg.min_free_bytes);
-            if chosen.is_empty() {
-                return Err(error(
-                    ErrorKind::NoSpace,
-                    "no live chunkserver with free space to place a chunk on",
-                ));
-            }
-            let mut soft = node.soft();
-            for n in &chosen {
-                soft.reserve(*n, node.cfg.chunk_size_bytes);
-            }
-            chosen
+            place_new(node, f.replication, now)?
         } else {
             Vec::new()
         };
         // An existing chunk needs no log entry (the common case: every
         // write to a chunk asks until its client caches the lease).
         let (handle, version, placed) = match existing {
+            // A chunk never written whose placement died with the leader
+            // that made it (no replica holds it, so none reports it): it
+            // is placed again.
+            Some(h)
+                if node.state().state.pristine(h)
+                    && node
+                        .soft()
+                        .replicas(h, ChunkVersion(1), now, timeout)
+                        .is_empty() =>
+            {
+                (h, ChunkVersion(1), place_new(node, f.replication, now)?)
+            }
             Some(h) => {
                 let v = node.state().state.chunk(h).map(|c| c.version);
                 (h, v.unwrap_or(ChunkVersion(0)), Vec::new())
@@ -523,7 +549,14 @@ impl MasterMeta for MetaService {
         } else {
             (handle, version)
         };
-        let failed: Vec<NodeId> = r.failed.iter().map(|n| NodeId(*n)).collect();
+        let mut failed: Vec<NodeId> = r.failed.iter().map(|n| NodeId(*n)).collect();
+        // A replica of the lease that stopped heartbeating is treated as
+        // failed (versioned out), never left out of the writer's list.
+        for n in super::grant::absent_members(node, handle, now)? {
+            if !failed.contains(&n) {
+                failed.push(n);
+            }
+        }
         // The common case: a live lease and nothing to report.
         let leased = {
             let a = node.state();

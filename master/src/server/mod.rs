@@ -74,6 +74,7 @@ pub async fn run(
         reads: node::ReadRounds::default(),
         grants: tokio::sync::Mutex::new(()),
         proposer: batch::Proposer::start(raft.clone()),
+        started_ms: node::now_ms(),
     });
     bootstrap(&node).await?;
     let background = tokio::spawn(duties::run(node.clone()));

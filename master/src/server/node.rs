@@ -29,6 +29,9 @@ pub struct Node {
     pub grants: tokio::sync::Mutex<()>,
     /// Every proposal goes through here, batched with concurrent ones.
     pub proposer: super::batch::Proposer,
+    /// When this process started (its chunk locations are complete once
+    /// every live chunkserver has heartbeated since).
+    pub started_ms: u64,
 }
 
 /// Linearizable reads share ReadIndex rounds: a read joins the first round

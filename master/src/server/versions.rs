@@ -109,13 +109,16 @@ impl Chunkservers {
     }
 
     /// Sends `version` of `handle` to each replica at once; returns the ones
-    /// that did not take it. A replica that does not hold the chunk yet
-    /// (created by its first mutation) counts as taking it.
+    /// that did not take it. With `create` (a chunk never written), a
+    /// replica that lacks the chunk creates it empty; without, one that
+    /// does not hold it yet (created by its first mutation) counts as
+    /// taking it.
     pub async fn set_version(
         &self,
         handle: ChunkHandle,
         version: ChunkVersion,
         replicas: &[(NodeId, String)],
+        create: bool,
     ) -> Vec<NodeId> {
         let mut calls = tokio::task::JoinSet::new();
         for (id, addr) in replicas {
@@ -127,6 +130,7 @@ impl Chunkservers {
             let req = SetVersionRequest {
                 handle: handle.0,
                 version: version.0,
+                create,
             };
             calls.spawn(async move {
                 let ok = match tokio::time::timeout(NOTIFY_TIMEOUT, c.set_version(req)).await {

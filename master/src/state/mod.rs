@@ -218,12 +218,14 @@ pub enum Command {
     /// outer request's time. The leader batches concurrent proposals so a
     /// burst of creates costs one entry, not one each.
     Batch(Vec<Request>),
-    /// The replicas took the version `GrantLease` gave the chunk (at least
-    /// one confirmed `SetVersion`); the grant is complete. (After `Batch`:
-    /// log entries written before it existed keep their encoding.)
+    /// `replicas` took the version `GrantLease` gave the chunk and no other
+    /// candidate refused it; the grant is complete, and these replicas are
+    /// the ones every writer under it is sent to. (After `Batch`: log
+    /// entries written before it existed keep their encoding.)
     ConfirmVersion {
         handle: ChunkHandle,
         version: ChunkVersion,
+        replicas: Vec<NodeId>,
     },
 }
 
@@ -354,6 +356,11 @@ pub struct MasterState {
     /// version before still count, and their lease was never handed to a
     /// client (the leader answers only after the confirmation).
     unconfirmed: BTreeSet<ChunkHandle>,
+    /// Per chunk, the replicas that took its version at its last confirmed
+    /// grant. A writer is only ever sent to all of them: one that stopped
+    /// answering is versioned out first, never silently left out (it would
+    /// miss acknowledged mutations and still pass for current).
+    members: HashMap<ChunkHandle, Vec<NodeId>>,
     /// Keys changed since the last `take_dirty`: what the storage layer must
     /// write (or delete) in the same batch as `last_applied`.
     dirty: Vec<persist::Key>,
@@ -384,6 +391,7 @@ impl MasterState {
             sessions: HashMap::new(),
             draining: BTreeSet::new(),
             unconfirmed: BTreeSet::new(),
+            members: HashMap::new(),
             dirty: vec![persist::Key::Path("/".into()), persist::Key::Counters],
         }
     }
@@ -498,13 +506,23 @@ impl MasterState {
                 new,
                 version,
             } => self.split_chunk(&path, index, (old, new), version),
-            Command::ConfirmVersion { handle, version } => {
+            Command::ConfirmVersion {
+                handle,
+                version,
+                mut replicas,
+            } => {
                 let current = self
                     .chunks
                     .get(&handle)
                     .is_some_and(|c| c.version == version);
-                if current && self.unconfirmed.remove(&handle) {
-                    self.dirty.push(persist::Key::Unconfirmed(handle));
+                if current {
+                    if self.unconfirmed.remove(&handle) {
+                        self.dirty.push(persist::Key::Unconfirmed(handle));
+                    }
+                    replicas.sort_unstable();
+                    replicas.dedup();
+                    self.members.insert(handle, replicas);
+                    self.dirty.push(persist::Key::Members(handle));
                 }
                 Ok(Reply::Done)
             }
@@ -577,6 +595,22 @@ impl MasterState {
     /// Whether the chunk's last grant is unconfirmed (see `unconfirmed`).
     pub fn unconfirmed(&self, handle: ChunkHandle) -> bool {
         self.unconfirmed.contains(&handle)
+    }
+
+    /// Whether the chunk was certainly never written: no grant of it was
+    /// ever confirmed (version 1, or 2 with the grant unconfirmed), so no
+    /// client ever held a lease on it. Its replicas, if any, are empty.
+    pub fn pristine(&self, handle: ChunkHandle) -> bool {
+        self.chunks.get(&handle).is_some_and(|c| {
+            c.version == ChunkVersion(1)
+                || (c.version == ChunkVersion(2) && self.unconfirmed.contains(&handle))
+        })
+    }
+
+    /// The replicas of the chunk's last confirmed grant, if one was logged
+    /// with them.
+    pub fn members(&self, handle: ChunkHandle) -> Option<&[NodeId]> {
+        self.members.get(&handle).map(Vec::as_slice)
     }
 
     pub fn unconfirmed_chunks(&self) -> impl Iterator<Item = ChunkHandle> + '_ {
@@ -886,6 +920,9 @@ impl MasterState {
                         chunks += 1;
                         if self.unconfirmed.remove(&h) {
                             self.dirty.push(persist::Key::Unconfirmed(h));
+                        }
+                        if self.members.remove(&h).is_some() {
+                            self.dirty.push(persist::Key::Members(h));
                         }
                         if self.leases.remove(&h).is_some() {
                             self.dirty.push(persist::Key::Lease(h));

@@ -10,7 +10,8 @@
 //!
 //! Keys: `p<path>` inode, `c<handle>` chunk, `l<handle>` lease, `d<id>`
 //! deleted tree, `s<client>` session, `x<node>` draining chunkserver,
-//! `u<handle>` chunk with an unconfirmed grant, `n` counters; integers big-endian so
+//! `u<handle>` chunk with an unconfirmed grant, `r<handle>` the replicas of
+//! a chunk's last confirmed grant, `n` counters; integers big-endian so
 //! RocksDB orders them numerically.
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ pub enum Key {
     Session(u64),
     Draining(NodeId),
     Unconfirmed(ChunkHandle),
+    Members(ChunkHandle),
     Counters,
 }
 
@@ -72,6 +74,7 @@ impl Key {
             Key::Session(c) => tagged(b's', *c),
             Key::Draining(n) => tagged(b'x', n.0),
             Key::Unconfirmed(h) => tagged(b'u', h.0),
+            Key::Members(h) => tagged(b'r', h.0),
             Key::Counters => b"n".to_vec(),
         }
     }
@@ -86,6 +89,7 @@ impl Key {
             b's' => Key::Session(be(rest)?),
             b'x' => Key::Draining(NodeId(be(rest)?)),
             b'u' => Key::Unconfirmed(ChunkHandle(be(rest)?)),
+            b'r' => Key::Members(ChunkHandle(be(rest)?)),
             b'n' if rest.is_empty() => Key::Counters,
             _ => return None,
         })
@@ -115,6 +119,7 @@ impl MasterState {
             Key::Session(c) => self.sessions.get(c).map(enc),
             Key::Draining(n) => self.draining.contains(n).then(|| enc(&true)),
             Key::Unconfirmed(h) => self.unconfirmed.contains(h).then(|| enc(&true)),
+            Key::Members(h) => self.members.get(h).map(enc),
             Key::Counters => Some(enc(&Counters {
                 chunk_size_bytes: self.chunk_size_bytes,
                 next_handle: self.next_handle,
@@ -140,6 +145,7 @@ impl MasterState {
         keys.extend(self.sessions.keys().map(|c| Key::Session(*c)));
         keys.extend(self.draining.iter().map(|n| Key::Draining(*n)));
         keys.extend(self.unconfirmed.iter().map(|h| Key::Unconfirmed(*h)));
+        keys.extend(self.members.keys().map(|h| Key::Members(*h)));
         keys.push(Key::Counters);
         keys.sort();
         out.extend(keys.into_iter().map(|k| {
@@ -158,6 +164,7 @@ impl MasterState {
         let mut deleted = std::collections::BTreeMap::new();
         let mut draining = std::collections::BTreeSet::new();
         let mut unconfirmed = std::collections::BTreeSet::new();
+        let mut members = HashMap::new();
         let mut counters: Option<Counters> = None;
         for (k, v) in pairs {
             let key = Key::decode(&k).ok_or_else(|| LoadError::UnknownKey(k.clone()))?;
@@ -188,6 +195,9 @@ impl MasterState {
                         draining.insert(n);
                     }
                 }
+                Key::Members(h) => {
+                    members.insert(h, postcard::from_bytes(&v).map_err(bad)?);
+                }
                 Key::Unconfirmed(h) => {
                     let on: bool = postcard::from_bytes(&v).map_err(bad)?;
                     if on {
@@ -209,6 +219,7 @@ impl MasterState {
             sessions,
             draining,
             unconfirmed,
+            members,
             dirty: Vec::new(),
         })
     }

@@ -648,6 +648,7 @@ fn leases_bump_the_version_on_grant_and_never_overlap() {
     s.run(Command::ConfirmVersion {
         handle: h,
         version: ChunkVersion(2),
+        replicas: vec![NodeId(1), NodeId(2)],
     })
     .expect("confirm");
     // The same primary asking again extends without a new version.
@@ -747,10 +748,14 @@ fn a_grant_stays_unconfirmed_until_the_replicas_took_its_version() {
     let confirm = |v| Command::ConfirmVersion {
         handle: h,
         version: ChunkVersion(v),
+        replicas: vec![NodeId(3), NodeId(2), NodeId(v), NodeId(2)],
     };
     assert!(!s.st.unconfirmed(h));
+    // Never granted, or granted once without confirmation: never written.
+    assert!(s.st.pristine(h));
     s.run(grant(1, false)).expect("grant");
     assert!(s.st.unconfirmed(h));
+    assert!(s.st.pristine(h));
     // The leader died before the replicas took version 2: the next one
     // grants over it at once, to another primary, since no client was
     // ever told of that lease.
@@ -769,8 +774,12 @@ fn a_grant_stays_unconfirmed_until_the_replicas_took_its_version() {
     // A late confirmation of the older version changes nothing.
     assert_eq!(s.run(confirm(2)), Ok(Reply::Done));
     assert!(s.st.unconfirmed(h));
+    assert_eq!(s.st.members(h), None);
+    assert!(!s.st.pristine(h), "two grants: not provably unwritten");
     assert_eq!(s.run(confirm(3)), Ok(Reply::Done));
     assert!(!s.st.unconfirmed(h));
+    // The replicas writers are sent to under this grant, each once.
+    assert_eq!(s.st.members(h), Some(&[NodeId(2), NodeId(3)][..]));
     assert_eq!(s.st.unconfirmed_chunks().count(), 0);
     // A confirmed lease is held against another primary again.
     assert!(matches!(
@@ -788,6 +797,7 @@ fn a_grant_stays_unconfirmed_until_the_replicas_took_its_version() {
         s.run(Command::ConfirmVersion {
             handle: ChunkHandle(99),
             version: ChunkVersion(1),
+            replicas: vec![NodeId(1)],
         }),
         Ok(Reply::Done)
     );
@@ -890,6 +900,7 @@ fn persisting_dirty_keys_reproduces_the_state_exactly() {
             8 if i % 18 == 8 => Command::ConfirmVersion {
                 handle: confirm,
                 version: st.chunk(confirm).map_or(ChunkVersion(0), |c| c.version),
+                replicas: vec![NodeId(i % 4), NodeId(i % 3)],
             },
             _ => Command::ExtendLeases {
                 primary: NodeId(1),
