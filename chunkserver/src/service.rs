@@ -9,37 +9,31 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gfs_proto::data::DataPool;
-use gfs_proto::record::RecordId;
 use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::chunk::chunkserver_server::Chunkserver;
 use gfs_proto::wire::chunk::{
     ApplyReply, ApplyRequest, CloneReply, CloneRequest, CopyLocalRequest, DeleteRequest, Empty,
-    MutateReply, MutateRequest, MutationKind, ReadRequest, Replica, RevokeRequest,
-    SetVersionRequest,
+    MutateReply, MutateRequest, MutationKind, ReadRequest, RevokeRequest, SetVersionRequest,
 };
 use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES, error};
 use gfs_proto::{ChunkHandle, ChunkVersion};
 use gfs_storage_engine::{ChunkInfo, ChunkStore, StoreError};
-use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+mod appends;
+
+use self::appends::{Queued, Tail};
 use crate::buffer::{DataBuffer, Full, Parts, parts_len};
 use crate::changes::Changes;
 use crate::clone::{Cloning, clone_chunk, copy_local};
 use crate::config::ChunkserverConfig;
-use crate::order::{
-    Committed, Fence, Placed, Turn, fence_forwarded, fence_mutation, fence_read, plan_appends,
-};
+use crate::order::{Committed, Fence, Turn, fence_forwarded, fence_mutation, fence_read};
 
 /// Longest chain a push may name.
 pub(crate) const MAX_CHAIN: usize = 16;
 /// Bound on one forwarded call to a peer.
 pub(crate) const PEER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Rounds of record appends one chunk's primary keeps in flight: while the
-/// replicas' answers to one come back, each replica already writes the
-/// next, so the disk is never idle between rounds.
-const APPEND_PIPELINE: usize = 2;
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -69,16 +63,6 @@ struct Ordered {
     serial: u64,
     committed: Committed,
     tail: Option<Tail>,
-}
-
-/// The last round of appends planned while earlier ones are in flight: the
-/// next round may follow it only under the same version and secondaries.
-#[derive(Debug)]
-struct Tail {
-    version: u64,
-    secondaries: Vec<Replica>,
-    end: u64,
-    serial: u64,
 }
 
 impl Ordered {
@@ -113,27 +97,6 @@ struct Planned {
     after: u64,
     sync: bool,
 }
-
-/// A round of record appends: the batch, where its records go, and the
-/// mutations that put them there (the records that fit, then the padding
-/// if one did not).
-#[derive(Debug)]
-struct Round {
-    /// The first request: chunk, version, secondaries.
-    r: MutateRequest,
-    batch: Vec<Queued>,
-    placed: Vec<Placed>,
-    /// The chunk's length before the round, and after its records.
-    length: u64,
-    end: u64,
-    write: Option<Planned>,
-    pad: Option<Planned>,
-    now: u64,
-}
-
-/// What the replicas made of a round's mutations: the chunk's length at
-/// the primary after each, and the secondaries that failed it.
-type Outcome = Result<(Option<(u64, Vec<u64>)>, Option<(u64, Vec<u64>)>), Status>;
 
 /// A chunk's ordering lock, a signal after each applied mutation (a write
 /// that arrived ahead of the one before it waits for it), and the record
@@ -195,15 +158,6 @@ impl Drop for Processed<'_> {
         Shared::lock(&self.slot.turn).processed(self.run, self.serial);
         self.slot.applied.notify_waiters();
     }
-}
-
-/// A record append waiting to be committed with the others queued for its
-/// chunk.
-#[derive(Debug)]
-struct Queued {
-    r: MutateRequest,
-    data: Parts,
-    reply: oneshot::Sender<Result<MutateReply, Status>>,
 }
 
 /// How long a write that arrived before the data in front of it waits for
@@ -800,258 +754,6 @@ impl ChunkService {
         sh.forget_data(&r.data_ids);
         sh.forget_data(&r.dropped_data_ids);
         Ok(length)
-    }
-
-    /// A record append: queued for the chunk, then committed by whichever
-    /// append holds the order lock next, together with every other append
-    /// queued by then (one disk write per replica for all of them).
-    async fn append(
-        &self,
-        slot: Arc<Slot>,
-        r: MutateRequest,
-        data: Parts,
-    ) -> Result<MutateReply, Status> {
-        let (tx, rx) = oneshot::channel();
-        Shared::lock(&slot.appends).push_back(Queued { r, data, reply: tx });
-        // In a task of its own: a client that goes away must not cancel a
-        // commit that carries other clients' records.
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut order = slot.order.lock().await;
-            me.drain_appends(&slot, &mut order).await;
-            drop(order);
-            slot.applied.notify_waiters();
-        });
-        rx.await
-            .unwrap_or_else(|_| Err(error(ErrorKind::Internal, "the append was dropped")))
-    }
-
-    /// Commits the queued appends round by round, with up to
-    /// `APPEND_PIPELINE` rounds in flight. Each replica applies them in
-    /// their serial order; each round is answered once every replica
-    /// applied it.
-    async fn drain_appends(&self, slot: &Arc<Slot>, order: &mut Ordered) {
-        let mut rounds = VecDeque::new();
-        loop {
-            while rounds.len() < APPEND_PIPELINE {
-                let batch = self.next_batch(slot, order.tail.as_ref());
-                if batch.is_empty() {
-                    break;
-                }
-                if let Some(round) = self.plan_round(batch, order).await {
-                    let (me, slot) = (self.clone(), slot.clone());
-                    rounds.push_back(tokio::spawn(async move {
-                        let outcome = me.run_round(&round, &slot).await;
-                        (round, outcome)
-                    }));
-                }
-            }
-            let Some(next) = rounds.pop_front() else {
-                break;
-            };
-            // A round that panicked drops its answers: those appends fail.
-            if let Ok((round, outcome)) = next.await {
-                self.finish_round(round, outcome, order);
-            }
-            if rounds.is_empty() {
-                order.tail = None;
-            }
-        }
-    }
-
-    /// The queued appends at the front that can go in one mutation: same
-    /// version and secondaries (as the round in flight, if any), at most
-    /// `max_request_bytes` together.
-    fn next_batch(&self, slot: &Slot, tail: Option<&Tail>) -> Vec<Queued> {
-        let max = self.shared.cfg.store.max_request_bytes;
-        let mut queue = Shared::lock(&slot.appends);
-        let mut batch: Vec<Queued> = Vec::new();
-        let mut bytes = 0;
-        while let Some(q) = queue.front() {
-            let fits = match (batch.first(), tail) {
-                (Some(first), _) => {
-                    first.r.version == q.r.version
-                        && first.r.secondaries == q.r.secondaries
-                        && bytes + q.r.length <= max
-                }
-                (None, Some(t)) => t.version == q.r.version && t.secondaries == q.r.secondaries,
-                (None, None) => true,
-            };
-            if !fits {
-                break;
-            }
-            bytes += q.r.length;
-            batch.extend(queue.pop_front());
-        }
-        batch
-    }
-
-    /// Places a batch of appends after the round in flight (or at the
-    /// chunk's end here) and orders the mutations that write them. Appends
-    /// that cannot go (a revoked lease, a refused version) are answered now.
-    async fn plan_round(&self, batch: Vec<Queued>, order: &mut Ordered) -> Option<Round> {
-        let sh = &self.shared;
-        let now = now_ms();
-        // A revocation may have come while these waited for their turn.
-        let mut held = Vec::with_capacity(batch.len());
-        for q in batch {
-            let h = ChunkHandle(q.r.handle);
-            match sh.held_lease(h, q.r.lease_expires_ms, q.r.version, now) {
-                Ok(()) => held.push(q),
-                Err(e) => {
-                    let _ = q.reply.send(Err(e));
-                }
-            }
-        }
-        let batch = held;
-        let r = batch.first()?.r.clone();
-        let (length, after) = match &order.tail {
-            Some(t) => (t.end, t.serial),
-            None => match self.fenced_info(&r).await {
-                Ok(length) => (length, 0),
-                Err(e) => {
-                    for q in batch {
-                        let _ = q.reply.send(Err(e.clone()));
-                    }
-                    return None;
-                }
-            },
-        };
-        let id = |q: &Queued| RecordId {
-            client_id: q.r.client_id,
-            seq: q.r.seq,
-        };
-        let records: Vec<_> = batch.iter().map(|q| (id(q), q.r.length)).collect();
-        let chunk_size = sh.cfg.chunk_size_bytes;
-        let (placed, end) = plan_appends(length, chunk_size, &records, &order.committed);
-        let (mut written, mut unused) = (Vec::new(), Vec::new());
-        for (q, p) in batch.iter().zip(&placed) {
-            match p {
-                Placed::At(_) => written.push(q),
-                _ => unused.push(q.r.data_id),
-            }
-        }
-        // Data no mutation will use: dropped here now, at the secondaries
-        // with the last mutation of the round.
-        sh.forget_data(&unused);
-        let pads = placed.contains(&Placed::Full);
-        let mut last = after;
-        let write = (!written.is_empty()).then(|| {
-            let data = written
-                .iter()
-                .flat_map(|q| q.data.iter().cloned())
-                .collect();
-            let m = Planned {
-                ids: written.iter().map(|q| q.r.data_id).collect(),
-                dropped: if pads { Vec::new() } else { unused.clone() },
-                sync: written.iter().any(|q| q.r.sync),
-                ..order.plan(MutationKind::Write, length, data, last)
-            };
-            last = m.serial;
-            m
-        });
-        let pad = pads.then(|| {
-            let m = Planned {
-                dropped: unused,
-                sync: r.sync,
-                ..order.plan(MutationKind::Pad, end, Parts::new(), last)
-            };
-            last = m.serial;
-            m
-        });
-        order.tail = Some(Tail {
-            version: r.version,
-            secondaries: r.secondaries.clone(),
-            end: if pads { chunk_size } else { end },
-            serial: last,
-        });
-        Some(Round {
-            r,
-            batch,
-            placed,
-            length,
-            end,
-            write,
-            pad,
-            now,
-        })
-    }
-
-    /// The chunk's length here once it is at the request's version
-    /// (created if this is its first mutation).
-    async fn fenced_info(&self, r: &MutateRequest) -> Result<u64, Status> {
-        let info = self
-            .shared
-            .local(ChunkHandle(r.handle), r.version, true)
-            .await?;
-        self.shared.fence(&info, r.version).await?;
-        Ok(info.length)
-    }
-
-    /// Commits a round's mutations, every one of them (the rounds after it
-    /// follow them in each replica's order).
-    async fn run_round(&self, round: &Round, slot: &Slot) -> Outcome {
-        let write = match &round.write {
-            Some(m) => Some(self.commit(&round.r, m, slot).await),
-            None => None,
-        };
-        let pad = match &round.pad {
-            Some(m) => Some(self.commit(&round.r, m, slot).await),
-            None => None,
-        };
-        Ok((write.transpose()?, pad.transpose()?))
-    }
-
-    /// Answers a round's appends, and remembers its records for retries
-    /// once every replica has them.
-    fn finish_round(&self, round: Round, outcome: Outcome, order: &mut Ordered) {
-        let sh = &self.shared;
-        let (write, pad) = match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                for q in round.batch {
-                    let _ = q.reply.send(Err(e.clone()));
-                }
-                return;
-            }
-        };
-        let (length, failed) = write.unwrap_or((round.length, Vec::new()));
-        let (padded, pad_failed) = pad.unwrap_or((length, Vec::new()));
-        if let (Some(m), true) = (&round.write, failed.is_empty()) {
-            for (q, p) in round.batch.iter().zip(&round.placed) {
-                if let (Placed::At(at), true) = (p, q.r.client_id != 0) {
-                    let id = RecordId {
-                        client_id: q.r.client_id,
-                        seq: q.r.seq,
-                    };
-                    order.committed.record(id, *at);
-                }
-            }
-            sh.committed(ChunkHandle(round.r.handle), &m.ids, round.now);
-        }
-        for (q, p) in round.batch.into_iter().zip(&round.placed) {
-            let reply = match *p {
-                Placed::At(at) => MutateReply {
-                    offset: at,
-                    chunk_length: length,
-                    chunk_full: false,
-                    failed: failed.clone(),
-                },
-                Placed::Duplicate(at) => MutateReply {
-                    offset: at,
-                    chunk_length: round.length,
-                    chunk_full: false,
-                    failed: Vec::new(),
-                },
-                Placed::Full => MutateReply {
-                    offset: round.end,
-                    chunk_length: padded,
-                    chunk_full: true,
-                    failed: pad_failed.clone(),
-                },
-            };
-            let _ = q.reply.send(Ok(reply));
-        }
     }
 
     /// Applies a mutation here and at the secondaries, each in its turn in
