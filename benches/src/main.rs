@@ -51,7 +51,8 @@ enum Command {
     /// loopback TCP between two processes, CRC32C of one core.
     Limits(figure3::LimitsArgs),
     /// The GFS paper's Figure 3: N clients reading, writing, appending,
-    /// against the limit from the ceilings measured in the same run.
+    /// against the limit from the ceilings measured in the same run (the
+    /// median of samples taken before the first benchmark and after each).
     Figure3(figure3::Figure3Args),
     /// Every benchmark at tiny sizes, checked for sane JSON (CI).
     Smoke {
