@@ -17,7 +17,7 @@ use gfs_proto::wire::chunk::{
 };
 use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES, error};
 use gfs_proto::{ChunkHandle, ChunkVersion};
-use gfs_storage_engine::{ChunkInfo, ChunkStore, StoreError};
+use gfs_storage_engine::{ChunkInfo, ChunkStore, Prepared, StoreError};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -381,19 +381,31 @@ impl Shared {
         }
     }
 
-    /// Applies one mutation locally; returns the chunk's new length.
+    /// A write's data copied into its I/O buffer and checksummed, before
+    /// its turn: done while the mutation ahead of it is on the disk.
+    fn prepare(&self, kind: MutationKind, offset: u64, data: &[Bytes]) -> Option<Prepared> {
+        let parts: Vec<&[u8]> = data.iter().map(|b| &b[..]).collect();
+        (kind != MutationKind::Pad)
+            .then(|| self.store.prepare(offset, &parts))
+            .flatten()
+    }
+
+    /// Applies one mutation locally, from its prepared buffer if it has
+    /// one; returns the chunk's new length.
     async fn apply_local(
         &self,
         h: ChunkHandle,
         kind: MutationKind,
-        offset: u64,
-        data: &[Bytes],
+        (offset, data, prepared): (u64, &[Bytes], Option<Prepared>),
         sync: bool,
     ) -> Result<u64, Status> {
         let parts: Vec<&[u8]> = data.iter().map(|b| &b[..]).collect();
         let len = match kind {
             MutationKind::Pad => self.store.pad_to_end(h).await,
-            _ => self.store.write_at_vectored(h, offset, &parts).await,
+            _ => {
+                let store = &self.store;
+                store.write_prepared(h, offset, &parts, prepared).await
+            }
         }
         .map_err(store_status)?;
         if sync {
@@ -628,8 +640,10 @@ impl Chunkserver for ChunkService {
         let kind = kind_of(r.kind, true)?;
         let slot = self.shared.ordered(ChunkHandle(r.handle));
         let turn = (r.primary_run, r.serial, r.after_serial);
+        // The data is found and prepared now, its errors reported in turn.
+        let data = self.incoming(&r, kind);
         let length = slot
-            .in_turn(turn, PEER_TIMEOUT, self.apply_here(&slot, &r, kind))
+            .in_turn(turn, PEER_TIMEOUT, self.apply_here(&slot, &r, kind, data))
             .await?;
         Ok(Response::new(ApplyReply {
             chunk_length: length,
@@ -730,6 +744,21 @@ impl ChunkService {
         })
     }
 
+    /// The pushed data a secondary's mutation names, prepared for the disk.
+    fn incoming(
+        &self,
+        r: &ApplyRequest,
+        kind: MutationKind,
+    ) -> Result<(Parts, Option<Prepared>), Status> {
+        if kind == MutationKind::Pad {
+            return Ok((Parts::new(), None));
+        }
+        self.check_size(r.offset, r.length)?;
+        let data = self.shared.data(&r.data_ids, r.length)?;
+        let prepared = self.shared.prepare(kind, r.offset, &data);
+        Ok((data, prepared))
+    }
+
     /// A secondary's part of a mutation, in its turn: fence, apply, and let
     /// the pushed data go.
     async fn apply_here(
@@ -737,20 +766,17 @@ impl ChunkService {
         slot: &Slot,
         r: &ApplyRequest,
         kind: MutationKind,
+        incoming: Result<(Parts, Option<Prepared>), Status>,
     ) -> Result<u64, Status> {
         let h = ChunkHandle(r.handle);
         let sh = &self.shared;
-        let data = if kind == MutationKind::Pad {
-            Parts::new()
-        } else {
-            self.check_size(r.offset, r.length)?;
-            sh.data(&r.data_ids, r.length)?
-        };
+        let (data, prepared) = incoming?;
         let _order = slot.order.lock().await;
         let info = sh.local(h, r.version, r.create).await?;
         let fence = fence_forwarded(info.version.0, r.version);
         sh.fence_by(fence, &info, r.version).await?;
-        let length = sh.apply_local(h, kind, r.offset, &data, r.sync).await?;
+        let write = (r.offset, &data[..], prepared);
+        let length = sh.apply_local(h, kind, write, r.sync).await?;
         sh.forget_data(&r.data_ids);
         sh.forget_data(&r.dropped_data_ids);
         Ok(length)
@@ -784,7 +810,8 @@ impl ChunkService {
         // The secondaries write while this replica does: the disk sees the
         // three writes together, not one and then two. A failure anywhere
         // leaves the region inconsistent, as a failed secondary always did.
-        let here = sh.apply_local(h, m.kind, m.offset, &m.data, m.sync);
+        let prepared = sh.prepare(m.kind, m.offset, &m.data);
+        let here = sh.apply_local(h, m.kind, (m.offset, &m.data, prepared), m.sync);
         let (local, (failed, missing)) = tokio::join!(
             slot.in_turn((sh.run, m.serial, m.after), PEER_TIMEOUT, here),
             self.forward(r, apply)

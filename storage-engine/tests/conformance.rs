@@ -28,6 +28,7 @@ for_every_backend!(
     leftovers_of_interrupted_creates_and_deletes_are_removed,
     usage_counts_bytes_per_directory,
     concurrent_appends_to_one_chunk_are_serialised,
+    prepared_appends_match_the_model_whatever_happened_in_between,
 );
 
 async fn unaligned_appends_read_back_exactly(kind: Kind) {
@@ -272,6 +273,16 @@ async fn bad_requests_get_clear_errors(kind: Kind) {
     );
 }
 
+/// Opens the store again; nothing may have been cut or quarantined.
+async fn reopen_clean(hs: &Harness) -> gfs_storage_engine::ChunkStore {
+    let (store, report) = hs.open().await;
+    assert!(
+        report.cut.is_empty() && report.quarantined.is_empty(),
+        "{report:?}"
+    );
+    store
+}
+
 async fn random_operations_match_the_model(kind: Kind) {
     let hs = Harness::new(kind);
     let (mut store, _) = hs.open().await;
@@ -324,12 +335,7 @@ async fn random_operations_match_the_model(kind: Kind) {
             8 => store.sync(handle).await.expect("sync"),
             9 if step % 3 == 0 => {
                 drop(store);
-                let (s, report) = hs.open().await;
-                assert!(
-                    report.cut.is_empty() && report.quarantined.is_empty(),
-                    "{report:?}"
-                );
-                store = s;
+                store = reopen_clean(&hs).await;
             }
             _ => {}
         }
@@ -339,6 +345,93 @@ async fn random_operations_match_the_model(kind: Kind) {
         assert_eq!(info.length, model.len() as u64);
         assert_eq!(read_all(&store, 100 + i as u64, model.len()).await, *model);
     }
+}
+
+/// Appends prepared ahead of the chunk's lock (copied and checksummed
+/// without it) land as plain appends do, also when the chunk changed in
+/// between (the preparation no longer fits and the write is filled the
+/// ordinary way) and when the cached tail sector is gone (a reopen).
+async fn prepared_appends_match_the_model_whatever_happened_in_between(kind: Kind) {
+    let mut hs = Harness::new(kind);
+    let (mut store, _) = hs.open().await;
+    let handle = h(13);
+    store.create(handle, v(1)).await.expect("create");
+    let mut rng = StdRng::seed_from_u64(0xfeed);
+    let mut model = Vec::new();
+    let mut step = 0u64;
+    while model.len() + 300_000 < CHUNK as usize {
+        step += 1;
+        // Mostly records within a block; every tenth spans several.
+        let len = match step % 10 {
+            0 => rng.random_range(65_000..MAX_REQUEST as usize),
+            _ => rng.random_range(1..6000),
+        };
+        let data = pattern(step, len);
+        let off = model.len() as u64;
+        let prepared = store.prepare(off, &[&data[..len / 3], &data[len / 3..]]);
+        assert!(prepared.is_some(), "step {step}: memory is free");
+        match rng.random_range(0..6) {
+            // The chunk grows first: the write overwrites what landed.
+            0 => {
+                let other = pattern(step + 1000, rng.random_range(1..5000));
+                store.append(handle, &other).await.expect("append");
+                model.extend_from_slice(&other);
+            }
+            // Another write lands first, at the same offset.
+            1 => {
+                let other = pattern(step + 2000, len + 7);
+                store.write_at(handle, off, &other).await.expect("write");
+                model.extend_from_slice(&other);
+            }
+            _ => {}
+        }
+        let end = store
+            .write_prepared(handle, off, &[&data], prepared)
+            .await
+            .expect("write prepared");
+        let at = off as usize;
+        if model.len() < at + len {
+            model.resize(at + len, 0);
+        }
+        model[at..at + len].copy_from_slice(&data);
+        assert_eq!(end, model.len() as u64, "step {step}");
+        if step.is_multiple_of(17) {
+            drop(store);
+            store = reopen_clean(&hs).await;
+        }
+    }
+    assert_eq!(read_all(&store, 13, model.len()).await, model);
+
+    // Nothing to prepare, or more than a request or the chunk holds.
+    assert!(store.prepare(0, &[]).is_none());
+    assert!(
+        store
+            .prepare(0, &[&vec![1; MAX_REQUEST as usize + 1]])
+            .is_none()
+    );
+    assert!(store.prepare(CHUNK - 10, &[&[1; 11]]).is_none());
+    // Preparations take free memory or nothing: they never wait for it.
+    let big = vec![2u8; MAX_REQUEST as usize];
+    let held: Vec<_> = std::iter::from_fn(|| store.prepare(0, &[&big]))
+        .take(64)
+        .collect();
+    assert!(held.len() < 64, "the memory bound stops preparations");
+    let off = model.len() as u64;
+    let tail = pattern(7, 5000);
+    let none = store.prepare(off, &[&tail]);
+    assert!(none.is_none());
+    drop(held);
+    store
+        .write_prepared(handle, off, &[&tail], none)
+        .await
+        .expect("an unprepared write");
+    model.extend_from_slice(&tail);
+
+    // Every checksum on the disk agrees with the data.
+    drop(store);
+    hs.verify_on_open = true;
+    let store = reopen_clean(&hs).await;
+    assert_eq!(read_all(&store, 13, model.len()).await, model);
 }
 
 async fn leftovers_of_interrupted_creates_and_deletes_are_removed(kind: Kind) {

@@ -7,6 +7,11 @@
 //! append into a partial block), then submits the data writes and the entry
 //! updates together and waits for all of them. Entries go to each block's
 //! other slot, so the previous state stays intact until the new one is.
+//!
+//! An append can be prepared before the lock (`prepare`): its copy and
+//! checksums need nothing of the chunk's state, so they run while the
+//! mutation ahead of it is on the disk; only the partial sector in front
+//! and a partial first block's checksum are completed under the lock.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,7 +19,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use gfs_proto::ChunkHandle;
 
-use super::{Chunk, ChunkState, ChunkStore, Dir};
+use super::{Chunk, ChunkState, ChunkStore, Dir, Leased};
 use crate::backend::IoOp;
 use crate::buf::{AlignedBuf, IoSlice};
 use crate::error::{IoContext, Result, StoreError};
@@ -25,13 +30,60 @@ fn block_start(b: usize) -> u64 {
     b as u64 * BLOCK_BYTES
 }
 
+/// Where a mutation lands: bytes `off..end`, carried in the sector-aligned
+/// region of `region_len` bytes from `region_start`, over blocks `first..=last`.
+#[derive(Clone, Copy)]
+struct Span {
+    off: u64,
+    end: u64,
+    region_start: u64,
+    region_len: usize,
+    first: usize,
+    last: usize,
+}
+
+/// The entry block `b` gets from the mutation being built: the chunk's
+/// next sequence number, in the slot not holding the block's current entry.
+fn entry(st: &ChunkState, b: usize, new_len: u64, crc: u32) -> (usize, u8, Entry) {
+    let len = (new_len - block_start(b)).min(BLOCK_BYTES) as u32;
+    let slot = st.slots.get(b).map_or(0, |s| 1 - s);
+    let seq = st.next_seq;
+    (b, slot, Entry { seq, len, crc })
+}
+
+/// An append's data, already in a sector-aligned I/O buffer with the
+/// CRC32C of its bytes in each block it touches: see [`ChunkStore::prepare`].
+/// Holds its buffer's memory until it is written or dropped.
+pub struct Prepared {
+    offset: u64,
+    len: u64,
+    lease: Leased,
+    /// One checksum per block touched, of the new bytes in it, first block first.
+    pieces: Vec<u32>,
+}
+
+impl Prepared {
+    fn fits(&self, offset: u64, len: u64) -> bool {
+        self.offset == offset && self.len == len
+    }
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
 impl ChunkStore {
     /// Appends `data` at the chunk's end; returns the offset it landed at.
     pub async fn append(&self, handle: ChunkHandle, data: &[u8]) -> Result<u64> {
         let chunk = self.chunk(handle)?;
         let mut st = chunk.state.write().await;
         let offset = st.length;
-        self.mutate(&chunk, &mut st, offset, &[data]).await?;
+        self.mutate(&chunk, &mut st, offset, &[data], None).await?;
         Ok(offset)
     }
 
@@ -48,6 +100,18 @@ impl ChunkStore {
         handle: ChunkHandle,
         offset: u64,
         parts: &[&[u8]],
+    ) -> Result<u64> {
+        self.write_prepared(handle, offset, parts, None).await
+    }
+
+    /// As `write_at_vectored`, with the buffer `prepare` built from the same
+    /// `offset` and `parts` ahead of the chunk's lock, if there is one.
+    pub async fn write_prepared(
+        &self,
+        handle: ChunkHandle,
+        offset: u64,
+        parts: &[&[u8]],
+        prepared: Option<Prepared>,
     ) -> Result<u64> {
         let chunk = self.chunk(handle)?;
         let mut st = chunk.state.write().await;
@@ -76,9 +140,10 @@ impl ChunkStore {
             let mut filled: Vec<&[u8]> = vec![&zeros];
             filled.extend_from_slice(parts);
             let at = st.length;
-            self.mutate(&chunk, &mut st, at, &filled).await?;
+            self.mutate(&chunk, &mut st, at, &filled, None).await?;
         } else {
-            self.mutate(&chunk, &mut st, offset, parts).await?;
+            self.mutate(&chunk, &mut st, offset, parts, prepared)
+                .await?;
         }
         Ok(st.length)
     }
@@ -94,7 +159,8 @@ impl ChunkStore {
         while st.length < limit {
             let n = (limit - st.length).min(piece) as usize;
             let at = st.length;
-            self.mutate(&chunk, &mut st, at, &[&zeros[..n]]).await?;
+            self.mutate(&chunk, &mut st, at, &[&zeros[..n]], None)
+                .await?;
         }
         Ok(st.length)
     }
@@ -105,6 +171,7 @@ impl ChunkStore {
         st: &mut ChunkState,
         off: u64,
         parts: &[&[u8]],
+        prepared: Option<Prepared>,
     ) -> Result<()> {
         let handle = chunk.handle;
         let dir = self.dir(chunk);
@@ -140,6 +207,7 @@ impl ChunkStore {
         if n == 0 {
             return Ok(());
         }
+        let seq = st.next_seq;
         let old_len = st.length;
         let new_len = old_len.max(end);
         let appending = off == old_len;
@@ -155,6 +223,95 @@ impl ChunkStore {
             .max(align_up(end));
         let region_len = (region_end - region_start) as usize;
 
+        // A preparation that no longer fits (the write is not an append
+        // after all) gives its memory back here, before the lease below.
+        let (mut lease, buf, entries) = match prepared.filter(|p| appending && p.fits(off, n)) {
+            Some(p) => self.fill_prepared(dir, st, p).await?,
+            None => {
+                let span = Span {
+                    off,
+                    end,
+                    region_start,
+                    region_len,
+                    first,
+                    last,
+                };
+                self.fill(dir, st, handle, parts, span).await?
+            }
+        };
+
+        let buf = Arc::new(buf);
+        let io_size = cfg.io_size_bytes as usize;
+        let mut ops = eio::split(&buf, 0, region_len, region_start, io_size, |offset, w| {
+            IoOp::Write {
+                file: st.data.clone(),
+                offset,
+                buf: w,
+            }
+        });
+        let meta_buf = self.entry_writes(st, &entries, &mut ops);
+
+        // ENOSPC is harmless when every byte written lies past the old end.
+        let overwrote = !appending || region_start < align_down(old_len);
+        let result = self.run_mutation(dir, ops, overwrote).await;
+        self.recycle(meta_buf);
+        lease.buf = Arc::try_unwrap(buf).ok();
+        result?;
+        let buf = lease
+            .buf
+            .as_ref()
+            .expect("every write completed, so no window is alive");
+
+        for (b, slot, e) in entries {
+            if b < st.crcs.len() {
+                st.crcs[b] = e.crc;
+                st.slots[b] = slot;
+            } else {
+                st.crcs.push(e.crc);
+                st.slots.push(slot);
+            }
+        }
+        st.next_seq = seq + 1;
+        st.length = new_len;
+        // Keep the cached tail sector in step with the disk: refresh it when
+        // this write covered the last sector, drop it when the end is aligned.
+        let tail_at = align_down(new_len);
+        if new_len.is_multiple_of(SECTOR_BYTES) {
+            st.tail = None;
+        } else if tail_at >= region_start && tail_at + SECTOR_BYTES <= region_end {
+            let i = (tail_at - region_start) as usize;
+            st.tail = Some((tail_at, buf.as_slice()[i..i + SECTOR_BYTES as usize].into()));
+        }
+        dir.used_bytes
+            .fetch_add(new_len - old_len, Ordering::Relaxed);
+        chunk
+            .last_mutation_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The ordinary way to build a mutation's buffer, under the chunk's
+    /// lock: carry the existing bytes the region must keep, copy the new
+    /// ones in, and checksum every block touched.
+    async fn fill(
+        &self,
+        dir: &Dir,
+        st: &ChunkState,
+        handle: ChunkHandle,
+        parts: &[&[u8]],
+        span: Span,
+    ) -> Result<(Leased, AlignedBuf, Vec<(usize, u8, Entry)>)> {
+        let Span {
+            off,
+            end,
+            region_start,
+            region_len,
+            first,
+            last,
+        } = span;
+        let old_len = st.length;
+        let new_len = old_len.max(end);
+        let appending = off == old_len;
         let mut lease = self.lease(region_len).await?;
         let mut buf = lease.buf.take().expect("fresh lease holds a buffer");
 
@@ -210,78 +367,114 @@ impl ChunkStore {
         }
 
         // New checksums, computed from the bytes about to be written.
-        let seq = st.next_seq;
-        let mut entries = Vec::with_capacity(last - first + 1);
-        for b in first..=last {
-            let blen = (new_len - block_start(b)).min(BLOCK_BYTES);
-            let crc = if appending && b == first && off > block_start(b) {
-                let new_part = (block_start(b + 1).min(end) - off) as usize;
-                let at = (off - region_start) as usize;
-                crc32c::crc32c_append(st.crcs[b], &buf.as_slice()[at..at + new_part])
-            } else {
-                let at = (block_start(b) - region_start) as usize;
-                crc32c::crc32c(&buf.as_slice()[at..at + blen as usize])
-            };
-            let slot = st.slots.get(b).map_or(0, |s| 1 - s);
-            entries.push((
-                b,
-                slot,
-                Entry {
-                    seq,
-                    len: blen as u32,
-                    crc,
-                },
-            ));
-        }
+        let entries = (first..=last)
+            .map(|b| {
+                let crc = if appending && b == first && off > block_start(b) {
+                    let new_part = (block_start(b + 1).min(end) - off) as usize;
+                    let at = (off - region_start) as usize;
+                    crc32c::crc32c_append(st.crcs[b], &buf.as_slice()[at..at + new_part])
+                } else {
+                    let blen = (new_len - block_start(b)).min(BLOCK_BYTES);
+                    let at = (block_start(b) - region_start) as usize;
+                    crc32c::crc32c(&buf.as_slice()[at..at + blen as usize])
+                };
+                entry(st, b, new_len, crc)
+            })
+            .collect();
+        Ok((lease, buf, entries))
+    }
 
-        let buf = Arc::new(buf);
-        let io_size = cfg.io_size_bytes as usize;
-        let mut ops = eio::split(&buf, 0, region_len, region_start, io_size, |offset, w| {
-            IoOp::Write {
-                file: st.data.clone(),
-                offset,
-                buf: w,
+    /// Copies an append's data into a sector-aligned buffer and checksums
+    /// it, without the chunk's lock: the costly part of an append, done
+    /// while the mutation ahead of it is still on the disk. `None` when the
+    /// write cannot be an append within the limits, or the memory for it is
+    /// not free right now (the write then fills its buffer in its turn, and
+    /// a preparation never waits for memory a queued write may hold).
+    pub fn prepare(&self, offset: u64, parts: &[&[u8]]) -> Option<Prepared> {
+        let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let cfg = &self.inner.config;
+        let end = offset.checked_add(n)?;
+        if n == 0 || n > cfg.max_request_bytes || end > cfg.chunk_size_bytes {
+            return None;
+        }
+        let region_start = align_down(offset);
+        let region_len = (align_up(end) - region_start) as usize;
+        let mut lease = self.try_lease(region_len)?;
+        let buf = lease.buf.as_mut().expect("fresh lease holds a buffer");
+        let bytes = buf.as_mut_slice();
+        let mut at = (offset - region_start) as usize;
+        for p in parts {
+            bytes[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        bytes[at..region_len].fill(0);
+        let first = (offset / BLOCK_BYTES) as usize;
+        let last = ((end - 1) / BLOCK_BYTES) as usize;
+        let pieces = (first..=last)
+            .map(|b| {
+                let lo = block_start(b).max(offset) - region_start;
+                let hi = block_start(b + 1).min(end) - region_start;
+                crc32c::crc32c(&bytes[lo as usize..hi as usize])
+            })
+            .collect();
+        Some(Prepared {
+            offset,
+            len: n,
+            lease,
+            pieces,
+        })
+    }
+
+    /// Completes a prepared append under the chunk's lock: the bytes of the
+    /// partial sector in front of it, and the checksum of a partial first
+    /// block combined with the one of the bytes already there.
+    async fn fill_prepared(
+        &self,
+        dir: &Dir,
+        st: &ChunkState,
+        p: Prepared,
+    ) -> Result<(Leased, AlignedBuf, Vec<(usize, u8, Entry)>)> {
+        let Prepared {
+            offset: off,
+            len,
+            mut lease,
+            pieces,
+        } = p;
+        let end = off + len;
+        let mut buf = lease.buf.take().expect("a preparation holds its buffer");
+        let region_start = align_down(off);
+        let head = (off - region_start) as usize;
+        if head > 0 {
+            match &st.tail {
+                Some((at, sector)) if *at == region_start => {
+                    buf.as_mut_slice()[..head].copy_from_slice(&sector[..head])
+                }
+                _ => {
+                    let sector = self.inner.pool.get(SECTOR_BYTES as usize);
+                    let sector = self
+                        .read_into(dir, st, sector, region_start, 0, SECTOR_BYTES as usize)
+                        .await?;
+                    buf.as_mut_slice()[..head].copy_from_slice(&sector.as_slice()[..head]);
+                    self.inner.pool.put(sector);
+                }
             }
-        });
-        let meta_buf = self.entry_writes(st, &entries, &mut ops);
-
-        // ENOSPC is harmless when every byte written lies past the old end.
-        let overwrote = !appending || region_start < align_down(old_len);
-        let result = self.run_mutation(dir, ops, overwrote).await;
-        self.recycle(meta_buf);
-        lease.buf = Arc::try_unwrap(buf).ok();
-        result?;
-        let buf = lease
-            .buf
-            .as_ref()
-            .expect("every write completed, so no window is alive");
-
-        for (b, slot, e) in entries {
-            if b < st.crcs.len() {
-                st.crcs[b] = e.crc;
-                st.slots[b] = slot;
-            } else {
-                st.crcs.push(e.crc);
-                st.slots.push(slot);
-            }
         }
-        st.next_seq = seq + 1;
-        st.length = new_len;
-        // Keep the cached tail sector in step with the disk: refresh it when
-        // this write covered the last sector, drop it when the end is aligned.
-        let tail_at = align_down(new_len);
-        if new_len.is_multiple_of(SECTOR_BYTES) {
-            st.tail = None;
-        } else if tail_at >= region_start && tail_at + SECTOR_BYTES <= region_end {
-            let i = (tail_at - region_start) as usize;
-            st.tail = Some((tail_at, buf.as_slice()[i..i + SECTOR_BYTES as usize].into()));
-        }
-        dir.used_bytes
-            .fetch_add(new_len - old_len, Ordering::Relaxed);
-        chunk
-            .last_mutation_ms
-            .store(self.now_ms(), Ordering::Relaxed);
-        Ok(())
+        let first = (off / BLOCK_BYTES) as usize;
+        let entries = pieces
+            .into_iter()
+            .enumerate()
+            .map(|(i, piece)| {
+                let b = first + i;
+                let crc = if i == 0 && off > block_start(b) {
+                    let new_part = (block_start(b + 1).min(end) - off) as usize;
+                    crc32c::crc32c_combine(st.crcs[b], piece, new_part)
+                } else {
+                    piece
+                };
+                entry(st, b, end, crc)
+            })
+            .collect();
+        Ok((lease, buf, entries))
     }
 
     /// Adds the metadata writes for `entries` to `ops`: one write per run of

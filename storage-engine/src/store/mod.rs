@@ -33,6 +33,7 @@ use crate::io::{self as eio, run_all};
 use crate::layout::{self, Header, SECTOR_BYTES};
 
 mod data;
+pub use data::Prepared;
 mod files;
 mod scrub;
 
@@ -300,25 +301,40 @@ impl ChunkStore {
         self.inner.epoch.elapsed().as_millis() as u64
     }
 
-    /// A buffer of at least `len` bytes, counted against the memory bound.
-    async fn lease(&self, len: usize) -> Result<Leased> {
-        // Count what the heap pool would allocate (a power of two), capped at
-        // the whole bound so a request never waits for more than exists.
+    /// Memory permits a buffer of `len` bytes counts for: what the heap
+    /// pool would allocate (a power of two), capped at the whole bound so a
+    /// request never waits for more than exists.
+    fn permits(&self, len: usize) -> u32 {
         let size = len.max(SECTOR_BYTES as usize).next_power_of_two();
         let total = self.inner.config.buffer_memory_bytes / SECTOR_BYTES;
-        let permits = (size as u64 / SECTOR_BYTES).min(total) as u32;
+        (size as u64 / SECTOR_BYTES).min(total) as u32
+    }
+
+    fn leased(&self, len: usize, permit: OwnedSemaphorePermit) -> Leased {
+        Leased {
+            buf: Some(self.inner.pool.get(len)),
+            pool: Arc::downgrade(&self.inner),
+            _permit: permit,
+        }
+    }
+
+    /// A buffer of at least `len` bytes, counted against the memory bound.
+    async fn lease(&self, len: usize) -> Result<Leased> {
         let permit = self
             .inner
             .memory
             .clone()
-            .acquire_many_owned(permits)
+            .acquire_many_owned(self.permits(len))
             .await
             .expect("the memory semaphore is never closed");
-        Ok(Leased {
-            buf: Some(self.inner.pool.get(len)),
-            pool: Arc::downgrade(&self.inner),
-            _permit: permit,
-        })
+        Ok(self.leased(len, permit))
+    }
+
+    /// As `lease`, but only if the memory is free right now.
+    fn try_lease(&self, len: usize) -> Option<Leased> {
+        let permits = self.permits(len);
+        let permit = self.inner.memory.clone().try_acquire_many_owned(permits);
+        permit.ok().map(|p| self.leased(len, p))
     }
 
     // ---- recovery -------------------------------------------------------
