@@ -410,7 +410,8 @@ async fn prepared_appends_match_the_model_whatever_happened_in_between(kind: Kin
             .is_none()
     );
     assert!(store.prepare(CHUNK - 10, &[&[1; 11]]).is_none());
-    // Preparations take free memory or nothing: they never wait for it.
+    // Preparations take free memory or nothing: they never wait for it,
+    // and what they hold never keeps a write in its turn waiting.
     let big = vec![2u8; MAX_REQUEST as usize];
     let held: Vec<_> = std::iter::from_fn(|| store.prepare(0, &[&big]))
         .take(64)
@@ -420,12 +421,14 @@ async fn prepared_appends_match_the_model_whatever_happened_in_between(kind: Kin
     let tail = pattern(7, 5000);
     let none = store.prepare(off, &[&tail]);
     assert!(none.is_none());
-    drop(held);
-    store
-        .write_prepared(handle, off, &[&tail], none)
+    let parts: [&[u8]; 1] = [&tail];
+    let unprepared = store.write_prepared(handle, off, &parts, none);
+    tokio::time::timeout(std::time::Duration::from_secs(10), unprepared)
         .await
+        .expect("a write in its turn finds memory while preparations hold theirs")
         .expect("an unprepared write");
     model.extend_from_slice(&tail);
+    drop(held);
 
     // Every checksum on the disk agrees with the data.
     drop(store);

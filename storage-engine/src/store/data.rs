@@ -388,8 +388,9 @@ impl ChunkStore {
     /// it, without the chunk's lock: the costly part of an append, done
     /// while the mutation ahead of it is still on the disk. `None` when the
     /// write cannot be an append within the limits, or the memory for it is
-    /// not free right now (the write then fills its buffer in its turn, and
-    /// a preparation never waits for memory a queued write may hold).
+    /// not free right now within the share preparations may hold (the write
+    /// then fills its buffer in its turn). A preparation never waits for
+    /// memory, and never takes what a write in its turn needs.
     pub fn prepare(&self, offset: u64, parts: &[&[u8]]) -> Option<Prepared> {
         let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let cfg = &self.inner.config;
@@ -399,7 +400,7 @@ impl ChunkStore {
         }
         let region_start = align_down(offset);
         let region_len = (align_up(end) - region_start) as usize;
-        let mut lease = self.try_lease(region_len)?;
+        let mut lease = self.lease_to_prepare(region_len)?;
         let buf = lease.buf.as_mut().expect("fresh lease holds a buffer");
         let bytes = buf.as_mut_slice();
         let mut at = (offset - region_start) as usize;

@@ -102,6 +102,12 @@ struct Inner {
     pool: BufPool,
     /// Buffer memory, in sectors.
     memory: Arc<Semaphore>,
+    /// The part of `memory` prepared appends may hold while they wait for
+    /// their turn: all of it but what the largest request needs, so a
+    /// mutation in its turn always finds memory once other mutations in
+    /// their turn and reads let theirs go, never waiting on a preparation
+    /// that waits on it.
+    preparing: Arc<Semaphore>,
     epoch: Instant,
 }
 
@@ -143,11 +149,30 @@ struct ChunkState {
 }
 
 /// A pooled buffer that returns to the pool, and gives back its memory
-/// permit, when the last `Bytes` pointing into it is dropped.
+/// permits, when the last `Bytes` pointing into it is dropped.
 struct Leased {
     buf: Option<AlignedBuf>,
     pool: Weak<Inner>,
     _permit: OwnedSemaphorePermit,
+    /// A prepared append's share of the memory preparations may hold.
+    _preparing: Option<OwnedSemaphorePermit>,
+}
+
+/// Memory permits a buffer of `len` bytes counts for: what the heap pool
+/// would allocate (a power of two), capped at the whole bound so a request
+/// never waits for more than exists.
+fn permits(config: &StoreConfig, len: usize) -> u32 {
+    let size = len.max(SECTOR_BYTES as usize).next_power_of_two();
+    let total = config.buffer_memory_bytes / SECTOR_BYTES;
+    (size as u64 / SECTOR_BYTES).min(total) as u32
+}
+
+/// Permits preparations may hold together: the bound less what the
+/// largest request (its region has a partial sector at each end) counts for.
+fn preparing_permits(config: &StoreConfig) -> u32 {
+    let total = (config.buffer_memory_bytes / SECTOR_BYTES) as u32;
+    let largest = config.max_request_bytes + 2 * SECTOR_BYTES;
+    total - permits(config, largest as usize)
 }
 
 impl AsRef<[u8]> for Leased {
@@ -267,6 +292,7 @@ impl ChunkStore {
             memory: Arc::new(Semaphore::new(
                 (config.buffer_memory_bytes / SECTOR_BYTES) as usize,
             )),
+            preparing: Arc::new(Semaphore::new(preparing_permits(&config) as usize)),
             config,
             dirs,
             chunks: RwLock::new(HashMap::new()),
@@ -301,20 +327,17 @@ impl ChunkStore {
         self.inner.epoch.elapsed().as_millis() as u64
     }
 
-    /// Memory permits a buffer of `len` bytes counts for: what the heap
-    /// pool would allocate (a power of two), capped at the whole bound so a
-    /// request never waits for more than exists.
-    fn permits(&self, len: usize) -> u32 {
-        let size = len.max(SECTOR_BYTES as usize).next_power_of_two();
-        let total = self.inner.config.buffer_memory_bytes / SECTOR_BYTES;
-        (size as u64 / SECTOR_BYTES).min(total) as u32
-    }
-
-    fn leased(&self, len: usize, permit: OwnedSemaphorePermit) -> Leased {
+    fn leased(
+        &self,
+        len: usize,
+        permit: OwnedSemaphorePermit,
+        preparing: Option<OwnedSemaphorePermit>,
+    ) -> Leased {
         Leased {
             buf: Some(self.inner.pool.get(len)),
             pool: Arc::downgrade(&self.inner),
             _permit: permit,
+            _preparing: preparing,
         }
     }
 
@@ -324,17 +347,20 @@ impl ChunkStore {
             .inner
             .memory
             .clone()
-            .acquire_many_owned(self.permits(len))
+            .acquire_many_owned(permits(&self.inner.config, len))
             .await
             .expect("the memory semaphore is never closed");
-        Ok(self.leased(len, permit))
+        Ok(self.leased(len, permit, None))
     }
 
-    /// As `lease`, but only if the memory is free right now.
-    fn try_lease(&self, len: usize) -> Option<Leased> {
-        let permits = self.permits(len);
-        let permit = self.inner.memory.clone().try_acquire_many_owned(permits);
-        permit.ok().map(|p| self.leased(len, p))
+    /// A buffer for a prepared append, only if the memory is free right now
+    /// and within the share preparations may hold.
+    fn lease_to_prepare(&self, len: usize) -> Option<Leased> {
+        let n = permits(&self.inner.config, len);
+        let share = self.inner.preparing.clone().try_acquire_many_owned(n);
+        let share = share.ok()?;
+        let permit = self.inner.memory.clone().try_acquire_many_owned(n).ok()?;
+        Some(self.leased(len, permit, Some(share)))
     }
 
     // ---- recovery -------------------------------------------------------
