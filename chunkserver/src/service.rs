@@ -402,10 +402,7 @@ impl Shared {
         let parts: Vec<&[u8]> = data.iter().map(|b| &b[..]).collect();
         let len = match kind {
             MutationKind::Pad => self.store.pad_to_end(h).await,
-            _ => {
-                let store = &self.store;
-                store.write_prepared(h, offset, &parts, prepared).await
-            }
+            _ => self.store.write_prepared(h, offset, &parts, prepared).await,
         }
         .map_err(store_status)?;
         if sync {

@@ -30,6 +30,16 @@ fn block_start(b: usize) -> u64 {
     b as u64 * BLOCK_BYTES
 }
 
+/// Copies `parts` one after the other into `bytes` from `at`; returns
+/// where they end.
+fn copy_parts(bytes: &mut [u8], mut at: usize, parts: &[&[u8]]) -> usize {
+    for p in parts {
+        bytes[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    at
+}
+
 /// Where a mutation lands: bytes `off..end`, carried in the sector-aligned
 /// region of `region_len` bytes from `region_start`, over blocks `first..=last`.
 #[derive(Clone, Copy)]
@@ -356,11 +366,7 @@ impl ChunkStore {
         }
         {
             let bytes = buf.as_mut_slice();
-            let mut at = (off - region_start) as usize;
-            for p in parts {
-                bytes[at..at + p.len()].copy_from_slice(p);
-                at += p.len();
-            }
+            copy_parts(bytes, (off - region_start) as usize, parts);
             // Past the new end the last sector is zeros (never stale pool bytes).
             let data_end = ((new_len - region_start) as usize).min(region_len);
             bytes[data_end..region_len].fill(0);
@@ -403,11 +409,7 @@ impl ChunkStore {
         let mut lease = self.lease_to_prepare(region_len)?;
         let buf = lease.buf.as_mut().expect("fresh lease holds a buffer");
         let bytes = buf.as_mut_slice();
-        let mut at = (offset - region_start) as usize;
-        for p in parts {
-            bytes[at..at + p.len()].copy_from_slice(p);
-            at += p.len();
-        }
+        let at = copy_parts(bytes, (offset - region_start) as usize, parts);
         bytes[at..region_len].fill(0);
         let first = (offset / BLOCK_BYTES) as usize;
         let last = ((end - 1) / BLOCK_BYTES) as usize;
