@@ -42,7 +42,7 @@ fn copy_parts(bytes: &mut [u8], mut at: usize, parts: &[&[u8]]) -> usize {
 
 /// Where a mutation lands: bytes `off..end`, carried in the sector-aligned
 /// region of `region_len` bytes from `region_start`, over blocks `first..=last`.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Span {
     off: u64,
     end: u64,
@@ -50,6 +50,37 @@ struct Span {
     region_len: usize,
     first: usize,
     last: usize,
+}
+
+impl Span {
+    /// The span of `n > 0` bytes at `off` over a chunk of `old_len` bytes
+    /// (`off <= old_len`). An append's region starts at the sector holding
+    /// `off` (the bytes in front of it come from the cached tail sector);
+    /// an overwrite's at its first block, whose checksum needs the whole
+    /// block. The region ends with the sector holding the new end, or, for
+    /// an overwrite inside the chunk, with its last block or the chunk's
+    /// last sector, whichever comes first.
+    fn new(off: u64, n: u64, old_len: u64) -> Self {
+        let end = off + n;
+        let first = (off / BLOCK_BYTES) as usize;
+        let last = ((end - 1) / BLOCK_BYTES) as usize;
+        let region_start = if off == old_len {
+            align_down(off)
+        } else {
+            block_start(first)
+        };
+        let region_end = align_up(old_len.max(end))
+            .min(block_start(last + 1))
+            .max(align_up(end));
+        Self {
+            off,
+            end,
+            region_start,
+            region_len: (region_end - region_start) as usize,
+            first,
+            last,
+        }
+    }
 }
 
 /// The entry block `b` gets from the mutation being built: the chunk's
@@ -221,33 +252,15 @@ impl ChunkStore {
         let old_len = st.length;
         let new_len = old_len.max(end);
         let appending = off == old_len;
-        let first = (off / BLOCK_BYTES) as usize;
-        let last = ((end - 1) / BLOCK_BYTES) as usize;
-        let region_start = if appending {
-            align_down(off)
-        } else {
-            block_start(first)
-        };
-        let region_end = align_up(new_len)
-            .min(block_start(last + 1))
-            .max(align_up(end));
-        let region_len = (region_end - region_start) as usize;
+        let span = Span::new(off, n, old_len);
+        let (region_start, region_len) = (span.region_start, span.region_len);
+        let region_end = region_start + region_len as u64;
 
         // A preparation that no longer fits (the write is not an append
         // after all) gives its memory back here, before the lease below.
         let (mut lease, buf, entries) = match prepared.filter(|p| appending && p.fits(off, n)) {
             Some(p) => self.fill_prepared(dir, st, p).await?,
-            None => {
-                let span = Span {
-                    off,
-                    end,
-                    region_start,
-                    region_len,
-                    first,
-                    last,
-                };
-                self.fill(dir, st, handle, parts, span).await?
-            }
+            None => self.fill(dir, st, handle, parts, span).await?,
         };
 
         let buf = Arc::new(buf);
@@ -404,15 +417,19 @@ impl ChunkStore {
         if n == 0 || n > cfg.max_request_bytes || end > cfg.chunk_size_bytes {
             return None;
         }
-        let region_start = align_down(offset);
-        let region_len = (align_up(end) - region_start) as usize;
+        // The span it has if it is an append when its turn comes.
+        let Span {
+            region_start,
+            region_len,
+            first,
+            last,
+            ..
+        } = Span::new(offset, n, offset);
         let mut lease = self.lease_to_prepare(region_len)?;
         let buf = lease.buf.as_mut().expect("fresh lease holds a buffer");
         let bytes = buf.as_mut_slice();
         let at = copy_parts(bytes, (offset - region_start) as usize, parts);
         bytes[at..region_len].fill(0);
-        let first = (offset / BLOCK_BYTES) as usize;
-        let last = ((end - 1) / BLOCK_BYTES) as usize;
         let pieces = (first..=last)
             .map(|b| {
                 let lo = block_start(b).max(offset) - region_start;
@@ -593,5 +610,64 @@ impl ChunkStore {
         }
         let start = (offset - region_start) as usize;
         Ok(Bytes::from_owner(lease).slice(start..start + len as usize))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K: u64 = 1024;
+
+    fn span(off: u64, end: u64, region: (u64, u64), blocks: (usize, usize)) -> Span {
+        Span {
+            off,
+            end,
+            region_start: region.0,
+            region_len: (region.1 - region.0) as usize,
+            first: blocks.0,
+            last: blocks.1,
+        }
+    }
+
+    #[test]
+    fn a_span_covers_the_sectors_and_blocks_a_mutation_touches() {
+        let cases = [
+            // An aligned append into an empty chunk: its own sectors.
+            ((0, 100, 0), span(0, 100, (0, 4 * K), (0, 0))),
+            // An unaligned append: from the sector holding its start.
+            ((100, 50, 100), span(100, 150, (0, 4 * K), (0, 0))),
+            (
+                (5000, 70 * K, 5000),
+                span(5000, 5000 + 70 * K, (4 * K, 76 * K), (0, 1)),
+            ),
+            // An append at a block boundary.
+            (
+                (64 * K, K, 64 * K),
+                span(64 * K, 65 * K, (64 * K, 68 * K), (1, 1)),
+            ),
+            // An overwrite inside the first block of a long chunk: the whole
+            // block, which its checksum covers.
+            ((10, 20, 200 * K), span(10, 30, (0, 64 * K), (0, 0))),
+            // An overwrite inside a short chunk: up to the chunk's last sector.
+            ((10, 20, 5000), span(10, 30, (0, 8 * K), (0, 0))),
+            // An overwrite that extends the chunk: up to the new end's sector.
+            (
+                (60 * K, 10 * K, 62 * K),
+                span(60 * K, 70 * K, (0, 72 * K), (0, 1)),
+            ),
+            // An overwrite across a block boundary, inside the chunk.
+            (
+                (63 * K, 2 * K, 256 * K),
+                span(63 * K, 65 * K, (0, 128 * K), (0, 1)),
+            ),
+        ];
+        for ((off, n, old_len), want) in cases {
+            assert_eq!(
+                Span::new(off, n, old_len),
+                want,
+                "{off} + {n} over {old_len}"
+            );
+        }
     }
 }
