@@ -3,8 +3,9 @@
 //! bytes; data-plane connections are served here, the rest go to tonic.
 //!
 //! A push is received in pieces of `PIECE_BYTES`, each read by the kernel
-//! straight into its own buffer, kept for the mutation and handed as it is
-//! to the connection that forwards it to the next server of the chain.
+//! straight into its own buffer (recycled: `pieces`), kept for the mutation
+//! and handed as it is to the connection that forwards it to the next
+//! server of the chain.
 
 use std::io;
 use std::sync::Arc;
@@ -192,8 +193,10 @@ async fn push(sh: &Shared, s: &mut TcpStream, h: PushHeader) -> io::Result<bool>
     let mut got = 0u64;
     while got < total {
         let want = (total - got).min(PIECE_BYTES as u64) as usize;
-        match tokio::time::timeout(PEER_TIMEOUT, data::read_exact_bytes(s, want)).await {
-            Ok(Ok(p)) => {
+        let mut buf = sh.pieces.take(want);
+        match tokio::time::timeout(PEER_TIMEOUT, data::read_exact_into(s, &mut buf, want)).await {
+            Ok(Ok(())) => {
+                let p = sh.pieces.freeze(buf);
                 got += p.len() as u64;
                 if let Some(tx) = &tx {
                     // A dead next server shows in its reply; keep receiving.

@@ -11,6 +11,7 @@
 //! - pure decisions, tested by exact output: [`order`] (version fencing,
 //!   record placement, deduplication), [`buffer`] (pushed data awaiting its
 //!   mutation), [`changes`] (incremental chunk reports);
+//! - [`pieces`]: recycled receive buffers for pushed pieces;
 //! - [`config`]: TOML + flags.
 
 pub mod buffer;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod data_plane;
 pub mod heartbeat;
 pub mod order;
+pub mod pieces;
 pub mod service;
 
 use std::future::Future;

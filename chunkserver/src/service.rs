@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gfs_proto::data::DataPool;
+use gfs_proto::data::{DataPool, PIECE_BYTES};
 use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::chunk::chunkserver_server::Chunkserver;
 use gfs_proto::wire::chunk::{
@@ -29,6 +29,7 @@ use crate::changes::Changes;
 use crate::clone::{Cloning, clone_chunk, copy_local};
 use crate::config::ChunkserverConfig;
 use crate::order::{Committed, Fence, Turn, fence_forwarded, fence_mutation, fence_read};
+use crate::pieces::PiecePool;
 
 /// Longest chain a push may name.
 pub(crate) const MAX_CHAIN: usize = 16;
@@ -178,6 +179,8 @@ pub struct Shared {
     peers: Mutex<HashMap<String, ChunkserverClient<Channel>>>,
     /// Data-plane connections to peers (forwarding pushes, clone reads).
     pub data: Arc<DataPool>,
+    /// Receive buffers of pushed pieces.
+    pub pieces: Arc<PiecePool>,
     pub cloning: Cloning,
     /// Names this process in the serials it gives mutations as a primary.
     run: u64,
@@ -187,6 +190,11 @@ impl Shared {
     pub fn new(cfg: ChunkserverConfig, store: ChunkStore) -> Arc<Self> {
         Arc::new(Self {
             buffer: Mutex::new(DataBuffer::new(cfg.buffer_bytes, cfg.buffer_ttl_ms)),
+            // Free buffers kept: a quarter of the push buffer's bound.
+            pieces: PiecePool::new(
+                PIECE_BYTES,
+                (cfg.buffer_bytes / 4 / PIECE_BYTES as u64) as usize,
+            ),
             cfg,
             store,
             ordered: Mutex::default(),

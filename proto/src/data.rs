@@ -141,16 +141,31 @@ pub async fn read_request<S: AsyncRead + Unpin>(s: &mut S) -> io::Result<Option<
 /// Exactly `n` bytes, read straight into one buffer.
 pub async fn read_exact_bytes<S: AsyncRead + Unpin>(s: &mut S, n: usize) -> io::Result<Bytes> {
     let mut buf = BytesMut::with_capacity(n);
-    while buf.len() < n {
-        let mut limited = (&mut *s).take((n - buf.len()) as u64);
-        if limited.read_buf(&mut buf).await? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("the peer closed after {} of {n} bytes", buf.len()),
-            ));
+    read_exact_into(s, &mut buf, n).await?;
+    Ok(buf.freeze())
+}
+
+/// Exactly `n` more bytes, read by the kernel straight into `buf`'s free
+/// room (nothing is zeroed first).
+pub async fn read_exact_into<S: AsyncRead + Unpin, B: bytes::BufMut>(
+    s: &mut S,
+    buf: &mut B,
+    n: usize,
+) -> io::Result<()> {
+    let mut got = 0;
+    while got < n {
+        let mut limited = (&mut *s).take((n - got) as u64);
+        match limited.read_buf(buf).await? {
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the peer closed after {got} of {n} bytes"),
+                ));
+            }
+            k => got += k,
         }
     }
-    Ok(buf.freeze())
+    Ok(())
 }
 
 /// Reads a reply: its header, or the error it carries.
