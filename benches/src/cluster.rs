@@ -134,9 +134,9 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
     for run in 0..args.runs {
         // The device first, then the cluster, alternating, so both see the
         // same state of the disk.
-        let (w, r) = raw::measure(&args.dir, args.size, 1 << 20, 8, false)?;
-        dev_w.push(mb_s(args.size, w));
-        dev_r.push(mb_s(args.size, r));
+        let (w, r) = raw::ceiling(&args.dir, args.size, 1 << 20)?;
+        dev_w.push(w);
+        dev_r.push(r);
         let path = format!(
             "/bench/{}-{}-{run}",
             std::process::id(),

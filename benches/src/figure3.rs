@@ -3,8 +3,9 @@
 //! limit computed from this machine's ceilings, measured in the same run.
 //!
 //! Ceilings (`limits`): O_DIRECT sequential write and read bandwidth of
-//! each data directory, loopback TCP bandwidth between two processes, and
-//! the CRC32C throughput of one core.
+//! each data directory (the best of 8 and 32 requests in flight:
+//! `raw::ceiling`), loopback TCP bandwidth between two processes, and the
+//! CRC32C throughput of one core.
 //!
 //! Limits (how each is computed, with R the replication factor, 3):
 //! - read: min(device read, TCP): every byte is read from a disk once and
@@ -185,11 +186,11 @@ pub fn limits(args: &LimitsArgs) -> Result<Limits> {
     let mut disks = Vec::new();
     for dir in &args.dirs {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let (w, r) = raw::measure(dir, args.size, MIB as usize, 8, false)?;
+        let (write_mb_s, read_mb_s) = raw::ceiling(dir, args.size, MIB as usize)?;
         disks.push(DiskLimit {
             dir: dir.display().to_string(),
-            write_mb_s: mb_s(args.size, w),
-            read_mb_s: mb_s(args.size, r),
+            write_mb_s,
+            read_mb_s,
         });
     }
     Ok(Limits {
@@ -234,16 +235,16 @@ pub struct Figure3Args {
     #[arg(long, value_delimiter = ',')]
     pub masters: Vec<String>,
     /// write: bytes each client writes to its own file.
-    #[arg(long, default_value_t = 64 << 20)]
+    #[arg(long, default_value_t = 128 << 20)]
     pub write_bytes: u64,
     /// read: bytes of the file set the clients read from.
     #[arg(long, default_value_t = 512 << 20)]
     pub read_set_bytes: u64,
     /// read: random 4 MiB regions each client reads.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     pub reads: u64,
     /// append: 1 MiB records each client appends to the shared file.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     pub records: u64,
     /// Bytes per ceiling measurement.
     #[arg(long, default_value_t = 512 << 20)]
