@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use gfs_proto::data::DataPool;
 use gfs_proto::wire::MAX_FRAME_BYTES;
 use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
@@ -95,13 +95,13 @@ impl ChunkPool {
         }
     }
 
-    /// A piece of a chunk from one replica, read into `dst`: how many
+    /// A piece of a chunk from one replica, appended to `dst`: how many
     /// bytes, and the chunk's length there.
     pub async fn read(
         &self,
         addr: &str,
         req: ReadRequest,
-        dst: &mut [u8],
+        dst: &mut BytesMut,
     ) -> Result<(usize, u64), MasterError> {
         debug_assert!(req.length <= MAX_FRAME_BYTES as u64);
         self.data

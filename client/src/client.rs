@@ -172,7 +172,9 @@ impl Client {
             return Ok(r.length);
         }
         let last = r.chunks - 1;
-        let (_, chunk_len) = self.read_piece(path, last, 0, &mut []).await?;
+        let (_, chunk_len) = self
+            .read_piece(path, last, 0, 0, &mut BytesMut::new())
+            .await?;
         Ok(r.length.max(last * r.chunk_size_bytes + chunk_len))
     }
 
@@ -507,16 +509,18 @@ impl Client {
 
     // ---- reads ------------------------------------------------------------
 
-    /// Up to `dst.len()` bytes of chunk `index` from `offset` into `dst`,
-    /// from the first replica that answers with verified data: how many,
-    /// and the chunk's length on that replica. A chunk the file does not
-    /// have reads as empty.
+    /// Up to `len` bytes of chunk `index` from `offset`, into `dst` (empty,
+    /// with room for them: the socket's bytes land in it as they are,
+    /// nothing is zeroed first), from the first replica that answers with
+    /// verified data: how many, and the chunk's length on that replica. A
+    /// chunk the file does not have reads as empty.
     pub(crate) async fn read_piece(
         &self,
         path: &str,
         index: u64,
         offset: u64,
-        dst: &mut [u8],
+        len: usize,
+        dst: &mut BytesMut,
     ) -> Result<(usize, u64)> {
         let mut last = None;
         for round in 0..3 {
@@ -536,8 +540,10 @@ impl Client {
                     handle: info.handle,
                     version: info.version,
                     offset,
-                    length: dst.len() as u64,
+                    length: len as u64,
                 };
+                // A failed attempt may have left part of its bytes.
+                dst.clear();
                 match self.pool.read(&r.addr, req, dst).await {
                     Ok(got) => return Ok(got),
                     Err(e) => {
@@ -589,29 +595,36 @@ impl Client {
         Ok(out.freeze())
     }
 
-    /// Up to `len` bytes from `offset`, read straight into one buffer in
-    /// pieces of at most `READ_PIECE_BYTES` (never across a chunk
+    /// Up to `len` bytes from `offset`, read straight into one buffer (not
+    /// zeroed first) in pieces of at most `READ_PIECE_BYTES` (never across a chunk
     /// boundary), `READ_PIECES_IN_FLIGHT` at a time, each from a replica of
     /// its own choosing: one reader keeps several disks and connections
     /// busy, and no byte is copied after the socket.
     async fn read_span(&self, path: &str, cs: u64, offset: u64, len: u64) -> Result<BytesMut> {
-        let mut buf = BytesMut::zeroed(len as usize);
+        // One allocation, not zeroed: each piece gets its own stretch of
+        // it (empty, with room for the piece) and the socket fills it.
+        let mut rest = BytesMut::with_capacity(len as usize);
         let mut parts = Vec::new();
-        let mut pos = offset;
-        while !buf.is_empty() {
-            let n = (buf.len() as u64).min(READ_PIECE_BYTES).min(cs - pos % cs);
-            parts.push((pos, buf.split_to(n as usize)));
-            pos += n;
+        let (mut pos, end) = (offset, offset + len);
+        while pos < end {
+            let n = (end - pos).min(READ_PIECE_BYTES).min(cs - pos % cs) as usize;
+            let tail = rest.split_off(n);
+            parts.push((pos, n, std::mem::replace(&mut rest, tail)));
+            pos += n as u64;
         }
         let mut done = futures_util::stream::iter(parts)
-            .map(|(at, mut part)| async move {
+            .map(|(at, want, mut part)| async move {
                 let (index, in_chunk) = (at / cs, at % cs);
-                let want = part.len();
-                let (mut got, _) = self.read_piece(path, index, in_chunk, &mut part).await?;
+                let (mut got, _) = self
+                    .read_piece(path, index, in_chunk, want, &mut part)
+                    .await?;
                 if got < want && self.stale_end(path, index).await? {
                     // The cached version was old and a replica left out of
                     // a later version answered: read again at the current one.
-                    got = self.read_piece(path, index, in_chunk, &mut part).await?.0;
+                    got = self
+                        .read_piece(path, index, in_chunk, want, &mut part)
+                        .await?
+                        .0;
                 }
                 part.truncate(got);
                 Ok::<_, MasterError>((part, got < want))

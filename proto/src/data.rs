@@ -254,27 +254,26 @@ impl DataPool {
         req: &ReadRequest,
         timeout: Duration,
     ) -> Result<(Bytes, u64), Status> {
-        let mut buf = BytesMut::zeroed(req.length.min(MAX_FRAME_BYTES as u64) as usize);
-        let (n, chunk_length) = self.read_into(addr, req, &mut buf, timeout).await?;
-        buf.truncate(n);
+        let mut buf = BytesMut::with_capacity(req.length.min(MAX_FRAME_BYTES as u64) as usize);
+        let (_, chunk_length) = self.read_into(addr, req, &mut buf, timeout).await?;
         Ok((buf.freeze(), chunk_length))
     }
 
-    /// As [`DataPool::read`], straight into `dst` (at least `req.length`
-    /// bytes): how many bytes came, and the chunk's length there.
-    pub async fn read_into(
+    /// As [`DataPool::read`], appended to `dst` by the kernel straight into
+    /// its free room (give it room for `req.length` bytes, or it grows):
+    /// how many bytes came, and the chunk's length there.
+    pub async fn read_into<B: bytes::BufMut + Send>(
         &self,
         addr: &str,
         req: &ReadRequest,
-        dst: &mut [u8],
+        dst: &mut B,
         timeout: Duration,
     ) -> Result<(usize, u64), Status> {
-        if req.length > MAX_FRAME_BYTES as u64 || req.length > dst.len() as u64 {
+        if req.length > MAX_FRAME_BYTES as u64 {
             return Err(error(
                 ErrorKind::InvalidArgument,
                 format!(
-                    "a read returns at most {MAX_FRAME_BYTES} bytes into {}, {} were asked for",
-                    dst.len(),
+                    "a read returns at most {MAX_FRAME_BYTES} bytes, {} were asked for",
                     req.length
                 ),
             ));
@@ -288,7 +287,7 @@ impl DataPool {
                 ))),
                 Ok(head) => {
                     let n = head.data_bytes as usize;
-                    s.read_exact(&mut dst[..n]).await?;
+                    read_exact_into(s, dst, n).await?;
                     Ok(Ok((n, head.chunk_length)))
                 }
                 Err(d) => Ok(Err(d)),
@@ -431,6 +430,23 @@ mod tests {
         assert_eq!(d.kind(), ErrorKind::StaleVersion);
         assert_eq!(d.message.len(), MAX_HEADER_BYTES / 2);
         assert!(read_reply::<ReadHead, _>(&mut b).await.is_err(), "status 7");
+    }
+
+    #[tokio::test]
+    async fn pieces_are_read_into_their_stretch_of_one_buffer_in_place() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(b"0123456789").await.unwrap();
+        drop(a);
+        let mut whole = BytesMut::with_capacity(10);
+        let start = whole.as_ptr();
+        let mut second = whole.split_off(6);
+        read_exact_into(&mut b, &mut whole, 6).await.unwrap();
+        read_exact_into(&mut b, &mut second, 4).await.unwrap();
+        assert_eq!(second.as_ptr(), start.wrapping_add(6), "no reallocation");
+        whole.unsplit(second);
+        assert_eq!((&whole[..], whole.as_ptr()), (&b"0123456789"[..], start));
+        let e = read_exact_into(&mut b, &mut whole, 1).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[tokio::test]
