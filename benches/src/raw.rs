@@ -7,8 +7,9 @@
 //! virtual disk read ~1.6x faster with 32 requests in flight than with 8
 //! (1951 / 1915 against 1266 / 1160 MB/s) while writing slower (1421 /
 //! 1256 against 2568 / 2222), and a cluster keeps up to 64 reads in
-//! flight. A ceiling measured at one depth was below what the cluster read
-//! (figure3 at 105-131 %).
+//! flight. A ceiling measured at depth 8 alone was below what the cluster
+//! read (figure3 at 105-131 %); the best of the two still was, in some runs
+//! on that VM (BENCHMARKS.md, runs M-S).
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
