@@ -29,6 +29,7 @@ for_every_backend!(
     usage_counts_bytes_per_directory,
     concurrent_appends_to_one_chunk_are_serialised,
     prepared_appends_match_the_model_whatever_happened_in_between,
+    a_create_whose_caller_goes_away_still_completes,
 );
 
 async fn unaligned_appends_read_back_exactly(kind: Kind) {
@@ -180,6 +181,38 @@ async fn versions_are_durable(kind: Kind) {
             length: 3
         }]
     );
+}
+
+/// A chunkserver creates a chunk inside an RPC handler, which is dropped
+/// when the caller (the master, after 1 s) gives up. The create must still
+/// complete: dropped half-way, it left its files on disk, the chunk unknown
+/// to the store and its handle marked as being created for good, so every
+/// later mutation of it failed (`chunk ... does not exist`).
+async fn a_create_whose_caller_goes_away_still_completes(kind: Kind) {
+    let hs = Harness::new(kind);
+    let (store, _) = hs.open().await;
+    {
+        // Polled once (its files are being made off the runtime), then dropped.
+        let mut create = std::pin::pin!(store.create(h(9), v(1)));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(create.as_mut().poll(&mut cx).is_pending());
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.info(h(9)).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the chunk never appeared"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    store.append(h(9), b"after").await.expect("append");
+    assert!(matches!(
+        store.create(h(9), v(1)).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    drop(store);
+    let (store, _) = hs.open().await;
+    assert_eq!(store.info(h(9)).await.expect("info").length, 5);
 }
 
 async fn delete_removes_the_chunk_for_good(kind: Kind) {

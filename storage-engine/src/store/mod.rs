@@ -444,7 +444,25 @@ impl ChunkStore {
     // ---- chunk lifecycle ------------------------------------------------
 
     /// Creates an empty chunk in the directory with the most free space.
+    ///
+    /// Runs to the end in a task of its own, whatever becomes of the
+    /// caller: a create dropped while its files were being made (an RPC
+    /// handler dropped when its client gave up) left the files on disk, the
+    /// chunk unknown here and its handle marked as being created, so every
+    /// later mutation of it failed until a restart.
     pub async fn create(&self, handle: ChunkHandle, version: ChunkVersion) -> Result<()> {
+        let store = self.clone();
+        tokio::spawn(async move { store.create_now(handle, version).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::io(
+                    format!("create chunk {handle}"),
+                    io::Error::other(e),
+                ))
+            })
+    }
+
+    async fn create_now(&self, handle: ChunkHandle, version: ChunkVersion) -> Result<()> {
         if self
             .inner
             .chunks
