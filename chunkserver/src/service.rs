@@ -577,6 +577,70 @@ impl ChunkService {
 #[tonic::async_trait]
 impl Chunkserver for ChunkService {
     async fn mutate(&self, req: Request<MutateRequest>) -> Result<Response<MutateReply>, Status> {
+        let me = self.clone();
+        to_end(async move { me.mutate_now(req).await }).await
+    }
+
+    async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyReply>, Status> {
+        let me = self.clone();
+        to_end(async move { me.apply_now(req).await }).await
+    }
+
+    async fn set_version(
+        &self,
+        req: Request<SetVersionRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let me = self.clone();
+        to_end(async move { me.set_version_now(req).await }).await
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<Empty>, Status> {
+        let me = self.clone();
+        to_end(async move { me.delete_now(req).await }).await
+    }
+
+    async fn revoke(&self, req: Request<RevokeRequest>) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        let h = ChunkHandle(r.handle);
+        let sh = &self.shared;
+        {
+            let mut leases = Shared::lock(&sh.leases);
+            let l = leases.entry(h).or_default();
+            l.revoked_through = l.revoked_through.max(r.version);
+            l.relinquished_up_to = l.relinquished_up_to.max(l.expires_ms);
+            l.expires_ms = 0;
+        }
+        // Wait out the mutation being applied, if any: once this returns,
+        // nothing more is applied under the revoked lease.
+        let slot = sh.ordered(h);
+        drop(slot.order.lock().await);
+        tracing::info!(chunk = %h, version = r.version, "lease revoked by the leader");
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn copy_local(
+        &self,
+        req: Request<CopyLocalRequest>,
+    ) -> Result<Response<CloneReply>, Status> {
+        let length = copy_local(&self.shared, req.into_inner()).await?;
+        Ok(Response::new(CloneReply { length }))
+    }
+
+    async fn clone_chunk(
+        &self,
+        req: Request<CloneRequest>,
+    ) -> Result<Response<CloneReply>, Status> {
+        let length = clone_chunk(&self.shared, req.into_inner()).await?;
+        Ok(Response::new(CloneReply { length }))
+    }
+}
+
+/// The state-changing handlers, each run to the end by `to_end`.
+impl ChunkService {
+    async fn mutate_now(
+        &self,
+        req: Request<MutateRequest>,
+    ) -> Result<Response<MutateReply>, Status> {
         let r = req.into_inner();
         let kind = kind_of(r.kind, false)?;
         let h = ChunkHandle(r.handle);
@@ -639,8 +703,7 @@ impl Chunkserver for ChunkService {
         slot.applied.notify_waiters();
         result.map(Response::new)
     }
-
-    async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyReply>, Status> {
+    async fn apply_now(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyReply>, Status> {
         let r = req.into_inner();
         let kind = kind_of(r.kind, true)?;
         let slot = self.shared.ordered(ChunkHandle(r.handle));
@@ -654,8 +717,7 @@ impl Chunkserver for ChunkService {
             chunk_length: length,
         }))
     }
-
-    async fn set_version(
+    async fn set_version_now(
         &self,
         req: Request<SetVersionRequest>,
     ) -> Result<Response<Empty>, Status> {
@@ -668,8 +730,7 @@ impl Chunkserver for ChunkService {
         sh.fence(&info, r.version).await?;
         Ok(Response::new(Empty {}))
     }
-
-    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<Empty>, Status> {
+    async fn delete_now(&self, req: Request<DeleteRequest>) -> Result<Response<Empty>, Status> {
         let r = req.into_inner();
         let h = ChunkHandle(r.handle);
         if !self.shared.delete_replica(h, r.below_version).await? {
@@ -680,41 +741,23 @@ impl Chunkserver for ChunkService {
         }
         Ok(Response::new(Empty {}))
     }
+}
 
-    async fn revoke(&self, req: Request<RevokeRequest>) -> Result<Response<Empty>, Status> {
-        let r = req.into_inner();
-        let h = ChunkHandle(r.handle);
-        let sh = &self.shared;
-        {
-            let mut leases = Shared::lock(&sh.leases);
-            let l = leases.entry(h).or_default();
-            l.revoked_through = l.revoked_through.max(r.version);
-            l.relinquished_up_to = l.relinquished_up_to.max(l.expires_ms);
-            l.expires_ms = 0;
-        }
-        // Wait out the mutation being applied, if any: once this returns,
-        // nothing more is applied under the revoked lease.
-        let slot = sh.ordered(h);
-        drop(slot.order.lock().await);
-        tracing::info!(chunk = %h, version = r.version, "lease revoked by the leader");
-        Ok(Response::new(Empty {}))
-    }
-
-    async fn copy_local(
-        &self,
-        req: Request<CopyLocalRequest>,
-    ) -> Result<Response<CloneReply>, Status> {
-        let length = copy_local(&self.shared, req.into_inner()).await?;
-        Ok(Response::new(CloneReply { length }))
-    }
-
-    async fn clone_chunk(
-        &self,
-        req: Request<CloneRequest>,
-    ) -> Result<Response<CloneReply>, Status> {
-        let length = clone_chunk(&self.shared, req.into_inner()).await?;
-        Ok(Response::new(CloneReply { length }))
-    }
+/// Runs a handler in a task of its own, so it ends as it would have if its
+/// caller had waited. tonic drops a handler when its caller gives up (the
+/// master's 1 s on `SetVersion`, a client's timeout on a mutation), and a
+/// create, a version change or a mutation cut off half-way left the replica
+/// in a state nothing expected: a chunk whose files existed but that the
+/// store did not know, failing every later mutation of it.
+async fn to_end<T: Send + 'static>(
+    handler: impl Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(handler).await.unwrap_or_else(|e| {
+        Err(error(
+            ErrorKind::Internal,
+            format!("the handler failed: {e}"),
+        ))
+    })
 }
 
 impl ChunkService {
