@@ -234,10 +234,9 @@ pub struct Figure3Args {
     /// measured on --dir of this host).
     #[arg(long, value_delimiter = ',')]
     pub masters: Vec<String>,
-    /// write: bytes each client writes to its own file (one chunk: 16
-    /// writers of two chunks each stall on the second now and then, see
-    /// BENCHMARKS.md).
-    #[arg(long, default_value_t = 64 << 20)]
+    /// write: bytes each client writes to its own file (two chunks: the
+    /// writers cross a chunk boundary).
+    #[arg(long, default_value_t = 128 << 20)]
     pub write_bytes: u64,
     /// read: bytes of the file set the clients read from.
     #[arg(long, default_value_t = 512 << 20)]
