@@ -30,6 +30,7 @@ for_every_backend!(
     concurrent_appends_to_one_chunk_are_serialised,
     prepared_appends_match_the_model_whatever_happened_in_between,
     a_create_whose_caller_goes_away_still_completes,
+    a_create_told_the_chunk_exists_finds_it,
 );
 
 async fn unaligned_appends_read_back_exactly(kind: Kind) {
@@ -213,6 +214,36 @@ async fn a_create_whose_caller_goes_away_still_completes(kind: Kind) {
     drop(store);
     let (store, _) = hs.open().await;
     assert_eq!(store.info(h(9)).await.expect("info").length, 5);
+}
+
+/// Two creates of one chunk at once (the master's `SetVersion` retried
+/// while the first is still making the files): whichever is told the chunk
+/// already exists must find it at once, not `NotFound` until the other
+/// create ends.
+async fn a_create_told_the_chunk_exists_finds_it(kind: Kind) {
+    let hs = Harness::new(kind);
+    let (store, _) = hs.open().await;
+    for i in 0..16 {
+        let handle = h(200 + i);
+        let both = [(); 2].map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let created = store.create(handle, v(1)).await;
+                (created, store.info(handle).await)
+            })
+        });
+        let mut fresh = 0;
+        for task in both {
+            let (created, info) = task.await.expect("create task");
+            match created {
+                Ok(()) => fresh += 1,
+                Err(StoreError::AlreadyExists(_)) => {}
+                Err(e) => panic!("create: {e}"),
+            }
+            assert_eq!(info.expect("info right after create").length, 0);
+        }
+        assert_eq!(fresh, 1, "exactly one create makes chunk {handle}");
+    }
 }
 
 async fn delete_removes_the_chunk_for_good(kind: Kind) {

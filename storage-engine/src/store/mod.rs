@@ -99,6 +99,9 @@ struct Inner {
     dirs: Vec<Dir>,
     chunks: RwLock<HashMap<ChunkHandle, Arc<Chunk>>>,
     creating: Mutex<HashSet<ChunkHandle>>,
+    /// Woken whenever a create ends, for a create of the same handle
+    /// waiting on it.
+    created: tokio::sync::Notify,
     pool: BufPool,
     /// Buffer memory, in sectors.
     memory: Arc<Semaphore>,
@@ -297,6 +300,7 @@ impl ChunkStore {
             dirs,
             chunks: RwLock::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
+            created: tokio::sync::Notify::new(),
             pool: BufPool::new(keep, arena),
             epoch: Instant::now(),
         });
@@ -462,41 +466,57 @@ impl ChunkStore {
             })
     }
 
+    /// `AlreadyExists` once the chunk is in the map; a create of a handle
+    /// whose create is in flight waits for that one to end first, so a
+    /// caller told `AlreadyExists` finds the chunk (a chunkserver answering
+    /// a retried `SetVersion` next to the first one did not, and failed).
     async fn create_now(&self, handle: ChunkHandle, version: ChunkVersion) -> Result<()> {
-        if self
-            .inner
-            .chunks
-            .read()
-            .expect("chunk map lock")
-            .contains_key(&handle)
-            || !self
+        loop {
+            let ended = self.inner.created.notified();
+            let mut ended = std::pin::pin!(ended);
+            // Registered before looking, so an end in between is not missed.
+            ended.as_mut().enable();
+            if self
+                .inner
+                .chunks
+                .read()
+                .expect("chunk map lock")
+                .contains_key(&handle)
+            {
+                return Err(StoreError::AlreadyExists(handle));
+            }
+            if self
                 .inner
                 .creating
                 .lock()
                 .expect("creating lock")
                 .insert(handle)
-        {
-            return Err(StoreError::AlreadyExists(handle));
+            {
+                break;
+            }
+            ended.await;
         }
         let result = self.create_files(handle, version).await;
+        let result = result.map(|(i, state)| {
+            let chunk = Arc::new(Chunk {
+                handle,
+                dir: i,
+                state: tokio::sync::RwLock::new(state),
+                last_mutation_ms: AtomicU64::new(self.now_ms()),
+            });
+            self.inner
+                .chunks
+                .write()
+                .expect("chunk map lock")
+                .insert(handle, chunk);
+        });
         self.inner
             .creating
             .lock()
             .expect("creating lock")
             .remove(&handle);
-        let (i, state) = result?;
-        let chunk = Arc::new(Chunk {
-            handle,
-            dir: i,
-            state: tokio::sync::RwLock::new(state),
-            last_mutation_ms: AtomicU64::new(self.now_ms()),
-        });
-        self.inner
-            .chunks
-            .write()
-            .expect("chunk map lock")
-            .insert(handle, chunk);
-        Ok(())
+        self.inner.created.notify_waiters();
+        result
     }
 
     async fn create_files(
