@@ -14,11 +14,15 @@
 //!   disk R times and crosses loopback R times (client to the first replica,
 //!   then along the chain). On one host all replicas share the disk.
 //!
-//! `figure3` measures the ceilings before the first benchmark and again
-//! after each one, and computes every limit from the median of each
-//! ceiling over those samples: on a VM one 512 MiB measurement of the same
-//! disk swings 2x from one minute to the next, and a single unlucky sample
-//! would decide every ratio of the run. All samples are in the JSON.
+//! `figure3` measures the ceilings just before and just after every point
+//! (one sample serves as the "after" of a point and the "before" of the
+//! next when nothing ran between them) and judges the point against the
+//! mean of the two: on a VM the same disk swings 2x from one minute to the
+//! next, so a point is only comparable with what the device did at the
+//! same time. `--rounds K` measures every point K times (the points of a
+//! round in order, the rounds one after another) and reports the median
+//! throughput, the median limit and the median of the K paired
+//! efficiencies. All samples and every round are in the JSON.
 //!
 //! The paper reports efficiency against its network limits: 75 % read,
 //! 52 % write, 38 % append at N = 16.
@@ -247,9 +251,12 @@ pub struct Figure3Args {
     /// append: 1 MiB records each client appends to the shared file.
     #[arg(long, default_value_t = 64)]
     pub records: u64,
-    /// Bytes per ceiling measurement.
-    #[arg(long, default_value_t = 512 << 20)]
+    /// Bytes per ceiling measurement (taken before and after every point).
+    #[arg(long, default_value_t = 256 << 20)]
     pub limit_bytes: u64,
+    /// Times every point is measured; the medians are reported.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Draw the figure (aggregate MB/s against N with the limit line, one
     /// panel per benchmark) to this SVG file.
     #[arg(long)]
@@ -258,23 +265,85 @@ pub struct Figure3Args {
     pub json: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One round of one point, judged against the ceilings sampled around it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Round {
+    pub mb_s: f64,
+    pub limit_mb_s: f64,
+    pub efficiency: f64,
+    /// Indices into `limit_samples` of the ceilings taken just before and
+    /// just after this measurement.
+    pub samples: [usize; 2],
+}
+
+/// A point of the figure: the medians over its rounds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Point {
     pub bench: String,
     pub clients: usize,
     pub mb_s: f64,
     pub limit_mb_s: f64,
+    /// The median of the rounds' efficiencies (each against its own limit).
     pub efficiency: f64,
+    pub rounds: Vec<Round>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Figure3 {
     pub bench: &'static str,
-    /// The median of `limit_samples`, which every limit comes from.
+    /// The median of each ceiling over `limit_samples` (a summary: every
+    /// point is judged against the samples taken around it).
     pub limits: Limits,
-    /// The ceilings measured before the first benchmark and after each.
+    /// The ceilings, in the order they were measured.
     pub limit_samples: Vec<Limits>,
     pub results: Vec<Point>,
+}
+
+/// A throughput measured between the ceiling samples `before` and `after`.
+#[derive(Debug, Clone)]
+struct Measured {
+    bench: String,
+    clients: usize,
+    mb_s: f64,
+    before: usize,
+    after: usize,
+}
+
+/// Judges every measurement against the mean of the two ceiling samples
+/// around it, and folds the rounds of each (bench, clients) point, in the
+/// order the points were first measured, into their medians.
+fn judge(measured: &[Measured], samples: &[Limits]) -> Vec<Point> {
+    let mut points: Vec<Point> = Vec::new();
+    for m in measured {
+        let around = [samples[m.before].clone(), samples[m.after].clone()];
+        let limit_mb_s = Limits::median_of(&around).limit(&m.bench);
+        let round = Round {
+            mb_s: m.mb_s,
+            limit_mb_s,
+            efficiency: m.mb_s / limit_mb_s,
+            samples: [m.before, m.after],
+        };
+        match points
+            .iter_mut()
+            .find(|p| p.bench == m.bench && p.clients == m.clients)
+        {
+            Some(p) => p.rounds.push(round),
+            None => points.push(Point {
+                bench: m.bench.clone(),
+                clients: m.clients,
+                mb_s: f64::NAN,
+                limit_mb_s: f64::NAN,
+                efficiency: f64::NAN,
+                rounds: vec![round],
+            }),
+        }
+    }
+    for p in &mut points {
+        let of = |f: fn(&Round) -> f64| median(p.rounds.iter().map(f).collect());
+        (p.mb_s, p.limit_mb_s, p.efficiency) =
+            (of(|r| r.mb_s), of(|r| r.limit_mb_s), of(|r| r.efficiency));
+    }
+    points
 }
 
 /// `n` clients each running `job(client, i)`; the aggregate rate.
@@ -398,6 +467,7 @@ async fn one_point(
 
 pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
     anyhow::ensure!(!a.clients.is_empty(), "--clients names no count");
+    anyhow::ensure!(a.rounds > 0, "--rounds must be at least 1");
     for b in &a.benches {
         anyhow::ensure!(
             ["read", "write", "append"].contains(&b.as_str()),
@@ -411,7 +481,7 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
             json: false,
         })
     };
-    let mut samples = vec![measure()?];
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let spec = Spec {
         rereplication_grace_ms: 60_000,
         ..crate::cluster::bench_spec(&a.dir)
@@ -433,7 +503,7 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
         }
         bar.finish_and_clear();
     }
-    let total = (a.benches.len() * a.clients.len()) as u64;
+    let total = (a.rounds * a.benches.len() * a.clients.len()) as u64;
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -444,47 +514,56 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let mut results = Vec::new();
-    for bench in &a.benches {
-        for &n in &a.clients {
-            bar.set_message(format!("{bench} N={n}"));
-            let got = one_point(a, &masters, bench, n, results.len() as u64, &read_set).await?;
-            bar.set_message(format!("{bench} N={n}: {got:.0} MB/s"));
-            results.push(Point {
-                bench: bench.clone(),
-                clients: n,
-                mb_s: got,
-                limit_mb_s: f64::NAN,
-                efficiency: f64::NAN,
-            });
-            bar.inc(1);
-        }
-        // Free the space for the next benchmark.
-        for f in admin.list("/fig3").await? {
-            if !read_set.iter().any(|r| r.ends_with(&f.name)) {
-                admin
-                    .master()
-                    .delete_with(&format!("/fig3/{}", f.name), false, true)
-                    .await?;
+    let mut samples: Vec<Limits> = Vec::new();
+    // Whether the last sample was taken after everything that ran so far,
+    // so that it can serve as the next point's "before".
+    let mut fresh = false;
+    let mut measured = Vec::new();
+    for round in 1..=a.rounds {
+        for bench in &a.benches {
+            for &n in &a.clients {
+                bar.set_message(format!("round {round}: ceilings"));
+                if !fresh {
+                    samples.push(measure()?);
+                }
+                let before = samples.len() - 1;
+                bar.set_message(format!("round {round}: {bench} N={n}"));
+                let run = measured.len() as u64;
+                let got = one_point(a, &masters, bench, n, run, &read_set).await?;
+                bar.set_message(format!("round {round}: {bench} N={n}: {got:.0} MB/s"));
+                samples.push(measure()?);
+                fresh = true;
+                measured.push(Measured {
+                    bench: bench.clone(),
+                    clients: n,
+                    mb_s: got,
+                    before,
+                    after: samples.len() - 1,
+                });
+                bar.inc(1);
             }
+            // Free the space for the next benchmark.
+            for f in admin.list("/fig3").await? {
+                if !read_set.iter().any(|r| r.ends_with(&f.name)) {
+                    admin
+                        .master()
+                        .delete_with(&format!("/fig3/{}", f.name), false, true)
+                        .await?;
+                }
+            }
+            settle(&a.dir).await;
+            fresh = false;
         }
-        settle(&a.dir).await;
-        samples.push(measure()?);
     }
     bar.finish_and_clear();
-    let lim = Limits::median_of(&samples);
-    for p in &mut results {
-        p.limit_mb_s = lim.limit(&p.bench);
-        p.efficiency = p.mb_s / p.limit_mb_s;
-    }
     for f in &read_set {
         admin.master().delete_with(f, false, true).await?;
     }
     let fig = Figure3 {
         bench: "figure3",
-        limits: lim,
+        limits: Limits::median_of(&samples),
+        results: judge(&measured, &samples),
         limit_samples: samples,
-        results,
     };
     if let Some(p) = &a.plot {
         crate::plot::figure3_svg(&fig, p)?;
@@ -493,35 +572,47 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
 }
 
 pub fn print_figure3(f: &Figure3) {
-    let samples = |g: &dyn Fn(&Limits) -> f64| {
-        let v: Vec<String> = f
-            .limit_samples
-            .iter()
-            .map(|l| format!("{:.0}", g(l)))
-            .collect();
-        v.join(" / ")
+    let range = |g: &dyn Fn(&Limits) -> f64| {
+        let v: Vec<f64> = f.limit_samples.iter().map(g).collect();
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        format!("{lo:.0}-{hi:.0}")
     };
     println!(
-        "ceilings, median of {} samples: device read {:.0} MB/s ({}), write {:.0} MB/s ({}), loopback TCP {:.0} MB/s",
+        "ceilings, {} samples (median, range): device read {:.0} MB/s ({}), write {:.0} MB/s ({}), loopback TCP {:.0} MB/s ({})",
         f.limit_samples.len(),
         f.limits.disk_read(),
-        samples(&|l| l.disk_read()),
+        range(&|l| l.disk_read()),
         f.limits.disk_write(),
-        samples(&|l| l.disk_write()),
-        f.limits.tcp_mb_s
+        range(&|l| l.disk_write()),
+        f.limits.tcp_mb_s,
+        range(&|l| l.tcp_mb_s),
     );
     println!(
-        "{:<7} {:>7} {:>10} {:>12} {:>11}",
+        "{:<7} {:>7} {:>10} {:>12} {:>11}  each round: MB/s against its limit",
         "bench", "clients", "MB/s", "limit MB/s", "efficiency"
     );
     for p in &f.results {
+        let rounds: Vec<String> = p
+            .rounds
+            .iter()
+            .map(|r| {
+                format!(
+                    "{:.0}/{:.0} {:.0}%",
+                    r.mb_s,
+                    r.limit_mb_s,
+                    r.efficiency * 100.0
+                )
+            })
+            .collect();
         println!(
-            "{:<7} {:>7} {:>10.0} {:>12.0} {:>10.0}%",
+            "{:<7} {:>7} {:>10.0} {:>12.0} {:>10.0}%  {}",
             p.bench,
             p.clients,
             p.mb_s,
             p.limit_mb_s,
-            p.efficiency * 100.0
+            p.efficiency * 100.0,
+            rounds.join(", ")
         );
     }
 }
@@ -559,5 +650,67 @@ mod tests {
         assert_eq!(m.limit("read"), 1200.0);
         assert_eq!(m.limit("write"), 500.0);
         assert_eq!(m.limit("append"), 500.0);
+    }
+
+    fn measured(bench: &str, clients: usize, mb_s: f64, before: usize, after: usize) -> Measured {
+        Measured {
+            bench: bench.into(),
+            clients,
+            mb_s,
+            before,
+            after,
+        }
+    }
+
+    #[test]
+    fn each_round_is_judged_against_the_ceilings_around_it() {
+        // Write ceilings 1500, 900, 1200, 600 (limits / 3: 500, 300, 400, 200).
+        let samples = [
+            sample(1500.0, 1000.0, 9000.0),
+            sample(900.0, 2000.0, 9000.0),
+            sample(1200.0, 1000.0, 9000.0),
+            sample(600.0, 1000.0, 9000.0),
+        ];
+        let got = judge(
+            &[
+                measured("write", 4, 320.0, 0, 1),
+                measured("read", 1, 1200.0, 1, 2),
+                measured("write", 4, 175.0, 2, 3),
+                measured("write", 4, 350.0, 1, 2),
+            ],
+            &samples,
+        );
+        let round = |mb_s: f64, limit_mb_s: f64, samples: [usize; 2]| Round {
+            mb_s,
+            limit_mb_s,
+            efficiency: mb_s / limit_mb_s,
+            samples,
+        };
+        assert_eq!(
+            got,
+            vec![
+                Point {
+                    bench: "write".into(),
+                    clients: 4,
+                    mb_s: 320.0,
+                    limit_mb_s: 350.0,
+                    // 320 / 400, 175 / 300, 350 / 350: the middle one.
+                    efficiency: 0.8,
+                    rounds: vec![
+                        round(320.0, 400.0, [0, 1]),
+                        round(175.0, 300.0, [2, 3]),
+                        round(350.0, 350.0, [1, 2]),
+                    ],
+                },
+                Point {
+                    bench: "read".into(),
+                    clients: 1,
+                    mb_s: 1200.0,
+                    limit_mb_s: 1500.0,
+                    efficiency: 0.8,
+                    rounds: vec![round(1200.0, 1500.0, [1, 2])],
+                },
+            ]
+        );
     }
 }

@@ -112,6 +112,8 @@ fn cases(dir: &Path) -> Vec<Case> {
                 "2",
                 "--limit-bytes",
                 "33554432",
+                "--rounds",
+                "2",
             ]),
             keys: &["results", "limits"],
         },
@@ -163,6 +165,10 @@ fn check(case: &Case, stdout: &str) -> Result<()> {
             ensure!(
                 r["mb_s"].as_f64().unwrap_or(0.0) > 0.0,
                 "zero throughput: {r}"
+            );
+            ensure!(
+                r["rounds"].as_array().map(Vec::len) == Some(2),
+                "two rounds expected: {r}"
             );
         }
     }
