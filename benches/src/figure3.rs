@@ -9,7 +9,11 @@
 //!
 //! Limits (how each is computed, with R the replication factor, 3):
 //! - read: min(device read, TCP): every byte is read from a disk once and
-//!   crosses loopback once;
+//!   crosses loopback once. The device read is the better of the scratch
+//!   file's sequential read and, for a local cluster, random 1 MiB reads of
+//!   the read set's own chunk files (`raw::read_spread`): on a virtual disk
+//!   the two differ, and the limit is what the device gives for the data
+//!   the benchmark reads;
 //! - write and append: min(device write, TCP) / R: every byte lands on a
 //!   disk R times and crosses loopback R times (client to the first replica,
 //!   then along the chain). On one host all replicas share the disk.
@@ -65,6 +69,10 @@ pub struct DiskLimit {
 pub struct Limits {
     pub bench: &'static str,
     pub disks: Vec<DiskLimit>,
+    /// Random 1 MiB O_DIRECT reads of a local cluster's chunk files, where
+    /// a benchmark has data to read (`raw::read_spread`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_read_mb_s: Option<f64>,
     pub tcp_mb_s: f64,
     pub crc32c_mb_s: f64,
 }
@@ -77,7 +85,15 @@ impl Limits {
             .fold(f64::INFINITY, f64::min)
     }
 
+    /// The slowest directory's sequential read, or the reads of the
+    /// benchmark's own data where they were measured and are faster.
     fn disk_read(&self) -> f64 {
+        self.sequential_read()
+            .max(self.data_read_mb_s.unwrap_or(0.0))
+    }
+
+    /// The slowest directory's sequential read of its scratch file.
+    fn sequential_read(&self) -> f64 {
         self.disks
             .iter()
             .map(|d| d.read_mb_s)
@@ -180,6 +196,10 @@ impl Limits {
                     read_mb_s: each(&|l| l.disks[i].read_mb_s),
                 })
                 .collect(),
+            data_read_mb_s: {
+                let v: Vec<f64> = samples.iter().filter_map(|l| l.data_read_mb_s).collect();
+                (!v.is_empty()).then(|| median(v))
+            },
             tcp_mb_s: each(&|l| l.tcp_mb_s),
             crc32c_mb_s: each(&|l| l.crc32c_mb_s),
         }
@@ -200,6 +220,7 @@ pub fn limits(args: &LimitsArgs) -> Result<Limits> {
     Ok(Limits {
         bench: "limits",
         disks,
+        data_read_mb_s: None,
         tcp_mb_s: tcp_bandwidth(args.size)?,
         crc32c_mb_s: crc_bandwidth(),
     })
@@ -372,31 +393,35 @@ where
 /// against the first points of the next benchmark. Returns at once for a
 /// cluster elsewhere.
 async fn settle(dir: &std::path::Path) {
-    fn chunk_files(dir: &std::path::Path) -> usize {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return 0;
-        };
-        entries
-            .flatten()
-            .map(|e| {
-                let p = e.path();
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    chunk_files(&p)
-                } else {
-                    usize::from(p.extension().is_some_and(|x| x == "chunk"))
-                }
-            })
-            .sum()
-    }
-    let mut last = chunk_files(dir);
+    let mut last = chunk_files(dir).len();
     for _ in 0..60 {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = chunk_files(dir);
+        let now = chunk_files(dir).len();
         if now >= last {
             return;
         }
         last = now;
     }
+}
+
+/// The chunk data files under `dir`, at any depth.
+fn chunk_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                chunk_files(&p)
+            } else if p.extension().is_some_and(|x| x == "chunk") {
+                vec![p]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect()
 }
 
 fn random_block(seed: u64, len: usize) -> std::sync::Arc<Vec<u8>> {
@@ -474,19 +499,23 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
             "unknown benchmark {b}: read, write or append"
         );
     }
-    let measure = || {
-        limits(&LimitsArgs {
+    let measure = |data: &[PathBuf], seed: u64| -> Result<Limits> {
+        let mut l = limits(&LimitsArgs {
             dirs: vec![a.dir.clone()],
             size: a.limit_bytes,
             json: false,
-        })
+        })?;
+        if !data.is_empty() {
+            l.data_read_mb_s = Some(raw::read_spread(data, a.limit_bytes, MIB as usize, seed)?);
+        }
+        Ok(l)
     };
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let spec = Spec {
         rereplication_grace_ms: 60_000,
         ..crate::cluster::bench_spec(&a.dir)
     };
-    let (_local, masters) = crate::cluster::target(&a.masters, spec).await?;
+    let (local, masters) = crate::cluster::target(&a.masters, spec).await?;
     let admin = Client::connect(&masters)?;
     admin.mkdir("/fig3", true).await?;
     // The read set: a few files written once, read by every point.
@@ -503,6 +532,16 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
         }
         bar.finish_and_clear();
     }
+    // The read set's chunk files, for the device's read of that data (a
+    // local cluster only; nothing else is stored yet).
+    let data: Vec<PathBuf> = match &local {
+        Some(c) if !read_set.is_empty() => c
+            .servers
+            .iter()
+            .flat_map(|s| chunk_files(&s.data_dir))
+            .collect(),
+        _ => Vec::new(),
+    };
     let total = (a.rounds * a.benches.len() * a.clients.len()) as u64;
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
@@ -524,14 +563,14 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
             for &n in &a.clients {
                 bar.set_message(format!("round {round}: ceilings"));
                 if !fresh {
-                    samples.push(measure()?);
+                    samples.push(measure(&data, samples.len() as u64)?);
                 }
                 let before = samples.len() - 1;
                 bar.set_message(format!("round {round}: {bench} N={n}"));
                 let run = measured.len() as u64;
                 let got = one_point(a, &masters, bench, n, run, &read_set).await?;
                 bar.set_message(format!("round {round}: {bench} N={n}: {got:.0} MB/s"));
-                samples.push(measure()?);
+                samples.push(measure(&data, samples.len() as u64)?);
                 fresh = true;
                 measured.push(Measured {
                     bench: bench.clone(),
@@ -581,13 +620,19 @@ pub fn print_figure3(f: &Figure3) {
     println!(
         "ceilings, {} samples (median, range): device read {:.0} MB/s ({}), write {:.0} MB/s ({}), loopback TCP {:.0} MB/s ({})",
         f.limit_samples.len(),
-        f.limits.disk_read(),
-        range(&|l| l.disk_read()),
+        f.limits.sequential_read(),
+        range(&|l| l.sequential_read()),
         f.limits.disk_write(),
         range(&|l| l.disk_write()),
         f.limits.tcp_mb_s,
         range(&|l| l.tcp_mb_s),
     );
+    if let Some(d) = f.limits.data_read_mb_s {
+        println!(
+            "device read of the read set's chunk files, random 1 MiB: {d:.0} MB/s ({})",
+            range(&|l| l.data_read_mb_s.unwrap_or(f64::NAN))
+        );
+    }
     println!(
         "{:<7} {:>7} {:>10} {:>12} {:>11}  each round: MB/s against its limit",
         "bench", "clients", "MB/s", "limit MB/s", "efficiency"
@@ -629,6 +674,7 @@ mod tests {
                 write_mb_s: write,
                 read_mb_s: read,
             }],
+            data_read_mb_s: None,
             tcp_mb_s: tcp,
             crc32c_mb_s: 1.0,
         }
@@ -660,6 +706,23 @@ mod tests {
             before,
             after,
         }
+    }
+
+    #[test]
+    fn reads_of_the_benchmarks_own_data_raise_the_read_limit_only_when_faster() {
+        let with = |data: Option<f64>| Limits {
+            data_read_mb_s: data,
+            ..sample(1500.0, 1200.0, 3000.0)
+        };
+        assert_eq!(with(None).limit("read"), 1200.0);
+        assert_eq!(with(Some(1000.0)).limit("read"), 1200.0);
+        assert_eq!(with(Some(1700.0)).limit("read"), 1700.0);
+        assert_eq!(with(Some(4000.0)).limit("read"), 3000.0);
+        assert_eq!(with(Some(4000.0)).limit("write"), 500.0);
+        // Samples taken before there was data to read do not count.
+        let m = Limits::median_of(&[with(None), with(Some(1700.0)), with(Some(1900.0))]);
+        assert_eq!(m.data_read_mb_s, Some(1800.0));
+        assert_eq!(Limits::median_of(&[with(None)]).data_read_mb_s, None);
     }
 
     #[test]
