@@ -18,7 +18,7 @@ use gfs_client::Client;
 use gfs_tests::cluster::{Cluster, Spec};
 use serde::Serialize;
 
-use crate::{fill_random, mb_s, median, progress, raw};
+use crate::{fill_random, median, progress, raw};
 
 const CHUNK: u64 = gfs_proto::limits::DEFAULT_CHUNK_SIZE_BYTES;
 
@@ -78,8 +78,7 @@ fn spec_lease_wait() -> u64 {
 pub async fn run(args: &RepairArgs) -> Result<RepairReport> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
-    let (w, _) = raw::measure(&args.dir, args.size.min(1 << 30), 1 << 20, 8, false)?;
-    let device_write_mb_s = mb_s(args.size.min(1 << 30), w);
+    let (device_write_mb_s, _) = raw::ceiling(&args.dir, args.size.min(1 << 30), 1 << 20)?;
     let mut cluster = Cluster::start(Spec {
         chunkservers: 5,
         chunk_size_bytes: CHUNK,
