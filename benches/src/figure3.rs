@@ -21,9 +21,9 @@
 //! `figure3` measures the ceilings just before and just after every point
 //! (one sample serves as the "after" of a point and the "before" of the
 //! next when nothing ran between them) and judges the point against the
-//! mean of the two: on a VM the same disk swings 2x from one minute to the
-//! next, so a point is only comparable with what the device did at the
-//! same time. `--rounds K` measures every point K times (the points of a
+//! better of the two, each ceiling on its own: on a VM the same disk swings
+//! 2x from one minute to the next, so a point is only comparable with what
+//! the device showed it could do at the same time. `--rounds K` measures every point K times (the points of a
 //! round in order, the rounds one after another) and reports the median
 //! throughput, the median limit and the median of the K paired
 //! efficiencies. All samples and every round are in the JSON.
@@ -182,10 +182,25 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The largest of `v` (NaN for none).
+fn best(v: Vec<f64>) -> f64 {
+    v.into_iter().reduce(f64::max).unwrap_or(f64::NAN)
+}
+
 impl Limits {
     /// Ceilings measured several times in one run: the median of each.
     fn median_of(samples: &[Limits]) -> Limits {
-        let each = |f: &dyn Fn(&Limits) -> f64| median(samples.iter().map(f).collect());
+        Self::fold(samples, median)
+    }
+
+    /// The best of each ceiling over `samples`: what the device showed it
+    /// could do at that time.
+    fn best_of(samples: &[Limits]) -> Limits {
+        Self::fold(samples, best)
+    }
+
+    fn fold(samples: &[Limits], pick: fn(Vec<f64>) -> f64) -> Limits {
+        let each = |f: &dyn Fn(&Limits) -> f64| pick(samples.iter().map(f).collect());
         let first = &samples[0];
         Limits {
             bench: first.bench,
@@ -198,7 +213,7 @@ impl Limits {
                 .collect(),
             data_read_mb_s: {
                 let v: Vec<f64> = samples.iter().filter_map(|l| l.data_read_mb_s).collect();
-                (!v.is_empty()).then(|| median(v))
+                (!v.is_empty()).then(|| pick(v))
             },
             tcp_mb_s: each(&|l| l.tcp_mb_s),
             crc32c_mb_s: each(&|l| l.crc32c_mb_s),
@@ -339,14 +354,14 @@ struct Measured {
     after: usize,
 }
 
-/// Judges every measurement against the mean of the two ceiling samples
-/// around it, and folds the rounds of each (bench, clients) point, in the
+/// Judges every measurement against the better of the two ceiling
+/// samples around it (each ceiling on its own), and folds the rounds of each (bench, clients) point, in the
 /// order the points were first measured, into their medians.
 fn judge(measured: &[Measured], samples: &[Limits]) -> Vec<Point> {
     let mut points: Vec<Point> = Vec::new();
     for m in measured {
         let around = [samples[m.before].clone(), samples[m.after].clone()];
-        let limit_mb_s = Limits::median_of(&around).limit(&m.bench);
+        let limit_mb_s = Limits::best_of(&around).limit(&m.bench);
         let round = Round {
             mb_s: m.mb_s,
             limit_mb_s,
@@ -767,22 +782,22 @@ mod tests {
                     bench: "write".into(),
                     clients: 4,
                     mb_s: 320.0,
-                    limit_mb_s: 350.0,
-                    // 320 / 400, 175 / 300, 350 / 350: the middle one.
-                    efficiency: 0.8,
+                    limit_mb_s: 400.0,
+                    // 320 / 500, 175 / 400, 350 / 400: the middle one.
+                    efficiency: 0.64,
                     rounds: vec![
-                        round(320.0, 400.0, [0, 1]),
-                        round(175.0, 300.0, [2, 3]),
-                        round(350.0, 350.0, [1, 2]),
+                        round(320.0, 500.0, [0, 1]),
+                        round(175.0, 400.0, [2, 3]),
+                        round(350.0, 400.0, [1, 2]),
                     ],
                 },
                 Point {
                     bench: "read".into(),
                     clients: 1,
                     mb_s: 1200.0,
-                    limit_mb_s: 1500.0,
-                    efficiency: 0.8,
-                    rounds: vec![round(1200.0, 1500.0, [1, 2])],
+                    limit_mb_s: 2000.0,
+                    efficiency: 0.6,
+                    rounds: vec![round(1200.0, 2000.0, [1, 2])],
                 },
             ]
         );
