@@ -14,7 +14,12 @@ struct Case {
     name: &'static str,
     args: Vec<String>,
     keys: &'static [&'static str],
+    /// An SVG file, in the scratch directory, the run must draw.
+    plot: Option<&'static str>,
 }
+
+/// The figure3 case's plot.
+const PLOT: &str = "figure3-smoke.svg";
 
 fn cases(dir: &Path) -> Vec<Case> {
     let d = dir.display().to_string();
@@ -24,11 +29,13 @@ fn cases(dir: &Path) -> Vec<Case> {
             name: "limits",
             args: a(&["limits", "--dirs", &d, "--size", "33554432"]),
             keys: &["disks", "tcp_mb_s", "crc32c_mb_s"],
+            plot: None,
         },
         Case {
             name: "engine",
             args: a(&["engine", "--dir", &d, "--size", "67108864", "--runs", "1"]),
             keys: &[],
+            plot: None,
         },
         Case {
             name: "cluster-write",
@@ -42,6 +49,7 @@ fn cases(dir: &Path) -> Vec<Case> {
                 "1",
             ]),
             keys: &["mb_s", "limit_mb_s", "ratio"],
+            plot: None,
         },
         Case {
             name: "cluster-read",
@@ -55,21 +63,25 @@ fn cases(dir: &Path) -> Vec<Case> {
                 "1",
             ]),
             keys: &["mb_s", "limit_mb_s", "ratio"],
+            plot: None,
         },
         Case {
             name: "meta",
             args: a(&["meta", "--clients", "1,2", "--seconds", "0.5"]),
             keys: &["creates_per_s", "stats_per_s", "lists_per_s"],
+            plot: None,
         },
         Case {
             name: "failover",
             args: a(&["failover", "--kills", "1", "--clients", "2"]),
             keys: &["max_ms", "each_ms"],
+            plot: None,
         },
         Case {
             name: "meta-memory",
             args: a(&["meta-memory", "--files", "2000"]),
             keys: &["bytes_per_file", "bytes_per_chunk"],
+            plot: None,
         },
         Case {
             name: "snapshot",
@@ -83,6 +95,7 @@ fn cases(dir: &Path) -> Vec<Case> {
                 "2",
             ]),
             keys: &["first_ms", "median_ms"],
+            plot: None,
         },
         Case {
             name: "repair",
@@ -93,6 +106,7 @@ fn cases(dir: &Path) -> Vec<Case> {
                 "repair_mb_s",
                 "device_write_mb_s",
             ],
+            plot: None,
         },
         Case {
             name: "figure3",
@@ -114,8 +128,11 @@ fn cases(dir: &Path) -> Vec<Case> {
                 "33554432",
                 "--rounds",
                 "2",
+                "--plot",
+                &format!("{d}/{PLOT}"),
             ]),
             keys: &["results", "limits"],
+            plot: Some(PLOT),
         },
     ]
 }
@@ -175,6 +192,18 @@ fn check(case: &Case, stdout: &str) -> Result<()> {
     Ok(())
 }
 
+/// An SVG document with something drawn in it.
+fn drawn(path: &Path) -> Result<()> {
+    let svg =
+        std::fs::read_to_string(path).with_context(|| format!("no plot at {}", path.display()))?;
+    ensure!(
+        svg.trim_start().starts_with("<svg") && svg.contains("<polyline"),
+        "{} is not an SVG with lines in it",
+        path.display()
+    );
+    Ok(())
+}
+
 pub fn run(dir: &Path, only: &[String]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let exe = std::env::current_exe()?;
@@ -184,6 +213,9 @@ pub fn run(dir: &Path, only: &[String]) -> Result<()> {
             continue;
         }
         let start = std::time::Instant::now();
+        if let Some(p) = case.plot {
+            let _ = std::fs::remove_file(dir.join(p));
+        }
         let out = Command::new(&exe)
             .args(&case.args)
             .arg("--json")
@@ -191,7 +223,10 @@ pub fn run(dir: &Path, only: &[String]) -> Result<()> {
             .with_context(|| format!("running {}", case.name))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let verdict = if out.status.success() {
-            check(&case, &stdout)
+            check(&case, &stdout).and_then(|()| match case.plot {
+                Some(p) => drawn(&dir.join(p)),
+                None => Ok(()),
+            })
         } else {
             Err(anyhow::anyhow!(
                 "exited with {}: {}",
