@@ -23,10 +23,11 @@
 //! next when nothing ran between them) and judges the point against the
 //! better of the two, each ceiling on its own: on a VM the same disk swings
 //! 2x from one minute to the next, so a point is only comparable with what
-//! the device showed it could do at the same time. `--rounds K` measures every point K times (the points of a
-//! round in order, the rounds one after another) and reports the median
-//! throughput, the median limit and the median of the K paired
-//! efficiencies. All samples and every round are in the JSON.
+//! the device showed it could do at the same time. `--rounds K` measures
+//! every point K times (the points of a round in order, the rounds one
+//! after another) and reports the median throughput, the median limit and
+//! the median of the K paired efficiencies. All samples and every round
+//! are in the JSON.
 //!
 //! The paper reports efficiency against its network limits: 75 % read,
 //! 52 % write, 38 % append at N = 16.
@@ -355,8 +356,9 @@ struct Measured {
 }
 
 /// Judges every measurement against the better of the two ceiling
-/// samples around it (each ceiling on its own), and folds the rounds of each (bench, clients) point, in the
-/// order the points were first measured, into their medians.
+/// samples around it (each ceiling on its own), and folds the rounds of
+/// each (bench, clients) point, in the order the points were first
+/// measured, into their medians.
 fn judge(measured: &[Measured], samples: &[Limits]) -> Vec<Point> {
     let mut points: Vec<Point> = Vec::new();
     for m in measured {
