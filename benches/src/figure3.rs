@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use gfs_client::Client;
-use gfs_tests::cluster::Spec;
+use gfs_tests::cluster::{Spec, chunk_files_under};
 use serde::Serialize;
 
 use crate::cluster::write_stream;
@@ -419,35 +419,15 @@ where
 /// against the first points of the next benchmark. Returns at once for a
 /// cluster elsewhere.
 async fn settle(dir: &std::path::Path) {
-    let mut last = chunk_files(dir).len();
+    let mut last = chunk_files_under(dir).len();
     for _ in 0..60 {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = chunk_files(dir).len();
+        let now = chunk_files_under(dir).len();
         if now >= last {
             return;
         }
         last = now;
     }
-}
-
-/// The chunk data files under `dir`, at any depth.
-fn chunk_files(dir: &std::path::Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .flat_map(|e| {
-            let p = e.path();
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                chunk_files(&p)
-            } else if p.extension().is_some_and(|x| x == "chunk") {
-                vec![p]
-            } else {
-                Vec::new()
-            }
-        })
-        .collect()
 }
 
 fn random_block(seed: u64, len: usize) -> std::sync::Arc<Vec<u8>> {
@@ -566,7 +546,7 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
         Some(c) if !read_set.is_empty() => c
             .servers
             .iter()
-            .flat_map(|s| chunk_files(&s.data_dir))
+            .flat_map(|s| chunk_files_under(&s.data_dir))
             .collect(),
         _ => Vec::new(),
     };

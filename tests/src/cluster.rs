@@ -261,10 +261,7 @@ impl Cluster {
 
     /// Chunk files on chunkserver `i`'s disk.
     pub fn chunk_files(&self, i: usize) -> usize {
-        walkdir(&self.servers[i].data_dir)
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "chunk"))
-            .count()
+        chunk_files_under(&self.servers[i].data_dir).len()
     }
 
     /// The chunk handles that have a replica file on any server.
@@ -346,6 +343,14 @@ impl Cluster {
 }
 
 /// Every file below `dir`.
+/// The chunk data files (`<handle>.chunk`) under `dir`, at any depth.
+pub fn chunk_files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    walkdir(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "chunk"))
+        .collect()
+}
+
 fn walkdir(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(dir) else {
