@@ -107,6 +107,9 @@ struct Slot {
     order: tokio::sync::Mutex<Ordered>,
     applied: tokio::sync::Notify,
     appends: Mutex<VecDeque<Queued>>,
+    /// Signalled when an append joins `appends`, so a drain waiting on a
+    /// round in flight plans the next one at once.
+    queued: tokio::sync::Notify,
     /// The last mutation processed here (pipelined rounds wait for it).
     turn: Mutex<Turn>,
 }
@@ -135,7 +138,8 @@ impl Slot {
             run,
             serial,
         };
-        let deadline = tokio::time::Instant::now() + patience;
+        let started = tokio::time::Instant::now();
+        let deadline = started + patience;
         loop {
             let notified = self.applied.notified();
             tokio::pin!(notified);
@@ -150,7 +154,15 @@ impl Slot {
                 ));
             }
         }
-        apply.await
+        let waited = started.elapsed();
+        let r = apply.await;
+        tracing::trace!(
+            serial,
+            wait_ms = waited.as_secs_f64() * 1e3,
+            apply_ms = (started.elapsed() - waited).as_secs_f64() * 1e3,
+            "in turn"
+        );
+        r
     }
 }
 

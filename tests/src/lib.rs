@@ -70,13 +70,24 @@ pub fn spawn_child(
 ) -> anyhow::Result<std::process::Child> {
     use anyhow::Context;
     use std::os::unix::process::CommandExt;
+    // A profiling aid: `GFS_KEEP_LOGS=<dir>` sends the output to a file of
+    // the same name there, which outlives the temp dirs, with the filter in
+    // `GFS_SERVER_LOG` if set (`gfs_chunkserver=trace` logs how long each
+    // mutation waited for its turn and spent on the disk).
+    let (log, rust_log) = match std::env::var_os("GFS_KEEP_LOGS") {
+        Some(dir) => (
+            std::path::Path::new(&dir).join(log.file_name().unwrap_or(log.as_os_str())),
+            std::env::var("GFS_SERVER_LOG").unwrap_or_else(|_| rust_log.to_string()),
+        ),
+        None => (log.to_path_buf(), rust_log.to_string()),
+    };
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(log)?;
+        .open(&log)?;
     let mut cmd = std::process::Command::new(bin);
     cmd.args(args)
-        .env("RUST_LOG", rust_log)
+        .env("RUST_LOG", &rust_log)
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);

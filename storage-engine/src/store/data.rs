@@ -256,6 +256,7 @@ impl ChunkStore {
         let (region_start, region_len) = (span.region_start, span.region_len);
         let region_end = region_start + region_len as u64;
 
+        let started = std::time::Instant::now();
         // A preparation that no longer fits (the write is not an append
         // after all) gives its memory back here, before the lease below.
         let (mut lease, buf, entries) = match prepared.filter(|p| appending && p.fits(off, n)) {
@@ -276,7 +277,14 @@ impl ChunkStore {
 
         // ENOSPC is harmless when every byte written lies past the old end.
         let overwrote = !appending || region_start < align_down(old_len);
+        let filled = started.elapsed();
         let result = self.run_mutation(dir, ops, overwrote).await;
+        tracing::trace!(
+            bytes = n,
+            fill_ms = filled.as_secs_f64() * 1e3,
+            io_ms = (started.elapsed() - filled).as_secs_f64() * 1e3,
+            "mutation"
+        );
         self.recycle(meta_buf);
         lease.buf = Arc::try_unwrap(buf).ok();
         result?;
