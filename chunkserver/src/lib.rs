@@ -5,7 +5,8 @@
 //!   receiving them), version-fenced reads with verified checksums;
 //! - [`service`]: the gRPC control plane: mutations ordered by the primary
 //!   under its lease and forwarded to the secondaries, delete, clone;
-//!   `service::appends` groups and pipelines record appends;
+//!   `service::appends` groups and pipelines record appends,
+//!   `service::turns` holds each mutation at a replica until its turn;
 //! - [`clone`]: copying a chunk from a peer for re-replication;
 //! - [`heartbeat`]: one loop per master;
 //! - pure decisions, tested by exact output: [`order`] (version fencing,
