@@ -29,6 +29,15 @@
 //! the median of the K paired efficiencies. All samples and every round
 //! are in the JSON.
 //!
+//! Each round also records what it kept busy (`busy`): this host's CPU
+//! time and, for a local cluster, the data directory's device (share of
+//! the time with a request in flight, requests in flight, bytes moved),
+//! read from the kernel's counters just before and after it; and from
+//! that what bounded it (`bound`: `CPU`, `disk`, or `latency` when neither
+//! was saturated). A point short of its limit then says why in the same
+//! run: a disk busy all the time at 20 requests deep cannot be driven
+//! harder, whatever a ceiling sample a minute earlier showed.
+//!
 //! The paper reports efficiency against its network limits: 75 % read,
 //! 52 % write, 38 % append at N = 16.
 
@@ -41,6 +50,7 @@ use gfs_client::Client;
 use gfs_tests::cluster::{Spec, chunk_files_under};
 use serde::Serialize;
 
+use crate::busy::{self, Busy, Probe, bound, median_busy};
 use crate::cluster::write_stream;
 use crate::{fill_random, mb_s, progress, raw};
 
@@ -173,7 +183,7 @@ fn crc_bandwidth() -> f64 {
 }
 
 /// The median of `v` (the mean of the middle two for an even count).
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     match n {
@@ -320,6 +330,10 @@ pub struct Round {
     /// Indices into `limit_samples` of the ceilings taken just before and
     /// just after this measurement.
     pub samples: [usize; 2],
+    /// What this host's CPUs and the data directory's device did meanwhile.
+    pub busy: Busy,
+    /// What bounded it: `CPU`, `disk`, `CPU+disk`, or `latency`.
+    pub bound: &'static str,
 }
 
 /// A point of the figure: the medians over its rounds.
@@ -331,6 +345,9 @@ pub struct Point {
     pub limit_mb_s: f64,
     /// The median of the rounds' efficiencies (each against its own limit).
     pub efficiency: f64,
+    /// The median of each of the rounds' figures, and what that bounds.
+    pub busy: Busy,
+    pub bound: &'static str,
     pub rounds: Vec<Round>,
 }
 
@@ -353,6 +370,7 @@ struct Measured {
     mb_s: f64,
     before: usize,
     after: usize,
+    busy: Busy,
 }
 
 /// Judges every measurement against the better of the two ceiling
@@ -369,6 +387,8 @@ fn judge(measured: &[Measured], samples: &[Limits]) -> Vec<Point> {
             limit_mb_s,
             efficiency: m.mb_s / limit_mb_s,
             samples: [m.before, m.after],
+            busy: m.busy,
+            bound: bound(&m.busy),
         };
         match points
             .iter_mut()
@@ -381,6 +401,8 @@ fn judge(measured: &[Measured], samples: &[Limits]) -> Vec<Point> {
                 mb_s: f64::NAN,
                 limit_mb_s: f64::NAN,
                 efficiency: f64::NAN,
+                busy: m.busy,
+                bound: "unknown",
                 rounds: vec![round],
             }),
         }
@@ -389,12 +411,22 @@ fn judge(measured: &[Measured], samples: &[Limits]) -> Vec<Point> {
         let of = |f: fn(&Round) -> f64| median(p.rounds.iter().map(f).collect());
         (p.mb_s, p.limit_mb_s, p.efficiency) =
             (of(|r| r.mb_s), of(|r| r.limit_mb_s), of(|r| r.efficiency));
+        let all: Vec<Busy> = p.rounds.iter().map(|r| r.busy).collect();
+        p.busy = median_busy(&all);
+        p.bound = bound(&p.busy);
     }
     points
 }
 
-/// `n` clients each running `job(client, i)`; the aggregate rate.
-async fn clients<F, Fut>(masters: &[String], n: usize, bytes_each: u64, job: F) -> Result<f64>
+/// `n` clients each running `job(client, i)`: the aggregate rate, and
+/// what the host was busy with meanwhile.
+async fn clients<F, Fut>(
+    masters: &[String],
+    probe: &Probe,
+    n: usize,
+    bytes_each: u64,
+    job: F,
+) -> Result<(f64, Busy)>
 where
     F: Fn(Client, usize) -> Fut,
     Fut: std::future::Future<Output = Result<()>> + Send + 'static,
@@ -402,7 +434,7 @@ where
     let cs: Vec<Client> = (0..n)
         .map(|_| Client::connect(masters))
         .collect::<Result<_, _>>()?;
-    let start = Instant::now();
+    let before = probe.snapshot();
     let mut tasks = tokio::task::JoinSet::new();
     for (i, c) in cs.into_iter().enumerate() {
         tasks.spawn(job(c, i));
@@ -410,7 +442,10 @@ where
     while let Some(r) = tasks.join_next().await {
         r??;
     }
-    Ok(mb_s(bytes_each * n as u64, start.elapsed()))
+    let after = probe.snapshot();
+    let took = after.at - before.at;
+    let busy = busy::busy(&before, &after, took.as_secs_f64());
+    Ok((mb_s(bytes_each * n as u64, took), busy))
 }
 
 /// Until the chunk files of a local cluster under `dir` stop
@@ -438,18 +473,18 @@ fn random_block(seed: u64, len: usize) -> std::sync::Arc<Vec<u8>> {
 
 async fn one_point(
     a: &Figure3Args,
-    masters: &[String],
+    (masters, probe): (&[String], &Probe),
     bench: &str,
     n: usize,
     run: u64,
     read_set: &[String],
-) -> Result<f64> {
+) -> Result<(f64, Busy)> {
     let block = random_block(run * 31 + n as u64, 4 * MIB as usize);
     let dir = format!("/fig3/{}-{run}-{bench}-{n}", std::process::id());
     match bench {
         "write" => {
             let bytes = a.write_bytes;
-            clients(masters, n, bytes, move |c, i| {
+            clients(masters, probe, n, bytes, move |c, i| {
                 let (block, path) = (block.clone(), format!("{dir}-w{i}"));
                 async move { write_stream(&c, &path, bytes, &block, None).await }
             })
@@ -460,7 +495,7 @@ async fn one_point(
             let seed = Client::connect(masters)?;
             seed.create(&path, 0).await?;
             let records = a.records;
-            clients(masters, n, records * MIB, move |c, _| {
+            clients(masters, probe, n, records * MIB, move |c, _| {
                 let (block, path) = (block.clone(), path.clone());
                 async move {
                     for r in 0..records {
@@ -476,7 +511,7 @@ async fn one_point(
             let files = std::sync::Arc::new(read_set.to_vec());
             let per_file = a.read_set_bytes / read_set.len() as u64;
             let reads = a.reads;
-            clients(masters, n, reads * 4 * MIB, move |c, i| {
+            clients(masters, probe, n, reads * 4 * MIB, move |c, i| {
                 let files = files.clone();
                 async move {
                     use rand::{Rng, SeedableRng};
@@ -524,6 +559,11 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
         ..crate::cluster::bench_spec(&a.dir)
     };
     let (local, masters) = crate::cluster::target(&a.masters, spec).await?;
+    // The device under --dir is the cluster's only when it is local.
+    let probe = match &local {
+        Some(_) => Probe::new(&a.dir),
+        None => Probe::cpu_only(),
+    };
     let admin = Client::connect(&masters)?;
     admin.mkdir("/fig3", true).await?;
     // The read set: a few files written once, read by every point.
@@ -576,7 +616,8 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
                 let before = samples.len() - 1;
                 bar.set_message(format!("round {round}: {bench} N={n}"));
                 let run = measured.len() as u64;
-                let got = one_point(a, &masters, bench, n, run, &read_set).await?;
+                let (got, busy) =
+                    one_point(a, (&masters, &probe), bench, n, run, &read_set).await?;
                 bar.set_message(format!("round {round}: {bench} N={n}: {got:.0} MB/s"));
                 samples.push(measure(&data, samples.len() as u64)?);
                 fresh = true;
@@ -586,6 +627,7 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
                     mb_s: got,
                     before,
                     after: samples.len() - 1,
+                    busy,
                 });
                 bar.inc(1);
             }
@@ -642,8 +684,15 @@ pub fn print_figure3(f: &Figure3) {
         );
     }
     println!(
-        "{:<7} {:>7} {:>10} {:>12} {:>11}  each round: MB/s against its limit",
-        "bench", "clients", "MB/s", "limit MB/s", "efficiency"
+        "{:<7} {:>7} {:>8} {:>10} {:>10} {:>5} {:>24}  {:<8} each round: MB/s against its limit",
+        "bench",
+        "clients",
+        "MB/s",
+        "limit MB/s",
+        "efficiency",
+        "CPU",
+        "disk (in flight) MB/s",
+        "bound"
     );
     for p in &f.results {
         let rounds: Vec<String> = p
@@ -651,23 +700,43 @@ pub fn print_figure3(f: &Figure3) {
             .iter()
             .map(|r| {
                 format!(
-                    "{:.0}/{:.0} {:.0}%",
+                    "{:.0}/{:.0} {:.0}% ({})",
                     r.mb_s,
                     r.limit_mb_s,
-                    r.efficiency * 100.0
+                    r.efficiency * 100.0,
+                    r.bound
                 )
             })
             .collect();
+        let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.0}%", v * 100.0));
+        let disk = p.busy.disk.map_or("-".to_string(), |d| {
+            format!(
+                "{:.0}% ({:.1}) {:.0}",
+                d.util * 100.0,
+                d.in_flight,
+                d.read_mb_s + d.write_mb_s
+            )
+        });
         println!(
-            "{:<7} {:>7} {:>10.0} {:>12.0} {:>10.0}%  {}",
+            "{:<7} {:>7} {:>8.0} {:>10.0} {:>9.0}% {:>5} {:>24}  {:<8} {}",
             p.bench,
             p.clients,
             p.mb_s,
             p.limit_mb_s,
             p.efficiency * 100.0,
+            pct(p.busy.cpu),
+            disk,
+            p.bound,
             rounds.join(", ")
         );
     }
+    println!(
+        "CPU: share of this host's CPU time working; disk: share of the time the data \
+         directory's device had a request in flight (requests in flight on average, and what it \
+         moved: every replica, and the other I/O of the host); \
+         bound: what was saturated (>= {:.0}%), `latency` when neither was",
+        crate::busy::SATURATED * 100.0
+    );
 }
 
 #[cfg(test)]
@@ -706,13 +775,34 @@ mod tests {
         assert_eq!(m.limit("append"), 500.0);
     }
 
-    fn measured(bench: &str, clients: usize, mb_s: f64, before: usize, after: usize) -> Measured {
+    /// What the host did during a measurement: CPUs busy, device busy.
+    fn busy(cpu: f64, util: f64) -> Busy {
+        Busy {
+            cpu: Some(cpu),
+            cpu_iowait: Some(0.0),
+            disk: Some(crate::busy::DiskBusy {
+                util,
+                in_flight: 1.0,
+                read_mb_s: 0.0,
+                write_mb_s: 0.0,
+            }),
+        }
+    }
+
+    fn measured(
+        bench: &str,
+        clients: usize,
+        (mb_s, busy): (f64, Busy),
+        before: usize,
+        after: usize,
+    ) -> Measured {
         Measured {
             bench: bench.into(),
             clients,
             mb_s,
             before,
             after,
+            busy,
         }
     }
 
@@ -744,18 +834,20 @@ mod tests {
         ];
         let got = judge(
             &[
-                measured("write", 4, 320.0, 0, 1),
-                measured("read", 1, 1200.0, 1, 2),
-                measured("write", 4, 175.0, 2, 3),
-                measured("write", 4, 350.0, 1, 2),
+                measured("write", 4, (320.0, busy(0.95, 0.5)), 0, 1),
+                measured("read", 1, (1200.0, busy(0.4, 0.99)), 1, 2),
+                measured("write", 4, (175.0, busy(0.5, 0.2)), 2, 3),
+                measured("write", 4, (350.0, busy(0.97, 0.6)), 1, 2),
             ],
             &samples,
         );
-        let round = |mb_s: f64, limit_mb_s: f64, samples: [usize; 2]| Round {
+        let round = |(mb_s, busy): (f64, Busy), limit_mb_s: f64, samples: [usize; 2]| Round {
             mb_s,
             limit_mb_s,
             efficiency: mb_s / limit_mb_s,
             samples,
+            busy,
+            bound: crate::busy::bound(&busy),
         };
         assert_eq!(
             got,
@@ -767,10 +859,13 @@ mod tests {
                     limit_mb_s: 400.0,
                     // 320 / 500, 175 / 400, 350 / 400: the middle one.
                     efficiency: 0.64,
+                    // The median round kept the CPUs busy.
+                    busy: busy(0.95, 0.5),
+                    bound: "CPU",
                     rounds: vec![
-                        round(320.0, 500.0, [0, 1]),
-                        round(175.0, 400.0, [2, 3]),
-                        round(350.0, 400.0, [1, 2]),
+                        round((320.0, busy(0.95, 0.5)), 500.0, [0, 1]),
+                        round((175.0, busy(0.5, 0.2)), 400.0, [2, 3]),
+                        round((350.0, busy(0.97, 0.6)), 400.0, [1, 2]),
                     ],
                 },
                 Point {
@@ -779,7 +874,9 @@ mod tests {
                     mb_s: 1200.0,
                     limit_mb_s: 2000.0,
                     efficiency: 0.6,
-                    rounds: vec![round(1200.0, 2000.0, [1, 2])],
+                    busy: busy(0.4, 0.99),
+                    bound: "disk",
+                    rounds: vec![round((1200.0, busy(0.4, 0.99)), 2000.0, [1, 2])],
                 },
             ]
         );

@@ -1,6 +1,7 @@
 //! `gfs-bench`: throughput benchmarks that print each figure next to the
 //! limit measured in the same run.
 
+mod busy;
 mod cluster;
 mod engine;
 mod etcd;
@@ -51,8 +52,9 @@ enum Command {
     /// loopback TCP between two processes, CRC32C of one core.
     Limits(figure3::LimitsArgs),
     /// The GFS paper's Figure 3: N clients reading, writing, appending,
-    /// against the limit from the ceilings measured in the same run (the
-    /// median of samples taken before the first benchmark and after each).
+    /// each point against the better of the ceilings sampled just before
+    /// and just after it, with what it kept busy (CPU, disk) and so what
+    /// bounded it.
     Figure3(figure3::Figure3Args),
     /// Every benchmark at tiny sizes, checked for sane JSON (CI).
     Smoke {

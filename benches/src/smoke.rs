@@ -187,6 +187,14 @@ fn check(case: &Case, stdout: &str) -> Result<()> {
                 r["rounds"].as_array().map(Vec::len) == Some(2),
                 "two rounds expected: {r}"
             );
+            // The host's CPU time is always there to read.
+            let cpu = r["busy"]["cpu"].as_f64().unwrap_or(-1.0);
+            ensure!((0.0..=1.0).contains(&cpu), "no share of CPU time: {r}");
+            ensure!(
+                ["CPU", "disk", "CPU+disk", "latency", "unknown"]
+                    .contains(&r["bound"].as_str().unwrap_or("")),
+                "no bound named: {r}"
+            );
         }
     }
     Ok(())

@@ -1,0 +1,356 @@
+//! What a measurement kept busy, from the kernel's counters read just
+//! before and just after it: this host's CPUs (`/proc/stat`) and the
+//! device under the data directory (`/sys/dev/block/M:m/stat`, the
+//! fields of `/proc/diskstats`). From them, what bounded it: a point that
+//! falls short of its limit either kept the CPUs busy, or the device, or
+//! neither (then it was waiting on latency: too little in flight).
+//!
+//! The parsing and the arithmetic are pure; only [`Probe::snapshot`]
+//! reads files.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::figure3::median;
+
+/// Share of CPU time, or of wall time the device was busy, at or above
+/// which that resource is called the bound.
+pub const SATURATED: f64 = 0.9;
+
+/// CPU time since boot, all CPUs together, in clock ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CpuTicks {
+    pub total: u64,
+    pub idle: u64,
+    pub iowait: u64,
+}
+
+/// The first line of `/proc/stat`: `cpu user nice system idle iowait irq
+/// softirq steal ...` (guest time is already counted in user time).
+pub fn parse_cpu(proc_stat: &str) -> Option<CpuTicks> {
+    let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    if v.len() < 5 {
+        return None;
+    }
+    Some(CpuTicks {
+        total: v.iter().sum(),
+        idle: v[3],
+        iowait: v[4],
+    })
+}
+
+/// A block device's counters since boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DiskCounters {
+    pub read_sectors: u64,
+    pub write_sectors: u64,
+    /// Milliseconds with at least one request in flight.
+    pub busy_ms: u64,
+    /// Milliseconds of requests in flight, summed over the requests.
+    pub queue_ms: u64,
+}
+
+/// `/sys/dev/block/M:m/stat`: reads, read merges, read sectors, read ms,
+/// writes, write merges, write sectors, write ms, in flight, busy ms,
+/// queue ms, ... (sectors of 512 bytes whatever the device's own).
+pub fn parse_disk(stat: &str) -> Option<DiskCounters> {
+    let v: Vec<u64> = stat
+        .split_whitespace()
+        .take(11)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    if v.len() < 11 {
+        return None;
+    }
+    Some(DiskCounters {
+        read_sectors: v[2],
+        write_sectors: v[6],
+        busy_ms: v[9],
+        queue_ms: v[10],
+    })
+}
+
+/// The counters at one instant.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    pub at: Instant,
+    pub cpu: Option<CpuTicks>,
+    pub disk: Option<DiskCounters>,
+}
+
+/// What one measurement kept busy.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Busy {
+    /// Share of all CPU time spent working (neither idle nor in iowait).
+    pub cpu: Option<f64>,
+    /// Share of all CPU time idle while this host's I/O was outstanding.
+    pub cpu_iowait: Option<f64>,
+    pub disk: Option<DiskBusy>,
+}
+
+/// The data directory's device during one measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct DiskBusy {
+    /// Share of the time with at least one request in flight.
+    pub util: f64,
+    /// Requests in flight on average.
+    pub in_flight: f64,
+    pub read_mb_s: f64,
+    pub write_mb_s: f64,
+}
+
+/// The counters' differences between two snapshots `secs` apart.
+pub fn busy(before: &Snapshot, after: &Snapshot, secs: f64) -> Busy {
+    let cpu = before.cpu.zip(after.cpu).and_then(|(b, a)| {
+        let total = a.total.checked_sub(b.total).filter(|t| *t > 0)? as f64;
+        let idle = a.idle.saturating_sub(b.idle) as f64;
+        let iowait = a.iowait.saturating_sub(b.iowait) as f64;
+        Some(((total - idle - iowait).max(0.0) / total, iowait / total))
+    });
+    let disk = before
+        .disk
+        .zip(after.disk)
+        .filter(|_| secs > 0.0)
+        .map(|(b, a)| {
+            let ms = secs * 1e3;
+            let mb_s = |s: u64| s as f64 * 512.0 / 1e6 / secs;
+            DiskBusy {
+                util: (a.busy_ms.saturating_sub(b.busy_ms) as f64 / ms).min(1.0),
+                in_flight: a.queue_ms.saturating_sub(b.queue_ms) as f64 / ms,
+                read_mb_s: mb_s(a.read_sectors.saturating_sub(b.read_sectors)),
+                write_mb_s: mb_s(a.write_sectors.saturating_sub(b.write_sectors)),
+            }
+        });
+    Busy {
+        cpu: cpu.map(|c| c.0),
+        cpu_iowait: cpu.map(|c| c.1),
+        disk,
+    }
+}
+
+/// What bounded a measurement: `CPU`, `disk`, both, or `latency` when
+/// neither was saturated (too little was in flight to keep either busy);
+/// `unknown` without the counters.
+pub fn bound(b: &Busy) -> &'static str {
+    let cpu = b.cpu.map(|c| c >= SATURATED);
+    let disk = b.disk.map(|d| d.util >= SATURATED);
+    match (cpu, disk) {
+        (Some(true), Some(true)) => "CPU+disk",
+        (Some(true), _) => "CPU",
+        (_, Some(true)) => "disk",
+        (Some(false), Some(false)) => "latency",
+        _ => "unknown",
+    }
+}
+
+/// The element-wise median of several measurements' figures.
+pub fn median_busy(all: &[Busy]) -> Busy {
+    let some = |f: &dyn Fn(&Busy) -> Option<f64>| {
+        let v: Vec<f64> = all.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| median(v))
+    };
+    let disk = |f: fn(&DiskBusy) -> f64| some(&|b: &Busy| b.disk.as_ref().map(f));
+    Busy {
+        cpu: some(&|b| b.cpu),
+        cpu_iowait: some(&|b| b.cpu_iowait),
+        disk: disk(|d| d.util).map(|util| DiskBusy {
+            util,
+            in_flight: disk(|d| d.in_flight).unwrap_or(f64::NAN),
+            read_mb_s: disk(|d| d.read_mb_s).unwrap_or(f64::NAN),
+            write_mb_s: disk(|d| d.write_mb_s).unwrap_or(f64::NAN),
+        }),
+    }
+}
+
+/// Reads the counters of this host and of the device holding a directory.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    disk_stat: Option<PathBuf>,
+}
+
+impl Probe {
+    /// For the device under `dir`; without one (a directory on tmpfs or
+    /// overlayfs has no block device), only the CPUs are read.
+    pub fn new(dir: &Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let disk_stat = std::fs::metadata(dir).ok().and_then(|m| {
+            let dev = m.dev();
+            let (major, minor) = (libc::major(dev), libc::minor(dev));
+            let p = PathBuf::from(format!("/sys/dev/block/{major}:{minor}/stat"));
+            p.exists().then_some(p)
+        });
+        Probe { disk_stat }
+    }
+
+    /// A probe of the CPUs only (the device under the data directory is
+    /// not the cluster's).
+    pub fn cpu_only() -> Self {
+        Probe { disk_stat: None }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let read = |p: &Path| std::fs::read_to_string(p).ok();
+        Snapshot {
+            at: Instant::now(),
+            cpu: read(Path::new("/proc/stat")).as_deref().and_then(parse_cpu),
+            disk: self
+                .disk_stat
+                .as_deref()
+                .and_then(read)
+                .as_deref()
+                .and_then(parse_disk),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_and_disk_counters_parse_from_the_kernels_formats() {
+        let stat = "cpu  100 5 50 800 40 3 2 0 0 0\ncpu0 50 2 25 400 20 1 1 0 0 0\nintr 1\n";
+        assert_eq!(
+            parse_cpu(stat),
+            Some(CpuTicks {
+                total: 1000,
+                idle: 800,
+                iowait: 40
+            })
+        );
+        assert_eq!(parse_cpu("cpu0 1 2 3 4 5\n"), None);
+        assert_eq!(parse_cpu("cpu  1 2 x 4 5\n"), None);
+        let disk = " 3230883    88013 2985441570 34191119  6153692   257091 3340478760  \
+                    9648134        0  2118924 44652049   268140      227 2961828624";
+        assert_eq!(
+            parse_disk(disk),
+            Some(DiskCounters {
+                read_sectors: 2985441570,
+                write_sectors: 3340478760,
+                busy_ms: 2118924,
+                queue_ms: 44652049
+            })
+        );
+        assert_eq!(parse_disk("1 2 3"), None);
+    }
+
+    fn snap(cpu: (u64, u64, u64), disk: (u64, u64, u64, u64)) -> Snapshot {
+        Snapshot {
+            at: Instant::now(),
+            cpu: Some(CpuTicks {
+                total: cpu.0,
+                idle: cpu.1,
+                iowait: cpu.2,
+            }),
+            disk: Some(DiskCounters {
+                read_sectors: disk.0,
+                write_sectors: disk.1,
+                busy_ms: disk.2,
+                queue_ms: disk.3,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_measurement_is_bound_by_what_it_kept_saturated() {
+        // 2 s: 400 ticks, 20 idle and 60 in iowait; the device busy 1.5 s
+        // with 7.2 requests in flight on average, 2 GB read.
+        let b = busy(
+            &snap((1000, 500, 100), (0, 0, 100, 1000)),
+            &snap((1400, 520, 160), (3_906_250, 0, 1600, 15400)),
+            2.0,
+        );
+        assert_eq!(
+            b,
+            Busy {
+                cpu: Some(0.8),
+                cpu_iowait: Some(0.15),
+                disk: Some(DiskBusy {
+                    util: 0.75,
+                    in_flight: 7.2,
+                    read_mb_s: 1000.0,
+                    write_mb_s: 0.0
+                })
+            }
+        );
+        assert_eq!(bound(&b), "latency");
+        let cpu = Busy {
+            cpu: Some(0.97),
+            ..b
+        };
+        assert_eq!(bound(&cpu), "CPU");
+        let disk = Busy {
+            disk: Some(DiskBusy {
+                util: 0.99,
+                ..b.disk.unwrap()
+            }),
+            ..b
+        };
+        assert_eq!(bound(&disk), "disk");
+        assert_eq!(
+            bound(&Busy {
+                cpu: Some(0.95),
+                ..disk
+            }),
+            "CPU+disk"
+        );
+        assert_eq!(bound(&Busy { disk: None, ..b }), "unknown");
+        assert_eq!(bound(&Busy { disk: None, ..cpu }), "CPU");
+    }
+
+    #[test]
+    fn counters_that_went_missing_or_back_give_no_figure_and_no_panic() {
+        let mut after = snap((1000, 500, 100), (0, 0, 100, 1000));
+        after.disk = None;
+        let b = busy(&snap((1000, 500, 100), (0, 0, 100, 1000)), &after, 1.0);
+        assert_eq!(b.cpu, None, "no CPU time passed");
+        assert_eq!(b.disk, None);
+        let b = busy(
+            &snap((1000, 500, 100), (9, 9, 900, 900)),
+            &snap((1100, 450, 90), (0, 0, 0, 0)),
+            1.0,
+        );
+        assert_eq!(b.cpu, Some(1.0));
+        assert_eq!(b.disk.map(|d| d.util), Some(0.0));
+    }
+
+    #[test]
+    fn rounds_fold_into_the_median_of_each_figure() {
+        let d = |util: f64| DiskBusy {
+            util,
+            in_flight: util * 10.0,
+            read_mb_s: 1.0,
+            write_mb_s: 2.0,
+        };
+        let all = [
+            Busy {
+                cpu: Some(0.5),
+                cpu_iowait: Some(0.1),
+                disk: Some(d(0.2)),
+            },
+            Busy {
+                cpu: Some(0.9),
+                cpu_iowait: None,
+                disk: Some(d(0.6)),
+            },
+            Busy {
+                cpu: Some(0.7),
+                cpu_iowait: Some(0.3),
+                disk: Some(d(1.0)),
+            },
+        ];
+        let m = median_busy(&all);
+        assert_eq!(m.cpu, Some(0.7));
+        assert_eq!(m.cpu_iowait, Some(0.2));
+        assert_eq!(m.disk, Some(d(0.6)));
+        assert_eq!(median_busy(&[]).cpu, None);
+    }
+}
