@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::figure3::median;
+use crate::median;
 
 /// Share of CPU time, or of wall time the device was busy, at or above
 /// which that resource is called the bound.
@@ -151,6 +151,23 @@ pub fn bound(b: &Busy) -> &'static str {
     }
 }
 
+/// One line for a table: `CPU 93 %, disk 90 % busy (11.2 in flight,
+/// 1741 MB/s): CPU+disk`.
+pub fn describe(b: &Busy) -> String {
+    let cpu = b
+        .cpu
+        .map_or("CPU -".into(), |c| format!("CPU {:.0} %", c * 100.0));
+    let disk = b.disk.map_or(String::new(), |d| {
+        format!(
+            ", disk {:.0} % busy ({:.1} in flight, {:.0} MB/s)",
+            d.util * 100.0,
+            d.in_flight,
+            d.read_mb_s + d.write_mb_s
+        )
+    });
+    format!("{cpu}{disk}: {}", bound(b))
+}
+
 /// The element-wise median of several measurements' figures.
 pub fn median_busy(all: &[Busy]) -> Busy {
     let some = |f: &dyn Fn(&Busy) -> Option<f64>| {
@@ -282,6 +299,11 @@ mod tests {
             }
         );
         assert_eq!(bound(&b), "latency");
+        assert_eq!(
+            describe(&b),
+            "CPU 80 %, disk 75 % busy (7.2 in flight, 1000 MB/s): latency"
+        );
+        assert_eq!(describe(&Busy { disk: None, ..b }), "CPU 80 %: unknown");
         let cpu = Busy {
             cpu: Some(0.97),
             ..b

@@ -2,7 +2,8 @@
 //! a local cluster of 3 masters and 4 chunkservers with replication 3 on
 //! one disk, against that disk's O_DIRECT bandwidth measured in the same
 //! run. Limits: write = device write bandwidth / 3 (every byte lands three
-//! times on the one disk), read = device read bandwidth.
+//! times on the one disk), read = device read bandwidth. Each run also
+//! records what it kept busy and so what bounded it (`busy`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use gfs_tests::cluster::{Cluster, Spec};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::busy::{self, Busy, Probe, bound, median_busy};
 use crate::{fill_random, mb_s, median, progress, raw};
 
 #[derive(clap::Args, Debug)]
@@ -45,6 +47,11 @@ pub struct ClusterReport {
     pub device_write_mb_s: f64,
     pub device_read_mb_s: f64,
     pub each_mb_s: Vec<f64>,
+    /// What each run kept busy (a local cluster's disk only), the median
+    /// of each figure, and what that bounds (`busy::bound`).
+    pub each_busy: Vec<Busy>,
+    pub busy: Busy,
+    pub bound: &'static str,
 }
 
 /// Creates `path` and streams `size` bytes into it, `block` repeated,
@@ -127,7 +134,12 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let (mut dev_w, mut dev_r, mut each) = (Vec::new(), Vec::new(), Vec::new());
-    let (_local, masters) = target(&args.masters, bench_spec(&args.dir)).await?;
+    let (local, masters) = target(&args.masters, bench_spec(&args.dir)).await?;
+    let probe = match local {
+        Some(_) => Probe::new(&args.dir),
+        None => Probe::cpu_only(),
+    };
+    let mut each_busy = Vec::new();
     let client = Client::connect(&masters)?;
     let mut block = vec![0u8; 8 << 20];
     fill_random(&mut block, 7);
@@ -143,12 +155,20 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
             rand::random::<u32>()
         );
         client.mkdir("/bench", true).await?;
+        let mut before = probe.snapshot();
         let took = write_file(&client, &path, args.size, &block).await?;
         let took = if read {
+            before = probe.snapshot();
             read_file(&client, &path, args.size).await?
         } else {
             took
         };
+        let after = probe.snapshot();
+        each_busy.push(busy::busy(
+            &before,
+            &after,
+            (after.at - before.at).as_secs_f64(),
+        ));
         each.push(mb_s(args.size, took));
         // Purged, not kept for the retention period: the next run needs
         // the space.
@@ -161,6 +181,7 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
         device_write_mb_s / 3.0
     };
     let got = median(each.clone());
+    let busy = median_busy(&each_busy);
     Ok(ClusterReport {
         bench: if read {
             "cluster-read"
@@ -175,6 +196,9 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
         device_write_mb_s,
         device_read_mb_s,
         each_mb_s: each,
+        each_busy,
+        busy,
+        bound: bound(&busy),
     })
 }
 
@@ -190,10 +214,11 @@ pub fn print_table(r: &ClusterReport) {
         r.each_mb_s.iter().map(|x| x.round()).collect::<Vec<_>>()
     );
     println!(
-        "{:<14} {:>10.1} {:>12.1} {:>7.0}%",
+        "{:<14} {:>10.1} {:>12.1} {:>7.0}%   {}",
         "",
         r.mb_s,
         r.limit_mb_s,
-        r.ratio * 100.0
+        r.ratio * 100.0,
+        busy::describe(&r.busy)
     );
 }

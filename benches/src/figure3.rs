@@ -52,7 +52,7 @@ use serde::Serialize;
 
 use crate::busy::{self, Busy, Probe, bound, median_busy};
 use crate::cluster::write_stream;
-use crate::{fill_random, mb_s, progress, raw};
+use crate::{fill_random, mb_s, median, progress, raw};
 
 const MIB: u64 = 1 << 20;
 const REPLICATION: f64 = 3.0;
@@ -180,17 +180,6 @@ fn crc_bandwidth() -> f64 {
     }
     std::hint::black_box(x);
     mb_s(8 * 64 * MIB, start.elapsed())
-}
-
-/// The median of `v` (the mean of the middle two for an even count).
-pub(crate) fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => v[n / 2],
-        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// The largest of `v` (NaN for none).

@@ -48,7 +48,7 @@ fn cases(dir: &Path) -> Vec<Case> {
                 "--runs",
                 "1",
             ]),
-            keys: &["mb_s", "limit_mb_s", "ratio"],
+            keys: &["mb_s", "limit_mb_s", "ratio", "busy", "bound"],
             plot: None,
         },
         Case {
@@ -62,7 +62,7 @@ fn cases(dir: &Path) -> Vec<Case> {
                 "--runs",
                 "1",
             ]),
-            keys: &["mb_s", "limit_mb_s", "ratio"],
+            keys: &["mb_s", "limit_mb_s", "ratio", "busy", "bound"],
             plot: None,
         },
         Case {
