@@ -51,8 +51,6 @@ pub struct Client {
     record_seq: Arc<AtomicU64>,
     /// The chunk each file's appends last went to.
     append_index: Arc<Mutex<HashMap<String, u64>>>,
-    /// The chunk after it, once asked for ahead of time (`append`).
-    next_asked: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 /// Whether an error from a replica means that replica is unusable (as
@@ -88,13 +86,6 @@ const READ_SPAN_BYTES: u64 = 64 << 20;
 /// (with backoff, ~15 s) before it is reported as failed.
 const MAX_BUSY_PUSHES: u32 = 20;
 
-/// Whether an append that left its chunk `length` bytes long should have
-/// the next chunk made ready: when less than a quarter of the chunk (the
-/// largest record) is left, one of the next few records will not fit.
-fn next_chunk_due(chunk_size: u64, length: u64) -> bool {
-    chunk_size.saturating_sub(length) < chunk_size / 4
-}
-
 /// A cached lease is used only with this much of it left.
 const LEASE_MARGIN_MS: u64 = 2_000;
 
@@ -110,7 +101,6 @@ impl Client {
             opts: Arc::new(opts),
             record_seq: Arc::new(AtomicU64::new(1)),
             append_index: Arc::default(),
-            next_asked: Arc::default(),
         })
     }
 
@@ -211,14 +201,7 @@ impl Client {
         {
             return Ok(c);
         }
-        let started = Instant::now();
         let info = self.master.write_chunk(path, index, failed).await?;
-        tracing::trace!(
-            %path,
-            index,
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            "asked the masters for a writable chunk"
-        );
         failed.clear();
         Ok(info)
     }
@@ -518,34 +501,10 @@ impl Client {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(path.to_string(), index);
-                if next_chunk_due(cs, r.chunk_length) {
-                    self.ask_ahead(path, index + 1);
-                }
                 return Ok(index * cs + r.offset);
             }
             index += 1;
         }
-    }
-
-    /// Has the masters add chunk `index` of `path` (and grant its lease)
-    /// in the background, once: appenders then find the next chunk ready
-    /// when theirs fills, instead of all waiting for the masters to
-    /// replicate its creation (~8 ms on the development VM, every 64 MiB).
-    fn ask_ahead(&self, path: &str, index: u64) {
-        {
-            let mut asked = self.next_asked.lock().unwrap_or_else(|p| p.into_inner());
-            if asked.get(path).is_some_and(|&i| i >= index) {
-                return;
-            }
-            asked.insert(path.to_string(), index);
-        }
-        let (me, path) = (self.clone(), path.to_string());
-        tokio::spawn(async move {
-            if let Err(e) = me.writable(&path, index, &mut Vec::new()).await {
-                // The append that needs it asks again.
-                tracing::debug!(%path, index, error = %e, "asking ahead for a chunk failed");
-            }
-        });
     }
 
     // ---- reads ------------------------------------------------------------
@@ -734,22 +693,4 @@ impl PushTurn {
 enum Attempt {
     Retry(MasterError),
     Fatal(MasterError),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::next_chunk_due;
-
-    #[test]
-    fn the_next_chunk_is_due_once_less_than_a_largest_record_is_left() {
-        let cs = 64 << 20;
-        assert!(!next_chunk_due(cs, 0));
-        assert!(!next_chunk_due(cs, 48 << 20));
-        assert!(next_chunk_due(cs, (48 << 20) + 1));
-        assert!(next_chunk_due(cs, cs));
-        assert!(
-            next_chunk_due(cs, cs + 1),
-            "a length past the end is no panic"
-        );
-    }
 }
