@@ -31,20 +31,23 @@ pub struct CpuTicks {
 /// softirq steal ...` (guest time is already counted in user time).
 pub fn parse_cpu(proc_stat: &str) -> Option<CpuTicks> {
     let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .map(|f| f.parse().ok())
-        .collect::<Option<_>>()?;
-    if v.len() < 5 {
-        return None;
-    }
+    let v = numbers(&line[3..], 5, 8)?;
     Some(CpuTicks {
         total: v.iter().sum(),
         idle: v[3],
         iowait: v[4],
     })
+}
+
+/// The first `most` whitespace-separated numbers of `fields`, if there
+/// are at least `least` and all of them parse.
+fn numbers(fields: &str, least: usize, most: usize) -> Option<Vec<u64>> {
+    let v: Vec<u64> = fields
+        .split_whitespace()
+        .take(most)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    (v.len() >= least).then_some(v)
 }
 
 /// A block device's counters since boot.
@@ -62,14 +65,7 @@ pub struct DiskCounters {
 /// writes, write merges, write sectors, write ms, in flight, busy ms,
 /// queue ms, ... (sectors of 512 bytes whatever the device's own).
 pub fn parse_disk(stat: &str) -> Option<DiskCounters> {
-    let v: Vec<u64> = stat
-        .split_whitespace()
-        .take(11)
-        .map(|f| f.parse().ok())
-        .collect::<Option<_>>()?;
-    if v.len() < 11 {
-        return None;
-    }
+    let v = numbers(stat, 11, 11)?;
     Some(DiskCounters {
         read_sectors: v[2],
         write_sectors: v[6],
@@ -136,6 +132,11 @@ pub fn busy(before: &Snapshot, after: &Snapshot, secs: f64) -> Busy {
     }
 }
 
+/// What was busy between two snapshots, over the time between them.
+pub fn between(before: &Snapshot, after: &Snapshot) -> Busy {
+    busy(before, after, (after.at - before.at).as_secs_f64())
+}
+
 /// What bounded a measurement: `CPU`, `disk`, both, or `latency` when
 /// neither was saturated (too little was in flight to keep either busy);
 /// `unknown` without the counters.
@@ -194,23 +195,19 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// For the device under `dir`; without one (a directory on tmpfs or
-    /// overlayfs has no block device), only the CPUs are read.
-    pub fn new(dir: &Path) -> Self {
+    /// For the device under `dir`, if given and if it has one (a directory
+    /// on tmpfs or overlayfs has no block device); otherwise only the CPUs
+    /// are read (pass no directory when the device under it is not the
+    /// one measured, as for a cluster elsewhere).
+    pub fn of(dir: Option<&Path>) -> Self {
         use std::os::unix::fs::MetadataExt;
-        let disk_stat = std::fs::metadata(dir).ok().and_then(|m| {
+        let disk_stat = dir.and_then(|d| std::fs::metadata(d).ok()).and_then(|m| {
             let dev = m.dev();
             let (major, minor) = (libc::major(dev), libc::minor(dev));
             let p = PathBuf::from(format!("/sys/dev/block/{major}:{minor}/stat"));
             p.exists().then_some(p)
         });
         Probe { disk_stat }
-    }
-
-    /// A probe of the CPUs only (the device under the data directory is
-    /// not the cluster's).
-    pub fn cpu_only() -> Self {
-        Probe { disk_stat: None }
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -135,10 +135,7 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let (mut dev_w, mut dev_r, mut each) = (Vec::new(), Vec::new(), Vec::new());
     let (local, masters) = target(&args.masters, bench_spec(&args.dir)).await?;
-    let probe = match local {
-        Some(_) => Probe::new(&args.dir),
-        None => Probe::cpu_only(),
-    };
+    let probe = Probe::of(local.is_some().then_some(args.dir.as_path()));
     let mut each_busy = Vec::new();
     let client = Client::connect(&masters)?;
     let mut block = vec![0u8; 8 << 20];
@@ -164,11 +161,7 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
             took
         };
         let after = probe.snapshot();
-        each_busy.push(busy::busy(
-            &before,
-            &after,
-            (after.at - before.at).as_secs_f64(),
-        ));
+        each_busy.push(busy::between(&before, &after));
         each.push(mb_s(args.size, took));
         // Purged, not kept for the retention period: the next run needs
         // the space.

@@ -94,7 +94,7 @@ async fn run_in(args: &EngineArgs, scratch: &Path) -> Result<Report> {
     let size = args.size.div_ceil(chunk).max(1) * chunk;
     let mut runs = Vec::new();
     let mut backend = (String::new(), false, false);
-    let probe = Probe::new(scratch);
+    let probe = Probe::of(Some(scratch));
     let data = {
         let mut d = vec![0u8; MIB];
         crate::fill_random(&mut d, 42);
@@ -127,17 +127,14 @@ async fn run_in(args: &EngineArgs, scratch: &Path) -> Result<Report> {
         let mut s = probe.snapshot();
         let mut phase_done = |busy: &mut Vec<Busy>| {
             let now = probe.snapshot();
-            busy.push(busy::busy(&s, &now, (now.at - s.at).as_secs_f64()));
+            busy.push(busy::between(&s, &now));
             progress.inc(size);
             s = probe.snapshot();
         };
-        // Fresh, then over its own blocks, the faster counting: extending
-        // one file, ext4 serialises the O_DIRECT writes (3 requests in
-        // flight on the device against the engine's 12-14 over 8 chunk
-        // files), which made the engine look faster than the device.
-        let raw_w = tokio::task::block_in_place(|| -> Result<Duration> {
-            Ok(raw.write()?.min(raw.write()?))
-        })?;
+        // Extending one file, ext4 serialises the O_DIRECT writes (3
+        // requests in flight on the device against the engine's 12-14 over
+        // 8 chunk files), which made the engine look faster than the device.
+        let raw_w = tokio::task::block_in_place(|| raw.best_write())?;
         phase_done(&mut busy);
         let cpu = crate::cpu_time();
         let eng_w = fill(&store, chunks, chunk, args.depth, &data).await?;

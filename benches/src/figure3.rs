@@ -433,8 +433,10 @@ where
     }
     let after = probe.snapshot();
     let took = after.at - before.at;
-    let busy = busy::busy(&before, &after, took.as_secs_f64());
-    Ok((mb_s(bytes_each * n as u64, took), busy))
+    Ok((
+        mb_s(bytes_each * n as u64, took),
+        busy::between(&before, &after),
+    ))
 }
 
 /// Until the chunk files of a local cluster under `dir` stop
@@ -549,10 +551,7 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
     };
     let (local, masters) = crate::cluster::target(&a.masters, spec).await?;
     // The device under --dir is the cluster's only when it is local.
-    let probe = match &local {
-        Some(_) => Probe::new(&a.dir),
-        None => Probe::cpu_only(),
-    };
+    let probe = Probe::of(local.is_some().then_some(a.dir.as_path()));
     let admin = Client::connect(&masters)?;
     admin.mkdir("/fig3", true).await?;
     // The read set: a few files written once, read by every point.
