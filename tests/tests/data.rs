@@ -169,6 +169,60 @@ async fn concurrent_appenders_each_record_read_back_exactly_once() {
     assert!(c.stat("/log").await.expect("stat").chunks > 3);
 }
 
+/// An appender has the next chunk made before its chunk fills: once less
+/// than a largest record (a quarter chunk) is left, the masters add it in
+/// the background, so the appenders that find the chunk full do not all
+/// wait for its creation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_appender_has_the_next_chunk_made_before_its_chunk_fills() {
+    let cluster = Cluster::start(Spec::default()).await.expect("cluster");
+    let c = cluster.client();
+    c.create("/log", 0).await.expect("create");
+    let record = vec![7u8; 100_000];
+    // 1 MiB chunks: 7 records leave more than a quarter free, 8 do not.
+    for i in 0..8 {
+        let at = c.append("/log", &record).await.expect("append");
+        assert!(at < 1 << 20, "record {i} went to the second chunk");
+        if i == 6 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(c.stat("/log").await.expect("stat").chunks, 1);
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while c.stat("/log").await.expect("stat").chunks < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second chunk was not made ahead of the appends"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The second chunk is empty, and the first neither full nor padded.
+    // The file ends where the last record does, not at the chunk boundary
+    // (`length` steps back over the empty chunk) ...
+    let framed = (record.len() + gfs_proto::record::HEADER_BYTES) as u64;
+    assert_eq!(c.length("/log").await.expect("length"), 8 * framed);
+    // ... and a new appender starts in the first chunk, not after a chunk
+    // that is not full: a reader stops at a short chunk, so records in the
+    // second chunk would be lost to it.
+    let other = cluster.client();
+    let at = other.append("/log", &record).await.expect("append");
+    assert_eq!(
+        at,
+        8 * framed,
+        "a new appender skipped the chunk not yet full"
+    );
+    let all = c.read_at("/log", 0, 2 << 20).await.expect("read_at");
+    assert_eq!(all.len() as u64, 9 * framed);
+    assert_eq!(gfs_proto::record::scan(&all).len(), 9);
+    // Records keep going where they belong, through the change of chunk.
+    let mut acked = Vec::new();
+    for _ in 0..6 {
+        acked.push(c.append("/log", &record).await.expect("append"));
+    }
+    assert!(acked.iter().any(|&at| at >= 1 << 20), "{acked:?}");
+    assert!(c.stat("/log").await.expect("stat").chunks >= 2);
+}
+
 /// Records answered "chunk full" free the data pushed for them on every
 /// replica. With 4 MiB push buffers, 8 appenders and a chunk change every
 /// few records, data left behind by those answers would fill the buffers
