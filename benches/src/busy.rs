@@ -86,9 +86,14 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Busy {
     /// Share of all CPU time spent working (neither idle nor in iowait).
+    /// Left out when the counters could not be read, or did not move: a
+    /// window shorter than the kernel's tick (10 ms per CPU) may see none.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu: Option<f64>,
     /// Share of all CPU time idle while this host's I/O was outstanding.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_iowait: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskBusy>,
 }
 

@@ -45,6 +45,11 @@ pub struct ClusterReport {
     pub limit_mb_s: f64,
     pub ratio: f64,
     pub device_write_mb_s: f64,
+    /// The device filling new files (`raw::new_blocks_write`), as chunk
+    /// files are; for a write, the ratio against a third of it.
+    pub device_new_blocks_write_mb_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_blocks_ratio: Option<f64>,
     pub device_read_mb_s: f64,
     pub each_mb_s: Vec<f64>,
     /// What each run kept busy (a local cluster's disk only), the median
@@ -133,7 +138,8 @@ pub async fn target(masters: &[String], spec: Spec) -> Result<(Option<Cluster>, 
 pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
-    let (mut dev_w, mut dev_r, mut each) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut dev_w, mut dev_nb, mut dev_r) = (Vec::new(), Vec::new(), Vec::new());
+    let mut each = Vec::new();
     let (local, masters) = target(&args.masters, bench_spec(&args.dir)).await?;
     let probe = Probe::of(local.is_some().then_some(args.dir.as_path()));
     let mut each_busy = Vec::new();
@@ -143,9 +149,10 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
     for run in 0..args.runs {
         // The device first, then the cluster, alternating, so both see the
         // same state of the disk.
-        let (w, r) = raw::ceiling(&args.dir, args.size, 1 << 20)?;
-        dev_w.push(w);
-        dev_r.push(r);
+        let c = raw::ceiling(&args.dir, args.size, 1 << 20)?;
+        dev_w.push(c.write);
+        dev_nb.push(c.new_blocks_write);
+        dev_r.push(c.read);
         let path = format!(
             "/bench/{}-{}-{run}",
             std::process::id(),
@@ -173,6 +180,7 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
     } else {
         device_write_mb_s / 3.0
     };
+    let device_new_blocks_write_mb_s = median(dev_nb);
     let got = median(each.clone());
     let busy = median_busy(&each_busy);
     Ok(ClusterReport {
@@ -187,6 +195,8 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
         limit_mb_s: limit,
         ratio: got / limit,
         device_write_mb_s,
+        device_new_blocks_write_mb_s,
+        new_blocks_ratio: (!read).then(|| got / (device_new_blocks_write_mb_s / 3.0)),
         device_read_mb_s,
         each_mb_s: each,
         each_busy,
@@ -197,12 +207,14 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
 
 pub fn print_table(r: &ClusterReport) {
     println!(
-        "{:<14} {:>10} {:>12} {:>8}   (device O_DIRECT write {:.0} MB/s, read {:.0} MB/s; runs {:?})",
+        "{:<14} {:>10} {:>12} {:>8}   (device O_DIRECT write {:.0} MB/s, into new files {:.0}, \
+         read {:.0} MB/s; runs {:?})",
         r.bench,
         "MB/s",
         "limit MB/s",
         "ratio",
         r.device_write_mb_s,
+        r.device_new_blocks_write_mb_s,
         r.device_read_mb_s,
         r.each_mb_s.iter().map(|x| x.round()).collect::<Vec<_>>()
     );
@@ -214,4 +226,13 @@ pub fn print_table(r: &ClusterReport) {
         r.ratio * 100.0,
         busy::describe(&r.busy)
     );
+    if let Some(nb) = r.new_blocks_ratio {
+        println!(
+            "{:<14} {:>10} {:>12.1} {:>7.0}%   against a third of the device's write into new files",
+            "",
+            "",
+            r.device_new_blocks_write_mb_s / 3.0,
+            nb * 100.0
+        );
+    }
 }

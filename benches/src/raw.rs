@@ -195,6 +195,60 @@ pub fn measure(
 /// Queue depths [`ceiling`] measures at.
 pub const CEILING_DEPTHS: [usize; 2] = [8, 32];
 
+/// Files [`new_blocks_write`] fills at once, one request in flight each.
+pub const NEW_BLOCK_FILES: usize = 8;
+
+/// A directory's ceilings in MB/s.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ceiling {
+    /// The better of writing a fresh file and writing over its blocks.
+    pub write: f64,
+    /// Filling new files ([`new_blocks_write`]): what chunk files take.
+    pub new_blocks_write: f64,
+    pub read: f64,
+}
+
+/// The device's write rate into blocks no file had: `size` bytes in
+/// requests of `bs` spread round-robin over [`NEW_BLOCK_FILES`] new files,
+/// as many in flight (about one per file), as a chunkserver fills new
+/// chunk files (one mutation of a chunk at a time), then fsynced. On the development
+/// VM's ext4 this is ~2 GB/s however deep each file's queue, where writes
+/// over written blocks reach 2.3-2.5 (fio, BENCHMARKS.md "What bounds
+/// append"): the cluster's writes and appends fill new chunk files, so
+/// this is the most they can put on the disk there.
+pub fn new_blocks_write(dir: &Path, size: u64, bs: usize) -> Result<f64> {
+    let n = NEW_BLOCK_FILES;
+    let paths: Vec<_> = (0..n)
+        .map(|i| dir.join(format!("raw-new-{i}.dat")))
+        .collect();
+    let result = (|| {
+        let files = paths
+            .iter()
+            .map(|p| {
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(p)
+                    .with_context(|| format!("open {} with O_DIRECT", p.display()))
+            })
+            .collect::<Result<Vec<File>>>()?;
+        let total = size.div_ceil(bs as u64);
+        let took = run(&files, total, bs, n, Dir::Write, true, |i| {
+            ((i % n as u64) as usize, i / n as u64 * bs as u64)
+        })?;
+        for f in &files {
+            f.sync_all()?;
+        }
+        Ok(crate::mb_s(size, took))
+    })();
+    for p in &paths {
+        let _ = std::fs::remove_file(p);
+    }
+    result
+}
+
 /// The device's write and read ceilings in MB/s: `size` bytes in requests
 /// of `bs`, at each of [`CEILING_DEPTHS`], the best rate of each direction.
 /// With registered buffers, as the storage engine does I/O: on the
@@ -207,12 +261,18 @@ pub const CEILING_DEPTHS: [usize; 2] = [8, 32];
 /// faster (fio without preallocation: 1467 / 1585 against 1829 / 1973
 /// MiB/s), and the cluster, writing three replicas, put more on the disk
 /// than the extending pass alone measured.
-pub fn ceiling(dir: &Path, size: u64, bs: usize) -> Result<(f64, f64)> {
-    let mut best = (0f64, 0f64);
+///
+/// And the write rate into new blocks ([`new_blocks_write`]), once.
+pub fn ceiling(dir: &Path, size: u64, bs: usize) -> Result<Ceiling> {
+    let mut best = Ceiling {
+        write: 0.0,
+        new_blocks_write: new_blocks_write(dir, size, bs)?,
+        read: 0.0,
+    };
     for depth in CEILING_DEPTHS {
         let raw = RawFile::create(dir, size, bs, depth, true)?;
-        best.0 = best.0.max(crate::mb_s(size, raw.best_write()?));
-        best.1 = best.1.max(crate::mb_s(size, raw.read()?));
+        best.write = best.write.max(crate::mb_s(size, raw.best_write()?));
+        best.read = best.read.max(crate::mb_s(size, raw.read()?));
     }
     Ok(best)
 }
