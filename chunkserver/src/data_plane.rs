@@ -22,9 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tonic::Status;
 
-use crate::service::{MAX_CHAIN, PEER_TIMEOUT, Shared};
+use crate::service::{MAX_CHAIN, PEER_TIMEOUT, Shared, invalid};
 
 /// A connection that sends nothing for this long is closed (a pooled
 /// client connection is reopened).
@@ -116,10 +115,6 @@ async fn serve(sh: &Shared, mut s: TcpStream) {
             return;
         }
     }
-}
-
-fn invalid(msg: impl Into<String>) -> Status {
-    error(ErrorKind::InvalidArgument, msg)
 }
 
 /// The request's header, or `None` after telling the client it could not

@@ -437,7 +437,8 @@ pub fn store_status(e: StoreError) -> Status {
     error(kind, e.to_string())
 }
 
-fn invalid(msg: impl Into<String>) -> Status {
+/// A request the chunkserver refuses as malformed.
+pub(crate) fn invalid(msg: impl Into<String>) -> Status {
     error(ErrorKind::InvalidArgument, msg)
 }
 
