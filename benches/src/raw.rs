@@ -209,15 +209,16 @@ pub struct Ceiling {
 }
 
 /// The device's write rate into blocks no file had: `size` bytes in
-/// requests of `bs` spread round-robin over [`NEW_BLOCK_FILES`] new files,
+/// requests of `bs` spread round-robin over `files` new files
+/// ([`NEW_BLOCK_FILES`] for the ceilings),
 /// as many in flight (about one per file), as a chunkserver fills new
 /// chunk files (one mutation of a chunk at a time), then fsynced. On the development
 /// VM's ext4 this is ~2 GB/s however deep each file's queue, where writes
 /// over written blocks reach 2.3-2.5 (fio, BENCHMARKS.md "What bounds
 /// append"): the cluster's writes and appends fill new chunk files, so
 /// this is the most they can put on the disk there.
-pub fn new_blocks_write(dir: &Path, size: u64, bs: usize) -> Result<f64> {
-    let n = NEW_BLOCK_FILES;
+pub fn new_blocks_write(dir: &Path, size: u64, bs: usize, files: usize) -> Result<f64> {
+    let n = files.max(1);
     let paths: Vec<_> = (0..n)
         .map(|i| dir.join(format!("raw-new-{i}.dat")))
         .collect();
@@ -266,7 +267,7 @@ pub fn new_blocks_write(dir: &Path, size: u64, bs: usize) -> Result<f64> {
 pub fn ceiling(dir: &Path, size: u64, bs: usize) -> Result<Ceiling> {
     let mut best = Ceiling {
         write: 0.0,
-        new_blocks_write: new_blocks_write(dir, size, bs)?,
+        new_blocks_write: new_blocks_write(dir, size, bs, NEW_BLOCK_FILES)?,
         read: 0.0,
     };
     for depth in CEILING_DEPTHS {
