@@ -31,6 +31,8 @@ for_every_backend!(
     prepared_appends_match_the_model_whatever_happened_in_between,
     a_create_whose_caller_goes_away_still_completes,
     a_create_told_the_chunk_exists_finds_it,
+    new_chunks_write_over_the_files_of_deleted_full_chunks,
+    the_pool_of_deleted_chunks_files_is_bounded_and_checked_at_open,
 );
 
 async fn unaligned_appends_read_back_exactly(kind: Kind) {
@@ -624,4 +626,106 @@ async fn several_directories_are_served_by_one_store() {
             &pattern(n, len as usize)[..]
         );
     }
+}
+
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut n: Vec<_> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    n.sort();
+    n
+}
+
+/// Fills chunk `n` to the end with `pattern(seed)`.
+async fn fill_chunk(store: &gfs_storage_engine::ChunkStore, n: u64, seed: u64) {
+    store.create(h(n), v(1)).await.expect("create");
+    let data = pattern(seed, CHUNK as usize);
+    for part in data.chunks(MAX_REQUEST as usize) {
+        store.append(h(n), part).await.expect("append");
+    }
+}
+
+async fn new_chunks_write_over_the_files_of_deleted_full_chunks(kind: Kind) {
+    let hs = Harness::new(kind);
+    let (store, _) = hs.open().await;
+    fill_chunk(&store, 20, 1).await;
+    store.create(h(21), v(1)).await.expect("create");
+    store.append(h(21), &[5; 10_000]).await.expect("append");
+    let free_before = store.usage()[0].free_bytes;
+    store.delete(h(20)).await.expect("delete");
+    // A chunk that is not whole is not kept: its blocks are not all there.
+    store.delete(h(21)).await.expect("delete");
+    assert_eq!(names(&hs.recycle_dir()), vec!["0000000000000014.free"]);
+    assert!(names(&hs.chunks_dir()).is_empty());
+    // The pooled file counts as free space.
+    assert!(store.usage()[0].free_bytes + (64 << 10) >= free_before + CHUNK);
+
+    // The next chunk takes the file over, stale bytes and all, and none of
+    // them is ever served.
+    store.create(h(22), v(1)).await.expect("create");
+    assert!(names(&hs.recycle_dir()).is_empty());
+    let file = hs.chunks_dir().join("0000000000000016.chunk");
+    assert_eq!(std::fs::metadata(&file).expect("stat").len(), CHUNK);
+    let data = pattern(2, 10_000);
+    store.append(h(22), &data).await.expect("append");
+    assert_eq!(store.read(h(22), 0, 10_000).await.expect("read"), data);
+    assert!(matches!(
+        store.read(h(22), 0, 10_001).await,
+        Err(StoreError::OutOfRange { .. })
+    ));
+    store.append(h(22), &data).await.expect("append");
+    assert_eq!(store.read(h(22), 10_000, 10_000).await.expect("read"), data);
+
+    // A restart recovers it at its length and trims the stale tail.
+    drop(store);
+    let (store, report) = hs.open().await;
+    assert!(
+        report.cut.is_empty() && report.quarantined.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(
+        store.info(h(22)).await.expect("info"),
+        ChunkInfo {
+            handle: h(22),
+            version: v(1),
+            length: 20_000
+        }
+    );
+    assert_eq!(std::fs::metadata(&file).expect("stat").len(), 20_480);
+    let mut both = data.clone();
+    both.extend_from_slice(&data);
+    assert_eq!(store.read(h(22), 0, 20_000).await.expect("read"), both);
+}
+
+async fn the_pool_of_deleted_chunks_files_is_bounded_and_checked_at_open(kind: Kind) {
+    let mut hs = Harness::new(kind);
+    hs.recycle_chunk_files = Some(1);
+    let (store, _) = hs.open().await;
+    fill_chunk(&store, 30, 3).await;
+    fill_chunk(&store, 31, 4).await;
+    store.delete(h(30)).await.expect("delete");
+    store.delete(h(31)).await.expect("delete");
+    assert_eq!(names(&hs.recycle_dir()), vec!["000000000000001e.free"]);
+    drop(store);
+    // What a crash or another program could leave there: a short file and
+    // a stranger. Both go at open; the whole file stays.
+    std::fs::write(hs.recycle_dir().join("0000000000000040.free"), [1; 4096]).expect("write");
+    std::fs::write(hs.recycle_dir().join("notes.txt"), b"x").expect("write");
+    let (store, _) = hs.open().await;
+    assert_eq!(names(&hs.recycle_dir()), vec!["000000000000001e.free"]);
+    // The pool survives a restart, and feeds the next create.
+    fill_chunk(&store, 32, 5).await;
+    assert!(names(&hs.recycle_dir()).is_empty());
+    assert_eq!(
+        read_all(&store, 32, CHUNK as usize).await,
+        pattern(5, CHUNK as usize)
+    );
+    // With no pool, a deleted chunk's files simply go.
+    drop(store);
+    hs.recycle_chunk_files = Some(0);
+    let (store, _) = hs.open().await;
+    store.delete(h(32)).await.expect("delete");
+    assert!(names(&hs.recycle_dir()).is_empty());
+    assert!(names(&hs.chunks_dir()).is_empty());
 }

@@ -3,7 +3,10 @@
 //! times. After each kill the parent recovers the store and checks that
 //! every byte synced before the kill is intact, that every byte below the
 //! recovered length is exactly what was appended there, and that nothing
-//! past the recovered length is served.
+//! past the recovered length is served. The child deletes full chunks
+//! behind it, so later chunks are written over their files (the store's
+//! pool of deleted chunks' files) and recover with stale bytes past their
+//! length.
 //!
 //! The child is this same test binary, re-run with `crash_child` selected
 //! and the store directory in `GFS_CRASH_DIR`.
@@ -20,6 +23,8 @@ use gfs_storage_engine::{ChunkStore, StoreError};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 const KILLS: usize = 24;
+/// The child deletes the chunk this far behind the one it fills next.
+const DELETE_BEHIND: u64 = 2;
 const DIR_ENV: &str = "GFS_CRASH_DIR";
 const SEED_ENV: &str = "GFS_CRASH_SEED";
 
@@ -78,6 +83,16 @@ fn crash_child() {
                 Err(StoreError::ChunkFull { .. }) => {
                     store.sync(h(current)).await.expect("sync");
                     println!("synced {current} {length}");
+                    // Delete a full chunk from a while ago, so later chunks
+                    // are written over its file (the pool of deleted
+                    // chunks' files). Said before it starts: the kill may
+                    // come at any point of the delete.
+                    if let Some(old) = current.checked_sub(DELETE_BEHIND).filter(|&c| c > 0)
+                        && store.info(h(old)).await.is_ok()
+                    {
+                        println!("deleting {old}");
+                        store.delete(h(old)).await.expect("delete");
+                    }
                     current += 1;
                     store.create(h(current), v(1)).await.expect("create");
                     continue;
@@ -109,6 +124,7 @@ fn crash_test() {
     // Highest length each chunk was acknowledged as synced at.
     let mut synced: BTreeMap<u64, u64> = BTreeMap::new();
     let mut cuts = 0;
+    let mut deleted = 0;
     // Chunks below this one were complete at an earlier check and are not
     // read again until the final round.
     let mut unchanged_below = 0;
@@ -134,10 +150,13 @@ fn crash_test() {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let mut words = line.split_whitespace();
-                if words.next() == Some("synced") {
-                    let c: u64 = words.next().and_then(|w| w.parse().ok()).expect("handle");
-                    let l: u64 = words.next().and_then(|w| w.parse().ok()).expect("length");
-                    acks.push((c, l));
+                let what = words.next();
+                let c: Option<u64> = words.next().and_then(|w| w.parse().ok());
+                let l: Option<u64> = words.next().and_then(|w| w.parse().ok());
+                match (what, c, l) {
+                    (Some("synced"), Some(c), Some(l)) => acks.push((c, Some(l))),
+                    (Some("deleting"), Some(c), None) => acks.push((c, None)),
+                    _ => {}
                 }
             }
             acks
@@ -150,8 +169,17 @@ fn crash_test() {
         child.kill().expect("SIGKILL the child");
         child.wait().expect("reap child");
         for (c, l) in reader.join().expect("reader thread") {
-            let e = synced.entry(c).or_insert(0);
-            *e = (*e).max(l);
+            match l {
+                Some(l) => {
+                    let e = synced.entry(c).or_insert(0);
+                    *e = (*e).max(l);
+                }
+                // Gone, or still whole if the kill came first.
+                None => {
+                    synced.remove(&c);
+                    deleted += 1;
+                }
+            }
         }
 
         let checked = rt.block_on(async {
@@ -206,8 +234,13 @@ fn crash_test() {
         !synced.is_empty(),
         "the child acknowledged no sync in {KILLS} rounds"
     );
+    assert!(
+        deleted > 0,
+        "the child deleted no chunk, so no chunk reused a deleted one's file"
+    );
     eprintln!(
-        "crash test: {KILLS} kills, {} chunks synced, {cuts} torn tails cut",
+        "crash test: {KILLS} kills, {} chunks synced, {deleted} deleted (their files reused), \
+         {cuts} torn tails cut",
         synced.len()
     );
 }

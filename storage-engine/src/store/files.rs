@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use gfs_proto::ChunkHandle;
 
-use super::{ChunkState, Dir, QUARANTINE, STORE_MARKER, data_path, meta_path};
+use super::{ChunkState, Dir, QUARANTINE, STORE_MARKER, data_path, meta_path, recycle};
 use crate::backend::portable::PortableBackend;
 use crate::backend::uring::{self, UringBackend};
 use crate::backend::{self, ChosenBackend, IoBackend};
@@ -32,6 +32,13 @@ pub(super) fn prepare_dir(
         std::fs::create_dir_all(d).context(|| format!("create {}", d.display()))?;
     }
     check_marker(&root, cfg.chunk_size_bytes)?;
+    let recycle = root.join(recycle::RECYCLE);
+    let pool = recycle::load(
+        &recycle,
+        cfg.chunk_size_bytes,
+        cfg.recycle_chunk_files as usize,
+    )
+    .context(|| format!("open {}", recycle.display()))?;
     let direct_probe = match cfg.direct_io {
         true => eio::probe_direct(&root),
         false => Err("disabled by configuration".into()),
@@ -56,6 +63,8 @@ pub(super) fn prepare_dir(
         direct: choice.direct,
         poisoned: Mutex::new(None),
         used_bytes: AtomicU64::new(0),
+        recycle,
+        recycled: Mutex::new(pool),
     };
     Ok((dir, choice.reason))
 }
@@ -100,29 +109,52 @@ pub(super) fn list_names(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Removes the metadata file (the commit point, made durable), then the data.
-/// A data file left behind by a crash in between is removed by recovery.
-pub(super) fn delete(chunks: &Path, handle: ChunkHandle) -> Result<()> {
+/// Removes the metadata file (the commit point, made durable), then the
+/// data file, or moves it into the directory's pool when `keep` says there
+/// is room (`recycle`; its new path). A data file left behind by a crash in
+/// between is removed by recovery.
+pub(super) fn delete(
+    chunks: &Path,
+    handle: ChunkHandle,
+    keep: Option<(&Path, u64)>,
+) -> Result<Option<PathBuf>> {
     let meta = meta_path(chunks, handle);
     std::fs::remove_file(&meta).context(|| format!("remove {}", meta.display()))?;
     eio::sync_dir(chunks).context(|| format!("fsync {}", chunks.display()))?;
     let data = data_path(chunks, handle);
-    std::fs::remove_file(&data).context(|| format!("remove {}", data.display()))
+    let (pool, chunk_size) = keep.unwrap_or((chunks, 0));
+    recycle::give(&data, pool, handle, chunk_size, keep.is_some())
+        .context(|| format!("remove {}", data.display()))
 }
 
+/// Makes chunk `h`'s files: its data file is `reuse` (a pooled file of a
+/// deleted chunk, renamed) when given and still there, else a new one.
 pub(super) fn create(
     dir: &Path,
     h: ChunkHandle,
     version: u64,
     direct: bool,
     chunk_size: u64,
+    reuse: Option<PathBuf>,
 ) -> std::result::Result<ChunkState, (String, io::Error)> {
     use std::os::unix::fs::FileExt;
     let data_p = data_path(dir, h);
     let meta_p = meta_path(dir, h);
     let tmp = dir.join(format!("{h}.meta.tmp"));
-    let data = eio::open_data(&data_p, direct, true)
-        .map_err(|e| (format!("create {}", data_p.display()), e))?;
+    let reused = reuse.is_some_and(|from| match recycle::rename_new(&from, &data_p) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(file = %from.display(), error = %e, "could not reuse a pooled chunk file");
+            false
+        }
+    });
+    let data = eio::open_data(&data_p, direct, !reused).map_err(|e| {
+        if reused {
+            // Not left for a retried create to find in its way.
+            let _ = std::fs::remove_file(&data_p);
+        }
+        (format!("create {}", data_p.display()), e)
+    })?;
     let header = Header {
         seq: 1,
         handle: h.0,

@@ -35,6 +35,7 @@ use crate::layout::{self, Header, SECTOR_BYTES};
 mod data;
 pub use data::Prepared;
 mod files;
+mod recycle;
 mod scrub;
 
 const STORE_MARKER: &str = "STORE";
@@ -122,6 +123,10 @@ struct Dir {
     direct: bool,
     poisoned: Mutex<Option<String>>,
     used_bytes: AtomicU64,
+    /// `recycle/`, and the data files of deleted chunks waiting there for
+    /// new chunks (`recycle`).
+    recycle: PathBuf,
+    recycled: Mutex<Vec<PathBuf>>,
 }
 
 #[derive(Debug)]
@@ -528,8 +533,10 @@ impl ChunkStore {
         let dir = &self.inner.dirs[i];
         let (chunks_dir, direct) = (dir.chunks.clone(), dir.direct);
         let chunk_size = self.inner.config.chunk_size_bytes;
+        let reuse = dir.recycled.lock().expect("pool lock").pop();
         let created =
-            blocking(move || files::create(&chunks_dir, h, version.0, direct, chunk_size)).await;
+            blocking(move || files::create(&chunks_dir, h, version.0, direct, chunk_size, reuse))
+                .await;
         match created {
             Ok(state) => Ok((i, state)),
             Err((_, e)) if is_enospc(&e) => Err(StoreError::NoSpace {
@@ -554,7 +561,7 @@ impl ChunkStore {
                 refusal = Some(e);
                 continue;
             }
-            let free = eio::disk_space(&d.root).map(|(free, _)| free).unwrap_or(0);
+            let free = eio::disk_space(&d.root).map_or(0, |(free, _)| free) + self.pooled_bytes(d);
             let key = (
                 free >> 30,
                 std::cmp::Reverse(d.used_bytes.load(Ordering::Relaxed)),
@@ -588,13 +595,36 @@ impl ChunkStore {
         Ok((chunk, length))
     }
 
-    /// Removes a chunk for good.
+    /// Removes a chunk for good. Its data file joins the directory's pool
+    /// if it is a whole chunk and there is room (`recycle`).
     pub async fn delete(&self, handle: ChunkHandle) -> Result<()> {
         let chunk = self.chunk(handle)?;
-        self.dir(&chunk).check_writable()?;
+        let dir = self.dir(&chunk);
+        dir.check_writable()?;
         let (chunk, _) = self.retire(handle).await?;
-        let chunks_dir = self.dir(&chunk).chunks.clone();
-        blocking(move || files::delete(&chunks_dir, handle)).await
+        let (chunks_dir, pool) = (dir.chunks.clone(), dir.recycle.clone());
+        let cap = self.inner.config.recycle_chunk_files as usize;
+        let room = dir.recycled.lock().expect("pool lock").len() < cap;
+        let chunk_size = self.inner.config.chunk_size_bytes;
+        let kept = blocking(move || {
+            files::delete(&chunks_dir, handle, room.then_some((&*pool, chunk_size)))
+        })
+        .await?;
+        if let Some(path) = kept {
+            self.dir(&chunk)
+                .recycled
+                .lock()
+                .expect("pool lock")
+                .push(path);
+        }
+        Ok(())
+    }
+
+    /// Space held by a directory's pool of deleted chunks' files: free to
+    /// the chunks created there.
+    fn pooled_bytes(&self, d: &Dir) -> u64 {
+        let n = d.recycled.lock().expect("pool lock").len() as u64;
+        n * self.inner.config.chunk_size_bytes
     }
 
     /// Moves a chunk aside into `quarantine/` (it is never deleted silently)
@@ -657,6 +687,7 @@ impl ChunkStore {
             .iter()
             .map(|d| {
                 let (free, total) = eio::disk_space(&d.root).unwrap_or((0, 0));
+                let free = free + self.pooled_bytes(d);
                 DiskUsage {
                     dir: d.root.clone(),
                     backend: d.backend.name(),

@@ -27,6 +27,8 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub faults: FaultSwitch,
     pub verify_on_open: bool,
+    /// Overrides the pool of deleted chunks' files kept per directory.
+    pub recycle_chunk_files: Option<u32>,
 }
 
 pub fn init_tracing() {
@@ -46,6 +48,7 @@ impl Harness {
             dir: tempfile::tempdir().expect("temp dir"),
             faults: FaultSwitch::default(),
             verify_on_open: false,
+            recycle_chunk_files: None,
         }
     }
 
@@ -58,7 +61,15 @@ impl Harness {
     }
 
     pub fn config(&self) -> StoreConfigFile {
-        config_for(&self.root(), self.kind, self.verify_on_open)
+        let cfg = config_for(&self.root(), self.kind, self.verify_on_open);
+        StoreConfigFile {
+            recycle_chunk_files: self.recycle_chunk_files.unwrap_or(cfg.recycle_chunk_files),
+            ..cfg
+        }
+    }
+
+    pub fn recycle_dir(&self) -> PathBuf {
+        self.root().join("recycle")
     }
 
     pub async fn open(&self) -> (ChunkStore, RecoveryReport) {
