@@ -60,7 +60,11 @@ pub struct DiskUsage {
     pub registered_buffers: bool,
     /// Bytes of chunk data stored here.
     pub used_bytes: u64,
+    /// Free space: the filesystem's, plus `pooled_bytes`.
     pub free_bytes: u64,
+    /// Space held by the data files of deleted chunks waiting for new ones
+    /// (`recycle`): taken by the next creates without allocating.
+    pub pooled_bytes: u64,
     pub total_bytes: u64,
     /// Why the directory refuses writes, if it does.
     pub poisoned: Option<String>,
@@ -687,14 +691,15 @@ impl ChunkStore {
             .iter()
             .map(|d| {
                 let (free, total) = eio::disk_space(&d.root).unwrap_or((0, 0));
-                let free = free + self.pooled_bytes(d);
+                let pooled = self.pooled_bytes(d);
                 DiskUsage {
                     dir: d.root.clone(),
                     backend: d.backend.name(),
                     direct_io: d.direct,
                     registered_buffers: d.backend.registered_buffers(),
                     used_bytes: d.used_bytes.load(Ordering::Relaxed),
-                    free_bytes: free,
+                    free_bytes: free + pooled,
+                    pooled_bytes: pooled,
                     total_bytes: total,
                     poisoned: d.poisoned.lock().expect("poison lock").clone(),
                 }
