@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{CHUNK, Harness, Kind, h, pattern, v};
+use common::{CHUNK, Harness, Kind, MAX_REQUEST, h, pattern, v};
 use gfs_storage_engine::{ChunkStore, StoreError};
 
 async fn store_with(kind: Kind, data: &[u8]) -> (Harness, ChunkStore) {
@@ -231,6 +231,28 @@ async fn enospc_is_a_clear_error_that_leaves_earlier_data_intact() {
     let got = store.read(h(1), 0, 70_005).await.expect("read");
     assert_eq!(&got[..70_001], &before[..]);
     assert_eq!(&got[70_001..], b"more");
+}
+
+/// Out of space, a directory gives its pool of deleted chunks' files back
+/// to the filesystem: the chunks being written need the space more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enospc_gives_the_pool_of_deleted_chunks_files_back() {
+    let (hs, store) = store_with(Kind::Faulty, b"data").await;
+    store.create(h(2), v(1)).await.expect("create");
+    let whole = pattern(9, CHUNK as usize);
+    for part in whole.chunks(MAX_REQUEST as usize) {
+        store.append(h(2), part).await.expect("append");
+    }
+    store.delete(h(2)).await.expect("delete");
+    assert_eq!(store.usage()[0].pooled_bytes, CHUNK);
+    let recycle = hs.root().join("recycle");
+    assert_eq!(std::fs::read_dir(&recycle).expect("list").count(), 1);
+    hs.faults.arm(|f| f.write_enospc = 1);
+    let err = store.append(h(1), b"more").await.expect_err("no space");
+    assert!(matches!(err, StoreError::NoSpace { .. }), "{err}");
+    assert_eq!(store.usage()[0].pooled_bytes, 0);
+    assert_eq!(std::fs::read_dir(&recycle).expect("list").count(), 0);
+    assert_eq!(store.append(h(1), b"more").await.expect("append"), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -543,9 +543,12 @@ impl ChunkStore {
                 .await;
         match created {
             Ok(state) => Ok((i, state)),
-            Err((_, e)) if is_enospc(&e) => Err(StoreError::NoSpace {
-                dir: dir.root.clone(),
-            }),
+            Err((_, e)) if is_enospc(&e) => {
+                self.release_pool(dir).await;
+                Err(StoreError::NoSpace {
+                    dir: dir.root.clone(),
+                })
+            }
             Err((_, e)) if e.kind() == io::ErrorKind::AlreadyExists => {
                 Err(StoreError::AlreadyExists(h))
             }
@@ -798,15 +801,38 @@ impl ChunkStore {
     /// Runs mutation I/O. Any failure but ENOSPC poisons the directory: after
     /// a failed write or fsync the kernel may have dropped dirty pages, so
     /// nothing this store believes about the disk can be trusted. ENOSPC
-    /// poisons too unless the caller says it only wrote past the old end.
+    /// poisons too unless the caller says it only wrote past the old end;
+    /// it also gives the directory's pool of deleted chunks' files back to
+    /// the filesystem, so the chunks being written get that space.
     async fn run_mutation(&self, dir: &Dir, ops: Vec<IoOp>, enospc_is_fatal: bool) -> Result<()> {
         match run_all(dir.backend.as_ref(), ops).await {
             Ok(()) => Ok(()),
-            Err(e) if is_enospc(&e) && !enospc_is_fatal => Err(StoreError::NoSpace {
-                dir: dir.root.clone(),
-            }),
+            Err(e) if is_enospc(&e) && !enospc_is_fatal => {
+                self.release_pool(dir).await;
+                Err(StoreError::NoSpace {
+                    dir: dir.root.clone(),
+                })
+            }
             Err(e) => Err(dir.poison(format!("write or fsync failed: {e}"))),
         }
+    }
+
+    /// Removes every file of a directory's pool (`recycle`), when the
+    /// filesystem ran out of space: kept files would only hold it.
+    async fn release_pool(&self, dir: &Dir) {
+        let files = std::mem::take(&mut *dir.recycled.lock().expect("pool lock"));
+        if files.is_empty() {
+            return;
+        }
+        tracing::warn!(dir = %dir.root.display(), files = files.len(), "out of space: removing the pool of deleted chunks' files");
+        blocking(move || {
+            for f in files {
+                if let Err(e) = std::fs::remove_file(&f) {
+                    tracing::warn!(file = %f.display(), error = %e, "could not remove a pooled chunk file");
+                }
+            }
+        })
+        .await;
     }
 
     fn recycle(&self, buf: Arc<AlignedBuf>) {
