@@ -100,18 +100,17 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The slowest directory's figure `f`.
+    fn slowest(&self, f: fn(&DiskLimit) -> f64) -> f64 {
+        self.disks.iter().map(f).fold(f64::INFINITY, f64::min)
+    }
+
     fn disk_write(&self) -> f64 {
-        self.disks
-            .iter()
-            .map(|d| d.write_mb_s)
-            .fold(f64::INFINITY, f64::min)
+        self.slowest(|d| d.write_mb_s)
     }
 
     fn disk_new_blocks_write(&self) -> f64 {
-        self.disks
-            .iter()
-            .map(|d| d.new_blocks_write_mb_s)
-            .fold(f64::INFINITY, f64::min)
+        self.slowest(|d| d.new_blocks_write_mb_s)
     }
 
     /// The slowest directory's sequential read, or the reads of the
@@ -123,10 +122,7 @@ impl Limits {
 
     /// The slowest directory's sequential read of its scratch file.
     fn sequential_read(&self) -> f64 {
-        self.disks
-            .iter()
-            .map(|d| d.read_mb_s)
-            .fold(f64::INFINITY, f64::min)
+        self.slowest(|d| d.read_mb_s)
     }
 
     /// The limit for `bench`, from the ceilings (see the module comment).
@@ -137,8 +133,8 @@ impl Limits {
         }
     }
 
-    /// For writes and appends, the limit were the disk only as fast as it
-    /// fills new files (see the module comment); `None` for reads.
+    /// For writes and appends, the limit if the disk were only as fast as
+    /// it fills new files (see the module comment); `None` for reads.
     pub fn new_blocks_limit(&self, bench: &str) -> Option<f64> {
         (bench != "read").then(|| self.disk_new_blocks_write().min(self.tcp_mb_s) / REPLICATION)
     }

@@ -114,6 +114,19 @@ fn run(
     Ok(took)
 }
 
+/// `path` opened with O_DIRECT: for reads only, or created afresh (empty)
+/// for reads and writes.
+fn open_direct(path: &Path, fresh: bool) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(fresh)
+        .create(fresh)
+        .truncate(fresh)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .with_context(|| format!("open {} with O_DIRECT", path.display()))
+}
+
 /// The `bs`-byte requests of a sequential pass over `size` bytes of one file.
 fn sequential(size: u64, bs: usize) -> (u64, impl Fn(u64) -> (usize, u64)) {
     (size.div_ceil(bs as u64), move |i| (0, i * bs as u64))
@@ -133,14 +146,7 @@ pub struct RawFile {
 impl RawFile {
     pub fn create(dir: &Path, size: u64, bs: usize, depth: usize, fixed: bool) -> Result<Self> {
         let path = dir.join("raw-limit.dat");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .with_context(|| format!("open {} with O_DIRECT", path.display()))?;
+        let file = open_direct(&path, true)?;
         Ok(Self {
             path,
             file,
@@ -210,9 +216,9 @@ pub struct Ceiling {
 
 /// The device's write rate into blocks no file had: `size` bytes in
 /// requests of `bs` spread round-robin over `files` new files
-/// ([`NEW_BLOCK_FILES`] for the ceilings),
-/// as many in flight (about one per file), as a chunkserver fills new
-/// chunk files (one mutation of a chunk at a time), then fsynced. On the development
+/// ([`NEW_BLOCK_FILES`] for the ceilings), as many in flight (about one
+/// per file), as a chunkserver fills new chunk files (one mutation of a
+/// chunk at a time), then fsynced. On the development
 /// VM's ext4 this is ~2 GB/s however deep each file's queue, where writes
 /// over written blocks reach 2.3-2.5 (fio, BENCHMARKS.md "What bounds
 /// append"): the cluster's writes and appends fill new chunk files, so
@@ -225,15 +231,7 @@ pub fn new_blocks_write(dir: &Path, size: u64, bs: usize, files: usize) -> Resul
     let result = (|| {
         let files = paths
             .iter()
-            .map(|p| {
-                OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(p)
-                    .with_context(|| format!("open {} with O_DIRECT", p.display()))
-            })
+            .map(|p| open_direct(p, true))
             .collect::<Result<Vec<File>>>()?;
         let total = size.div_ceil(bs as u64);
         let took = run(&files, total, bs, n, Dir::Write, true, |i| {
@@ -291,11 +289,7 @@ pub fn read_spread(paths: &[std::path::PathBuf], size: u64, bs: usize, seed: u64
     let mut files = Vec::new();
     let mut slots = Vec::new();
     for p in paths {
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(p)
-            .with_context(|| format!("open {} with O_DIRECT", p.display()))?;
+        let file = open_direct(p, false)?;
         let whole = file.metadata()?.len() / bs as u64;
         if whole > 0 {
             files.push(file);

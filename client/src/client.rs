@@ -190,9 +190,7 @@ impl Client {
     /// length on a replica; `None` when none does.
     async fn last_with_data(&self, path: &str, chunks: u64) -> Result<Option<(u64, u64)>> {
         for index in (0..chunks).rev() {
-            let (_, len) = self
-                .read_piece(path, index, 0, 0, &mut BytesMut::new())
-                .await?;
+            let len = self.chunk_length(path, index).await?;
             if len > 0 {
                 return Ok(Some((index, len)));
             }
@@ -211,10 +209,17 @@ impl Client {
         if last == 0 {
             return Ok(0);
         }
-        let (_, len) = self
-            .read_piece(path, last, 0, 0, &mut BytesMut::new())
-            .await?;
+        let len = self.chunk_length(path, last).await?;
         Ok(if len == 0 { last - 1 } else { last })
+    }
+
+    /// Chunk `index`'s length on one of its replicas (0 for a chunk the
+    /// file does not have).
+    async fn chunk_length(&self, path: &str, index: u64) -> Result<u64> {
+        let (_, len) = self
+            .read_piece(path, index, 0, 0, &mut BytesMut::new())
+            .await?;
+        Ok(len)
     }
 
     /// Records the file's current length with the masters, so a reader
@@ -565,7 +570,7 @@ impl Client {
         }
         let (me, path) = (self.clone(), path.to_string());
         tokio::spawn(async move {
-            if let Err(e) = me.writable(&path, index, &mut Vec::new()).await {
+            if let Err(e) = me.ensure_chunk(&path, index).await {
                 // The append that needs it asks again.
                 tracing::debug!(%path, index, error = %e, "asking ahead for a chunk failed");
             }

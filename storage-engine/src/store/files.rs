@@ -122,9 +122,7 @@ pub(super) fn delete(
     std::fs::remove_file(&meta).context(|| format!("remove {}", meta.display()))?;
     eio::sync_dir(chunks).context(|| format!("fsync {}", chunks.display()))?;
     let data = data_path(chunks, handle);
-    let (pool, chunk_size) = keep.unwrap_or((chunks, 0));
-    recycle::give(&data, pool, handle, chunk_size, keep.is_some())
-        .context(|| format!("remove {}", data.display()))
+    recycle::give(&data, handle, keep).context(|| format!("remove {}", data.display()))
 }
 
 /// Makes chunk `h`'s files: its data file is `reuse` (a pooled file of a

@@ -608,7 +608,7 @@ impl ChunkStore {
         let chunk = self.chunk(handle)?;
         let dir = self.dir(&chunk);
         dir.check_writable()?;
-        let (chunk, _) = self.retire(handle).await?;
+        self.retire(handle).await?;
         let (chunks_dir, pool) = (dir.chunks.clone(), dir.recycle.clone());
         let cap = self.inner.config.recycle_chunk_files as usize;
         let room = dir.recycled.lock().expect("pool lock").len() < cap;
@@ -618,11 +618,7 @@ impl ChunkStore {
         })
         .await?;
         if let Some(path) = kept {
-            self.dir(&chunk)
-                .recycled
-                .lock()
-                .expect("pool lock")
-                .push(path);
+            dir.recycled.lock().expect("pool lock").push(path);
         }
         Ok(())
     }

@@ -66,16 +66,16 @@ pub(super) fn load(recycle: &Path, chunk_size: u64, cap: usize) -> io::Result<Ve
 }
 
 /// The data file `data` of chunk `handle`, whose metadata file is gone:
-/// moved into `recycle` if `room` and it is reusable (its new path),
-/// otherwise removed.
+/// moved into the pool `keep` (its directory, and the chunk size) if given
+/// and the file is reusable (its new path), otherwise removed.
 pub(super) fn give(
     data: &Path,
-    recycle: &Path,
     handle: ChunkHandle,
-    chunk_size: u64,
-    room: bool,
+    keep: Option<(&Path, u64)>,
 ) -> io::Result<Option<PathBuf>> {
-    if room && std::fs::symlink_metadata(data).is_ok_and(|m| reusable(&m, chunk_size)) {
+    if let Some((recycle, chunk_size)) = keep
+        && std::fs::symlink_metadata(data).is_ok_and(|m| reusable(&m, chunk_size))
+    {
         let to = recycle.join(format!("{handle}.free"));
         match rename_new(data, &to) {
             Ok(()) => return Ok(Some(to)),
