@@ -33,6 +33,9 @@ pub struct ConfigFile {
     pub buffer_ttl_ms: Option<u64>,
     pub backend: Option<BackendKind>,
     pub direct_io: Option<bool>,
+    /// Data files of deleted whole chunks kept per data directory for new
+    /// chunks to write over (default 64; 0 removes them at once).
+    pub recycle_chunk_files: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -76,6 +79,7 @@ impl ConfigFile {
             buffer_ttl_ms,
             backend,
             direct_io,
+            recycle_chunk_files,
         } = self;
         let id = id.ok_or(ConfigError::Missing("id"))?;
         if id == 0 {
@@ -117,6 +121,9 @@ impl ConfigFile {
         if let Some(d) = direct_io {
             store.direct_io = d;
         }
+        if let Some(n) = recycle_chunk_files {
+            store.recycle_chunk_files = n;
+        }
         Ok(ChunkserverConfig {
             id,
             advertise: advertise.unwrap_or_else(|| listen.to_string()),
@@ -146,12 +153,14 @@ mod tests {
             rack = "r1"
             masters = ["127.0.0.1:7000"]
             chunk_size_bytes = 1048576
+            recycle_chunk_files = 0
             "#,
         )
         .unwrap()
         .validate()
         .unwrap();
         assert_eq!(c.advertise, "127.0.0.4:7100");
+        assert_eq!(c.store.recycle_chunk_files, 0);
         assert_eq!(c.store.dirs.len(), 2);
         assert_eq!(c.store.chunk_size_bytes, 1 << 20);
         assert_eq!(c.store.max_request_bytes, 1 << 20);
