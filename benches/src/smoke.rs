@@ -34,7 +34,7 @@ fn cases(dir: &Path) -> Vec<Case> {
         Case {
             name: "engine",
             args: a(&["engine", "--dir", &d, "--size", "67108864", "--runs", "1"]),
-            keys: &[],
+            keys: &["write_ratio", "rewrite_ratio", "read_ratio"],
             plot: None,
         },
         Case {
