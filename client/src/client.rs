@@ -503,15 +503,18 @@ impl Client {
 
     /// Appends one record atomically, at least once, at an offset the
     /// primary chooses; returns that offset in the file. A record is at
-    /// most a quarter of a chunk (minus its frame header).
+    /// most a quarter of a chunk (minus its frame header); a large one is
+    /// padded to whole sectors (`record::framed_len`), so the next one
+    /// appended after it starts on a sector.
     pub async fn append(&self, path: &str, payload: &[u8]) -> Result<u64> {
         let cs = self.chunk_size(path).await?;
         let id = RecordId {
             client_id: self.master.client_id(),
             seq: self.record_seq.fetch_add(1, Ordering::Relaxed),
         };
+        // Both bounds are whole sectors, so padding never crosses them.
         let max = (gfs_proto::limits::max_record_bytes(cs) as usize).min(MAX_FRAME_BYTES);
-        if payload.len() + record::HEADER_BYTES > max {
+        if record::framed_len(payload.len()) > max {
             return Err(MasterError::new(
                 ErrorKind::InvalidArgument,
                 format!(

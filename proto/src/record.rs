@@ -3,11 +3,23 @@
 //!
 //! A frame is `magic | payload length | CRC32C | client id | seq | payload`,
 //! little-endian, [`HEADER_BYTES`] of header. The checksum covers the client
-//! id, the sequence number and the payload. A chunk holding appended records
-//! may also hold zero padding (a record that did not fit), torn fragments (a
-//! failed append) and duplicates (a retried append that had partly
-//! succeeded): [`scan`] skips the first two, and a reader drops the third by
-//! `(client id, seq)`.
+//! id, the sequence number and the payload. A frame of at least
+//! [`PAD_FROM_BYTES`] is followed by zeros up to a whole number of
+//! [`PAD_TO_BYTES`] ([`framed_len`]). A chunk holding appended records
+//! may also hold zero padding (that, or a record that did not fit), torn
+//! fragments (a failed append) and duplicates (a retried append that had
+//! partly succeeded): [`scan`] skips the first two, and a reader drops the
+//! third by `(client id, seq)`.
+//!
+//! Why pad: records appended one after another then start on a sector of
+//! the chunk, so a replica writes each with whole-sector I/O over its own
+//! sectors, instead of rewriting the sector where the record before it
+//! ended (the cached tail) along with it. Four appenders of 1 MiB records
+//! on the development VM: 624 / 626 MB/s against 576 / 566 (BENCHMARKS.md,
+//! 2026-11-23, night), for at most 4 KiB per record (0.4 % of a 1 MiB one).
+//! Small records are not padded: their padding would cost more than it
+//! saves, and a chunk that holds them keeps larger ones unaligned, which is
+//! slower but never wrong.
 
 /// "GFSR" read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"GFSR");
@@ -22,9 +34,28 @@ pub struct RecordId {
     pub seq: u64,
 }
 
-/// Frames `payload` as record `id`.
+/// Frames at least this long are padded ([`framed_len`]).
+pub const PAD_FROM_BYTES: usize = 64 << 10;
+
+/// What a padded frame is a multiple of: the storage engine's sector.
+pub const PAD_TO_BYTES: usize = 4096;
+
+/// Bytes a record of `payload` bytes takes in a chunk: its frame, padded
+/// to a whole number of [`PAD_TO_BYTES`] once it is [`PAD_FROM_BYTES`] or
+/// more. Never more than the next multiple of [`PAD_TO_BYTES`], so a
+/// frame that fits a limit that is such a multiple still fits it padded.
+pub fn framed_len(payload: usize) -> usize {
+    let frame = HEADER_BYTES + payload;
+    if frame >= PAD_FROM_BYTES {
+        frame.next_multiple_of(PAD_TO_BYTES)
+    } else {
+        frame
+    }
+}
+
+/// Frames `payload` as record `id`, padded ([`framed_len`]).
 pub fn encode(id: RecordId, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
+    let mut out = Vec::with_capacity(framed_len(payload.len()));
     let len = u32::try_from(payload.len()).expect("records are at most a quarter of a chunk");
     out.extend_from_slice(&MAGIC.to_le_bytes());
     out.extend_from_slice(&len.to_le_bytes());
@@ -34,6 +65,7 @@ pub fn encode(id: RecordId, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(payload);
     let crc = crc32c::crc32c(&out[12..]);
     out[8..12].copy_from_slice(&crc.to_le_bytes());
+    out.resize(framed_len(payload.len()), 0);
     out
 }
 
@@ -121,6 +153,39 @@ mod tests {
         assert_eq!(
             u32::from_le_bytes(f[8..12].try_into().unwrap()),
             crc32c::crc32c(&f[12..])
+        );
+    }
+
+    #[test]
+    fn large_frames_are_padded_to_whole_sectors_and_scan_back_to_back() {
+        assert_eq!(framed_len(100), HEADER_BYTES + 100);
+        let small = PAD_FROM_BYTES - HEADER_BYTES - 1;
+        assert_eq!(
+            framed_len(small),
+            PAD_FROM_BYTES - 1,
+            "just below: not padded"
+        );
+        assert_eq!(
+            framed_len(small + 1),
+            PAD_FROM_BYTES,
+            "a whole multiple already"
+        );
+        assert_eq!(framed_len(1 << 20), (1 << 20) + PAD_TO_BYTES);
+        let (a, b) = (vec![0xA1; 100_000], vec![0xB2; 70_000]);
+        let (fa, fb) = (encode(id(1, 1), &a), encode(id(1, 2), &b));
+        assert_eq!((fa.len(), fb.len()), (102_400, 73_728));
+        assert!(fa[HEADER_BYTES + a.len()..].iter().all(|&x| x == 0));
+        let mut data = fa.clone();
+        data.extend_from_slice(&fb);
+        data.extend_from_slice(&encode(id(1, 3), b"small"));
+        let found = scan(&data);
+        let got: Vec<(usize, u64, usize)> = found
+            .iter()
+            .map(|f| (f.offset, f.id.seq, f.payload.len()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(0, 1, 100_000), (102_400, 2, 70_000), (176_128, 3, 5)]
         );
     }
 

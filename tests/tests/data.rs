@@ -113,7 +113,7 @@ async fn check_records(c: &gfs_client::Client, acked: &HashMap<Vec<u8>, u64>) {
         seen += 1;
     }
     for (rec, off) in acked {
-        let len = (gfs_proto::record::HEADER_BYTES + rec.len()) as u64;
+        let len = gfs_proto::record::framed_len(rec.len()) as u64;
         let frame = c.read_at("/log", *off, len).await.expect("read frame");
         let found = gfs_proto::record::scan(&frame);
         let intact =
@@ -179,10 +179,13 @@ async fn an_appender_has_the_next_chunk_made_before_its_chunk_fills() {
     let c = cluster.client();
     c.create("/log", 0).await.expect("create");
     let record = vec![7u8; 100_000];
-    // 1 MiB chunks: 7 records leave more than a quarter free, 8 do not.
+    // 1 MiB chunks: 7 records (of 100 KiB framed and padded) leave more
+    // than a quarter free, 8 do not.
     for i in 0..8 {
         let at = c.append("/log", &record).await.expect("append");
         assert!(at < 1 << 20, "record {i} went to the second chunk");
+        // Padded frames: each record starts on a sector.
+        assert_eq!(at, i * 102_400, "record {i}");
         if i == 6 {
             tokio::time::sleep(Duration::from_millis(300)).await;
             assert_eq!(c.stat("/log").await.expect("stat").chunks, 1);
@@ -199,7 +202,7 @@ async fn an_appender_has_the_next_chunk_made_before_its_chunk_fills() {
     // The second chunk is empty, and the first neither full nor padded.
     // The file ends where the last record does, not at the chunk boundary
     // (`length` steps back over the empty chunk) ...
-    let framed = (record.len() + gfs_proto::record::HEADER_BYTES) as u64;
+    let framed = gfs_proto::record::framed_len(record.len()) as u64;
     assert_eq!(c.length("/log").await.expect("length"), 8 * framed);
     // ... and a new appender starts in the first chunk, not after a chunk
     // that is not full: a reader stops at a short chunk, so records in the
