@@ -49,16 +49,38 @@ pub fn split(
     io_size: usize,
     mut make: impl FnMut(u64, IoSlice) -> IoOp,
 ) -> Vec<IoOp> {
-    (0..len)
-        .step_by(io_size)
-        .map(|at| {
-            let n = io_size.min(len - at);
+    windows(len, io_size)
+        .map(|(at, n)| {
             make(
                 file_offset + at as u64,
                 IoSlice::new(buf.clone(), buf_offset + at, n),
             )
         })
         .collect()
+}
+
+/// `[0, len)` as `(start, length)` windows of `io_size`, except that a last
+/// window shorter than a quarter of `io_size` joins the one before it. A
+/// 1 MiB record append framed to 1 MiB + 4 KiB is then one request, not a
+/// 1 MiB and a 4 KiB one: where the filesystem serialises writes that
+/// extend a file (ext4 with O_DIRECT), the second waited for the first,
+/// and appends into new chunk files ran ~11 % slower (BENCHMARKS.md,
+/// 2026-11-23, night).
+fn windows(len: usize, io_size: usize) -> impl Iterator<Item = (usize, usize)> {
+    let io_size = io_size.max(1);
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at >= len {
+            return None;
+        }
+        let mut n = io_size.min(len - at);
+        if len - at - n < io_size / 4 {
+            n = len - at;
+        }
+        let w = (at, n);
+        at += n;
+        Some(w)
+    })
 }
 
 pub fn open_data(path: &Path, direct: bool, create: bool) -> io::Result<File> {
@@ -114,4 +136,20 @@ pub fn disk_space(dir: &Path) -> io::Result<(u64, u64)> {
     }
     let unit = st.f_frsize;
     Ok((st.f_bavail * unit, st.f_blocks * unit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::windows;
+
+    #[test]
+    fn a_short_last_window_joins_the_one_before_it() {
+        let w = |len| windows(len, 1024).collect::<Vec<_>>();
+        assert_eq!(w(0), vec![]);
+        assert_eq!(w(100), vec![(0, 100)]);
+        assert_eq!(w(1024), vec![(0, 1024)]);
+        assert_eq!(w(1024 + 255), vec![(0, 1279)]);
+        assert_eq!(w(1024 + 256), vec![(0, 1024), (1024, 256)]);
+        assert_eq!(w(3 * 1024 + 4), vec![(0, 1024), (1024, 1024), (2048, 1028)]);
+    }
 }
