@@ -15,7 +15,8 @@
 //! the chunk, so a replica writes each with whole-sector I/O over its own
 //! sectors, instead of rewriting the sector where the record before it
 //! ended (the cached tail) along with it. Four appenders of 1 MiB records
-//! on the development VM: 624 / 626 MB/s against 576 / 566 (BENCHMARKS.md,
+//! on the development VM, with the engine writing each padded record as
+//! one request: +8-11 % into new chunk files, +5 % overall (BENCHMARKS.md,
 //! 2026-11-23, night), for at most 4 KiB per record (0.4 % of a 1 MiB one).
 //! Small records are not padded: their padding would cost more than it
 //! saves, and a chunk that holds them keeps larger ones unaligned, which is
