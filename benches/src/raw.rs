@@ -218,11 +218,10 @@ pub struct Ceiling {
 /// requests of `bs` spread round-robin over `files` new files
 /// ([`NEW_BLOCK_FILES`] for the ceilings), as many in flight (about one
 /// per file), as a chunkserver fills new chunk files (one mutation of a
-/// chunk at a time), then fsynced. On the development
-/// VM's ext4 this is ~2 GB/s however deep each file's queue, where writes
-/// over written blocks reach 2.3-2.5 (fio, BENCHMARKS.md "What bounds
-/// append"): the cluster's writes and appends fill new chunk files, so
-/// this is the most they can put on the disk there.
+/// chunk at a time), then fsynced. On the development VM's ext4 this was
+/// ~2 GB/s where writes over written blocks reached 2.3-2.5 (fio,
+/// BENCHMARKS.md "What bounds append"): the cluster's writes and appends
+/// fill new chunk files, so this is what the disk gives them there.
 pub fn new_blocks_write(dir: &Path, size: u64, bs: usize, files: usize) -> Result<f64> {
     let n = files.max(1);
     let paths: Vec<_> = (0..n)

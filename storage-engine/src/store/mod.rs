@@ -543,12 +543,7 @@ impl ChunkStore {
                 .await;
         match created {
             Ok(state) => Ok((i, state)),
-            Err((_, e)) if is_enospc(&e) => {
-                self.release_pool(dir).await;
-                Err(StoreError::NoSpace {
-                    dir: dir.root.clone(),
-                })
-            }
+            Err((_, e)) if is_enospc(&e) => Err(self.out_of_space(dir).await),
             Err((_, e)) if e.kind() == io::ErrorKind::AlreadyExists => {
                 Err(StoreError::AlreadyExists(h))
             }
@@ -617,8 +612,21 @@ impl ChunkStore {
             files::delete(&chunks_dir, handle, room.then_some((&*pool, chunk_size)))
         })
         .await?;
-        if let Some(path) = kept {
-            dir.recycled.lock().expect("pool lock").push(path);
+        // Deletes running together may each have seen room for one.
+        let over = kept.and_then(|path| {
+            let mut pool = dir.recycled.lock().expect("pool lock");
+            if pool.len() < cap {
+                pool.push(path);
+                None
+            } else {
+                Some(path)
+            }
+        });
+        if let Some(path) = over {
+            let shown = path.display().to_string();
+            blocking(move || std::fs::remove_file(&path))
+                .await
+                .context(|| format!("remove {shown}, past the pool's bound"))?;
         }
         Ok(())
     }
@@ -803,13 +811,16 @@ impl ChunkStore {
     async fn run_mutation(&self, dir: &Dir, ops: Vec<IoOp>, enospc_is_fatal: bool) -> Result<()> {
         match run_all(dir.backend.as_ref(), ops).await {
             Ok(()) => Ok(()),
-            Err(e) if is_enospc(&e) && !enospc_is_fatal => {
-                self.release_pool(dir).await;
-                Err(StoreError::NoSpace {
-                    dir: dir.root.clone(),
-                })
-            }
+            Err(e) if is_enospc(&e) && !enospc_is_fatal => Err(self.out_of_space(dir).await),
             Err(e) => Err(dir.poison(format!("write or fsync failed: {e}"))),
+        }
+    }
+
+    /// A directory out of space: its pool goes back to the filesystem.
+    async fn out_of_space(&self, dir: &Dir) -> StoreError {
+        self.release_pool(dir).await;
+        StoreError::NoSpace {
+            dir: dir.root.clone(),
         }
     }
 
