@@ -41,4 +41,6 @@ pub mod store;
 pub use backend::faulty::{FaultSwitch, Faults};
 pub use config::{BackendKind, StoreConfig, StoreConfigFile};
 pub use error::{Result, StoreError};
-pub use store::{ChunkInfo, ChunkStore, CorruptChunk, DiskUsage, Prepared, RecoveryReport};
+pub use store::{
+    ChunkInfo, ChunkStore, CorruptChunk, DiskUsage, Prepared, Received, Receiving, RecoveryReport,
+};

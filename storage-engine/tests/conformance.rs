@@ -29,6 +29,7 @@ for_every_backend!(
     usage_counts_bytes_per_directory,
     concurrent_appends_to_one_chunk_are_serialised,
     prepared_appends_match_the_model_whatever_happened_in_between,
+    received_appends_are_written_where_they_lie,
     a_create_whose_caller_goes_away_still_completes,
     a_create_told_the_chunk_exists_finds_it,
     new_chunks_write_over_the_files_of_deleted_full_chunks,
@@ -501,6 +502,161 @@ async fn prepared_appends_match_the_model_whatever_happened_in_between(kind: Kin
     hs.verify_on_open = true;
     let store = reopen_clean(&hs).await;
     assert_eq!(read_all(&store, 13, model.len()).await, model);
+}
+
+/// Receives `data` into the store's memory in `parts` (each filled in two
+/// steps, as a socket would), checking that the `Bytes` views handed out
+/// while filling are the data.
+fn receive(
+    store: &gfs_storage_engine::ChunkStore,
+    data: &[u8],
+    parts: &[usize],
+) -> Vec<gfs_storage_engine::Received> {
+    let mut at = 0;
+    let mut out = Vec::new();
+    for &n in parts {
+        let mut r = store.receiving(n).expect("memory is free");
+        let mut views = Vec::new();
+        for step in [n / 2, n - n / 2] {
+            r.unfilled(step).copy_from_slice(&data[at..at + step]);
+            views.push(r.advance(step));
+            at += step;
+        }
+        assert_eq!(views.concat(), &data[at - n..at]);
+        let done = r.finish().expect("every byte filled");
+        assert_eq!(done.bytes(), &data[at - n..at]);
+        out.push(done);
+    }
+    assert_eq!(at, data.len());
+    out
+}
+
+/// Appends of data received into the store's memory are written from
+/// where it lies when they land on a sector; otherwise, or when the chunk
+/// changed in between, the data is copied as before. Either way the chunk
+/// matches the model, every checksum agrees, and what follows the data in
+/// its last sector on the disk is zeros, never a recycled buffer's bytes.
+async fn received_appends_are_written_where_they_lie(kind: Kind) {
+    let mut hs = Harness::new(kind);
+    let (mut store, _) = hs.open().await;
+    let handle = h(14);
+    store.create(handle, v(1)).await.expect("create");
+    let mut rng = StdRng::seed_from_u64(0xa11e);
+    let mut model = Vec::new();
+    let mut step = 0u64;
+    let mut in_place = 0;
+    while model.len() + MAX_REQUEST as usize + 75_000 < CHUNK as usize {
+        step += 1;
+        // Whole sectors mostly (a writer's pieces, framed records), split
+        // in up to three received parts, now and then across several
+        // blocks; now and then an odd length, after which the next append
+        // is not on a sector.
+        let len = match step % 5 {
+            0 => rng.random_range(1..70_000),
+            1 if step % 3 == 0 => MAX_REQUEST as usize,
+            _ => rng.random_range(1..=16) * 4096,
+        };
+        let mut parts = Vec::new();
+        let mut left = len;
+        while left > 0 {
+            let whole = (left / 4096) * 4096;
+            let n = if whole > 4096 && parts.len() < 2 {
+                rng.random_range(1..whole / 4096) * 4096
+            } else {
+                left
+            };
+            parts.push(n);
+            left -= n;
+        }
+        let data = pattern(step, len);
+        let received = receive(&store, &data, &parts);
+        let off = model.len() as u64;
+        let prepared = store.prepare_received(off, &received);
+        assert_eq!(prepared.is_some(), off.is_multiple_of(4096), "step {step}");
+        in_place += usize::from(prepared.is_some());
+        if step.is_multiple_of(7) {
+            // The chunk grows first: the preparation no longer fits.
+            let other = pattern(step + 1000, rng.random_range(1..5000));
+            store.append(handle, &other).await.expect("append");
+            model.extend_from_slice(&other);
+        }
+        let slices: Vec<&[u8]> = received.iter().map(|r| r.bytes()).collect();
+        let end = store
+            .write_prepared(handle, off, &slices, prepared)
+            .await
+            .expect("write received");
+        let at = off as usize;
+        model.resize(model.len().max(at + len), 0);
+        model[at..at + len].copy_from_slice(&data);
+        assert_eq!(end, model.len() as u64, "step {step}");
+        if step.is_multiple_of(11) {
+            drop(store);
+            store = reopen_clean(&hs).await;
+        }
+    }
+    assert!(
+        in_place >= 5,
+        "only {in_place} appends were written in place"
+    );
+    assert_eq!(read_all(&store, 14, model.len()).await, model);
+
+    // What cannot be written in place: off a sector, a part before the
+    // last that is not whole sectors, more than a request or the chunk
+    // holds, nothing at all.
+    let off = (model.len() as u64).next_multiple_of(4096);
+    let two = receive(&store, &pattern(1, 9000), &[5000, 4000]);
+    assert!(store.prepare_received(off, &two).is_none());
+    let one = receive(&store, &pattern(2, 4096), &[4096]);
+    assert!(store.prepare_received(off + 512, &one).is_none());
+    assert!(store.prepare_received(CHUNK - 2048, &one).is_none());
+    assert!(store.prepare_received(off, &[]).is_none());
+    assert!(store.receiving(0).is_none());
+    assert!(store.receiving(MAX_REQUEST as usize + 1).is_none());
+
+    // Receive buffers take free memory or nothing, and what they hold
+    // never keeps a write in its turn waiting.
+    let held: Vec<_> = std::iter::from_fn(|| store.receiving(MAX_REQUEST as usize))
+        .take(64)
+        .collect();
+    assert!(held.len() < 64, "the memory bound stops receive buffers");
+    let tail = pattern(7, 5000);
+    let parts: [&[u8]; 1] = [&tail];
+    let unprepared = store.write_prepared(handle, model.len() as u64, &parts, None);
+    tokio::time::timeout(std::time::Duration::from_secs(10), unprepared)
+        .await
+        .expect("a write in its turn finds memory while receive buffers hold theirs")
+        .expect("an unprepared write");
+    model.extend_from_slice(&tail);
+    drop(held);
+
+    // A buffer last filled with 0xff, received again for fewer bytes and
+    // appended on a sector: the rest of its sector reaches the disk as zeros.
+    let junk = receive(&store, &vec![0xff; 8192], &[8192]);
+    drop(junk);
+    let pad = vec![0u8; model.len().next_multiple_of(4096) - model.len()];
+    store.append(handle, &pad).await.expect("pad to a sector");
+    model.extend_from_slice(&pad);
+    let short = receive(&store, &pattern(3, 100), &[100]);
+    let off = model.len() as u64;
+    let prepared = store.prepare_received(off, &short);
+    assert!(prepared.is_some());
+    let slices = [short[0].bytes()];
+    store
+        .write_prepared(handle, off, &slices, prepared)
+        .await
+        .expect("short received write");
+    model.extend_from_slice(short[0].bytes());
+    store.sync(handle).await.expect("sync");
+    let file = std::fs::read(hs.chunks_dir().join(format!("{}.chunk", h(14)))).expect("file");
+    let sector = &file[off as usize..off as usize + 4096];
+    assert_eq!(&sector[..100], short[0].bytes());
+    assert!(sector[100..].iter().all(|&b| b == 0), "stale bytes on disk");
+
+    // Every checksum on the disk agrees with the data.
+    drop(store);
+    hs.verify_on_open = true;
+    let store = reopen_clean(&hs).await;
+    assert_eq!(read_all(&store, 14, model.len()).await, model);
 }
 
 async fn leftovers_of_interrupted_creates_and_deletes_are_removed(kind: Kind) {

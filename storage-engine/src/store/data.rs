@@ -12,6 +12,9 @@
 //! checksums need nothing of the chunk's state, so they run while the
 //! mutation ahead of it is on the disk; only the partial sector in front
 //! and a partial first block's checksum are completed under the lock.
+//! Data received into the engine's own aligned memory (`Received`) and
+//! appended at a sector-aligned offset is not copied at all
+//! (`prepare_received`): the writes go out from where it was received.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,7 +22,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use gfs_proto::ChunkHandle;
 
-use super::{Chunk, ChunkState, ChunkStore, Dir, Leased};
+use super::{Chunk, ChunkState, ChunkStore, Dir, Leased, Received};
 use crate::backend::IoOp;
 use crate::buf::{AlignedBuf, IoSlice};
 use crate::error::{IoContext, Result, StoreError};
@@ -92,15 +95,115 @@ fn entry(st: &ChunkState, b: usize, new_len: u64, crc: u32) -> (usize, u8, Entry
     (b, slot, Entry { seq, len, crc })
 }
 
-/// An append's data, already in a sector-aligned I/O buffer with the
-/// CRC32C of its bytes in each block it touches: see [`ChunkStore::prepare`].
-/// Holds its buffer's memory until it is written or dropped.
+/// An append's data, already in sector-aligned I/O memory with the
+/// CRC32C of its bytes in each block it touches: see [`ChunkStore::prepare`]
+/// and [`ChunkStore::prepare_received`]. Holds its memory until it is
+/// written or dropped.
 pub struct Prepared {
     offset: u64,
     len: u64,
-    lease: Leased,
+    body: Body,
     /// One checksum per block touched, of the new bytes in it, first block first.
     pieces: Vec<u32>,
+}
+
+/// Where a prepared append's bytes are.
+enum Body {
+    /// Copied into a buffer of the store's own, at their offset in the
+    /// first sector (the bytes in front are filled in the turn).
+    Copied(Leased),
+    /// Where they were received, one after the other from a sector-aligned
+    /// offset; all but the last a whole number of sectors.
+    Received(Vec<Received>),
+}
+
+/// A mutation's region, ready to be written.
+enum Staged {
+    /// One buffer of the store's own holding the whole region.
+    Copied { lease: Leased, buf: Arc<AlignedBuf> },
+    /// The received data, whose sectors are the region.
+    Received(Vec<Received>),
+}
+
+impl Staged {
+    fn copied(lease: Leased, buf: AlignedBuf) -> Self {
+        Self::Copied {
+            lease,
+            buf: Arc::new(buf),
+        }
+    }
+
+    /// The data writes of the region of `region_len` bytes at `region_start`.
+    fn writes(
+        &self,
+        file: &Arc<std::fs::File>,
+        region_start: u64,
+        region_len: usize,
+        io_size: usize,
+    ) -> Vec<IoOp> {
+        let write = |offset, buf| IoOp::Write {
+            file: file.clone(),
+            offset,
+            buf,
+        };
+        match self {
+            Self::Copied { buf, .. } => {
+                eio::split(buf, 0, region_len, region_start, io_size, write)
+            }
+            Self::Received(parts) => {
+                let mut at = region_start;
+                let mut ops = Vec::new();
+                for p in parts {
+                    let n = align_up(p.len() as u64);
+                    ops.extend(eio::split(p.buf(), 0, n as usize, at, io_size, write));
+                    at += n;
+                }
+                debug_assert_eq!(at - region_start, region_len as u64);
+                ops
+            }
+        }
+    }
+
+    /// The region's sector at `at` (bytes from its start), once written.
+    fn sector(&self, at: usize) -> &[u8] {
+        match self {
+            Self::Copied { buf, .. } => &buf.as_slice()[at..at + SECTOR_BYTES as usize],
+            Self::Received(parts) => {
+                let mut start = 0;
+                for p in parts {
+                    let end = start + align_up(p.len() as u64) as usize;
+                    if at < end {
+                        return p.sector(at - start);
+                    }
+                    start = end;
+                }
+                panic!("sector {at} is outside the region")
+            }
+        }
+    }
+
+    /// Gives a buffer of the store's own back to its pool (when no I/O
+    /// holds it any more).
+    fn release(self) {
+        if let Self::Copied { mut lease, buf } = self {
+            lease.buf = Arc::try_unwrap(buf).ok();
+        }
+    }
+}
+
+/// The CRC32C of bytes `[lo, hi)` of `parts` taken one after the other.
+fn crc_across(parts: &[Received], lo: usize, hi: usize) -> u32 {
+    let mut crc = 0;
+    let mut start = 0;
+    for p in parts {
+        let end = start + p.len();
+        if end > lo && start < hi {
+            let bytes = &p.bytes()[lo.max(start) - start..hi.min(end) - start];
+            crc = crc32c::crc32c_append(crc, bytes);
+        }
+        start = end;
+    }
+    crc
 }
 
 impl Prepared {
@@ -259,20 +362,16 @@ impl ChunkStore {
         let started = std::time::Instant::now();
         // A preparation that no longer fits (the write is not an append
         // after all) gives its memory back here, before the lease below.
-        let (mut lease, buf, entries) = match prepared.filter(|p| appending && p.fits(off, n)) {
+        let (staged, entries) = match prepared.filter(|p| appending && p.fits(off, n)) {
             Some(p) => self.fill_prepared(dir, st, p).await?,
-            None => self.fill(dir, st, handle, parts, span).await?,
+            None => {
+                let (lease, buf, entries) = self.fill(dir, st, handle, parts, span).await?;
+                (Staged::copied(lease, buf), entries)
+            }
         };
 
-        let buf = Arc::new(buf);
         let io_size = cfg.io_size_bytes as usize;
-        let mut ops = eio::split(&buf, 0, region_len, region_start, io_size, |offset, w| {
-            IoOp::Write {
-                file: st.data.clone(),
-                offset,
-                buf: w,
-            }
-        });
+        let mut ops = staged.writes(&st.data, region_start, region_len, io_size);
         let meta_buf = self.entry_writes(st, &entries, &mut ops);
 
         // ENOSPC is harmless when every byte written lies past the old end.
@@ -286,12 +385,10 @@ impl ChunkStore {
             "mutation"
         );
         self.recycle(meta_buf);
-        lease.buf = Arc::try_unwrap(buf).ok();
-        result?;
-        let buf = lease
-            .buf
-            .as_ref()
-            .expect("every write completed, so no window is alive");
+        if let Err(e) = result {
+            staged.release();
+            return Err(e);
+        }
 
         for (b, slot, e) in entries {
             if b < st.crcs.len() {
@@ -311,8 +408,9 @@ impl ChunkStore {
             st.tail = None;
         } else if tail_at >= region_start && tail_at + SECTOR_BYTES <= region_end {
             let i = (tail_at - region_start) as usize;
-            st.tail = Some((tail_at, buf.as_slice()[i..i + SECTOR_BYTES as usize].into()));
+            st.tail = Some((tail_at, staged.sector(i).into()));
         }
+        staged.release();
         dir.used_bytes
             .fetch_add(new_len - old_len, Ordering::Relaxed);
         chunk
@@ -448,7 +546,44 @@ impl ChunkStore {
         Some(Prepared {
             offset,
             len: n,
-            lease,
+            body: Body::Copied(lease),
+            pieces,
+        })
+    }
+
+    /// As [`prepare`](Self::prepare) for data received into the store's
+    /// memory ([`receiving`](Self::receiving)), without copying it: only
+    /// the checksums are computed. `None` unless `offset` is on a sector,
+    /// every part but the last is a whole number of sectors, and the write
+    /// fits the limits (the write then copies the data in its turn).
+    pub fn prepare_received(&self, offset: u64, parts: &[Received]) -> Option<Prepared> {
+        let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let cfg = &self.inner.config;
+        let end = offset.checked_add(n)?;
+        let whole_sectors = |p: &Received| (p.len() as u64).is_multiple_of(SECTOR_BYTES);
+        if n == 0
+            || n > cfg.max_request_bytes
+            || end > cfg.chunk_size_bytes
+            || !offset.is_multiple_of(SECTOR_BYTES)
+            || !parts[..parts.len() - 1].iter().all(whole_sectors)
+        {
+            return None;
+        }
+        let (first, last) = (
+            (offset / BLOCK_BYTES) as usize,
+            ((end - 1) / BLOCK_BYTES) as usize,
+        );
+        let pieces = (first..=last)
+            .map(|b| {
+                let lo = block_start(b).max(offset) - offset;
+                let hi = block_start(b + 1).min(end) - offset;
+                crc_across(parts, lo as usize, hi as usize)
+            })
+            .collect();
+        Some(Prepared {
+            offset,
+            len: n,
+            body: Body::Received(parts.to_vec()),
             pieces,
         })
     }
@@ -461,32 +596,39 @@ impl ChunkStore {
         dir: &Dir,
         st: &ChunkState,
         p: Prepared,
-    ) -> Result<(Leased, AlignedBuf, Vec<(usize, u8, Entry)>)> {
+    ) -> Result<(Staged, Vec<(usize, u8, Entry)>)> {
         let Prepared {
             offset: off,
             len,
-            mut lease,
+            body,
             pieces,
         } = p;
         let end = off + len;
-        let mut buf = lease.buf.take().expect("a preparation holds its buffer");
-        let region_start = align_down(off);
-        let head = (off - region_start) as usize;
-        if head > 0 {
-            match &st.tail {
-                Some((at, sector)) if *at == region_start => {
-                    buf.as_mut_slice()[..head].copy_from_slice(&sector[..head])
+        let staged = match body {
+            // Received data starts on a sector: nothing in front of it.
+            Body::Received(parts) => Staged::Received(parts),
+            Body::Copied(mut lease) => {
+                let mut buf = lease.buf.take().expect("a preparation holds its buffer");
+                let region_start = align_down(off);
+                let head = (off - region_start) as usize;
+                if head > 0 {
+                    match &st.tail {
+                        Some((at, sector)) if *at == region_start => {
+                            buf.as_mut_slice()[..head].copy_from_slice(&sector[..head])
+                        }
+                        _ => {
+                            let n = SECTOR_BYTES as usize;
+                            let sector = self.inner.pool.get(n);
+                            let sector =
+                                self.read_into(dir, st, sector, region_start, 0, n).await?;
+                            buf.as_mut_slice()[..head].copy_from_slice(&sector.as_slice()[..head]);
+                            self.inner.pool.put(sector);
+                        }
+                    }
                 }
-                _ => {
-                    let sector = self.inner.pool.get(SECTOR_BYTES as usize);
-                    let sector = self
-                        .read_into(dir, st, sector, region_start, 0, SECTOR_BYTES as usize)
-                        .await?;
-                    buf.as_mut_slice()[..head].copy_from_slice(&sector.as_slice()[..head]);
-                    self.inner.pool.put(sector);
-                }
+                Staged::copied(lease, buf)
             }
-        }
+        };
         let first = (off / BLOCK_BYTES) as usize;
         let entries = pieces
             .into_iter()
@@ -502,7 +644,7 @@ impl ChunkStore {
                 entry(st, b, end, crc)
             })
             .collect();
-        Ok((lease, buf, entries))
+        Ok((staged, entries))
     }
 
     /// Adds the metadata writes for `entries` to `ops`: one write per run of

@@ -35,6 +35,8 @@ use crate::layout::{self, Header, SECTOR_BYTES};
 mod data;
 pub use data::Prepared;
 mod files;
+mod received;
+pub use received::{Received, Receiving};
 mod recycle;
 mod scrub;
 
@@ -374,6 +376,19 @@ impl ChunkStore {
         let share = share.ok()?;
         let permit = self.inner.memory.clone().try_acquire_many_owned(n).ok()?;
         Some(self.leased(len, permit, Some(share)))
+    }
+
+    /// A sector-aligned buffer to receive `len` bytes of data into, for
+    /// [`prepare_received`](Self::prepare_received): `None` when `len` is 0
+    /// or over the largest request, or the memory is not free right now
+    /// within the share preparations may hold (receive into ordinary
+    /// memory then; the mutation copies it).
+    pub fn receiving(&self, len: usize) -> Option<Receiving> {
+        if len == 0 || len as u64 > self.inner.config.max_request_bytes {
+            return None;
+        }
+        let lease = self.lease_to_prepare(layout::align_up(len as u64) as usize)?;
+        Some(Receiving::new(lease, len))
     }
 
     // ---- recovery -------------------------------------------------------
