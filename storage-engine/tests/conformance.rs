@@ -553,7 +553,7 @@ async fn received_appends_are_written_where_they_lie(kind: Kind) {
         // is not on a sector.
         let len = match step % 5 {
             0 => rng.random_range(1..70_000),
-            1 if step % 3 == 0 => MAX_REQUEST as usize,
+            1 if step.is_multiple_of(3) => MAX_REQUEST as usize,
             _ => rng.random_range(1..=16) * 4096,
         };
         let mut parts = Vec::new();
