@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use gfs_storage_engine::Received;
 
 #[derive(Debug)]
 pub struct DataBuffer {
@@ -14,8 +15,9 @@ pub struct DataBuffer {
     ttl_ms: u64,
 }
 
-/// Pushed data as it arrived: one `Bytes` per frame, never concatenated
-/// (the engine copies the pieces straight into its I/O buffer).
+/// Pushed data as it arrived: one `Bytes` per piece, never concatenated
+/// (the engine copies the pieces straight into its I/O buffer, or writes
+/// them where they lie when they were received into its memory).
 pub type Parts = Vec<Bytes>;
 
 pub fn parts_len(p: &[Bytes]) -> u64 {
@@ -25,6 +27,8 @@ pub fn parts_len(p: &[Bytes]) -> u64 {
 #[derive(Debug)]
 struct Entry {
     data: Parts,
+    /// The same bytes, when they were received into the store's memory.
+    received: Option<Received>,
     expires_ms: u64,
 }
 
@@ -67,12 +71,25 @@ impl DataBuffer {
         self.used = self.used.saturating_sub(bytes);
     }
 
-    /// Stores a push that `reserve`d `reserved` bytes. A data id pushed
-    /// again (a retry) replaces the old data.
-    pub fn insert(&mut self, id: u64, data: Parts, reserved: u64, now_ms: u64) {
+    /// Stores a push that `reserve`d `reserved` bytes (and, when it was
+    /// received into the store's memory, that too). A data id pushed again
+    /// (a retry) replaces the old data.
+    pub fn insert(
+        &mut self,
+        id: u64,
+        data: Parts,
+        received: Option<Received>,
+        reserved: u64,
+        now_ms: u64,
+    ) {
         self.used = self.used.saturating_sub(reserved) + parts_len(&data);
         let expires_ms = now_ms + self.ttl_ms;
-        if let Some(old) = self.entries.insert(id, Entry { data, expires_ms }) {
+        let entry = Entry {
+            data,
+            received,
+            expires_ms,
+        };
+        if let Some(old) = self.entries.insert(id, entry) {
             self.used -= parts_len(&old.data);
         }
     }
@@ -82,6 +99,14 @@ impl DataBuffer {
             .get(&id)
             .filter(|e| e.expires_ms > now_ms)
             .map(|e| e.data.clone())
+    }
+
+    /// The data of `id` as received into the store's memory, if it was.
+    pub fn received(&self, id: u64, now_ms: u64) -> Option<Received> {
+        self.entries
+            .get(&id)
+            .filter(|e| e.expires_ms > now_ms)
+            .and_then(|e| e.received.clone())
     }
 
     /// Drops data a committed mutation used.
@@ -127,6 +152,7 @@ mod tests {
         b.insert(
             1,
             vec![Bytes::from(vec![7; 40]), Bytes::from(vec![7; 20])],
+            None,
             60,
             0,
         );
@@ -143,9 +169,9 @@ mod tests {
     fn a_repeated_push_replaces_and_remove_frees() {
         let mut b = DataBuffer::new(100, 10);
         b.reserve(30, 0).unwrap();
-        b.insert(1, vec![Bytes::from(vec![1; 30])], 30, 0);
+        b.insert(1, vec![Bytes::from(vec![1; 30])], None, 30, 0);
         b.reserve(20, 1).unwrap();
-        b.insert(1, vec![Bytes::from(vec![2; 20])], 20, 1);
+        b.insert(1, vec![Bytes::from(vec![2; 20])], None, 20, 1);
         assert_eq!(b.used(), 20);
         assert_eq!(b.get(1, 2).unwrap()[0][0], 2);
         b.remove(1);

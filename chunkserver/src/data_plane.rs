@@ -2,10 +2,12 @@
 //! both planes. Each accepted connection is classified by its first four
 //! bytes; data-plane connections are served here, the rest go to tonic.
 //!
-//! A push is received in pieces of `PIECE_BYTES`, each read by the kernel
-//! straight into its own buffer (recycled: `pieces`), kept for the mutation
-//! and handed as it is to the connection that forwards it to the next
-//! server of the chain.
+//! A push is received in pieces of `PIECE_BYTES`, read by the kernel
+//! straight into the store's sector-aligned memory when it has room (the
+//! mutation then writes the data where it lies), otherwise each into its
+//! own buffer (recycled: `pieces`). Each piece is kept for the mutation and
+//! handed as it is to the connection that forwards it to the next server
+//! of the chain.
 
 use std::io;
 use std::sync::Arc;
@@ -17,12 +19,14 @@ use gfs_proto::data::{
 };
 use gfs_proto::wire::chunk::{PushHeader, PushReply, ReadHead, ReadRequest};
 use gfs_proto::wire::{ErrorKind, detail_of, error};
+use gfs_storage_engine::Receiving;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::pieces::PiecePool;
 use crate::service::{MAX_CHAIN, PEER_TIMEOUT, Shared, invalid};
 
 /// A connection that sends nothing for this long is closed (a pooled
@@ -185,13 +189,13 @@ async fn push(sh: &Shared, s: &mut TcpStream, h: PushHeader) -> io::Result<bool>
         None => (None, None),
     };
     let mut parts = Vec::with_capacity(total.div_ceil(PIECE_BYTES as u64) as usize);
+    let mut receiving = sh.store.receiving(total as usize);
     let mut got = 0u64;
     while got < total {
         let want = (total - got).min(PIECE_BYTES as u64) as usize;
-        let mut buf = sh.pieces.take(want);
-        match tokio::time::timeout(PEER_TIMEOUT, data::read_exact_into(s, &mut buf, want)).await {
-            Ok(Ok(())) => {
-                let p = sh.pieces.freeze(buf);
+        let piece = receive_piece(s, &mut receiving, &sh.pieces, want);
+        match tokio::time::timeout(PEER_TIMEOUT, piece).await {
+            Ok(Ok(p)) => {
                 got += p.len() as u64;
                 if let Some(tx) = &tx {
                     // A dead next server shows in its reply; keep receiving.
@@ -213,7 +217,8 @@ async fn push(sh: &Shared, s: &mut TcpStream, h: PushHeader) -> io::Result<bool>
         }
     }
     drop(tx);
-    sh.store_pushed(h.data_id, parts, total);
+    let received = receiving.and_then(Receiving::finish);
+    sh.store_pushed(h.data_id, parts, received, total);
     let (below, busy) = match downstream {
         Some(task) => match task.await {
             Ok(Ok(r)) => (r.stored, r.busy),
@@ -233,6 +238,27 @@ async fn push(sh: &Shared, s: &mut TcpStream, h: PushHeader) -> io::Result<bool>
     Ok(true)
 }
 
+/// Reads the next `n` bytes of a push: into the store's memory when it
+/// gave a buffer for the push, else into a pooled piece.
+async fn receive_piece(
+    s: &mut TcpStream,
+    receiving: &mut Option<Receiving>,
+    pieces: &Arc<PiecePool>,
+    n: usize,
+) -> io::Result<Bytes> {
+    match receiving {
+        Some(r) => {
+            s.read_exact(r.unfilled(n)).await?;
+            Ok(r.advance(n))
+        }
+        None => {
+            let mut buf = pieces.take(n);
+            data::read_exact_into(s, &mut buf, n).await?;
+            Ok(pieces.freeze(buf))
+        }
+    }
+}
+
 /// Reads and drops `n` bytes.
 async fn drain(s: &mut TcpStream, n: u64) -> io::Result<()> {
     let mut buf = BytesMut::zeroed(PIECE_BYTES.min(n as usize));
@@ -248,4 +274,97 @@ async fn drain(s: &mut TcpStream, n: u64) -> io::Result<()> {
         left -= got as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use gfs_proto::wire::chunk::MutationKind;
+    use gfs_storage_engine::ChunkStore;
+
+    use super::*;
+    use crate::config::ConfigFile;
+
+    /// A server of the data plane on a port of its own, with a store in `dir`.
+    async fn server(dir: &std::path::Path) -> (Arc<Shared>, String, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let cfg = ConfigFile {
+            id: Some(1),
+            listen: Some(addr),
+            data_dirs: vec![dir.to_path_buf()],
+            masters: vec!["127.0.0.1:1".into()],
+            ..ConfigFile::default()
+        }
+        .validate()
+        .expect("config");
+        let (store, _) = ChunkStore::open(cfg.store.clone()).await.expect("store");
+        let shared = Shared::new(cfg, store);
+        let (grpc, _) = mpsc::channel(1);
+        let task = tokio::spawn(accept(shared.clone(), listener, grpc));
+        (shared, addr.to_string(), task)
+    }
+
+    async fn push_to(addr: &str, chain: &[String], id: u64, data: &[u8]) -> PushReply {
+        let (tx, rx) = mpsc::channel(4);
+        let header = PushHeader {
+            data_id: id,
+            total_bytes: data.len() as u64,
+            chain: chain.to_vec(),
+        };
+        let pieces: Vec<Bytes> = data.chunks(300_000).map(Bytes::copy_from_slice).collect();
+        let feed = tokio::spawn(async move {
+            for p in pieces {
+                let _ = tx.send(p).await;
+            }
+        });
+        let reply = data::DataPool::new()
+            .push(addr, &header, rx, Duration::from_secs(10))
+            .await
+            .expect("push");
+        feed.await.expect("feeder");
+        reply
+    }
+
+    /// A push lands in the store's aligned memory at every server of the
+    /// chain, and a mutation on a sector then writes it from there; off a
+    /// sector, or when the store's memory is taken, it is copied as before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pushed_data_is_written_where_it_was_received() {
+        let dirs = [
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        ];
+        let (a, a_addr, a_task) = server(dirs[0].path()).await;
+        let (b, b_addr, b_task) = server(dirs[1].path()).await;
+        let data: Vec<u8> = (0..(1 << 20) + 4096u32)
+            .map(|i| (i * 7 + i / 251) as u8)
+            .collect();
+        let reply = push_to(&a_addr, std::slice::from_ref(&b_addr), 7, &data).await;
+        assert_eq!(reply.stored, 2);
+        for sh in [&a, &b] {
+            let parts = sh.data(&[7], data.len() as u64).expect("buffered");
+            assert_eq!(parts.concat(), data);
+            let on_sector = sh.prepare(MutationKind::Write, 4096, &[7], &parts);
+            assert!(on_sector.expect("prepared").is_in_place());
+            let off_sector = sh.prepare(MutationKind::Write, 100, &[7], &parts);
+            assert!(!off_sector.expect("prepared").is_in_place());
+        }
+
+        // With the store's memory taken, the push is received into pieces
+        // of its own and the mutation copies it.
+        let take = || a.store.receiving(4 << 20).or_else(|| a.store.receiving(1));
+        let held: Vec<_> = std::iter::from_fn(take).collect();
+        assert!(!held.is_empty());
+        let reply = push_to(&a_addr, &[], 8, &data[..5000]).await;
+        assert_eq!(reply.stored, 1);
+        let parts = a.data(&[8], 5000).expect("buffered");
+        assert_eq!(parts.concat(), &data[..5000]);
+        assert!(
+            a.prepare(MutationKind::Write, 0, &[8], &parts)
+                .is_none_or(|p| !p.is_in_place())
+        );
+        drop(held);
+        a_task.abort();
+        b_task.abort();
+    }
 }

@@ -17,7 +17,7 @@ use gfs_proto::wire::chunk::{
 };
 use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES, error};
 use gfs_proto::{ChunkHandle, ChunkVersion};
-use gfs_storage_engine::{ChunkInfo, ChunkStore, Prepared, StoreError};
+use gfs_storage_engine::{ChunkInfo, ChunkStore, Prepared, Received, StoreError};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -162,7 +162,7 @@ impl Shared {
 
     /// The pushed data of `ids`, one after the other, which must come to
     /// `len` bytes.
-    fn data(&self, ids: &[u64], len: u64) -> Result<Parts, Status> {
+    pub(crate) fn data(&self, ids: &[u64], len: u64) -> Result<Parts, Status> {
         let now = now_ms();
         let buffer = Self::lock(&self.buffer);
         let mut out = Parts::new();
@@ -274,8 +274,14 @@ impl Shared {
     }
 
     /// Keeps a push that reserved `reserved` bytes for its mutation.
-    pub(crate) fn store_pushed(&self, id: u64, data: Parts, reserved: u64) {
-        Self::lock(&self.buffer).insert(id, data, reserved, now_ms());
+    pub(crate) fn store_pushed(
+        &self,
+        id: u64,
+        data: Parts,
+        received: Option<Received>,
+        reserved: u64,
+    ) {
+        Self::lock(&self.buffer).insert(id, data, received, reserved, now_ms());
     }
 
     /// The chunk's state here, creating it (at `version`) if it is absent
@@ -329,13 +335,29 @@ impl Shared {
         }
     }
 
-    /// A write's data copied into its I/O buffer and checksummed, before
-    /// its turn: done while the mutation ahead of it is on the disk.
-    fn prepare(&self, kind: MutationKind, offset: u64, data: &[Bytes]) -> Option<Prepared> {
+    /// A write's data checksummed, and copied into its I/O buffer unless
+    /// it was received into the store's memory and lands on a sector,
+    /// before its turn: done while the mutation ahead of it is on the disk.
+    /// `data` is the data of `ids`, one after the other.
+    pub(crate) fn prepare(
+        &self,
+        kind: MutationKind,
+        offset: u64,
+        ids: &[u64],
+        data: &[Bytes],
+    ) -> Option<Prepared> {
+        if kind == MutationKind::Pad {
+            return None;
+        }
+        let received: Option<Vec<Received>> = {
+            let (buffer, now) = (Self::lock(&self.buffer), now_ms());
+            ids.iter().map(|&id| buffer.received(id, now)).collect()
+        };
+        if let Some(p) = received.and_then(|r| self.store.prepare_received(offset, &r)) {
+            return Some(p);
+        }
         let parts: Vec<&[u8]> = data.iter().map(|b| &b[..]).collect();
-        (kind != MutationKind::Pad)
-            .then(|| self.store.prepare(offset, &parts))
-            .flatten()
+        self.store.prepare(offset, &parts)
     }
 
     /// Applies one mutation locally, from its prepared buffer if it has
@@ -744,7 +766,7 @@ impl ChunkService {
         }
         self.check_size(r.offset, r.length)?;
         let data = self.shared.data(&r.data_ids, r.length)?;
-        let prepared = self.shared.prepare(kind, r.offset, &data);
+        let prepared = self.shared.prepare(kind, r.offset, &r.data_ids, &data);
         Ok((data, prepared))
     }
 
@@ -799,7 +821,7 @@ impl ChunkService {
         // The secondaries write while this replica does: the disk sees the
         // three writes together, not one and then two. A failure anywhere
         // leaves the region inconsistent, as a failed secondary always did.
-        let prepared = sh.prepare(m.kind, m.offset, &m.data);
+        let prepared = sh.prepare(m.kind, m.offset, &m.ids, &m.data);
         let here = sh.apply_local(h, m.kind, (m.offset, &m.data, prepared), m.sync);
         let (local, (failed, missing)) = tokio::join!(
             slot.in_turn((sh.run, m.serial, m.after), PEER_TIMEOUT, here),

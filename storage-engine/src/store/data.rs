@@ -210,6 +210,11 @@ impl Prepared {
     fn fits(&self, offset: u64, len: u64) -> bool {
         self.offset == offset && self.len == len
     }
+
+    /// Whether the data is written from where it was received (no copy).
+    pub fn is_in_place(&self) -> bool {
+        matches!(self.body, Body::Received(_))
+    }
 }
 
 impl std::fmt::Debug for Prepared {
