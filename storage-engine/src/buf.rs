@@ -3,7 +3,8 @@
 //! O_DIRECT needs the memory address, the file offset and the length of every
 //! request aligned to the device's logical block size. The engine therefore
 //! never hands caller memory to the kernel: it copies into (or out of) an
-//! [`AlignedBuf`]. A buffer is split into disjoint [`IoSlice`]s so several
+//! [`AlignedBuf`], or lends one for the caller to receive data into
+//! (`store::Receiving`). A buffer is split into disjoint [`IoSlice`]s so several
 //! I/Os of one request can be in flight at once.
 
 use std::alloc::{self, Layout};
