@@ -505,10 +505,10 @@ async fn settle(dir: &std::path::Path) {
     }
 }
 
-fn random_block(seed: u64, len: usize) -> std::sync::Arc<Vec<u8>> {
+fn random_block(seed: u64, len: usize) -> bytes::Bytes {
     let mut b = vec![0u8; len];
     fill_random(&mut b, seed);
-    std::sync::Arc::new(b)
+    b.into()
 }
 
 async fn one_point(

@@ -60,6 +60,7 @@ async fn fill(c: &Client, size: u64) -> Result<()> {
     fill_random(&mut block, 11);
     let bar = progress(size, "fill");
     c.mkdir("/repair", true).await?;
+    let block = bytes::Bytes::from(block);
     crate::cluster::write_stream(c, "/repair/data", size, &block, Some(&bar)).await?;
     bar.finish_and_clear();
     Ok(())

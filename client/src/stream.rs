@@ -83,12 +83,64 @@ impl Writer {
         }
         ready!(self.tx.poll_reserve(cx)).map_err(|_| closed())?;
         let data = self.pending.split().freeze();
+        Poll::Ready(self.send_reserved(data))
+    }
+
+    /// Sends `data` as the next piece, in the slot `poll_reserve` gave.
+    fn send_reserved(&mut self, data: Bytes) -> io::Result<()> {
         let at = self.pos;
         self.pos += data.len() as u64;
         self.tx
             .send_item(Msg::Piece(at, data))
-            .map_err(|_| closed())?;
-        Poll::Ready(Ok(()))
+            .map_err(|_| closed())
+    }
+
+    /// Writes `data` without copying what fills whole pieces: those go to
+    /// the chunks as they are (the caller's memory, shared, not copied), and
+    /// only the bytes short of a piece boundary are buffered, as `write`
+    /// buffers them. For callers that hold their data as `Bytes` already:
+    /// `write` copies every byte into the writer's buffer.
+    pub async fn write_bytes(&mut self, mut data: Bytes) -> io::Result<()> {
+        use bytes::Buf;
+        use tokio::io::AsyncWriteExt;
+        while !data.is_empty() {
+            let limit = self.piece_limit();
+            if !self.pending.is_empty() || data.len() < limit {
+                // Up to the next piece boundary, buffered (and a full
+                // buffer sent) as `write` does.
+                let n = self.write(&data[..data.len().min(limit)]).await?;
+                data.advance(n);
+                if self.pending.len() >= self.piece_limit() {
+                    self.flush_pending().await?;
+                }
+                continue;
+            }
+            let piece = data.split_to(limit);
+            let sent = std::future::poll_fn(|cx| self.tx.poll_reserve(cx))
+                .await
+                .map_err(|_| closed())
+                .and_then(|()| self.send_reserved(piece));
+            if let Err(e) = sent {
+                return Err(self.stopped(e).await);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what is buffered as a piece.
+    async fn flush_pending(&mut self) -> io::Result<()> {
+        match std::future::poll_fn(|cx| self.poll_send_pending(cx)).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.stopped(e).await),
+        }
+    }
+
+    /// Why the writer stopped: the driver's error if it has one, else `e`.
+    async fn stopped(&mut self, e: io::Error) -> io::Error {
+        match std::future::poll_fn(|cx| self.poll_driver(cx)).await {
+            Err(driver) => driver,
+            Ok(_) => e,
+        }
     }
 
     /// The driver's error, once it has stopped.

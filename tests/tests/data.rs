@@ -61,6 +61,33 @@ async fn put_and_get_of_multi_chunk_files_round_trip() {
     assert!(read_all(&c, "/data/big").await == want);
     c.create("/data/empty", 0).await.expect("create empty");
     assert!(read_all(&c, "/data/empty").await.is_empty());
+
+    // Shared bytes handed over whole (no copy of whole pieces), after and
+    // between buffered writes that leave the writer off a piece boundary.
+    let mut w = Writer::create(&c, "/data/shared").await.expect("create");
+    let shared = bytes::Bytes::from(data.clone());
+    w.write_all(&data[..1000]).await.expect("write");
+    w.write_bytes(shared.slice(1000..(4 << 20) + 1000))
+        .await
+        .expect("write_bytes");
+    w.write_bytes(shared.slice((4 << 20) + 1000..))
+        .await
+        .expect("write_bytes");
+    assert_eq!(w.close().await.expect("close"), data.len() as u64);
+    assert!(
+        read_all(&c, "/data/shared").await == data,
+        "read back differs"
+    );
+    let mut w = Writer::create(&c, "/data/whole").await.expect("create");
+    w.write_bytes(shared.clone()).await.expect("write_bytes");
+    w.write_all(b"tail").await.expect("write");
+    assert_eq!(w.close().await.expect("close"), data.len() as u64 + 4);
+    let mut want = data.clone();
+    want.extend_from_slice(b"tail");
+    assert!(
+        read_all(&c, "/data/whole").await == want,
+        "read back differs"
+    );
 }
 
 /// Each client (its own id, caches and append position) appends `per`
