@@ -113,8 +113,15 @@ async fn read_file(c: &Client, path: &str, size: u64) -> Result<Duration> {
 
 /// The local cluster the data-path benchmarks start: full-size chunks,
 /// leases and timeouts long enough for a loaded machine, data under `dir`.
+/// Its chunkservers all use the one disk under `dir`, so they share that
+/// disk's queue: 8 device I/Os in flight in all (the depth one server
+/// with a disk of its own has), 2 each. On the development VM's disk, four
+/// servers at 8 each read 1952 / 2135 MB/s at N = 4, at 2 each 2698 / 2728
+/// (BENCHMARKS.md): a deep queue made every read slower.
 pub fn bench_spec(dir: &std::path::Path) -> Spec {
+    let chunkservers = Spec::default().chunkservers;
     Spec {
+        io_depth: Some((8 / chunkservers as u32).max(1)),
         chunk_size_bytes: gfs_proto::limits::DEFAULT_CHUNK_SIZE_BYTES,
         lease_ms: 60_000,
         lease_grace_ms: 5_000,

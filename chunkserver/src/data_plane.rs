@@ -140,13 +140,22 @@ async fn decoded<M: Message + Default>(
 
 /// Answers a read; whether the connection is still usable.
 async fn read(sh: &Shared, s: &mut TcpStream, req: ReadRequest) -> io::Result<bool> {
+    let started = std::time::Instant::now();
     match sh.read_chunk(&req).await {
         Ok((data, chunk_length)) => {
+            let read = started.elapsed();
+            let bytes = data.len();
             let head = ReadHead {
                 chunk_length,
-                data_bytes: data.len() as u64,
+                data_bytes: bytes as u64,
             };
             write_with(s, encode_ok(&head), data).await?;
+            tracing::trace!(
+                bytes,
+                read_ms = read.as_secs_f64() * 1e3,
+                send_ms = (started.elapsed() - read).as_secs_f64() * 1e3,
+                "read"
+            );
         }
         Err(e) => s.write_all(&encode_status(&e)).await?,
     }

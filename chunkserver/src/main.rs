@@ -15,7 +15,7 @@ use gfs_storage_engine::BackendKind;
 /// or put the same settings in a TOML file (`id`, `listen`, `advertise`,
 /// `data_dirs`, `rack`, `masters`, `heartbeat_ms`, `chunk_size_bytes`,
 /// `buffer_bytes`, `buffer_ttl_ms`, `backend`, `direct_io`,
-/// `recycle_chunk_files`) and pass `--config`. Flags win.
+/// `recycle_chunk_files`, `io_depth`) and pass `--config`. Flags win.
 #[derive(Debug, Parser)]
 #[command(name = "gfs-chunkserver", version, verbatim_doc_comment)]
 struct Args {
@@ -53,6 +53,10 @@ struct Args {
     /// deleted chunk's files at once.
     #[arg(long)]
     recycle_chunk_files: Option<u32>,
+    /// Device I/Os in flight per data directory (default 8). Servers that
+    /// share one disk should share its queue.
+    #[arg(long)]
+    io_depth: Option<u32>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -94,6 +98,7 @@ fn start(a: Args) -> Result<(), String> {
     f.chunk_size_bytes = a.chunk_size_bytes.or(f.chunk_size_bytes);
     f.buffer_bytes = a.buffer_bytes.or(f.buffer_bytes);
     f.recycle_chunk_files = a.recycle_chunk_files.or(f.recycle_chunk_files);
+    f.io_depth = a.io_depth.or(f.io_depth);
     if let Some(b) = a.backend {
         f.backend = Some(match b.as_str() {
             "auto" => BackendKind::Auto,

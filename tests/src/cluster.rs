@@ -39,6 +39,8 @@ pub struct Spec {
     pub repair_interval_ms: u64,
     /// Chunkservers with a push buffer of this many bytes (default 256 MiB).
     pub push_buffers: Vec<(usize, u64)>,
+    /// Device I/Os in flight per chunkserver (default: the store's, 8).
+    pub io_depth: Option<u32>,
 }
 
 impl Default for Spec {
@@ -60,6 +62,7 @@ impl Default for Spec {
             retention_ms: 24 * 3600 * 1000,
             repair_interval_ms: 200,
             push_buffers: Vec::new(),
+            io_depth: None,
         }
     }
 }
@@ -189,6 +192,9 @@ impl Cluster {
         ];
         if let Some((_, bytes)) = self.spec.push_buffers.iter().find(|(j, _)| *j == i) {
             args.extend(["--buffer-bytes".into(), bytes.to_string()]);
+        }
+        if let Some(d) = self.spec.io_depth {
+            args.extend(["--io-depth".into(), d.to_string()]);
         }
         s.child = Some(crate::spawn_child(&self.bin, &args, &s.log, "info")?);
         Ok(())

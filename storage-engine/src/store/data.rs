@@ -745,16 +745,28 @@ impl ChunkStore {
         let last = ((end - 1) / BLOCK_BYTES) as usize;
         let region_start = block_start(first);
         let region_len = align_up(block_start(last + 1).min(st.length) - region_start) as usize;
+        let started = std::time::Instant::now();
         let mut lease = self.lease(region_len).await?;
+        let leased = started.elapsed();
         let buf = lease.buf.take().expect("fresh lease holds a buffer");
+        let registered = buf.is_registered();
         let buf = self
             .read_into(dir, &st, buf, region_start, 0, region_len)
             .await?;
+        let read = started.elapsed();
         let bad = (first..=last).find(|&b| {
             let at = (block_start(b) - region_start) as usize;
             let blen = (block_start(b + 1).min(st.length) - block_start(b)) as usize;
             crc32c::crc32c(&buf.as_slice()[at..at + blen]) != st.crcs[b]
         });
+        tracing::trace!(
+            bytes = region_len,
+            registered,
+            lease_ms = leased.as_secs_f64() * 1e3,
+            io_ms = (read - leased).as_secs_f64() * 1e3,
+            verify_ms = (started.elapsed() - read).as_secs_f64() * 1e3,
+            "store read"
+        );
         lease.buf = Some(buf);
         if let Some(b) = bad {
             tracing::warn!(chunk = %handle, block = b, "checksum mismatch on read");

@@ -153,6 +153,11 @@ pub async fn start(dir: &Path, a: &StartArgs) -> anyhow::Result<Vec<String>> {
             format!("rack-{}", i % 2),
             "--master".into(),
             master_addrs.join(","),
+            // Every server's data is on the one disk under `dir`: they
+            // share its queue (8 I/Os in flight in all, as one server with
+            // a disk of its own would have).
+            "--io-depth".into(),
+            (8 / a.chunkservers.max(1)).max(1).to_string(),
         ];
         args.extend(size.iter().cloned());
         spawn(dir, &c.name, &sibling("gfs-chunkserver"), &args)?;
