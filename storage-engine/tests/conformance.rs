@@ -619,6 +619,11 @@ async fn received_appends_are_written_where_they_lie(kind: Kind) {
         .take(64)
         .collect();
     assert!(held.len() < 64, "the memory bound stops receive buffers");
+    // They hold at most half of what preparations may (a push can wait
+    // long for its mutation): a copied preparation still finds memory.
+    let copied = store.prepare(model.len() as u64, &[&pattern(8, MAX_REQUEST as usize)]);
+    assert!(copied.is_some(), "received data left no memory to prepare");
+    drop(copied);
     let tail = pattern(7, 5000);
     let parts: [&[u8]; 1] = [&tail];
     let unprepared = store.write_prepared(handle, model.len() as u64, &parts, None);

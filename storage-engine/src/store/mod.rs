@@ -118,6 +118,11 @@ struct Inner {
     /// their turn and reads let theirs go, never waiting on a preparation
     /// that waits on it.
     preparing: Arc<Semaphore>,
+    /// The part of `preparing` data received into the store's memory may
+    /// hold (half): a push can wait long for its mutation (or never get
+    /// one, until it expires), and reads and copied preparations keep the
+    /// other half.
+    receiving: Arc<Semaphore>,
     epoch: Instant,
 }
 
@@ -170,6 +175,8 @@ struct Leased {
     _permit: OwnedSemaphorePermit,
     /// A prepared append's share of the memory preparations may hold.
     _preparing: Option<OwnedSemaphorePermit>,
+    /// Received data's share of that.
+    _receiving: Option<OwnedSemaphorePermit>,
 }
 
 /// Memory permits a buffer of `len` bytes counts for: what the heap pool
@@ -307,6 +314,7 @@ impl ChunkStore {
                 (config.buffer_memory_bytes / SECTOR_BYTES) as usize,
             )),
             preparing: Arc::new(Semaphore::new(preparing_permits(&config) as usize)),
+            receiving: Arc::new(Semaphore::new(preparing_permits(&config) as usize / 2)),
             config,
             dirs,
             chunks: RwLock::new(HashMap::new()),
@@ -353,6 +361,7 @@ impl ChunkStore {
             pool: Arc::downgrade(&self.inner),
             _permit: permit,
             _preparing: preparing,
+            _receiving: None,
         }
     }
 
@@ -381,13 +390,18 @@ impl ChunkStore {
     /// A sector-aligned buffer to receive `len` bytes of data into, for
     /// [`prepare_received`](Self::prepare_received): `None` when `len` is 0
     /// or over the largest request, or the memory is not free right now
-    /// within the share preparations may hold (receive into ordinary
-    /// memory then; the mutation copies it).
+    /// within received data's share (half of what preparations may hold;
+    /// receive into ordinary memory then, and the mutation copies it).
     pub fn receiving(&self, len: usize) -> Option<Receiving> {
         if len == 0 || len as u64 > self.inner.config.max_request_bytes {
             return None;
         }
-        let lease = self.lease_to_prepare(layout::align_up(len as u64) as usize)?;
+        let len_sectors = layout::align_up(len as u64) as usize;
+        let n = permits(&self.inner.config, len_sectors);
+        let share = self.inner.receiving.clone().try_acquire_many_owned(n);
+        let share = share.ok()?;
+        let mut lease = self.lease_to_prepare(len_sectors)?;
+        lease._receiving = Some(share);
         Some(Receiving::new(lease, len))
     }
 

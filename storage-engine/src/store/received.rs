@@ -11,10 +11,12 @@
 //! [`ChunkStore::prepare_received`](super::ChunkStore::prepare_received)
 //! without being touched again.
 //!
-//! Memory: a receive buffer is leased from the share of the store's buffer
-//! memory that prepared appends may hold, only if it is free right now, so
-//! it never takes what a mutation in its turn needs; with no room the
-//! caller receives into ordinary memory and the mutation copies as before.
+//! Memory: a receive buffer is leased from half the share of the store's
+//! buffer memory that prepared appends may hold, only if it is free right
+//! now, so it never takes what a mutation in its turn needs, and data that
+//! waits long for its mutation leaves room for reads and copies; with no
+//! room the caller receives into ordinary memory and the mutation copies
+//! as before.
 
 use std::sync::Arc;
 
