@@ -78,9 +78,15 @@ fn now_ms() -> u64 {
 const MAX_NO_SPACE_RETRIES: u32 = 6;
 
 /// A read is split into pieces of at most this many bytes ...
-const READ_PIECE_BYTES: u64 = 1 << 20;
-/// ... of which this many are read at once ...
-const READ_PIECES_IN_FLIGHT: usize = 4;
+pub(crate) const READ_PIECE_BYTES: u64 = 1 << 20;
+/// ... (a read of a few MiB on its own into pieces down to this many, so
+/// more replicas and disks work on it at once: random 4 MiB reads at
+/// N = 4 went 11 % faster in 512 KiB pieces, BENCHMARKS.md; a streaming
+/// reader, with reads of its own in flight, keeps 1 MiB, which a disk
+/// serves at less cost per byte) ...
+const LONE_READ_PIECE_BYTES: u64 = 512 << 10;
+/// ... of which this many bytes' worth are read at once ...
+const READ_BYTES_IN_FLIGHT: u64 = 4 << 20;
 /// ... into buffers of at most this many bytes (a longer read is copied
 /// together from them).
 const READ_SPAN_BYTES: u64 = 64 << 20;
@@ -647,13 +653,25 @@ impl Client {
 
     /// Up to `len` bytes from `offset`; fewer at the end of the file.
     pub async fn read_at(&self, path: &str, offset: u64, len: u64) -> Result<Bytes> {
+        let piece = (len / 8).clamp(LONE_READ_PIECE_BYTES, READ_PIECE_BYTES);
+        self.read_in_pieces(path, offset, len, piece).await
+    }
+
+    /// As `read_at`, in pieces of at most `piece` bytes.
+    pub(crate) async fn read_in_pieces(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        piece: u64,
+    ) -> Result<Bytes> {
         let cs = self.chunk_size(path).await?;
         let mut out = BytesMut::new();
         let mut pos = offset;
         let end = offset.saturating_add(len);
         while pos < end {
             let span = (end - pos).min(READ_SPAN_BYTES);
-            let got = self.read_span(path, cs, pos, span).await?;
+            let got = self.read_span(path, cs, (pos, span), piece).await?;
             let short = (got.len() as u64) < span;
             pos += got.len() as u64;
             if out.is_empty() {
@@ -669,18 +687,24 @@ impl Client {
     }
 
     /// Up to `len` bytes from `offset`, read straight into one buffer (not
-    /// zeroed first) in pieces of at most `READ_PIECE_BYTES` (never across a chunk
-    /// boundary), `READ_PIECES_IN_FLIGHT` at a time, each from a replica of
-    /// its own choosing: one reader keeps several disks and connections
-    /// busy, and no byte is copied after the socket.
-    async fn read_span(&self, path: &str, cs: u64, offset: u64, len: u64) -> Result<BytesMut> {
+    /// zeroed first) in pieces of at most `piece` bytes (never across a
+    /// chunk boundary), `READ_BYTES_IN_FLIGHT` worth at a time, each from a
+    /// replica of its own choosing: one reader keeps several disks and
+    /// connections busy, and no byte is copied after the socket.
+    async fn read_span(
+        &self,
+        path: &str,
+        cs: u64,
+        (offset, len): (u64, u64),
+        piece: u64,
+    ) -> Result<BytesMut> {
         // One allocation, not zeroed: each piece gets its own stretch of
         // it (empty, with room for the piece) and the socket fills it.
         let mut rest = BytesMut::with_capacity(len as usize);
         let mut parts = Vec::new();
         let (mut pos, end) = (offset, offset + len);
         while pos < end {
-            let n = (end - pos).min(READ_PIECE_BYTES).min(cs - pos % cs) as usize;
+            let n = (end - pos).min(piece).min(cs - pos % cs) as usize;
             let tail = rest.split_off(n);
             parts.push((pos, n, std::mem::replace(&mut rest, tail)));
             pos += n as u64;
@@ -702,7 +726,7 @@ impl Client {
                 part.truncate(got);
                 Ok::<_, MasterError>((part, got < want))
             })
-            .buffered(READ_PIECES_IN_FLIGHT);
+            .buffered((READ_BYTES_IN_FLIGHT / piece.max(1)).max(1) as usize);
         let mut out = BytesMut::new();
         while let Some(piece) = done.next().await {
             let (part, short) = piece?;
