@@ -414,6 +414,24 @@ async fn random_operations_match_the_model(kind: Kind) {
     }
 }
 
+/// Appends 5000 bytes unprepared at the chunk's end, which must complete
+/// within 10 s whatever memory `holders` hold; the model grows by them.
+async fn append_in_its_turn(
+    store: &gfs_storage_engine::ChunkStore,
+    handle: gfs_proto::ChunkHandle,
+    model: &mut Vec<u8>,
+    holders: &str,
+) {
+    let tail = pattern(7, 5000);
+    let parts: [&[u8]; 1] = [&tail];
+    let unprepared = store.write_prepared(handle, model.len() as u64, &parts, None);
+    tokio::time::timeout(std::time::Duration::from_secs(10), unprepared)
+        .await
+        .unwrap_or_else(|_| panic!("a write in its turn waits on memory {holders} hold"))
+        .expect("an unprepared write");
+    model.extend_from_slice(&tail);
+}
+
 /// Appends prepared ahead of the chunk's lock (copied and checksummed
 /// without it) land as plain appends do, also when the chunk changed in
 /// between (the preparation no longer fits and the write is filled the
@@ -485,16 +503,8 @@ async fn prepared_appends_match_the_model_whatever_happened_in_between(kind: Kin
         .collect();
     assert!(held.len() < 64, "the memory bound stops preparations");
     let off = model.len() as u64;
-    let tail = pattern(7, 5000);
-    let none = store.prepare(off, &[&tail]);
-    assert!(none.is_none());
-    let parts: [&[u8]; 1] = [&tail];
-    let unprepared = store.write_prepared(handle, off, &parts, none);
-    tokio::time::timeout(std::time::Duration::from_secs(10), unprepared)
-        .await
-        .expect("a write in its turn finds memory while preparations hold theirs")
-        .expect("an unprepared write");
-    model.extend_from_slice(&tail);
+    assert!(store.prepare(off, &[&pattern(7, 5000)]).is_none());
+    append_in_its_turn(&store, handle, &mut model, "preparations").await;
     drop(held);
 
     // Every checksum on the disk agrees with the data.
@@ -624,14 +634,7 @@ async fn received_appends_are_written_where_they_lie(kind: Kind) {
     let copied = store.prepare(model.len() as u64, &[&pattern(8, MAX_REQUEST as usize)]);
     assert!(copied.is_some(), "received data left no memory to prepare");
     drop(copied);
-    let tail = pattern(7, 5000);
-    let parts: [&[u8]; 1] = [&tail];
-    let unprepared = store.write_prepared(handle, model.len() as u64, &parts, None);
-    tokio::time::timeout(std::time::Duration::from_secs(10), unprepared)
-        .await
-        .expect("a write in its turn finds memory while receive buffers hold theirs")
-        .expect("an unprepared write");
-    model.extend_from_slice(&tail);
+    append_in_its_turn(&store, handle, &mut model, "receive buffers").await;
     drop(held);
 
     // A buffer last filled with 0xff, received again for fewer bytes and
