@@ -369,10 +369,7 @@ impl ChunkStore {
         // after all) gives its memory back here, before the lease below.
         let (staged, entries) = match prepared.filter(|p| appending && p.fits(off, n)) {
             Some(p) => self.fill_prepared(dir, st, p).await?,
-            None => {
-                let (lease, buf, entries) = self.fill(dir, st, handle, parts, span).await?;
-                (Staged::copied(lease, buf), entries)
-            }
+            None => self.fill(dir, st, handle, parts, span).await?,
         };
 
         let io_size = cfg.io_size_bytes as usize;
@@ -434,7 +431,7 @@ impl ChunkStore {
         handle: ChunkHandle,
         parts: &[&[u8]],
         span: Span,
-    ) -> Result<(Leased, AlignedBuf, Vec<(usize, u8, Entry)>)> {
+    ) -> Result<(Staged, Vec<(usize, u8, Entry)>)> {
         let Span {
             off,
             end,
@@ -511,7 +508,7 @@ impl ChunkStore {
                 entry(st, b, new_len, crc)
             })
             .collect();
-        Ok((lease, buf, entries))
+        Ok((Staged::copied(lease, buf), entries))
     }
 
     /// Copies an append's data into a sector-aligned buffer and checksums
