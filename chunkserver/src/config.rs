@@ -40,6 +40,9 @@ pub struct ConfigFile {
     /// share one disk should share its queue (BENCHMARKS.md: this VM's
     /// disk read 33 % faster with four servers at 2 each than at 8).
     pub io_depth: Option<u32>,
+    /// Appends of one chunk on the disk at once (default 2; 1 writes
+    /// them one at a time, each waiting for the one before).
+    pub appends_ahead: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -85,6 +88,7 @@ impl ConfigFile {
             direct_io,
             recycle_chunk_files,
             io_depth,
+            appends_ahead,
         } = self;
         let id = id.ok_or(ConfigError::Missing("id"))?;
         if id == 0 {
@@ -137,6 +141,14 @@ impl ConfigFile {
             }
             store.io_depth = d;
         }
+        if let Some(n) = appends_ahead {
+            if n == 0 || n > 64 {
+                return Err(ConfigError::Invalid(format!(
+                    "appends_ahead must be in 1..=64, got {n}"
+                )));
+            }
+            store.appends_ahead = n;
+        }
         Ok(ChunkserverConfig {
             id,
             advertise: advertise.unwrap_or_else(|| listen.to_string()),
@@ -168,6 +180,7 @@ mod tests {
             chunk_size_bytes = 1048576
             recycle_chunk_files = 0
             io_depth = 2
+            appends_ahead = 3
             "#,
         )
         .unwrap()
@@ -176,6 +189,7 @@ mod tests {
         assert_eq!(c.advertise, "127.0.0.4:7100");
         assert_eq!(c.store.recycle_chunk_files, 0);
         assert_eq!(c.store.io_depth, 2);
+        assert_eq!(c.store.appends_ahead, 3);
         assert_eq!(c.store.dirs.len(), 2);
         assert_eq!(c.store.chunk_size_bytes, 1 << 20);
         assert_eq!(c.store.max_request_bytes, 1 << 20);
@@ -221,6 +235,13 @@ mod tests {
                     ..ok()
                 },
                 "chunk_size_bytes must be",
+            ),
+            (
+                ConfigFile {
+                    appends_ahead: Some(0),
+                    ..ok()
+                },
+                "appends_ahead must be in 1..=64, got 0",
             ),
             (
                 ConfigFile {

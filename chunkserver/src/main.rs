@@ -15,7 +15,7 @@ use gfs_storage_engine::BackendKind;
 /// or put the same settings in a TOML file (`id`, `listen`, `advertise`,
 /// `data_dirs`, `rack`, `masters`, `heartbeat_ms`, `chunk_size_bytes`,
 /// `buffer_bytes`, `buffer_ttl_ms`, `backend`, `direct_io`,
-/// `recycle_chunk_files`, `io_depth`) and pass `--config`. Flags win.
+/// `recycle_chunk_files`, `io_depth`, `appends_ahead`) and pass `--config`. Flags win.
 #[derive(Debug, Parser)]
 #[command(name = "gfs-chunkserver", version, verbatim_doc_comment)]
 struct Args {
@@ -57,6 +57,10 @@ struct Args {
     /// share one disk should share its queue.
     #[arg(long)]
     io_depth: Option<u32>,
+    /// Appends of one chunk on the disk at once (default 2; 1 writes each
+    /// only after the one before it landed).
+    #[arg(long)]
+    appends_ahead: Option<u32>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -99,6 +103,7 @@ fn start(a: Args) -> Result<(), String> {
     f.buffer_bytes = a.buffer_bytes.or(f.buffer_bytes);
     f.recycle_chunk_files = a.recycle_chunk_files.or(f.recycle_chunk_files);
     f.io_depth = a.io_depth.or(f.io_depth);
+    f.appends_ahead = a.appends_ahead.or(f.appends_ahead);
     if let Some(b) = a.backend {
         f.backend = Some(match b.as_str() {
             "auto" => BackendKind::Auto,

@@ -17,7 +17,7 @@ use gfs_proto::wire::chunk::{
 };
 use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES, error};
 use gfs_proto::{ChunkHandle, ChunkVersion};
-use gfs_storage_engine::{ChunkInfo, ChunkStore, Prepared, Received, StoreError};
+use gfs_storage_engine::{ChunkInfo, ChunkStore, Landing, Prepared, Received, StoreError};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -361,20 +361,30 @@ impl Shared {
     }
 
     /// Applies one mutation locally, from its prepared buffer if it has
-    /// one; returns the chunk's new length.
-    async fn apply_local(
+    /// one: once this returns, the mutation is ordered here (the next may
+    /// follow it); the landing says when it is on the disk.
+    async fn submit_local(
         &self,
         h: ChunkHandle,
         kind: MutationKind,
         (offset, data, prepared): (u64, &[Bytes], Option<Prepared>),
-        sync: bool,
-    ) -> Result<u64, Status> {
+    ) -> Result<Landing, Status> {
         let parts: Vec<&[u8]> = data.iter().map(|b| &b[..]).collect();
-        let len = match kind {
-            MutationKind::Pad => self.store.pad_to_end(h).await,
-            _ => self.store.write_prepared(h, offset, &parts, prepared).await,
+        match kind {
+            MutationKind::Pad => self.store.pad_to_end(h).await.map(Landing::landed_at),
+            _ => {
+                self.store
+                    .submit_prepared(h, offset, &parts, prepared)
+                    .await
+            }
         }
-        .map_err(store_status)?;
+        .map_err(store_status)
+    }
+
+    /// Waits until a mutation submitted here is on the disk (and durable,
+    /// with `sync`); returns the chunk's length after it.
+    async fn landed(&self, h: ChunkHandle, landing: Landing, sync: bool) -> Result<u64, Status> {
+        let len = landing.landed().await.map_err(store_status)?;
         if sync {
             self.store.sync(h).await.map_err(store_status)?;
         }
@@ -446,6 +456,7 @@ impl Shared {
 pub fn store_status(e: StoreError) -> Status {
     let kind = match &e {
         StoreError::NotFound(_) => ErrorKind::NotFound,
+        StoreError::Withdrawn(_) => ErrorKind::Unavailable,
         StoreError::OutOfRange { .. }
         | StoreError::ChunkFull { .. }
         | StoreError::TooLarge { .. }
@@ -673,9 +684,13 @@ impl ChunkService {
         let turn = (r.primary_run, r.serial, r.after_serial);
         // The data is found and prepared now, its errors reported in turn.
         let data = self.incoming(&r, kind);
-        let length = slot
+        let landing = slot
             .in_turn(turn, PEER_TIMEOUT, self.apply_here(&slot, &r, kind, data))
             .await?;
+        let sh = &self.shared;
+        let length = sh.landed(ChunkHandle(r.handle), landing, r.sync).await?;
+        sh.forget_data(&r.data_ids);
+        sh.forget_data(&r.dropped_data_ids);
         Ok(Response::new(ApplyReply {
             chunk_length: length,
         }))
@@ -770,15 +785,14 @@ impl ChunkService {
         Ok((data, prepared))
     }
 
-    /// A secondary's part of a mutation, in its turn: fence, apply, and let
-    /// the pushed data go.
+    /// A secondary's part of a mutation, in its turn: fence and submit.
     async fn apply_here(
         &self,
         slot: &Slot,
         r: &ApplyRequest,
         kind: MutationKind,
         incoming: Result<(Parts, Option<Prepared>), Status>,
-    ) -> Result<u64, Status> {
+    ) -> Result<Landing, Status> {
         let h = ChunkHandle(r.handle);
         let sh = &self.shared;
         let (data, prepared) = incoming?;
@@ -786,11 +800,8 @@ impl ChunkService {
         let info = sh.local(h, r.version, r.create).await?;
         let fence = fence_forwarded(info.version.0, r.version);
         sh.fence_by(fence, &info, r.version).await?;
-        let write = (r.offset, &data[..], prepared);
-        let length = sh.apply_local(h, kind, write, r.sync).await?;
-        sh.forget_data(&r.data_ids);
-        sh.forget_data(&r.dropped_data_ids);
-        Ok(length)
+        sh.submit_local(h, kind, (r.offset, &data[..], prepared))
+            .await
     }
 
     /// Applies a mutation here and at the secondaries, each in its turn in
@@ -822,11 +833,13 @@ impl ChunkService {
         // three writes together, not one and then two. A failure anywhere
         // leaves the region inconsistent, as a failed secondary always did.
         let prepared = sh.prepare(m.kind, m.offset, &m.ids, &m.data);
-        let here = sh.apply_local(h, m.kind, (m.offset, &m.data, prepared), m.sync);
-        let (local, (failed, missing)) = tokio::join!(
-            slot.in_turn((sh.run, m.serial, m.after), PEER_TIMEOUT, here),
-            self.forward(r, apply)
-        );
+        let here = async {
+            let submit = sh.submit_local(h, m.kind, (m.offset, &m.data, prepared));
+            let turn = (sh.run, m.serial, m.after);
+            let landing = slot.in_turn(turn, PEER_TIMEOUT, submit).await?;
+            sh.landed(h, landing, m.sync).await
+        };
+        let (local, (failed, missing)) = tokio::join!(here, self.forward(r, apply));
         let length = match local {
             Ok(l) => l,
             Err(e) => {

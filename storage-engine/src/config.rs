@@ -58,6 +58,11 @@ pub struct StoreConfigFile {
     /// deletes, a fraction of a percent of an NVMe drive, and counted as
     /// free space. 0 removes every deleted chunk's files.
     pub recycle_chunk_files: u32,
+    /// Appends of one chunk that may be on the disk at once: an append at
+    /// a sector-aligned end goes to the disk while up to this many before
+    /// it are still there (`store::ahead`). 1 writes a chunk's appends one
+    /// at a time, waiting for each.
+    pub appends_ahead: u32,
 }
 
 impl Default for StoreConfigFile {
@@ -77,6 +82,7 @@ impl Default for StoreConfigFile {
             scrub_rate_bytes_per_s: 32 << 20,
             scrub_idle_ms: 60_000,
             recycle_chunk_files: 64,
+            appends_ahead: 2,
         }
     }
 }
@@ -98,6 +104,7 @@ pub struct StoreConfig {
     pub scrub_rate_bytes_per_s: u64,
     pub scrub_idle_ms: u64,
     pub recycle_chunk_files: u32,
+    pub appends_ahead: u32,
 }
 
 impl StoreConfigFile {
@@ -125,6 +132,7 @@ impl StoreConfigFile {
             scrub_rate_bytes_per_s,
             scrub_idle_ms,
             recycle_chunk_files,
+            appends_ahead,
         } = self;
         let bad = |m: String| Err(StoreError::Config(m));
         if dirs.is_empty() {
@@ -150,6 +158,9 @@ impl StoreConfigFile {
         }
         if io_depth == 0 || io_depth > 4096 {
             return bad(format!("io_depth {io_depth} must be in 1..=4096"));
+        }
+        if appends_ahead == 0 || appends_ahead > 64 {
+            return bad(format!("appends_ahead {appends_ahead} must be in 1..=64"));
         }
         if portable_threads == 0 {
             return bad("portable_threads must be at least 1".into());
@@ -177,6 +188,7 @@ impl StoreConfigFile {
             scrub_rate_bytes_per_s,
             scrub_idle_ms,
             recycle_chunk_files,
+            appends_ahead,
         })
     }
 }

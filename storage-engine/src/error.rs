@@ -50,6 +50,11 @@ pub enum StoreError {
     #[error("{dir} refuses writes since an earlier failure: {reason}")]
     Poisoned { dir: PathBuf, reason: String },
 
+    /// An append accepted after one that failed: it was not applied
+    /// either (`store::ahead`). Nothing acknowledged was touched; retry.
+    #[error("chunk {0}: an append accepted before this one failed, so this one was withdrawn")]
+    Withdrawn(ChunkHandle),
+
     #[error("{context}: {source}")]
     Io {
         context: String,

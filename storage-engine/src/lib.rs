@@ -42,5 +42,6 @@ pub use backend::faulty::{FaultSwitch, Faults};
 pub use config::{BackendKind, StoreConfig, StoreConfigFile};
 pub use error::{Result, StoreError};
 pub use store::{
-    ChunkInfo, ChunkStore, CorruptChunk, DiskUsage, Prepared, Received, Receiving, RecoveryReport,
+    ChunkInfo, ChunkStore, CorruptChunk, DiskUsage, Landing, Prepared, Received, Receiving,
+    RecoveryReport,
 };

@@ -34,6 +34,7 @@ for_every_backend!(
     a_create_told_the_chunk_exists_finds_it,
     new_chunks_write_over_the_files_of_deleted_full_chunks,
     the_pool_of_deleted_chunks_files_is_bounded_and_checked_at_open,
+    appends_in_flight_together_match_the_model,
 );
 
 async fn unaligned_appends_read_back_exactly(kind: Kind) {
@@ -341,6 +342,23 @@ async fn bad_requests_get_clear_errors(kind: Kind) {
 }
 
 /// Opens the store again; nothing may have been cut or quarantined.
+/// Reads a random range of a chunk and checks it against its model.
+async fn read_some(
+    store: &gfs_storage_engine::ChunkStore,
+    handle: gfs_proto::ChunkHandle,
+    model: &[u8],
+    rng: &mut StdRng,
+    step: u64,
+) {
+    let off = rng.random_range(0..model.len());
+    let len = rng.random_range(0..=(model.len() - off).min(MAX_REQUEST as usize));
+    let got = store
+        .read(handle, off as u64, len as u64)
+        .await
+        .expect("read");
+    assert_eq!(&got[..], &model[off..off + len], "step {step}");
+}
+
 async fn reopen_clean(hs: &Harness) -> gfs_storage_engine::ChunkStore {
     let (store, report) = hs.open().await;
     assert!(
@@ -390,15 +408,7 @@ async fn random_operations_match_the_model(kind: Kind) {
                 }
                 model[off..off + len].copy_from_slice(&data);
             }
-            6..=7 if !model.is_empty() => {
-                let off = rng.random_range(0..model.len());
-                let len = rng.random_range(0..=(model.len() - off).min(MAX_REQUEST as usize));
-                let got = store
-                    .read(handle, off as u64, len as u64)
-                    .await
-                    .expect("read");
-                assert_eq!(&got[..], &model[off..off + len], "step {step}");
-            }
+            6..=7 if !model.is_empty() => read_some(&store, handle, model, &mut rng, step).await,
             8 => store.sync(handle).await.expect("sync"),
             9 if step % 3 == 0 => {
                 drop(store);
@@ -411,6 +421,97 @@ async fn random_operations_match_the_model(kind: Kind) {
         let info = store.info(h(100 + i as u64)).await.expect("info");
         assert_eq!(info.length, model.len() as u64);
         assert_eq!(read_all(&store, 100 + i as u64, model.len()).await, *model);
+    }
+}
+
+/// Appends submitted without waiting for the ones before them to land
+/// (`ahead`), mixed with reads, overwrites, syncs and unaligned appends,
+/// which wait for them: every landing reports its own end, every read the
+/// model, in memory and after a reopen.
+async fn appends_in_flight_together_match_the_model(kind: Kind) {
+    use std::collections::VecDeque;
+    let hs = Harness::new(kind);
+    let (mut store, _) = hs.open().await;
+    let mut rng = StdRng::seed_from_u64(0xa4ead);
+    let mut handle = h(300);
+    store.create(handle, v(1)).await.expect("create");
+    let mut model: Vec<u8> = Vec::new();
+    let mut models = Vec::new();
+    let mut flying: VecDeque<(gfs_storage_engine::Landing, u64)> = VecDeque::new();
+    for step in 0..240u64 {
+        let aligned = rng.random_range(0..4) > 0;
+        let len = if aligned {
+            4_096 * rng.random_range(1..=12)
+        } else {
+            rng.random_range(1..20_000)
+        };
+        if model.len() + len > CHUNK as usize {
+            for (l, end) in flying.drain(..) {
+                assert_eq!(l.landed().await.expect("lands"), end);
+            }
+            models.push((handle, std::mem::take(&mut model)));
+            handle = h(handle.0 + 1);
+            store.create(handle, v(1)).await.expect("create");
+        }
+        match rng.random_range(0..10) {
+            0..=4 => {
+                let data = pattern(step, len);
+                let at = model.len() as u64;
+                let parts: [&[u8]; 1] = [&data];
+                let prepared = if rng.random() {
+                    store.prepare(at, &parts)
+                } else {
+                    None
+                };
+                let landing = store
+                    .submit_prepared(handle, at, &parts, prepared)
+                    .await
+                    .expect("accepted");
+                model.extend_from_slice(&data);
+                flying.push_back((landing, model.len() as u64));
+            }
+            5 | 6 => {
+                if let Some((l, end)) = flying.pop_front() {
+                    assert_eq!(l.landed().await.expect("lands"), end, "step {step}");
+                }
+            }
+            7 if !model.is_empty() => read_some(&store, handle, &model, &mut rng, step).await,
+            8 if !model.is_empty() => {
+                let off = rng.random_range(0..model.len());
+                let n = rng.random_range(1..5_000).min(model.len() - off);
+                let data = pattern(step + 1_000, n);
+                store
+                    .write_at(handle, off as u64, &data)
+                    .await
+                    .expect("write_at");
+                model[off..off + n].copy_from_slice(&data);
+            }
+            9 => store.sync(handle).await.expect("sync"),
+            _ => {}
+        }
+        if step % 80 == 79 {
+            for (l, end) in flying.drain(..) {
+                assert_eq!(l.landed().await.expect("lands"), end);
+            }
+            drop(store);
+            store = reopen_clean(&hs).await;
+        }
+    }
+    for (l, end) in flying.drain(..) {
+        assert_eq!(l.landed().await.expect("lands"), end);
+    }
+    models.push((handle, model));
+    for (handle, model) in &models {
+        assert_eq!(
+            store.info(*handle).await.expect("info").length,
+            model.len() as u64
+        );
+        assert_eq!(read_all(&store, handle.0, model.len()).await, *model);
+    }
+    drop(store);
+    let store = reopen_clean(&hs).await;
+    for (handle, model) in &models {
+        assert_eq!(read_all(&store, handle.0, model.len()).await, *model);
     }
 }
 

@@ -22,7 +22,8 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use gfs_proto::ChunkHandle;
 
-use super::{Chunk, ChunkState, ChunkStore, Dir, Leased, Received};
+use super::ahead::AheadWrite;
+use super::{Chunk, ChunkState, ChunkStore, Dir, Landing, Leased, Received};
 use crate::backend::IoOp;
 use crate::buf::{AlignedBuf, IoSlice};
 use crate::error::{IoContext, Result, StoreError};
@@ -118,7 +119,7 @@ enum Body {
 }
 
 /// A mutation's region, ready to be written.
-enum Staged {
+pub(super) enum Staged {
     /// One buffer of the store's own holding the whole region.
     Copied { lease: Leased, buf: Arc<AlignedBuf> },
     /// The received data, whose sectors are the region.
@@ -184,7 +185,7 @@ impl Staged {
 
     /// Gives a buffer of the store's own back to its pool (when no I/O
     /// holds it any more).
-    fn release(self) {
+    pub(super) fn release(self) {
         if let Self::Copied { mut lease, buf } = self {
             lease.buf = Arc::try_unwrap(buf).ok();
         }
@@ -230,9 +231,15 @@ impl ChunkStore {
     /// Appends `data` at the chunk's end; returns the offset it landed at.
     pub async fn append(&self, handle: ChunkHandle, data: &[u8]) -> Result<u64> {
         let chunk = self.chunk(handle)?;
-        let mut st = chunk.state.write().await;
+        let end = chunk.state.read().await.length;
+        let limit = self.inner.config.appends_ahead;
+        let mut st = self.settled(&chunk, Some((end, limit))).await;
         let offset = st.length;
-        self.mutate(&chunk, &mut st, offset, &[data], None).await?;
+        let landing = self
+            .mutate(&chunk, &mut st, offset, &[data], None, true)
+            .await?;
+        drop(st);
+        landing.landed().await?;
         Ok(offset)
     }
 
@@ -262,9 +269,29 @@ impl ChunkStore {
         parts: &[&[u8]],
         prepared: Option<Prepared>,
     ) -> Result<u64> {
+        self.submit_prepared(handle, offset, parts, prepared)
+            .await?
+            .landed()
+            .await
+    }
+
+    /// As `write_prepared`, but returns once the mutation is accepted: an
+    /// append at the chunk's sector-aligned end may then still be on its way
+    /// to the disk while the next one is accepted (`ahead`). Mutations are
+    /// applied in the order they are submitted; `Landing::landed` says when
+    /// this one is on the disk, with the chunk's length after it.
+    pub async fn submit_prepared(
+        &self,
+        handle: ChunkHandle,
+        offset: u64,
+        parts: &[&[u8]],
+        prepared: Option<Prepared>,
+    ) -> Result<Landing> {
         let chunk = self.chunk(handle)?;
-        let mut st = chunk.state.write().await;
         let cfg = &self.inner.config;
+        let mut st = self
+            .settled(&chunk, Some((offset, cfg.appends_ahead)))
+            .await;
         let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if offset
             .checked_add(len)
@@ -289,39 +316,46 @@ impl ChunkStore {
             let mut filled: Vec<&[u8]> = vec![&zeros];
             filled.extend_from_slice(parts);
             let at = st.length;
-            self.mutate(&chunk, &mut st, at, &filled, None).await?;
+            self.mutate(&chunk, &mut st, at, &filled, None, false).await
         } else {
-            self.mutate(&chunk, &mut st, offset, parts, prepared)
-                .await?;
+            self.mutate(&chunk, &mut st, offset, parts, prepared, true)
+                .await
         }
-        Ok(st.length)
     }
 
     /// Pads the chunk with zeros up to the chunk size (record append moves on
     /// to the next chunk). Returns the padded length.
     pub async fn pad_to_end(&self, handle: ChunkHandle) -> Result<u64> {
         let chunk = self.chunk(handle)?;
-        let mut st = chunk.state.write().await;
+        let mut st = self.settled(&chunk, None).await;
         let limit = self.inner.config.chunk_size_bytes;
         let piece = self.inner.config.max_request_bytes;
         let zeros = vec![0u8; piece.min(limit - st.length) as usize];
         while st.length < limit {
             let n = (limit - st.length).min(piece) as usize;
             let at = st.length;
-            self.mutate(&chunk, &mut st, at, &[&zeros[..n]], None)
+            // Not ahead: each is on the disk before the next.
+            let landing = self
+                .mutate(&chunk, &mut st, at, &[&zeros[..n]], None, false)
                 .await?;
+            landing.landed().await?;
         }
         Ok(st.length)
     }
 
+    /// Applies one mutation under the chunk's lock. With `may_go_ahead`,
+    /// an append at the chunk's sector-aligned end is only accepted here
+    /// and lands in a task of its own (`ahead`); every other mutation is on
+    /// the disk when this returns.
     pub(super) async fn mutate(
         &self,
-        chunk: &Chunk,
+        chunk: &Arc<Chunk>,
         st: &mut ChunkState,
         off: u64,
         parts: &[&[u8]],
         prepared: Option<Prepared>,
-    ) -> Result<()> {
+        may_go_ahead: bool,
+    ) -> Result<Landing> {
         let handle = chunk.handle;
         let dir = self.dir(chunk);
         dir.check_writable()?;
@@ -354,15 +388,14 @@ impl ChunkStore {
             });
         }
         if n == 0 {
-            return Ok(());
+            return Ok(Landing::landed_at(st.length));
         }
-        let seq = st.next_seq;
+        let ahead = may_go_ahead && st.may_go_ahead(off, cfg.appends_ahead);
+        debug_assert!(ahead || st.ahead.is_none(), "settled before a mutation");
         let old_len = st.length;
-        let new_len = old_len.max(end);
         let appending = off == old_len;
         let span = Span::new(off, n, old_len);
         let (region_start, region_len) = (span.region_start, span.region_len);
-        let region_end = region_start + region_len as u64;
 
         let started = std::time::Instant::now();
         // A preparation that no longer fits (the write is not an append
@@ -373,12 +406,30 @@ impl ChunkStore {
         };
 
         let io_size = cfg.io_size_bytes as usize;
-        let mut ops = staged.writes(&st.data, region_start, region_len, io_size);
-        let meta_buf = self.entry_writes(st, &entries, &mut ops);
+        let data = staged.writes(&st.data, region_start, region_len, io_size);
+        let mut meta = Vec::new();
+        let entry_buf = self.entry_writes(st, &entries, &mut meta);
+        let filled = started.elapsed();
+        if ahead {
+            let before = st.before_append();
+            self.advance(chunk, st, entries, &staged, span);
+            let after = st.after_append();
+            let w = AheadWrite {
+                data,
+                entries: meta,
+                entry_buf,
+                staged,
+                before,
+                after,
+                filled,
+            };
+            return Ok(self.go_ahead(chunk, st, w));
+        }
 
+        let mut ops = data;
+        ops.extend(meta);
         // ENOSPC is harmless when every byte written lies past the old end.
         let overwrote = !appending || region_start < align_down(old_len);
-        let filled = started.elapsed();
         let result = self.run_mutation(dir, ops, overwrote).await;
         tracing::trace!(
             bytes = n,
@@ -386,12 +437,27 @@ impl ChunkStore {
             io_ms = (started.elapsed() - filled).as_secs_f64() * 1e3,
             "mutation"
         );
-        self.recycle(meta_buf);
+        self.recycle(entry_buf);
         if let Err(e) = result {
             staged.release();
             return Err(e);
         }
+        self.advance(chunk, st, entries, &staged, span);
+        staged.release();
+        Ok(Landing::landed_at(st.length))
+    }
 
+    /// Brings the chunk's state to what it is once a mutation over `span`
+    /// with these `entries` and region is on the disk.
+    fn advance(
+        &self,
+        chunk: &Chunk,
+        st: &mut ChunkState,
+        entries: Vec<(usize, u8, Entry)>,
+        staged: &Staged,
+        span: Span,
+    ) {
+        let region_end = span.region_start + span.region_len as u64;
         for (b, slot, e) in entries {
             if b < st.crcs.len() {
                 st.crcs[b] = e.crc;
@@ -401,24 +467,25 @@ impl ChunkStore {
                 st.slots.push(slot);
             }
         }
-        st.next_seq = seq + 1;
+        st.next_seq += 1;
+        let old_len = st.length;
+        let new_len = old_len.max(span.end);
         st.length = new_len;
         // Keep the cached tail sector in step with the disk: refresh it when
         // this write covered the last sector, drop it when the end is aligned.
         let tail_at = align_down(new_len);
         if new_len.is_multiple_of(SECTOR_BYTES) {
             st.tail = None;
-        } else if tail_at >= region_start && tail_at + SECTOR_BYTES <= region_end {
-            let i = (tail_at - region_start) as usize;
+        } else if tail_at >= span.region_start && tail_at + SECTOR_BYTES <= region_end {
+            let i = (tail_at - span.region_start) as usize;
             st.tail = Some((tail_at, staged.sector(i).into()));
         }
-        staged.release();
-        dir.used_bytes
+        self.dir(chunk)
+            .used_bytes
             .fetch_add(new_len - old_len, Ordering::Relaxed);
         chunk
             .last_mutation_ms
             .store(self.now_ms(), Ordering::Relaxed);
-        Ok(())
     }
 
     /// The ordinary way to build a mutation's buffer, under the chunk's
@@ -718,20 +785,22 @@ impl ChunkStore {
     /// verified against its checksum before any byte is returned.
     pub async fn read(&self, handle: ChunkHandle, offset: u64, len: u64) -> Result<Bytes> {
         let chunk = self.chunk(handle)?;
-        let st = chunk.state.read().await;
-        if st.deleted {
-            return Err(StoreError::NotFound(handle));
-        }
         let max = self.inner.config.max_request_bytes;
         if len > max {
             return Err(StoreError::TooLarge { len, max });
         }
-        let Some(end) = offset.checked_add(len).filter(|&e| e <= st.length) else {
+        // Appends still on their way to the disk are waited for.
+        let st = self.landed_to(&chunk, offset.saturating_add(len)).await;
+        if st.deleted {
+            return Err(StoreError::NotFound(handle));
+        }
+        let length = st.visible_len();
+        let Some(end) = offset.checked_add(len).filter(|&e| e <= length) else {
             return Err(StoreError::OutOfRange {
                 handle,
                 offset,
                 len,
-                length: st.length,
+                length,
             });
         };
         if len == 0 {
@@ -741,7 +810,7 @@ impl ChunkStore {
         let first = (offset / BLOCK_BYTES) as usize;
         let last = ((end - 1) / BLOCK_BYTES) as usize;
         let region_start = block_start(first);
-        let region_len = align_up(block_start(last + 1).min(st.length) - region_start) as usize;
+        let region_len = align_up(block_start(last + 1).min(length) - region_start) as usize;
         let started = std::time::Instant::now();
         let mut lease = self.lease(region_len).await?;
         let leased = started.elapsed();
@@ -753,8 +822,8 @@ impl ChunkStore {
         let read = started.elapsed();
         let bad = (first..=last).find(|&b| {
             let at = (block_start(b) - region_start) as usize;
-            let blen = (block_start(b + 1).min(st.length) - block_start(b)) as usize;
-            crc32c::crc32c(&buf.as_slice()[at..at + blen]) != st.crcs[b]
+            let blen = (block_start(b + 1).min(length) - block_start(b)) as usize;
+            crc32c::crc32c(&buf.as_slice()[at..at + blen]) != st.landed_crc(b)
         });
         tracing::trace!(
             bytes = region_len,

@@ -196,6 +196,7 @@ pub(super) fn create(
         meta: Arc::new(meta),
         tail: None,
         deleted: false,
+        ahead: None,
     })
 }
 
@@ -325,6 +326,7 @@ pub(super) fn recover(
             meta: Arc::new(meta),
             tail: None,
             deleted: false,
+            ahead: None,
         },
     })
 }

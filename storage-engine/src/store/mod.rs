@@ -32,8 +32,11 @@ use crate::error::{IoContext, Result, StoreError};
 use crate::io::{self as eio, run_all};
 use crate::layout::{self, Header, SECTOR_BYTES};
 
+mod ahead;
+pub use ahead::Landing;
 mod data;
 pub use data::Prepared;
+use data::Staged;
 mod files;
 mod received;
 pub use received::{Received, Receiving};
@@ -147,6 +150,8 @@ struct Chunk {
     state: tokio::sync::RwLock<ChunkState>,
     /// Milliseconds since the store's epoch at the last mutation.
     last_mutation_ms: AtomicU64,
+    /// Signalled each time an append accepted ahead lands or fails.
+    landed: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -165,6 +170,9 @@ struct ChunkState {
     /// have to read it back.
     tail: Option<(u64, Box<[u8]>)>,
     deleted: bool,
+    /// Appends accepted while earlier ones may still be on the disk
+    /// (`ahead`).
+    ahead: Option<ahead::Ahead>,
 }
 
 /// A pooled buffer that returns to the pool, and gives back its memory
@@ -460,6 +468,7 @@ impl ChunkStore {
                     dir: i,
                     state: tokio::sync::RwLock::new(state),
                     last_mutation_ms: AtomicU64::new(0),
+                    landed: tokio::sync::Notify::new(),
                 });
                 self.inner
                     .chunks
@@ -541,6 +550,7 @@ impl ChunkStore {
                 dir: i,
                 state: tokio::sync::RwLock::new(state),
                 last_mutation_ms: AtomicU64::new(self.now_ms()),
+                landed: tokio::sync::Notify::new(),
             });
             self.inner
                 .chunks
@@ -608,7 +618,7 @@ impl ChunkStore {
     /// Takes a chunk out of the map for good (delete or quarantine).
     async fn retire(&self, handle: ChunkHandle) -> Result<(Arc<Chunk>, u64)> {
         let chunk = self.chunk(handle)?;
-        let mut st = chunk.state.write().await;
+        let mut st = self.settled(&chunk, None).await;
         if st.deleted {
             return Err(StoreError::NotFound(handle));
         }
@@ -750,7 +760,7 @@ impl ChunkStore {
         let chunk = self.chunk(handle)?;
         let dir = self.dir(&chunk);
         dir.check_writable()?;
-        let mut st = chunk.state.write().await;
+        let mut st = self.settled(&chunk, None).await;
         if st.deleted {
             return Err(StoreError::NotFound(handle));
         }
@@ -810,7 +820,7 @@ impl ChunkStore {
         let chunk = self.chunk(handle)?;
         let dir = self.dir(&chunk);
         dir.check_writable()?;
-        let mut st = chunk.state.write().await;
+        let mut st = self.settled(&chunk, None).await;
         if st.deleted {
             return Err(StoreError::NotFound(handle));
         }
