@@ -16,6 +16,15 @@ use crate::buf::{AlignedBuf, IoSlice};
 /// together, then returns the first error (all operations have completed by
 /// then, so no buffer is still in use by the device).
 pub async fn run_all(backend: &dyn IoBackend, ops: Vec<IoOp>) -> io::Result<()> {
+    submit_all(backend, ops).wait().await
+}
+
+/// Operations submitted together, not yet waited for.
+#[derive(Debug)]
+pub struct Submitted(Vec<oneshot::Receiver<io::Result<()>>>);
+
+/// Submits every operation now; `Submitted::wait` waits for them.
+pub fn submit_all(backend: &dyn IoBackend, ops: Vec<IoOp>) -> Submitted {
     let mut waits = Vec::with_capacity(ops.len());
     for op in ops {
         let (tx, rx) = oneshot::channel();
@@ -27,16 +36,23 @@ pub async fn run_all(backend: &dyn IoBackend, ops: Vec<IoOp>) -> io::Result<()> 
         );
         waits.push(rx);
     }
-    let mut first_err = None;
-    for rx in waits {
-        let r = rx
-            .await
-            .unwrap_or_else(|_| Err(io::Error::other("I/O backend dropped a request")));
-        if let Err(e) = r {
-            first_err.get_or_insert(e);
+    Submitted(waits)
+}
+
+impl Submitted {
+    /// Waits for every operation; the first error, once all completed.
+    pub async fn wait(self) -> io::Result<()> {
+        let mut first_err = None;
+        for rx in self.0 {
+            let r = rx
+                .await
+                .unwrap_or_else(|_| Err(io::Error::other("I/O backend dropped a request")));
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
         }
+        first_err.map_or(Ok(()), Err)
     }
-    first_err.map_or(Ok(()), Err)
 }
 
 /// Splits `[0, len)` of `buf`, to live at `file_offset` in the file, into

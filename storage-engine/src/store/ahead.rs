@@ -309,20 +309,22 @@ impl ChunkStore {
         let (prev, tx) = st.accept_ahead(&w.before);
         let accepted_len = st.length;
         let (store, chunk) = (self.clone(), chunk.clone());
+        let AheadWrite {
+            data,
+            entries,
+            entry_buf,
+            staged,
+            before,
+            after,
+            filled,
+        } = w;
+        // Submitted now, in the order the appends are accepted.
+        let started = std::time::Instant::now();
+        let data = crate::io::submit_all(self.dir(&chunk).backend.as_ref(), data);
         let task = tokio::spawn(async move {
-            let AheadWrite {
-                data,
-                entries,
-                entry_buf,
-                staged,
-                before,
-                after,
-                filled,
-            } = w;
             let dir = store.dir(&chunk);
             let bytes = after.0 - before.len;
-            let started = std::time::Instant::now();
-            let mut result = store.run_mutation(dir, data, false).await;
+            let mut result = store.finish_mutation(dir, data, false).await;
             tracing::trace!(
                 bytes,
                 fill_ms = filled.as_secs_f64() * 1e3,

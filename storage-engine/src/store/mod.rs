@@ -29,7 +29,7 @@ use crate::backend::{IoBackend, IoOp};
 use crate::buf::{AlignedBuf, Arena, BufPool, IoSlice};
 use crate::config::{StoreConfig, StoreConfigFile};
 use crate::error::{IoContext, Result, StoreError};
-use crate::io::{self as eio, run_all};
+use crate::io as eio;
 use crate::layout::{self, Header, SECTOR_BYTES};
 
 mod ahead;
@@ -848,7 +848,18 @@ impl ChunkStore {
     /// it also gives the directory's pool of deleted chunks' files back to
     /// the filesystem, so the chunks being written get that space.
     async fn run_mutation(&self, dir: &Dir, ops: Vec<IoOp>, enospc_is_fatal: bool) -> Result<()> {
-        match run_all(dir.backend.as_ref(), ops).await {
+        let submitted = eio::submit_all(dir.backend.as_ref(), ops);
+        self.finish_mutation(dir, submitted, enospc_is_fatal).await
+    }
+
+    /// `run_mutation` for I/O already submitted.
+    async fn finish_mutation(
+        &self,
+        dir: &Dir,
+        submitted: eio::Submitted,
+        enospc_is_fatal: bool,
+    ) -> Result<()> {
+        match submitted.wait().await {
             Ok(()) => Ok(()),
             Err(e) if is_enospc(&e) && !enospc_is_fatal => Err(self.out_of_space(dir).await),
             Err(e) => Err(dir.poison(format!("write or fsync failed: {e}"))),
