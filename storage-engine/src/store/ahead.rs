@@ -16,8 +16,10 @@
 //!   so no two writes in flight share a sector (an unaligned append
 //!   rewrites the partial sector in front of it: it waits for the appends
 //!   in flight to land first, as does every other kind of mutation).
-//! - **Entries in order.** An append's checksum entries are written only
-//!   once its data is on the disk *and* the append before it has landed.
+//! - **Entries in order.** An append accepted while another is in flight
+//!   writes its checksum entries only once its data is on the disk *and*
+//!   the append before it has landed (one accepted with none in flight
+//!   writes them with its data, as every mutation did before).
 //!   Two appends sharing a block put its entry in opposite slots; the later
 //!   one would overwrite the slot holding the last landed entry, so it
 //!   waits until the earlier one's entry is written. A crash therefore
@@ -310,14 +312,20 @@ impl ChunkStore {
         let accepted_len = st.length;
         let (store, chunk) = (self.clone(), chunk.clone());
         let AheadWrite {
-            data,
-            entries,
+            mut data,
+            mut entries,
             entry_buf,
             staged,
             before,
             after,
             filled,
         } = w;
+        // With no append in flight before it, the slots its entries go to
+        // hold nothing landed that they could replace: they go with the
+        // data, as a mutation's always did.
+        if prev.is_none() {
+            data.append(&mut entries);
+        }
         // Submitted now, in the order the appends are accepted.
         let started = std::time::Instant::now();
         let data = crate::io::submit_all(self.dir(&chunk).backend.as_ref(), data);
@@ -342,7 +350,7 @@ impl ChunkStore {
             if result.is_ok() && !prev_ok {
                 result = Err(StoreError::Withdrawn(chunk.handle));
             }
-            if result.is_ok() {
+            if result.is_ok() && !entries.is_empty() {
                 result = store.run_mutation(dir, entries, true).await;
             }
             store.recycle(entry_buf);
