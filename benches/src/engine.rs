@@ -38,6 +38,11 @@ pub struct EngineArgs {
     /// (the engine gets this many chunks written or read concurrently).
     #[arg(long, default_value_t = 8)]
     pub depth: usize,
+    /// Engine writes: appends each chunk keeps on the disk at once (the
+    /// store's `appends_ahead`; 1 waits for each before the next). The
+    /// store's I/O depth grows to `depth` times this.
+    #[arg(long, default_value_t = 1)]
+    pub ahead: usize,
     /// Engine reads: request size (at most the engine's 8 MiB request limit).
     #[arg(long, default_value_t = 8 << 20)]
     pub read_request: u64,
@@ -129,7 +134,8 @@ async fn run_in(args: &EngineArgs, scratch: &Path) -> Result<Report> {
         let raw = crate::raw::RawFile::create(scratch, size, MIB, args.depth, fixed)?;
         let store_dir = scratch.join("store");
         let cfg = StoreConfigFile {
-            io_depth: args.depth as u32,
+            io_depth: (args.depth * args.ahead) as u32,
+            appends_ahead: args.ahead.clamp(1, 64) as u32,
             registered_buffers: !args.plain_buffers,
             // Every deleted chunk's file is kept for the rewrite.
             recycle_chunk_files: u32::try_from(size / chunk).unwrap_or(u32::MAX),
@@ -164,7 +170,7 @@ async fn run_in(args: &EngineArgs, scratch: &Path) -> Result<Report> {
         let raw_w = tokio::task::block_in_place(|| raw.best_write())?;
         phase_done(&mut busy);
         let cpu = crate::cpu_time();
-        let eng_w = fill(&store, chunks, chunk, args.depth, &data).await?;
+        let eng_w = fill(&store, (chunks, chunk), (args.depth, args.ahead), &data).await?;
         let cpu_w = per_gib(crate::cpu_time() - cpu);
         phase_done(&mut busy);
         if !usage.direct_io {
@@ -181,7 +187,7 @@ async fn run_in(args: &EngineArgs, scratch: &Path) -> Result<Report> {
             store.delete(ChunkHandle(c + 1)).await?;
         }
         // The deletes (renames) fall in this phase's busy window, not its time.
-        let eng_rw = fill(&store, chunks, chunk, args.depth, &data).await?;
+        let eng_rw = fill(&store, (chunks, chunk), (args.depth, args.ahead), &data).await?;
         phase_done(&mut busy);
         let busy: [Busy; 5] = busy
             .try_into()
@@ -248,12 +254,13 @@ async fn run_in(args: &EngineArgs, scratch: &Path) -> Result<Report> {
     })
 }
 
-/// Fills `chunks` chunks with 1 MiB appends, `depth` chunks at a time.
+/// Fills `chunks` chunks of `chunk` bytes with 1 MiB appends, `depth`
+/// chunks at a time, each with up to `ahead` appends submitted before the
+/// oldest has landed.
 async fn fill(
     store: &ChunkStore,
-    chunks: u64,
-    chunk: u64,
-    depth: usize,
+    (chunks, chunk): (u64, u64),
+    (depth, ahead): (usize, usize),
     data: &[u8],
 ) -> Result<Duration> {
     for c in 0..chunks {
@@ -264,10 +271,21 @@ async fn fill(
     for lane in 0..depth as u64 {
         let (store, data) = (store.clone(), data.to_vec());
         tasks.spawn(async move {
+            let mut flying = std::collections::VecDeque::new();
             for c in (lane..chunks).step_by(depth) {
-                for _ in 0..chunk / MIB as u64 {
-                    store.append(ChunkHandle(c + 1), &data).await?;
+                let h = ChunkHandle(c + 1);
+                for i in 0..chunk / MIB as u64 {
+                    let at = i * MIB as u64;
+                    flying.push_back(store.submit_prepared(h, at, &[&data], None).await?);
+                    if flying.len() >= ahead.max(1)
+                        && let Some(l) = flying.pop_front()
+                    {
+                        l.landed().await?;
+                    }
                 }
+            }
+            for l in flying {
+                l.landed().await?;
             }
             anyhow::Ok(())
         });
