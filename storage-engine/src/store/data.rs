@@ -165,6 +165,14 @@ impl Staged {
         }
     }
 
+    /// `crc` extended over `len` bytes of the region from `at`.
+    fn crc_from(&self, crc: u32, at: usize, len: usize) -> u32 {
+        match self {
+            Self::Copied { buf, .. } => crc32c::crc32c_append(crc, &buf.as_slice()[at..at + len]),
+            Self::Received(parts) => crc_across(crc, parts, at, at + len),
+        }
+    }
+
     /// The region's sector at `at` (bytes from its start), once written.
     fn sector(&self, at: usize) -> &[u8] {
         match self {
@@ -192,9 +200,9 @@ impl Staged {
     }
 }
 
-/// The CRC32C of bytes `[lo, hi)` of `parts` taken one after the other.
-fn crc_across(parts: &[Received], lo: usize, hi: usize) -> u32 {
-    let mut crc = 0;
+/// `crc` extended over bytes `[lo, hi)` of `parts` taken one after the
+/// other (from 0: their CRC32C).
+fn crc_across(mut crc: u32, parts: &[Received], lo: usize, hi: usize) -> u32 {
     let mut start = 0;
     for p in parts {
         let end = start + p.len();
@@ -646,7 +654,7 @@ impl ChunkStore {
             .map(|b| {
                 let lo = block_start(b).max(offset) - offset;
                 let hi = block_start(b + 1).min(end) - offset;
-                crc_across(parts, lo as usize, hi as usize)
+                crc_across(0, parts, lo as usize, hi as usize)
             })
             .collect();
         Some(Prepared {
@@ -699,18 +707,20 @@ impl ChunkStore {
             }
         };
         let first = (off / BLOCK_BYTES) as usize;
+        // A partial first block's checksum is the block's own, extended over
+        // the new bytes in it: a few microseconds for at most 64 KiB, where
+        // combining it with the new bytes' checksum (`crc32c_combine`) took
+        // 18 us, 1.2 % of the CPU time of record appends.
+        let extended = (off > block_start(first)).then(|| {
+            let new_part = (block_start(first + 1).min(end) - off) as usize;
+            staged.crc_from(st.crcs[first], (off - align_down(off)) as usize, new_part)
+        });
         let entries = pieces
             .into_iter()
             .enumerate()
             .map(|(i, piece)| {
-                let b = first + i;
-                let crc = if i == 0 && off > block_start(b) {
-                    let new_part = (block_start(b + 1).min(end) - off) as usize;
-                    crc32c::crc32c_combine(st.crcs[b], piece, new_part)
-                } else {
-                    piece
-                };
-                entry(st, b, end, crc)
+                let crc = extended.filter(|_| i == 0).unwrap_or(piece);
+                entry(st, first + i, end, crc)
             })
             .collect();
         Ok((staged, entries))
