@@ -41,8 +41,8 @@ pub struct EngineArgs {
     /// Engine writes: appends each chunk keeps on the disk at once (the
     /// store's `appends_ahead`; 1 waits for each before the next). The
     /// store's I/O depth grows to `depth` times this.
-    #[arg(long, default_value_t = 1)]
-    pub ahead: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub ahead: u32,
     /// Engine reads: request size (at most the engine's 8 MiB request limit).
     #[arg(long, default_value_t = 8 << 20)]
     pub read_request: u64,
@@ -134,8 +134,8 @@ async fn run_in(args: &EngineArgs, scratch: &Path) -> Result<Report> {
         let raw = crate::raw::RawFile::create(scratch, size, MIB, args.depth, fixed)?;
         let store_dir = scratch.join("store");
         let cfg = StoreConfigFile {
-            io_depth: (args.depth * args.ahead) as u32,
-            appends_ahead: args.ahead.clamp(1, 64) as u32,
+            io_depth: args.depth as u32 * args.ahead,
+            appends_ahead: args.ahead,
             registered_buffers: !args.plain_buffers,
             // Every deleted chunk's file is kept for the rewrite.
             recycle_chunk_files: u32::try_from(size / chunk).unwrap_or(u32::MAX),
@@ -260,7 +260,7 @@ async fn run_in(args: &EngineArgs, scratch: &Path) -> Result<Report> {
 async fn fill(
     store: &ChunkStore,
     (chunks, chunk): (u64, u64),
-    (depth, ahead): (usize, usize),
+    (depth, ahead): (usize, u32),
     data: &[u8],
 ) -> Result<Duration> {
     for c in 0..chunks {
@@ -277,7 +277,7 @@ async fn fill(
                 for i in 0..chunk / MIB as u64 {
                     let at = i * MIB as u64;
                     flying.push_back(store.submit_prepared(h, at, &[&data], None).await?);
-                    if flying.len() >= ahead.max(1)
+                    if flying.len() >= ahead as usize
                         && let Some(l) = flying.pop_front()
                     {
                         l.landed().await?;
