@@ -540,7 +540,8 @@ async fn one_point(
                 async move {
                     for r in 0..records {
                         let at = (r as usize * 4096) % (3 * MIB as usize);
-                        c.append(&path, &block[at..at + MIB as usize]).await?;
+                        c.append_bytes(&path, block.slice(at..at + MIB as usize))
+                            .await?;
                     }
                     Ok(())
                 }

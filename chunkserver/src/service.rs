@@ -353,10 +353,13 @@ impl Shared {
             let (buffer, now) = (Self::lock(&self.buffer), now_ms());
             ids.iter().map(|&id| buffer.received(id, now)).collect()
         };
+        let was_received = received.is_some();
         if let Some(p) = received.and_then(|r| self.store.prepare_received(offset, &r)) {
+            tracing::trace!(offset, parts = ids.len(), "prepared in place");
             return Some(p);
         }
         let parts: Vec<&[u8]> = data.iter().map(|b| &b[..]).collect();
+        tracing::trace!(offset, parts = ids.len(), was_received, "prepared by copy");
         self.store.prepare(offset, &parts)
     }
 

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use gfs_proto::data::DataPool;
+use bytes::{Buf, BytesMut};
+use gfs_proto::data::{DataPool, Pieces};
 use gfs_proto::wire::MAX_FRAME_BYTES;
 use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::chunk::{MutateReply, MutateRequest, PushHeader, ReadRequest};
@@ -52,17 +52,25 @@ impl ChunkPool {
     }
 
     /// Pushes `data` to `chain[0]`, which forwards it down the rest.
-    pub async fn push(&self, chain: &[String], data_id: u64, data: Bytes) -> Result<(), PushError> {
+    pub async fn push(
+        &self,
+        chain: &[String],
+        data_id: u64,
+        data: Pieces,
+    ) -> Result<(), PushError> {
         let Some(first) = chain.first() else {
             return Ok(());
         };
         let header = PushHeader {
             data_id,
-            total_bytes: data.len() as u64,
+            total_bytes: data.remaining() as u64,
             chain: chain[1..].to_vec(),
         };
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let _ = tx.try_send(data);
+        // All at hand: written with one vectored write.
+        let (tx, rx) = tokio::sync::mpsc::channel(data.iter().count().max(1));
+        for piece in data.iter() {
+            let _ = tx.try_send(piece.clone());
+        }
         drop(tx);
         match self.data.push(first, &header, rx, CALL_TIMEOUT).await {
             Ok(r) => {

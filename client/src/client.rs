@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
+use gfs_proto::data::Pieces;
 use gfs_proto::record::{self, RecordId};
 use gfs_proto::wire::chunk::{MutateReply, MutateRequest, MutationKind, ReadRequest, Replica};
 use gfs_proto::wire::master::{ChunkInfo, FileInfo};
@@ -368,7 +369,7 @@ impl Client {
         match pushed {
             Ok(()) => {
                 if let Some(t) = &m.turn {
-                    t.pushed_to(m.offset + m.data.len() as u64);
+                    t.pushed_to(m.offset + m.data.remaining() as u64);
                 }
             }
             Err(PushError::Broken(i)) => {
@@ -403,7 +404,7 @@ impl Client {
             kind: m.kind as i32,
             offset: m.offset,
             data_id,
-            length: m.data.len() as u64,
+            length: m.data.remaining() as u64,
             secondaries: info
                 .replicas
                 .iter()
@@ -420,7 +421,7 @@ impl Client {
         };
         let mutated = self.pool.mutate(&primary.addr, req).await;
         tracing::trace!(
-            bytes = m.data.len(),
+            bytes = m.data.remaining(),
             push_ms = push_took.as_secs_f64() * 1e3,
             mutate_ms = (started.elapsed() - push_took).as_secs_f64() * 1e3,
             "mutation"
@@ -499,7 +500,7 @@ impl Client {
         let m = Mutation {
             kind: MutationKind::Write,
             offset,
-            data,
+            data: Pieces::from(vec![data]),
             record: None,
             sync,
             turn,
@@ -513,6 +514,14 @@ impl Client {
     /// padded to whole sectors (`record::framed_len`), so the next one
     /// appended after it starts on a sector.
     pub async fn append(&self, path: &str, payload: &[u8]) -> Result<u64> {
+        self.append_bytes(path, Bytes::copy_from_slice(payload))
+            .await
+    }
+
+    /// [`Client::append`] of a payload the caller already holds as
+    /// `Bytes`: it is sent as it is, between its frame's header and
+    /// padding, never copied.
+    pub async fn append_bytes(&self, path: &str, payload: Bytes) -> Result<u64> {
         let cs = self.chunk_size(path).await?;
         let id = RecordId {
             client_id: self.master.client_id(),
@@ -530,7 +539,9 @@ impl Client {
                 ),
             ));
         }
-        let framed = Bytes::from(record::encode(id, payload));
+        let header = Bytes::copy_from_slice(&record::header(id, &payload));
+        let padding = Bytes::from_static(record::padding(payload.len()));
+        let framed = Pieces::from(vec![header, payload, padding]);
         let known = self
             .append_index
             .lock()
@@ -746,7 +757,7 @@ impl Client {
 pub(crate) struct Mutation {
     pub kind: MutationKind,
     pub offset: u64,
-    pub data: Bytes,
+    pub data: Pieces,
     pub record: Option<RecordId>,
     pub sync: bool,
     /// The pieces of one chunk that a writer keeps in flight push in

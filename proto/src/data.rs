@@ -19,7 +19,7 @@
 //! carries one request at a time and is reused; a server closes it after a
 //! request it could not parse.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -193,10 +193,70 @@ pub async fn read_reply<M: Message + Default, S: AsyncRead + Unpin>(
 pub async fn write_with<S: AsyncWrite + Unpin>(
     s: &mut S,
     head: Vec<u8>,
-    data: Bytes,
+    data: impl Buf,
 ) -> io::Result<()> {
     let mut both = Bytes::from(head).chain(data);
     s.write_all_buf(&mut both).await
+}
+
+/// Data in several pieces, one after the other, written as one: a socket
+/// takes them all with one vectored write (a record's header, payload and
+/// padding; the pieces of a push that are already at hand).
+#[derive(Clone, Debug, Default)]
+pub struct Pieces(VecDeque<Bytes>);
+
+impl Pieces {
+    pub fn push(&mut self, piece: Bytes) {
+        if !piece.is_empty() {
+            self.0.push_back(piece);
+        }
+    }
+
+    /// The pieces, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Bytes> {
+        self.0.iter()
+    }
+}
+
+impl From<Vec<Bytes>> for Pieces {
+    fn from(pieces: Vec<Bytes>) -> Self {
+        let mut p = Pieces::default();
+        pieces.into_iter().for_each(|b| p.push(b));
+        p
+    }
+}
+
+impl Buf for Pieces {
+    fn remaining(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.0.front().map_or(&[], |b| &b[..])
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.0.front_mut() else {
+                panic!("advanced past the end of the pieces");
+            };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.0.pop_front();
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [io::IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, b) in dst.iter_mut().zip(&self.0) {
+            *slot = io::IoSlice::new(b);
+            n += 1;
+        }
+        n
+    }
 }
 
 /// The client side of the data plane: idle connections per server, reused
@@ -312,11 +372,17 @@ impl DataPool {
             let mut sent = 0u64;
             let mut written = Ok(());
             while let Some(p) = pieces.recv().await {
-                sent += p.len() as u64;
+                // With the pieces already at hand: one write for all.
+                let mut at_hand = Pieces::default();
+                at_hand.push(p);
+                while let Ok(more) = pieces.try_recv() {
+                    at_hand.push(more);
+                }
+                sent += at_hand.remaining() as u64;
                 if sent > total {
                     return Err(bad(format!("more than the {total} bytes announced")));
                 }
-                written = write_with(s, std::mem::take(&mut head), p).await;
+                written = write_with(s, std::mem::take(&mut head), at_hand).await;
                 if written.is_err() {
                     break;
                 }
@@ -399,6 +465,89 @@ mod tests {
         let mut huge = p;
         huge[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(parse_request_prefix(&huge).is_err());
+    }
+
+    /// A writer that takes at most `max` bytes per call, as a full
+    /// socket does.
+    struct Trickle {
+        got: Vec<u8>,
+        max: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let n = buf.len().min(self.max);
+            self.got.extend_from_slice(&buf[..n]);
+            self.calls += 1;
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.max - n);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            self.calls += 1;
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn pieces_are_written_whole_and_in_order_however_the_socket_splits_them() {
+        let parts = [&b"head"[..], b"", b"payload of the record", b"\0\0\0"];
+        let pieces = Pieces::from(
+            parts
+                .iter()
+                .map(|p| Bytes::copy_from_slice(p))
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(pieces.iter().count(), 3, "empty pieces are left out");
+        let want: Vec<u8> = [&b"REQ"[..]]
+            .iter()
+            .chain(&parts)
+            .flat_map(|p| p.iter().copied())
+            .collect();
+        for max in [1, 2, 5, 7, 100] {
+            let mut w = Trickle {
+                got: Vec::new(),
+                max,
+                calls: 0,
+            };
+            write_with(&mut w, b"REQ".to_vec(), pieces.clone())
+                .await
+                .unwrap();
+            assert_eq!(w.got, want, "at most {max} bytes a call");
+            assert_eq!(w.calls, want.len().div_ceil(max), "every call filled");
+        }
     }
 
     #[tokio::test]

@@ -57,17 +57,32 @@ pub fn framed_len(payload: usize) -> usize {
 /// Frames `payload` as record `id`, padded ([`framed_len`]).
 pub fn encode(id: RecordId, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(framed_len(payload.len()));
-    let len = u32::try_from(payload.len()).expect("records are at most a quarter of a chunk");
-    out.extend_from_slice(&MAGIC.to_le_bytes());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&id.client_id.to_le_bytes());
-    out.extend_from_slice(&id.seq.to_le_bytes());
+    out.extend_from_slice(&header(id, payload));
     out.extend_from_slice(payload);
-    let crc = crc32c::crc32c(&out[12..]);
-    out[8..12].copy_from_slice(&crc.to_le_bytes());
     out.resize(framed_len(payload.len()), 0);
     out
+}
+
+/// The header of `payload`'s frame as record `id`: what goes in front of
+/// the payload, which is followed by [`padding`] zeros. A writer that
+/// sends the three as they are frames a record without copying it.
+pub fn header(id: RecordId, payload: &[u8]) -> [u8; HEADER_BYTES] {
+    let len = u32::try_from(payload.len()).expect("records are at most a quarter of a chunk");
+    let mut h = [0; HEADER_BYTES];
+    h[..4].copy_from_slice(&MAGIC.to_le_bytes());
+    h[4..8].copy_from_slice(&len.to_le_bytes());
+    h[12..20].copy_from_slice(&id.client_id.to_le_bytes());
+    h[20..28].copy_from_slice(&id.seq.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[12..]), payload);
+    h[8..12].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// The zeros that follow a frame of `payload` bytes ([`framed_len`]):
+/// fewer than [`PAD_TO_BYTES`].
+pub fn padding(payload: usize) -> &'static [u8] {
+    static ZEROS: [u8; PAD_TO_BYTES] = [0; PAD_TO_BYTES];
+    &ZEROS[..framed_len(payload) - HEADER_BYTES - payload]
 }
 
 /// A record found in chunk data: where its frame starts, and its payload's
@@ -155,6 +170,23 @@ mod tests {
             u32::from_le_bytes(f[8..12].try_into().unwrap()),
             crc32c::crc32c(&f[12..])
         );
+    }
+
+    #[test]
+    fn header_payload_and_padding_are_the_frame() {
+        for n in [
+            0,
+            2,
+            PAD_FROM_BYTES - HEADER_BYTES - 1,
+            PAD_FROM_BYTES,
+            1 << 20,
+        ] {
+            let payload: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+            let mut parts = header(id(3, n as u64), &payload).to_vec();
+            parts.extend_from_slice(&payload);
+            parts.extend_from_slice(padding(n));
+            assert_eq!(parts, encode(id(3, n as u64), &payload), "{n} bytes");
+        }
     }
 
     #[test]
