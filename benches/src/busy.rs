@@ -137,6 +137,36 @@ pub fn busy(before: &Snapshot, after: &Snapshot, secs: f64) -> Busy {
     }
 }
 
+/// CPU time this host spent working (neither idle nor in iowait) between
+/// two readings, in clock ticks of `/proc/stat`.
+pub fn working_ticks(before: &CpuTicks, after: &CpuTicks) -> u64 {
+    let total = after.total.saturating_sub(before.total);
+    let idle = after.idle.saturating_sub(before.idle) + after.iowait.saturating_sub(before.iowait);
+    total.saturating_sub(idle)
+}
+
+/// Runs `f` and says how many CPU-seconds this whole host spent working
+/// meanwhile (`None` without readable counters): what a ceiling
+/// measurement cost the CPUs, whichever process or kernel thread did it.
+pub fn cpu_seconds<T>(f: impl FnOnce() -> T) -> (T, Option<f64>) {
+    let read = || {
+        std::fs::read_to_string("/proc/stat")
+            .ok()
+            .as_deref()
+            .and_then(parse_cpu)
+    };
+    let before = read();
+    let out = f();
+    let after = read();
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let secs = before
+        .zip(after)
+        .filter(|_| hz > 0)
+        .map(|(b, a)| working_ticks(&b, &a) as f64 / hz as f64);
+    (out, secs)
+}
+
 /// What was busy between two snapshots, over the time between them.
 pub fn between(before: &Snapshot, after: &Snapshot) -> Busy {
     busy(before, after, (after.at - before.at).as_secs_f64())
@@ -233,6 +263,19 @@ impl Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn working_ticks_leave_out_idle_and_iowait_and_never_go_negative() {
+        let t = |total, idle, iowait| CpuTicks {
+            total,
+            idle,
+            iowait,
+        };
+        assert_eq!(working_ticks(&t(1000, 800, 40), &t(1500, 1100, 60)), 180);
+        // Counters that went back (a VM restored): nothing, not a panic.
+        assert_eq!(working_ticks(&t(1500, 1100, 60), &t(1000, 800, 40)), 0);
+        assert_eq!(working_ticks(&t(0, 0, 0), &t(100, 90, 20)), 0);
+    }
 
     #[test]
     fn cpu_and_disk_counters_parse_from_the_kernels_formats() {

@@ -27,6 +27,22 @@
 //! `raw::new_blocks_write`), reported beside the efficiency: it says how
 //! much of a shortfall is the filesystem's allocation of new blocks.
 //!
+//! A cluster `figure3` starts runs its clients, masters and chunkservers on
+//! this host's CPUs, and each ceiling above was measured with the whole
+//! machine to itself: on a 2-core VM the loopback TCP ceiling alone keeps
+//! both cores busy. So each point of a local cluster is also judged against
+//! the **CPU limit** (`cpu_limit`): every core spent on nothing but what
+//! each byte cannot avoid, at the CPU cost per MB the ceilings measured
+//! (host-wide CPU time from `/proc/stat` during the TCP and device
+//! measurements; the CRC32C rate of one core):
+//! - read: cores / (one loopback hop + device I/O + one CRC32C) per MB;
+//! - write and append: cores / (R x (hop + device I/O + CRC32C)) per MB.
+//!
+//! It leaves out everything else the system does (RPCs, task wake-ups,
+//! the client's own work), so it is an upper bound, and a ratio against it
+//! says how much of the CPU went to overhead beyond those copies. It is
+//! reported beside the efficiency, which stays against the limits above.
+//!
 //! `figure3` measures the ceilings just before and just after every point
 //! (one sample serves as the "after" of a point and the "before" of the
 //! next when nothing ran between them) and judges the point against the
@@ -85,6 +101,9 @@ pub struct DiskLimit {
     /// Filling new files (`raw::new_blocks_write`), as chunk files are.
     pub new_blocks_write_mb_s: f64,
     pub read_mb_s: f64,
+    /// MB the device ceiling moved per CPU-second of this host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io_mb_per_cpu_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -96,7 +115,13 @@ pub struct Limits {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_read_mb_s: Option<f64>,
     pub tcp_mb_s: f64,
+    /// MB sent over loopback per CPU-second this host spent on it (sender,
+    /// receiver and kernel together).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_mb_per_cpu_s: Option<f64>,
     pub crc32c_mb_s: f64,
+    /// This host's CPUs.
+    pub cores: usize,
 }
 
 impl Limits {
@@ -138,18 +163,36 @@ impl Limits {
     pub fn new_blocks_limit(&self, bench: &str) -> Option<f64> {
         (bench != "read").then(|| self.disk_new_blocks_write().min(self.tcp_mb_s) / REPLICATION)
     }
+
+    /// What this host's CPUs allow when the clients and every server share
+    /// them (see the module comment): all cores spent on nothing but each
+    /// byte's loopback hops, device I/O and one CRC32C per hop, at the CPU
+    /// cost per MB the ceilings measured. `None` without the CPU figures.
+    pub fn cpu_limit(&self, bench: &str) -> Option<f64> {
+        let io = self
+            .disks
+            .iter()
+            .map(|d| d.io_mb_per_cpu_s)
+            .collect::<Option<Vec<f64>>>()?
+            .into_iter()
+            .fold(f64::INFINITY, f64::min);
+        let per_hop = 1.0 / self.tcp_mb_per_cpu_s? + 1.0 / io + 1.0 / self.crc32c_mb_s;
+        let hops = if bench == "read" { 1.0 } else { REPLICATION };
+        Some(self.cores as f64 / (hops * per_hop))
+    }
 }
 
 /// Loopback TCP bandwidth: this process sends `size` bytes to a child
-/// process (`gfs-bench tcp-sink`) that discards them.
-fn tcp_bandwidth(size: u64) -> Result<f64> {
+/// process (`gfs-bench tcp-sink`) that discards them; and the MB sent per
+/// CPU-second the host spent meanwhile.
+fn tcp_bandwidth(size: u64) -> Result<(f64, Option<f64>)> {
     let exe = std::env::current_exe()?;
     let mut child = std::process::Command::new(exe)
         .arg("tcp-sink")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("starting the TCP sink")?;
-    let result = (|| -> Result<f64> {
+    let result = (|| -> Result<(f64, Option<f64>)> {
         let mut line = String::new();
         let out = child.stdout.as_mut().context("sink stdout")?;
         let mut byte = [0u8; 1];
@@ -161,16 +204,21 @@ fn tcp_bandwidth(size: u64) -> Result<f64> {
         let mut buf = vec![0u8; MIB as usize];
         fill_random(&mut buf, 3);
         let start = Instant::now();
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(buf.len() as u64) as usize;
-            s.write_all(&buf[..n])?;
-            left -= n as u64;
-        }
-        s.shutdown(std::net::Shutdown::Write)?;
-        // The sink answers once it has read everything.
-        s.read_exact(&mut byte)?;
-        Ok(mb_s(size, start.elapsed()))
+        let (sent, cpu_s) = busy::cpu_seconds(|| -> Result<()> {
+            let mut left = size;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                s.write_all(&buf[..n])?;
+                left -= n as u64;
+            }
+            s.shutdown(std::net::Shutdown::Write)?;
+            // The sink answers once it has read everything.
+            s.read_exact(&mut byte)?;
+            Ok(())
+        });
+        sent?;
+        let per_cpu_s = cpu_s.filter(|s| *s > 0.0).map(|s| size as f64 / 1e6 / s);
+        Ok((mb_s(size, start.elapsed()), per_cpu_s))
     })();
     let _ = child.kill();
     let _ = child.wait();
@@ -221,6 +269,11 @@ impl Limits {
 
     fn fold(samples: &[Limits], pick: fn(Vec<f64>) -> f64) -> Limits {
         let each = |f: &dyn Fn(&Limits) -> f64| pick(samples.iter().map(f).collect());
+        // Of the samples that have the figure (none: left out).
+        let some = |f: &dyn Fn(&Limits) -> Option<f64>| {
+            let v: Vec<f64> = samples.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| pick(v))
+        };
         let first = &samples[0];
         Limits {
             bench: first.bench,
@@ -230,14 +283,14 @@ impl Limits {
                     write_mb_s: each(&|l| l.disks[i].write_mb_s),
                     new_blocks_write_mb_s: each(&|l| l.disks[i].new_blocks_write_mb_s),
                     read_mb_s: each(&|l| l.disks[i].read_mb_s),
+                    io_mb_per_cpu_s: some(&|l| l.disks[i].io_mb_per_cpu_s),
                 })
                 .collect(),
-            data_read_mb_s: {
-                let v: Vec<f64> = samples.iter().filter_map(|l| l.data_read_mb_s).collect();
-                (!v.is_empty()).then(|| pick(v))
-            },
+            data_read_mb_s: some(&|l| l.data_read_mb_s),
             tcp_mb_s: each(&|l| l.tcp_mb_s),
+            tcp_mb_per_cpu_s: some(&|l| l.tcp_mb_per_cpu_s),
             crc32c_mb_s: each(&|l| l.crc32c_mb_s),
+            cores: first.cores,
         }
     }
 }
@@ -246,9 +299,9 @@ pub fn limits(args: &LimitsArgs) -> Result<Limits> {
     ceilings(args, crc_bandwidth())
 }
 
-/// The disk and TCP ceilings, with the CRC32C figure measured elsewhere
-/// (no limit depends on it, and a machine's CPU does not drift the way its
-/// disk does, so `figure3` measures it once per run).
+/// The disk and TCP ceilings, with the CRC32C figure measured elsewhere (a
+/// machine's CPU does not drift the way its disk does, so `figure3`
+/// measures it once per run).
 fn ceilings(args: &LimitsArgs, crc32c_mb_s: f64) -> Result<Limits> {
     let mut disks = Vec::new();
     for dir in &args.dirs {
@@ -259,14 +312,18 @@ fn ceilings(args: &LimitsArgs, crc32c_mb_s: f64) -> Result<Limits> {
             write_mb_s: c.write,
             new_blocks_write_mb_s: c.new_blocks_write,
             read_mb_s: c.read,
+            io_mb_per_cpu_s: c.io_mb_per_cpu_s,
         });
     }
+    let (tcp_mb_s, tcp_mb_per_cpu_s) = tcp_bandwidth(args.size)?;
     Ok(Limits {
         bench: "limits",
         disks,
         data_read_mb_s: None,
-        tcp_mb_s: tcp_bandwidth(args.size)?,
+        tcp_mb_s,
+        tcp_mb_per_cpu_s,
         crc32c_mb_s,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
     })
 }
 
@@ -288,6 +345,28 @@ pub fn print_limits(l: &Limits) {
         l.limit("write"),
         l.new_blocks_limit("write").unwrap_or(f64::NAN)
     );
+    if let Some(line) = cpu_costs(l) {
+        println!("{line}");
+    }
+}
+
+/// The CPU costs the ceilings measured, and the CPU limits from them.
+fn cpu_costs(l: &Limits) -> Option<String> {
+    let io = l
+        .disks
+        .iter()
+        .filter_map(|d| d.io_mb_per_cpu_s)
+        .fold(f64::INFINITY, f64::min);
+    Some(format!(
+        "CPU, {} cores: {:.2} ms a MB over loopback, {:.2} of device I/O, {:.2} of CRC32C; \
+         a cluster on this host can do at most read {:.0} MB/s, write and append {:.0} MB/s",
+        l.cores,
+        1e3 / l.tcp_mb_per_cpu_s?,
+        1e3 / io,
+        1e3 / l.crc32c_mb_s,
+        l.cpu_limit("read")?,
+        l.cpu_limit("write")?,
+    ))
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -343,6 +422,9 @@ pub struct Round {
     /// Writes and appends: the limit from the new-blocks ceiling.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new_blocks_limit_mb_s: Option<f64>,
+    /// A cluster on this host: the limit its CPUs set (`Limits::cpu_limit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_limit_mb_s: Option<f64>,
     /// Indices into `limit_samples` of the ceilings taken just before and
     /// just after this measurement.
     pub samples: [usize; 2],
@@ -367,6 +449,12 @@ pub struct Point {
     pub new_blocks_limit_mb_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new_blocks_efficiency: Option<f64>,
+    /// A cluster on this host: the median of the rounds' CPU limits, and of
+    /// their efficiencies against them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_limit_mb_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_efficiency: Option<f64>,
     /// The median of each of the rounds' figures, and what that bounds.
     pub busy: Busy,
     pub bound: &'static str,
@@ -398,8 +486,9 @@ struct Measured {
 /// Judges every measurement against the better of the two ceiling
 /// samples around it (each ceiling on its own), and folds the rounds of
 /// each (bench, clients) point, in the order the points were first
-/// measured, into their medians.
-fn judge(measured: &[Measured], samples: &[Limits]) -> Vec<Point> {
+/// measured, into their medians. With `shared_host` (the cluster runs on
+/// this host) each is also judged against the CPU limit.
+fn judge(measured: &[Measured], samples: &[Limits], shared_host: bool) -> Vec<Point> {
     let mut points: Vec<Point> = Vec::new();
     for m in measured {
         let around = [samples[m.before].clone(), samples[m.after].clone()];
@@ -410,6 +499,7 @@ fn judge(measured: &[Measured], samples: &[Limits]) -> Vec<Point> {
             limit_mb_s,
             efficiency: m.mb_s / limit_mb_s,
             new_blocks_limit_mb_s: best.new_blocks_limit(&m.bench),
+            cpu_limit_mb_s: best.cpu_limit(&m.bench).filter(|_| shared_host),
             samples: [m.before, m.after],
             busy: m.busy,
             bound: bound(&m.busy),
@@ -427,6 +517,8 @@ fn judge(measured: &[Measured], samples: &[Limits]) -> Vec<Point> {
                 efficiency: f64::NAN,
                 new_blocks_limit_mb_s: None,
                 new_blocks_efficiency: None,
+                cpu_limit_mb_s: None,
+                cpu_efficiency: None,
                 busy: m.busy,
                 bound: "unknown",
                 rounds: vec![round],
@@ -437,17 +529,16 @@ fn judge(measured: &[Measured], samples: &[Limits]) -> Vec<Point> {
         let of = |f: fn(&Round) -> f64| median(p.rounds.iter().map(f).collect());
         (p.mb_s, p.limit_mb_s, p.efficiency) =
             (of(|r| r.mb_s), of(|r| r.limit_mb_s), of(|r| r.efficiency));
-        let new_blocks: Option<Vec<f64>> =
-            p.rounds.iter().map(|r| r.new_blocks_limit_mb_s).collect();
-        if let Some(limits) = new_blocks {
-            let effs = p
-                .rounds
-                .iter()
-                .zip(&limits)
-                .map(|(r, l)| r.mb_s / l)
-                .collect();
-            p.new_blocks_limit_mb_s = Some(median(limits));
-            p.new_blocks_efficiency = Some(median(effs));
+        let against = |limit: fn(&Round) -> Option<f64>| {
+            let limits: Vec<f64> = p.rounds.iter().map(limit).collect::<Option<_>>()?;
+            let effs = p.rounds.iter().zip(&limits).map(|(r, l)| r.mb_s / l).collect();
+            Some((median(limits), median(effs)))
+        };
+        if let Some((l, e)) = against(|r| r.new_blocks_limit_mb_s) {
+            (p.new_blocks_limit_mb_s, p.new_blocks_efficiency) = (Some(l), Some(e));
+        }
+        if let Some((l, e)) = against(|r| r.cpu_limit_mb_s) {
+            (p.cpu_limit_mb_s, p.cpu_efficiency) = (Some(l), Some(e));
         }
         let all: Vec<Busy> = p.rounds.iter().map(|r| r.busy).collect();
         p.busy = median_busy(&all);
@@ -689,7 +780,7 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
     let fig = Figure3 {
         bench: "figure3",
         limits: Limits::median_of(&samples),
-        results: judge(&measured, &samples),
+        results: judge(&measured, &samples, local.is_some()),
         limit_samples: samples,
     };
     if let Some(p) = &a.plot {
@@ -726,14 +817,19 @@ pub fn print_figure3(f: &Figure3) {
             range(&|l| l.data_read_mb_s.unwrap_or(f64::NAN))
         );
     }
+    let shared_host = f.results.iter().any(|p| p.cpu_limit_mb_s.is_some());
+    if let (true, Some(line)) = (shared_host, cpu_costs(&f.limits)) {
+        println!("{line} (medians)");
+    }
     println!(
-        "{:<7} {:>7} {:>8} {:>10} {:>10} {:>9} {:>5} {:>24}  {:<8} each round: MB/s against its limit",
+        "{:<7} {:>7} {:>8} {:>10} {:>10} {:>9} {:>9} {:>5} {:>24}  {:<8} each round: MB/s against its limit",
         "bench",
         "clients",
         "MB/s",
         "limit MB/s",
         "efficiency",
         "new files",
+        "CPU limit",
         "CPU",
         "disk (in flight) MB/s",
         "bound"
@@ -762,13 +858,14 @@ pub fn print_figure3(f: &Figure3) {
             )
         });
         println!(
-            "{:<7} {:>7} {:>8.0} {:>10.0} {:>9.0}% {:>9} {:>5} {:>24}  {:<8} {}",
+            "{:<7} {:>7} {:>8.0} {:>10.0} {:>9.0}% {:>9} {:>9} {:>5} {:>24}  {:<8} {}",
             p.bench,
             p.clients,
             p.mb_s,
             p.limit_mb_s,
             p.efficiency * 100.0,
             pct(p.new_blocks_efficiency),
+            pct(p.cpu_efficiency),
             pct(p.busy.cpu),
             disk,
             p.bound,
@@ -779,6 +876,12 @@ pub fn print_figure3(f: &Figure3) {
         "new files: writes and appends against the limit from the device's write into new \
          files (the efficiency is against the better of a fresh and an overwriting pass)"
     );
+    if shared_host {
+        println!(
+            "CPU limit: against what this host's CPUs allow when clients and servers share \
+             them (every core on nothing but each byte's loopback hops, device I/O and CRC32C)"
+        );
+    }
     println!(
         "CPU: share of this host's CPU time working; disk: share of the time the data \
          directory's device had a request in flight (requests in flight on average, and what it \
@@ -792,6 +895,9 @@ pub fn print_figure3(f: &Figure3) {
 mod tests {
     use super::*;
 
+    /// With CPU costs per MB of 1 ms a hop over loopback, 0.5 ms of device
+    /// I/O and 0.5 ms of CRC32C, on 3 cores: a CPU limit of 1500 MB/s for
+    /// reads (one hop) and 500 for writes and appends (three).
     fn sample(write: f64, read: f64, tcp: f64) -> Limits {
         Limits {
             bench: "limits",
@@ -800,11 +906,37 @@ mod tests {
                 write_mb_s: write,
                 new_blocks_write_mb_s: write * 0.75,
                 read_mb_s: read,
+                io_mb_per_cpu_s: Some(2000.0),
             }],
             data_read_mb_s: None,
             tcp_mb_s: tcp,
-            crc32c_mb_s: 1.0,
+            tcp_mb_per_cpu_s: Some(1000.0),
+            crc32c_mb_s: 2000.0,
+            cores: 3,
         }
+    }
+
+    #[test]
+    fn the_cpu_limit_counts_every_hop_of_every_byte_on_all_cores() {
+        let s = sample(1500.0, 1200.0, 3000.0);
+        assert_eq!(s.cpu_limit("read"), Some(1500.0));
+        assert_eq!(s.cpu_limit("write"), Some(500.0));
+        assert_eq!(s.cpu_limit("append"), Some(500.0));
+        let no_tcp = Limits {
+            tcp_mb_per_cpu_s: None,
+            ..s.clone()
+        };
+        assert_eq!(no_tcp.cpu_limit("read"), None);
+        let mut no_io = s.clone();
+        no_io.disks[0].io_mb_per_cpu_s = None;
+        assert_eq!(no_io.cpu_limit("write"), None);
+        // The best of two samples takes the cheaper of each cost.
+        let mut dearer = s.clone();
+        dearer.tcp_mb_per_cpu_s = Some(500.0);
+        dearer.disks[0].io_mb_per_cpu_s = Some(4000.0);
+        let best = Limits::best_of(&[s, dearer]);
+        // 1 + 0.25 + 0.5 ms a hop.
+        assert_eq!(best.cpu_limit("read"), Some(3.0 / 1.75e-3));
     }
 
     #[test]
@@ -894,13 +1026,16 @@ mod tests {
                 measured("write", 4, (350.0, busy(0.97, 0.6)), 1, 2),
             ],
             &samples,
+            true,
         );
-        // Every sample's new-blocks write is 3/4 of its write.
+        // Every sample's new-blocks write is 3/4 of its write; the CPU
+        // limits are 500 for writes, 1500 for reads.
         let round = |(mb_s, busy): (f64, Busy), limit_mb_s: f64, samples: [usize; 2]| Round {
             mb_s,
             limit_mb_s,
             efficiency: mb_s / limit_mb_s,
             new_blocks_limit_mb_s: Some(limit_mb_s * 0.75),
+            cpu_limit_mb_s: Some(500.0),
             samples,
             busy,
             bound: crate::busy::bound(&busy),
@@ -918,6 +1053,8 @@ mod tests {
                     // 375, 300, 300; 320 / 375, 175 / 300, 350 / 300.
                     new_blocks_limit_mb_s: Some(300.0),
                     new_blocks_efficiency: Some(320.0 / 375.0),
+                    cpu_limit_mb_s: Some(500.0),
+                    cpu_efficiency: Some(320.0 / 500.0),
                     // The median round kept the CPUs busy.
                     busy: busy(0.95, 0.5),
                     bound: "CPU",
@@ -935,14 +1072,31 @@ mod tests {
                     efficiency: 0.6,
                     new_blocks_limit_mb_s: None,
                     new_blocks_efficiency: None,
+                    cpu_limit_mb_s: Some(1500.0),
+                    cpu_efficiency: Some(0.8),
                     busy: busy(0.4, 0.99),
                     bound: "disk",
                     rounds: vec![Round {
                         new_blocks_limit_mb_s: None,
+                        cpu_limit_mb_s: Some(1500.0),
                         ..round((1200.0, busy(0.4, 0.99)), 2000.0, [1, 2])
                     }],
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_cluster_elsewhere_is_not_judged_against_this_hosts_cpus() {
+        let samples = [sample(1500.0, 1000.0, 9000.0), sample(900.0, 2000.0, 9000.0)];
+        let got = judge(
+            &[measured("write", 4, (320.0, busy(0.95, 0.5)), 0, 1)],
+            &samples,
+            false,
+        );
+        assert_eq!(got[0].cpu_limit_mb_s, None);
+        assert_eq!(got[0].cpu_efficiency, None);
+        assert_eq!(got[0].rounds[0].cpu_limit_mb_s, None);
+        assert_eq!(got[0].efficiency, 320.0 / 500.0);
     }
 }

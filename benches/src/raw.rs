@@ -217,6 +217,10 @@ pub struct Ceiling {
     /// Filling new files ([`new_blocks_write`]): what chunk files take.
     pub new_blocks_write: f64,
     pub read: f64,
+    /// MB the device moved during the whole measurement (every pass) per
+    /// CPU-second this host spent meanwhile: what O_DIRECT I/O through
+    /// io_uring costs the CPUs (`None` without `/proc/stat`).
+    pub io_mb_per_cpu_s: Option<f64>,
 }
 
 /// The device's write rate into blocks no file had: `size` bytes in
@@ -267,17 +271,26 @@ pub fn new_blocks_write(dir: &Path, size: u64, bs: usize, files: usize) -> Resul
 ///
 /// And the write rate into new blocks ([`new_blocks_write`]), once.
 pub fn ceiling(dir: &Path, size: u64, bs: usize) -> Result<Ceiling> {
-    let mut best = Ceiling {
-        write: 0.0,
-        new_blocks_write: new_blocks_write(dir, size, bs, NEW_BLOCK_FILES)?,
-        read: 0.0,
-    };
-    for depth in CEILING_DEPTHS {
-        let raw = RawFile::create(dir, size, bs, depth, true)?;
-        best.write = best.write.max(crate::mb_s(size, raw.best_write()?));
-        best.read = best.read.max(crate::mb_s(size, raw.read()?));
-    }
-    Ok(best)
+    let (best, cpu_s) = crate::busy::cpu_seconds(|| -> Result<Ceiling> {
+        let mut best = Ceiling {
+            write: 0.0,
+            new_blocks_write: new_blocks_write(dir, size, bs, NEW_BLOCK_FILES)?,
+            read: 0.0,
+            io_mb_per_cpu_s: None,
+        };
+        for depth in CEILING_DEPTHS {
+            let raw = RawFile::create(dir, size, bs, depth, true)?;
+            best.write = best.write.max(crate::mb_s(size, raw.best_write()?));
+            best.read = best.read.max(crate::mb_s(size, raw.read()?));
+        }
+        Ok(best)
+    });
+    // The new files once, then two writes and a read at each depth.
+    let moved = size as f64 / 1e6 * (1 + 3 * CEILING_DEPTHS.len()) as f64;
+    Ok(Ceiling {
+        io_mb_per_cpu_s: cpu_s.filter(|s| *s > 0.0).map(|s| moved / s),
+        ..best?
+    })
 }
 
 /// The device's read ceiling for data that is already there: `size` bytes
