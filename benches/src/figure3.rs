@@ -531,7 +531,12 @@ fn judge(measured: &[Measured], samples: &[Limits], shared_host: bool) -> Vec<Po
             (of(|r| r.mb_s), of(|r| r.limit_mb_s), of(|r| r.efficiency));
         let against = |limit: fn(&Round) -> Option<f64>| {
             let limits: Vec<f64> = p.rounds.iter().map(limit).collect::<Option<_>>()?;
-            let effs = p.rounds.iter().zip(&limits).map(|(r, l)| r.mb_s / l).collect();
+            let effs = p
+                .rounds
+                .iter()
+                .zip(&limits)
+                .map(|(r, l)| r.mb_s / l)
+                .collect();
             Some((median(limits), median(effs)))
         };
         if let Some((l, e)) = against(|r| r.new_blocks_limit_mb_s) {
@@ -1088,7 +1093,10 @@ mod tests {
 
     #[test]
     fn a_cluster_elsewhere_is_not_judged_against_this_hosts_cpus() {
-        let samples = [sample(1500.0, 1000.0, 9000.0), sample(900.0, 2000.0, 9000.0)];
+        let samples = [
+            sample(1500.0, 1000.0, 9000.0),
+            sample(900.0, 2000.0, 9000.0),
+        ];
         let got = judge(
             &[measured("write", 4, (320.0, busy(0.95, 0.5)), 0, 1)],
             &samples,

@@ -835,14 +835,30 @@ impl ChunkService {
         // The secondaries write while this replica does: the disk sees the
         // three writes together, not one and then two. A failure anywhere
         // leaves the region inconsistent, as a failed secondary always did.
+        let started = std::time::Instant::now();
         let prepared = sh.prepare(m.kind, m.offset, &m.ids, &m.data);
         let here = async {
             let submit = sh.submit_local(h, m.kind, (m.offset, &m.data, prepared));
             let turn = (sh.run, m.serial, m.after);
             let landing = slot.in_turn(turn, PEER_TIMEOUT, submit).await?;
-            sh.landed(h, landing, m.sync).await
+            let out = sh.landed(h, landing, m.sync).await;
+            tracing::trace!(
+                serial = m.serial,
+                local_ms = started.elapsed().as_secs_f64() * 1e3,
+                "committed here"
+            );
+            out
         };
-        let (local, (failed, missing)) = tokio::join!(here, self.forward(r, apply));
+        let forwarded = async {
+            let out = self.forward(r, apply).await;
+            tracing::trace!(
+                serial = m.serial,
+                forward_ms = started.elapsed().as_secs_f64() * 1e3,
+                "committed at the secondaries"
+            );
+            out
+        };
+        let (local, (failed, missing)) = tokio::join!(here, forwarded);
         let length = match local {
             Ok(l) => l,
             Err(e) => {

@@ -60,6 +60,8 @@ pub(super) struct Queued {
     pub(super) r: MutateRequest,
     pub(super) data: Parts,
     pub(super) reply: oneshot::Sender<Result<MutateReply, Status>>,
+    /// When it was queued (traced: how long rounds keep appends waiting).
+    pub(super) queued: std::time::Instant,
 }
 
 impl ChunkService {
@@ -73,7 +75,12 @@ impl ChunkService {
         data: Parts,
     ) -> Result<MutateReply, Status> {
         let (tx, rx) = oneshot::channel();
-        Shared::lock(&slot.appends).push_back(Queued { r, data, reply: tx });
+        Shared::lock(&slot.appends).push_back(Queued {
+            r,
+            data,
+            reply: tx,
+            queued: std::time::Instant::now(),
+        });
         slot.queued.notify_one();
         // In a task of its own: a client that goes away must not cancel a
         // commit that carries other clients' records.
@@ -104,8 +111,24 @@ impl ChunkService {
                 }
                 if let Some(round) = self.plan_round(batch, order).await {
                     let (me, slot) = (self.clone(), slot.clone());
+                    let ahead = rounds.len();
                     rounds.push_back(tokio::spawn(async move {
+                        let started = std::time::Instant::now();
                         let outcome = me.run_round(&round, &slot).await;
+                        tracing::trace!(
+                            records = round.batch.len(),
+                            ahead,
+                            waited_ms = round
+                                .batch
+                                .iter()
+                                .map(|q| started - q.queued)
+                                .max()
+                                .unwrap_or_default()
+                                .as_secs_f64()
+                                * 1e3,
+                            commit_ms = started.elapsed().as_secs_f64() * 1e3,
+                            "round"
+                        );
                         (round, outcome)
                     }));
                 }
