@@ -24,7 +24,7 @@ pub fn figure3_svg(f: &Figure3, path: &Path) -> Result<()> {
         let max_n = pts.iter().map(|p| p.clients).max().unwrap_or(1) as f64;
         let top = pts
             .iter()
-            .map(|p| p.mb_s.max(p.limit_mb_s))
+            .map(|p| p.mb_s.max(p.limit_mb_s).max(p.cpu_limit_mb_s.unwrap_or(0.0)))
             .fold(1.0, f64::max)
             * 1.15;
         let mut chart = ChartBuilder::on(panel)
@@ -48,6 +48,20 @@ pub fn figure3_svg(f: &Figure3, path: &Path) -> Result<()> {
             .map_err(|e| anyhow!("{e}"))?
             .label("limit (measured ceilings)")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
+        // A cluster on this host: what its CPUs allow (figure3's module
+        // comment).
+        let cpu: Option<Vec<(f64, f64)>> = pts
+            .iter()
+            .map(|p| p.cpu_limit_mb_s.map(|l| (p.clients as f64, l)))
+            .collect();
+        if let Some(cpu) = cpu {
+            let grey = RGBColor(150, 150, 150);
+            chart
+                .draw_series(LineSeries::new(cpu, grey.stroke_width(1)))
+                .map_err(|e| anyhow!("{e}"))?
+                .label("CPU limit (cores shared)")
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], grey));
+        }
         chart
             .draw_series(LineSeries::new(
                 pts.iter().map(|p| (p.clients as f64, p.mb_s)),
