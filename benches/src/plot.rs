@@ -24,7 +24,11 @@ pub fn figure3_svg(f: &Figure3, path: &Path) -> Result<()> {
         let max_n = pts.iter().map(|p| p.clients).max().unwrap_or(1) as f64;
         let top = pts
             .iter()
-            .map(|p| p.mb_s.max(p.limit_mb_s).max(p.cpu_limit_mb_s.unwrap_or(0.0)))
+            .map(|p| {
+                p.mb_s
+                    .max(p.limit_mb_s)
+                    .max(p.cpu_limit_mb_s.unwrap_or(0.0))
+            })
             .fold(1.0, f64::max)
             * 1.15;
         let mut chart = ChartBuilder::on(panel)

@@ -1,6 +1,8 @@
 //! The server side of the data plane (`gfs_proto::data`): one listener for
 //! both planes. Each accepted connection is classified by its first four
 //! bytes; data-plane connections are served here, the rest go to tonic.
+//! Mutations that arrive on the data plane run the gRPC handlers' code
+//! (`Chunkserver::mutate`, `Chunkserver::apply`) and answer the same way.
 //!
 //! A push is received in pieces of `PIECE_BYTES`, read by the kernel
 //! straight into the store's sector-aligned memory when it has room (the
@@ -17,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use gfs_proto::data::{
     self, MAGIC, Op, PIECE_BYTES, encode_ok, encode_status, read_request, write_with,
 };
+use gfs_proto::wire::chunk::chunkserver_server::Chunkserver;
 use gfs_proto::wire::chunk::{PushHeader, PushReply, ReadHead, ReadRequest};
 use gfs_proto::wire::{ErrorKind, detail_of, error};
 use gfs_storage_engine::Receiving;
@@ -25,9 +28,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tonic::Request;
 
 use crate::pieces::PiecePool;
-use crate::service::{MAX_CHAIN, PEER_TIMEOUT, Shared, invalid};
+use crate::service::{ChunkService, MAX_CHAIN, PEER_TIMEOUT, Shared, invalid};
 
 /// A connection that sends nothing for this long is closed (a pooled
 /// client connection is reopened).
@@ -93,7 +97,8 @@ async fn is_data_plane(s: &TcpStream) -> io::Result<bool> {
 
 /// Serves requests one at a time until the client closes, idles or sends
 /// something that breaks the framing.
-async fn serve(sh: &Shared, mut s: TcpStream) {
+async fn serve(shared: &Arc<Shared>, mut s: TcpStream) {
+    let sh: &Shared = shared;
     loop {
         let (op, header) = match tokio::time::timeout(IDLE, read_request(&mut s)).await {
             Ok(Ok(Some(r))) => r,
@@ -112,6 +117,24 @@ async fn serve(sh: &Shared, mut s: TcpStream) {
             },
             Op::Push => match decoded(&mut s, header, "push").await {
                 Ok(Some(h)) => push(sh, &mut s, h).await,
+                other => other.map(|_| false),
+            },
+            Op::Mutate => match decoded(&mut s, header, "mutation").await {
+                Ok(Some(r)) => {
+                    let svc = ChunkService {
+                        shared: shared.clone(),
+                    };
+                    answer(&mut s, svc.mutate(Request::new(r)).await).await
+                }
+                other => other.map(|_| false),
+            },
+            Op::Apply => match decoded(&mut s, header, "forwarded mutation").await {
+                Ok(Some(r)) => {
+                    let svc = ChunkService {
+                        shared: shared.clone(),
+                    };
+                    answer(&mut s, svc.apply(Request::new(r)).await).await
+                }
                 other => other.map(|_| false),
             },
         };
@@ -136,6 +159,19 @@ async fn decoded<M: Message + Default>(
             Ok(None)
         }
     }
+}
+
+/// Sends a control call's answer, as its gRPC twin would have; the
+/// connection stays usable.
+async fn answer<M: Message>(
+    s: &mut TcpStream,
+    out: Result<tonic::Response<M>, tonic::Status>,
+) -> io::Result<bool> {
+    match out {
+        Ok(reply) => s.write_all(&encode_ok(&reply.into_inner())).await?,
+        Err(e) => s.write_all(&encode_status(&e)).await?,
+    }
+    Ok(true)
 }
 
 /// Answers a read; whether the connection is still usable.

@@ -1,18 +1,14 @@
-//! The client's side of the chunkservers: one lazily connected gRPC channel
-//! per server for mutations, pooled data-plane connections for pushes and
-//! reads, and the three calls of the data path (push along a chain, mutate
-//! at the primary, read a piece from one replica).
+//! The client's side of the chunkservers: pooled data-plane connections
+//! for the three calls of the data path (push along a chain, mutate at the
+//! primary, read a piece from one replica).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use gfs_proto::data::{DataPool, Pieces};
+use gfs_proto::data::{DataPool, Op, Pieces};
 use gfs_proto::wire::MAX_FRAME_BYTES;
-use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::chunk::{MutateReply, MutateRequest, PushHeader, ReadRequest};
-use tonic::transport::Channel;
 
 use crate::master::MasterError;
 
@@ -20,7 +16,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Debug, Default)]
 pub struct ChunkPool {
-    conns: Arc<Mutex<HashMap<String, ChunkserverClient<Channel>>>>,
     data: Arc<DataPool>,
 }
 
@@ -36,21 +31,6 @@ pub enum PushError {
 }
 
 impl ChunkPool {
-    pub fn get(&self, addr: &str) -> Result<ChunkserverClient<Channel>, MasterError> {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = conns.get(addr) {
-            return Ok(c.clone());
-        }
-        let c = gfs_proto::wire::chunk_client(addr).map_err(|e| {
-            MasterError::new(
-                gfs_proto::wire::ErrorKind::InvalidArgument,
-                format!("bad chunkserver address {addr}: {e}"),
-            )
-        })?;
-        conns.insert(addr.to_string(), c.clone());
-        Ok(c)
-    }
-
     /// Pushes `data` to `chain[0]`, which forwards it down the rest.
     pub async fn push(
         &self,
@@ -94,13 +74,13 @@ impl ChunkPool {
         }
     }
 
+    /// A mutation at the chunk's primary, over the data plane (a framed
+    /// request costs fewer task hand-offs than a gRPC call).
     pub async fn mutate(&self, addr: &str, req: MutateRequest) -> Result<MutateReply, MasterError> {
-        let mut c = self.get(addr)?;
-        match tokio::time::timeout(CALL_TIMEOUT, c.mutate(req)).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(MasterError::from_status(&s)),
-            Err(_) => Err(unavailable(addr)),
-        }
+        self.data
+            .call(addr, Op::Mutate, &req, CALL_TIMEOUT)
+            .await
+            .map_err(|s| MasterError::from_status(&s))
     }
 
     /// A piece of a chunk from one replica, appended to `dst`: how many
@@ -117,11 +97,4 @@ impl ChunkPool {
             .await
             .map_err(|s| MasterError::from_status(&s))
     }
-}
-
-fn unavailable(addr: &str) -> MasterError {
-    MasterError::new(
-        gfs_proto::wire::ErrorKind::Unavailable,
-        format!("chunkserver {addr} did not answer"),
-    )
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use gfs_proto::data::DataPool;
+use gfs_proto::data::{DataPool, Op};
 use gfs_proto::wire::ErrorKind;
 use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::chunk::{MutateRequest, MutationKind, PushHeader};
@@ -289,7 +289,58 @@ async fn s4_mutations_without_lease_or_version_and_bad_requests_are_refused() {
             addr: "x".repeat(100),
         })
         .collect();
-    assert_ne!(kind(cs.mutate(big).await), ErrorKind::Unspecified);
+    assert_ne!(kind(cs.mutate(big.clone()).await), ErrorKind::Unspecified);
+    // The same refusals over the data plane, which clients and primaries
+    // use for mutations.
+    fn framed_kind<T>(r: Result<T, tonic::Status>) -> ErrorKind {
+        r.map_or_else(|s| detail_of(&s).kind(), |_| ErrorKind::Unspecified)
+    }
+    let t = Duration::from_secs(5);
+    let call = |addr: &str, m: MutateRequest| {
+        let (pool, addr) = (&pool, addr.to_string());
+        async move {
+            framed_kind(
+                pool.call::<_, gfs_proto::wire::chunk::MutateReply>(&addr, Op::Mutate, &m, t)
+                    .await,
+            )
+        }
+    };
+    assert_eq!(
+        call(&other.addr, mutate(0, chunk.version)).await,
+        ErrorKind::NotPrimary
+    );
+    assert_eq!(
+        call(&primary.addr, mutate(lease, chunk.version - 1)).await,
+        ErrorKind::StaleVersion
+    );
+    let mut bad = mutate(lease, chunk.version);
+    bad.kind = 77;
+    assert_eq!(call(&primary.addr, bad).await, ErrorKind::InvalidArgument);
+    // A header past the bound: refused, or the connection closed under
+    // the sender's feet.
+    let refused = call(&primary.addr, big).await;
+    assert!(
+        matches!(refused, ErrorKind::InvalidArgument | ErrorKind::Unavailable),
+        "{refused:?}"
+    );
+    let forwarded = gfs_proto::wire::chunk::ApplyRequest {
+        handle: chunk.handle,
+        version: chunk.version,
+        kind: 77,
+        ..Default::default()
+    };
+    assert_eq!(
+        framed_kind(
+            pool.call::<_, gfs_proto::wire::chunk::ApplyReply>(
+                &other.addr,
+                Op::Apply,
+                &forwarded,
+                t
+            )
+            .await
+        ),
+        ErrorKind::InvalidArgument
+    );
     // Nothing changed: the file still reads "hello".
     assert_eq!(&c.read_at("/f", 0, 100).await.expect("read")[..], b"hello");
 }
@@ -646,7 +697,7 @@ async fn r11_every_disk_full_is_a_clear_error() {
 /// error; a push that stops mid-data and bytes that are neither plane
 /// leave the server serving.
 async fn data_plane_refuses_bad_input(addr: &str) {
-    use gfs_proto::data::{MAGIC, Op, encode_request, read_reply};
+    use gfs_proto::data::{MAGIC, encode_request, read_reply};
     use gfs_proto::wire::chunk::PushReply;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
@@ -680,11 +731,17 @@ async fn data_plane_refuses_bad_input(addr: &str) {
         refused(addr, &encode_request(Op::Push, &too_big)).await,
         ErrorKind::InvalidArgument
     );
-    let mut bad_proto = MAGIC.to_vec();
-    bad_proto.push(Op::Read as u8);
-    bad_proto.extend_from_slice(&3u32.to_le_bytes());
-    bad_proto.extend_from_slice(&[0xff, 0xff, 0xff]);
-    assert_eq!(refused(addr, &bad_proto).await, ErrorKind::InvalidArgument);
+    for op in [Op::Read, Op::Mutate, Op::Apply] {
+        let mut bad_proto = MAGIC.to_vec();
+        bad_proto.push(op as u8);
+        bad_proto.extend_from_slice(&3u32.to_le_bytes());
+        bad_proto.extend_from_slice(&[0xff, 0xff, 0xff]);
+        assert_eq!(
+            refused(addr, &bad_proto).await,
+            ErrorKind::InvalidArgument,
+            "{op:?}"
+        );
+    }
     // A push that stops after 3 of 10 bytes, and plain garbage.
     let torn = PushHeader {
         data_id: 8,
