@@ -120,21 +120,11 @@ async fn serve(shared: &Arc<Shared>, mut s: TcpStream) {
                 other => other.map(|_| false),
             },
             Op::Mutate => match decoded(&mut s, header, "mutation").await {
-                Ok(Some(r)) => {
-                    let svc = ChunkService {
-                        shared: shared.clone(),
-                    };
-                    answer(&mut s, svc.mutate(Request::new(r)).await).await
-                }
+                Ok(Some(r)) => answer(&mut s, service(shared).mutate(Request::new(r)).await).await,
                 other => other.map(|_| false),
             },
             Op::Apply => match decoded(&mut s, header, "forwarded mutation").await {
-                Ok(Some(r)) => {
-                    let svc = ChunkService {
-                        shared: shared.clone(),
-                    };
-                    answer(&mut s, svc.apply(Request::new(r)).await).await
-                }
+                Ok(Some(r)) => answer(&mut s, service(shared).apply(Request::new(r)).await).await,
                 other => other.map(|_| false),
             },
         };
@@ -158,6 +148,13 @@ async fn decoded<M: Message + Default>(
             s.write_all(&encode_status(&refusal)).await?;
             Ok(None)
         }
+    }
+}
+
+/// The gRPC service's handlers, for the mutations that come this way.
+fn service(shared: &Arc<Shared>) -> ChunkService {
+    ChunkService {
+        shared: shared.clone(),
     }
 }
 
