@@ -28,7 +28,7 @@ fn cases(dir: &Path) -> Vec<Case> {
         Case {
             name: "limits",
             args: a(&["limits", "--dirs", &d, "--size", "33554432"]),
-            keys: &["disks", "tcp_mb_s", "crc32c_mb_s"],
+            keys: &["disks", "tcp_mb_s", "crc32c_mb_s", "cores"],
             plot: None,
         },
         Case {
