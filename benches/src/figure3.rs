@@ -164,19 +164,20 @@ impl Limits {
         (bench != "read").then(|| self.disk_new_blocks_write().min(self.tcp_mb_s) / REPLICATION)
     }
 
+    /// MB of device I/O per CPU-second in the dearest directory; `None`
+    /// unless every directory has the figure.
+    fn io_mb_per_cpu_s(&self) -> Option<f64> {
+        let each: Option<Vec<f64>> = self.disks.iter().map(|d| d.io_mb_per_cpu_s).collect();
+        Some(each?.into_iter().fold(f64::INFINITY, f64::min))
+    }
+
     /// What this host's CPUs allow when the clients and every server share
     /// them (see the module comment): all cores spent on nothing but each
     /// byte's loopback hops, device I/O and one CRC32C per hop, at the CPU
     /// cost per MB the ceilings measured. `None` without the CPU figures.
     pub fn cpu_limit(&self, bench: &str) -> Option<f64> {
-        let io = self
-            .disks
-            .iter()
-            .map(|d| d.io_mb_per_cpu_s)
-            .collect::<Option<Vec<f64>>>()?
-            .into_iter()
-            .fold(f64::INFINITY, f64::min);
-        let per_hop = 1.0 / self.tcp_mb_per_cpu_s? + 1.0 / io + 1.0 / self.crc32c_mb_s;
+        let per_hop =
+            1.0 / self.tcp_mb_per_cpu_s? + 1.0 / self.io_mb_per_cpu_s()? + 1.0 / self.crc32c_mb_s;
         let hops = if bench == "read" { 1.0 } else { REPLICATION };
         Some(self.cores as f64 / (hops * per_hop))
     }
@@ -352,17 +353,12 @@ pub fn print_limits(l: &Limits) {
 
 /// The CPU costs the ceilings measured, and the CPU limits from them.
 fn cpu_costs(l: &Limits) -> Option<String> {
-    let io = l
-        .disks
-        .iter()
-        .filter_map(|d| d.io_mb_per_cpu_s)
-        .fold(f64::INFINITY, f64::min);
     Some(format!(
         "CPU, {} cores: {:.2} ms a MB over loopback, {:.2} of device I/O, {:.2} of CRC32C; \
          a cluster on this host can do at most read {:.0} MB/s, write and append {:.0} MB/s",
         l.cores,
         1e3 / l.tcp_mb_per_cpu_s?,
-        1e3 / io,
+        1e3 / l.io_mb_per_cpu_s()?,
         1e3 / l.crc32c_mb_s,
         l.cpu_limit("read")?,
         l.cpu_limit("write")?,

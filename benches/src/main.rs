@@ -49,12 +49,14 @@ enum Command {
     /// kill -9 the leader K times under a create load: time to the next mutation.
     Failover(failover::FailoverArgs),
     /// This machine's ceilings: O_DIRECT bandwidth of each data directory,
-    /// loopback TCP between two processes, CRC32C of one core.
+    /// loopback TCP between two processes, CRC32C of one core, and what the
+    /// first two cost the CPUs per MB.
     Limits(figure3::LimitsArgs),
     /// The GFS paper's Figure 3: N clients reading, writing, appending,
     /// each point against the better of the ceilings sampled just before
     /// and just after it, with what it kept busy (CPU, disk) and so what
-    /// bounded it.
+    /// bounded it; a local cluster also against the CPU limit (what the
+    /// host's shared cores allow).
     Figure3(figure3::Figure3Args),
     /// Every benchmark at tiny sizes, checked for sane JSON (CI).
     Smoke {
