@@ -30,7 +30,8 @@ pub struct ClusterArgs {
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// An existing cluster instead of a local one (then the limit is still
-    /// measured on --dir of this host).
+    /// measured on --dir of this host). The file goes under a directory of
+    /// the run's own, /bench-<pid>-<random>, removed at the end.
     #[arg(long, value_delimiter = ',')]
     pub masters: Vec<String>,
     #[arg(long)]
@@ -156,34 +157,36 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
     let mut block = vec![0u8; 8 << 20];
     fill_random(&mut block, 7);
     let block = Bytes::from(block);
-    for run in 0..args.runs {
-        // The device first, then the cluster, alternating, so both see the
-        // same state of the disk.
-        let c = raw::ceiling(&args.dir, args.size, 1 << 20)?;
-        dev_w.push(c.write);
-        dev_nb.push(c.new_blocks_write);
-        dev_r.push(c.read);
-        let path = format!(
-            "/bench/{}-{}-{run}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
-        client.mkdir("/bench", true).await?;
-        let mut before = probe.snapshot();
-        let took = write_file(&client, &path, args.size, &block).await?;
-        let took = if read {
-            before = probe.snapshot();
-            read_file(&client, &path, args.size).await?
-        } else {
-            took
-        };
-        let after = probe.snapshot();
-        each_busy.push(busy::between(&before, &after));
-        each.push(mb_s(args.size, took));
-        // Purged, not kept for the retention period: the next run needs
-        // the space.
-        client.master().delete_with(&path, false, true).await?;
-    }
+    // The run's file goes under a directory of its own, removed at the end.
+    let space = crate::Space::make(client.master()).await?;
+    let base = space.path.clone();
+    let runs = async {
+        for run in 0..args.runs {
+            // The device first, then the cluster, alternating, so both see the
+            // same state of the disk.
+            let c = raw::ceiling(&args.dir, args.size, 1 << 20)?;
+            dev_w.push(c.write);
+            dev_nb.push(c.new_blocks_write);
+            dev_r.push(c.read);
+            let path = format!("{base}/{run}");
+            let mut before = probe.snapshot();
+            let took = write_file(&client, &path, args.size, &block).await?;
+            let took = if read {
+                before = probe.snapshot();
+                read_file(&client, &path, args.size).await?
+            } else {
+                took
+            };
+            let after = probe.snapshot();
+            each_busy.push(busy::between(&before, &after));
+            each.push(mb_s(args.size, took));
+            // Purged, not kept for the retention period: the next run needs
+            // the space.
+            client.master().delete_with(&path, false, true).await?;
+        }
+        anyhow::Ok(())
+    };
+    space.purge(client.master(), runs.await).await?;
     let (device_write_mb_s, device_read_mb_s) = (median(dev_w), median(dev_r));
     let limit = if read {
         device_read_mb_s

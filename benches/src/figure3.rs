@@ -377,7 +377,8 @@ pub struct Figure3Args {
     #[arg(long, default_value = "gfs-data")]
     pub dir: PathBuf,
     /// An existing cluster instead of a local one (the ceilings are still
-    /// measured on --dir of this host).
+    /// measured on --dir of this host). Every file goes under a directory
+    /// of the run's own, /bench-<pid>-<random>, removed at the end.
     #[arg(long, value_delimiter = ',')]
     pub masters: Vec<String>,
     /// write: bytes each client writes to its own file (four chunks: the
@@ -603,16 +604,16 @@ fn random_block(seed: u64, len: usize) -> bytes::Bytes {
     b.into()
 }
 
+/// One measurement of `bench` with `n` clients, its files under `base`.
 async fn one_point(
     a: &Figure3Args,
     (masters, probe): (&[String], &Probe),
-    bench: &str,
-    n: usize,
-    run: u64,
+    base: &str,
+    (bench, n, run): (&str, usize, u64),
     read_set: &[String],
 ) -> Result<(f64, Busy)> {
     let block = random_block(run * 31 + n as u64, 4 * MIB as usize);
-    let dir = format!("/fig3/{}-{run}-{bench}-{n}", std::process::id());
+    let dir = format!("{base}/{run}-{bench}-{n}");
     match bench {
         "write" => {
             let bytes = a.write_bytes;
@@ -695,89 +696,93 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
     // The device under --dir is the cluster's only when it is local.
     let probe = Probe::of(local.is_some().then_some(a.dir.as_path()));
     let admin = Client::connect(&masters)?;
-    admin.mkdir("/fig3", true).await?;
-    // The read set: a few files written once, read by every point.
-    let mut read_set = Vec::new();
-    if a.benches.iter().any(|b| b == "read") {
-        let files = 4u64;
-        let bar = progress(a.read_set_bytes, "read set");
-        let block = random_block(99, 4 * MIB as usize);
-        for f in 0..files {
-            let path = format!("/fig3/{}-set{f}", std::process::id());
-            write_stream(&admin, &path, a.read_set_bytes / files, &block, None).await?;
-            bar.inc(a.read_set_bytes / files);
-            read_set.push(path);
+    // Every file of the run goes under a directory of its own, removed at
+    // the end: a cluster named by --masters keeps nothing of the run, and
+    // two runs against it (from two client hosts) never touch each
+    // other's files.
+    let space = crate::Space::make(admin.master()).await?;
+    let base = space.path.clone();
+    let run = async {
+        // The read set: a few files written once, read by every point.
+        let mut read_set = Vec::new();
+        if a.benches.iter().any(|b| b == "read") {
+            let files = 4u64;
+            let bar = progress(a.read_set_bytes, "read set");
+            let block = random_block(99, 4 * MIB as usize);
+            for f in 0..files {
+                let path = format!("{base}/set{f}");
+                write_stream(&admin, &path, a.read_set_bytes / files, &block, None).await?;
+                bar.inc(a.read_set_bytes / files);
+                read_set.push(path);
+            }
+            bar.finish_and_clear();
+        }
+        // The read set's chunk files, for the device's read of that data (a
+        // local cluster only; nothing else is stored yet).
+        let data: Vec<PathBuf> = match &local {
+            Some(c) if !read_set.is_empty() => c
+                .servers
+                .iter()
+                .flat_map(|s| chunk_files_under(&s.data_dir))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let total = (a.rounds * a.benches.len() * a.clients.len()) as u64;
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "figure3 [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            )
+            .expect("valid template"),
+        );
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let mut samples: Vec<Limits> = Vec::new();
+        // Whether the last sample was taken after everything that ran so far,
+        // so that it can serve as the next point's "before".
+        let mut fresh = false;
+        let mut measured = Vec::new();
+        for round in 1..=a.rounds {
+            for bench in &a.benches {
+                for &n in &a.clients {
+                    bar.set_message(format!("round {round}: ceilings"));
+                    if !fresh {
+                        samples.push(measure(&data, samples.len() as u64)?);
+                    }
+                    let before = samples.len() - 1;
+                    bar.set_message(format!("round {round}: {bench} N={n}"));
+                    let run = measured.len() as u64;
+                    let (got, busy) =
+                        one_point(a, (&masters, &probe), &base, (bench, n, run), &read_set).await?;
+                    bar.set_message(format!("round {round}: {bench} N={n}: {got:.0} MB/s"));
+                    samples.push(measure(&data, samples.len() as u64)?);
+                    fresh = true;
+                    measured.push(Measured {
+                        bench: bench.clone(),
+                        clients: n,
+                        mb_s: got,
+                        before,
+                        after: samples.len() - 1,
+                        busy,
+                    });
+                    bar.inc(1);
+                }
+                // Free the space for the next benchmark.
+                for f in admin.list(&base).await? {
+                    let path = format!("{base}/{}", f.name);
+                    if !read_set.contains(&path) {
+                        admin.master().delete_with(&path, false, true).await?;
+                    }
+                }
+                settle(&a.dir).await;
+                fresh = false;
+            }
         }
         bar.finish_and_clear();
-    }
-    // The read set's chunk files, for the device's read of that data (a
-    // local cluster only; nothing else is stored yet).
-    let data: Vec<PathBuf> = match &local {
-        Some(c) if !read_set.is_empty() => c
-            .servers
-            .iter()
-            .flat_map(|s| chunk_files_under(&s.data_dir))
-            .collect(),
-        _ => Vec::new(),
+        anyhow::Ok((samples, measured))
     };
-    let total = (a.rounds * a.benches.len() * a.clients.len()) as u64;
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "figure3 [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
-        )
-        .expect("valid template"),
-    );
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let mut samples: Vec<Limits> = Vec::new();
-    // Whether the last sample was taken after everything that ran so far,
-    // so that it can serve as the next point's "before".
-    let mut fresh = false;
-    let mut measured = Vec::new();
-    for round in 1..=a.rounds {
-        for bench in &a.benches {
-            for &n in &a.clients {
-                bar.set_message(format!("round {round}: ceilings"));
-                if !fresh {
-                    samples.push(measure(&data, samples.len() as u64)?);
-                }
-                let before = samples.len() - 1;
-                bar.set_message(format!("round {round}: {bench} N={n}"));
-                let run = measured.len() as u64;
-                let (got, busy) =
-                    one_point(a, (&masters, &probe), bench, n, run, &read_set).await?;
-                bar.set_message(format!("round {round}: {bench} N={n}: {got:.0} MB/s"));
-                samples.push(measure(&data, samples.len() as u64)?);
-                fresh = true;
-                measured.push(Measured {
-                    bench: bench.clone(),
-                    clients: n,
-                    mb_s: got,
-                    before,
-                    after: samples.len() - 1,
-                    busy,
-                });
-                bar.inc(1);
-            }
-            // Free the space for the next benchmark.
-            for f in admin.list("/fig3").await? {
-                if !read_set.iter().any(|r| r.ends_with(&f.name)) {
-                    admin
-                        .master()
-                        .delete_with(&format!("/fig3/{}", f.name), false, true)
-                        .await?;
-                }
-            }
-            settle(&a.dir).await;
-            fresh = false;
-        }
-    }
-    bar.finish_and_clear();
-    for f in &read_set {
-        admin.master().delete_with(f, false, true).await?;
-    }
+    let (samples, measured) = space.purge(admin.master(), run.await).await?;
     let fig = Figure3 {
         bench: "figure3",
         limits: Limits::median_of(&samples),

@@ -160,7 +160,7 @@ fn main() -> Result<()> {
             &rt.block_on(figure3::figure3(&args))?,
             figure3::print_figure3,
         )?,
-        Command::Smoke { dir, only } => smoke::run(&dir, &only)?,
+        Command::Smoke { dir, only } => smoke::run(&rt, &dir, &only)?,
         Command::TcpSink => figure3::tcp_sink()?,
         Command::Repair(args) => emit(
             args.json,
@@ -212,6 +212,37 @@ pub fn bench_dir() -> String {
         std::process::id(),
         rand::random::<u32>()
     )
+}
+
+/// A namespace directory of one benchmark run's own on the cluster it
+/// measures ([`bench_dir`]): a run against an existing cluster works only
+/// in it, and [`Space::purge`] removes it for good when the run ends,
+/// whether it succeeded or not, so nothing is left behind and nothing
+/// else is touched.
+#[derive(Debug)]
+pub struct Space {
+    pub path: String,
+}
+
+impl Space {
+    pub async fn make(m: &gfs_client::MasterClient) -> Result<Self> {
+        let path = bench_dir();
+        m.mkdir(&path, true).await?;
+        Ok(Self { path })
+    }
+
+    /// Deletes the directory and everything in it at once (no retention
+    /// period), then hands back `result`: the run's own error first; a
+    /// directory that could not be removed is reported, not fatal.
+    pub async fn purge<T>(self, m: &gfs_client::MasterClient, result: Result<T>) -> Result<T> {
+        if let Err(e) = m.delete_with(&self.path, true, true).await {
+            eprintln!(
+                "warning: could not remove the benchmark's directory {}: {e}",
+                self.path
+            );
+        }
+        result
+    }
 }
 
 /// Decimal megabytes per second.

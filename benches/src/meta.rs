@@ -22,7 +22,7 @@ pub struct MetaArgs {
     #[arg(long, default_value_t = 100)]
     pub list_entries: u32,
     /// An existing cluster instead of 3 local masters (the files go under
-    /// a directory of their own, /bench-<pid>-<random>).
+    /// a directory of their own, /bench-<pid>-<random>, removed at the end).
     #[arg(long, value_delimiter = ',')]
     pub masters: Vec<String>,
     #[arg(long)]
@@ -124,33 +124,39 @@ pub async fn run(args: &MetaArgs) -> Result<MetaReport> {
         _local = None;
         args.masters.clone()
     };
-    let base = crate::bench_dir();
     let setup = MasterClient::new(&masters, MasterOptions::default())?;
-    setup.mkdir(&format!("{base}/list"), true).await?;
-    for i in 0..args.list_entries {
-        setup.create(&format!("{base}/list/f{i}"), 0).await?;
-    }
-    let mut report = MetaReport {
-        clients: args.clients.clone(),
-        creates_per_s: Vec::new(),
-        stats_per_s: Vec::new(),
-        lists_per_s: Vec::new(),
-        list_entries: args.list_entries,
-        seconds: args.seconds,
+    // Every file of the run goes under a directory of its own, removed at
+    // the end.
+    let space = crate::Space::make(&setup).await?;
+    let base = space.path.clone();
+    let run = async {
+        setup.mkdir(&format!("{base}/list"), true).await?;
+        for i in 0..args.list_entries {
+            setup.create(&format!("{base}/list/f{i}"), 0).await?;
+        }
+        let mut report = MetaReport {
+            clients: args.clients.clone(),
+            creates_per_s: Vec::new(),
+            stats_per_s: Vec::new(),
+            lists_per_s: Vec::new(),
+            list_entries: args.list_entries,
+            seconds: args.seconds,
+        };
+        for (round, &n) in args.clients.iter().enumerate() {
+            let p = args.list_entries;
+            report
+                .creates_per_s
+                .push(phase(&masters, n, args.seconds, Op::Create, round, p, &base).await?);
+            report
+                .stats_per_s
+                .push(phase(&masters, n, args.seconds, Op::Stat, round, p, &base).await?);
+            report
+                .lists_per_s
+                .push(phase(&masters, n, args.seconds, Op::List, round, p, &base).await?);
+        }
+        Ok(report)
     };
-    for (round, &n) in args.clients.iter().enumerate() {
-        let p = args.list_entries;
-        report
-            .creates_per_s
-            .push(phase(&masters, n, args.seconds, Op::Create, round, p, &base).await?);
-        report
-            .stats_per_s
-            .push(phase(&masters, n, args.seconds, Op::Stat, round, p, &base).await?);
-        report
-            .lists_per_s
-            .push(phase(&masters, n, args.seconds, Op::List, round, p, &base).await?);
-    }
-    Ok(report)
+    space.purge(&setup, run.await).await
 }
 
 pub fn print_table(r: &MetaReport) {

@@ -176,7 +176,7 @@ pub struct SnapshotArgs {
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
     /// An existing cluster instead of a local one (the tree goes under a
-    /// directory of its own, /bench-<pid>-<random>).
+    /// directory of its own, /bench-<pid>-<random>, removed at the end).
     #[arg(long, value_delimiter = ',')]
     pub masters: Vec<String>,
     #[arg(long)]
@@ -207,45 +207,51 @@ pub async fn snapshot(args: &SnapshotArgs) -> Result<SnapshotReport> {
     let (_local, masters) = crate::cluster::target(&args.masters, spec).await?;
     let c = Client::connect(&masters)?;
     let m = c.master();
-    let base = crate::bench_dir();
-    m.mkdir(&format!("{base}/tree"), true).await?;
-    let probe = format!("{base}/probe");
-    m.create(&probe, 0).await?;
-    let chunk = c.chunk_size(&probe).await?;
-    let per_file = args.bytes / args.files;
-    let chunks_per_file = per_file.div_ceil(chunk).max(1);
-    let bar = progress(args.files, "tree (files)");
-    for f in 0..args.files {
-        let path = format!("{base}/tree/d{:02}/f{f:05}", f % 32);
-        m.mkdir(&format!("{base}/tree/d{:02}", f % 32), true)
-            .await?;
-        m.create(&path, 0).await?;
-        for index in 0..chunks_per_file {
-            m.write_chunk(&path, index, &[]).await?;
+    // The tree and its snapshots go under a directory of their own,
+    // removed at the end.
+    let space = crate::Space::make(m).await?;
+    let base = space.path.clone();
+    let run = async {
+        m.mkdir(&format!("{base}/tree"), true).await?;
+        let probe = format!("{base}/probe");
+        m.create(&probe, 0).await?;
+        let chunk = c.chunk_size(&probe).await?;
+        let per_file = args.bytes / args.files;
+        let chunks_per_file = per_file.div_ceil(chunk).max(1);
+        let bar = progress(args.files, "tree (files)");
+        for f in 0..args.files {
+            let path = format!("{base}/tree/d{:02}/f{f:05}", f % 32);
+            m.mkdir(&format!("{base}/tree/d{:02}", f % 32), true)
+                .await?;
+            m.create(&path, 0).await?;
+            for index in 0..chunks_per_file {
+                m.write_chunk(&path, index, &[]).await?;
+            }
+            m.report_length(&path, per_file).await?;
+            bar.inc(1);
         }
-        m.report_length(&path, per_file).await?;
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let mut times = Vec::new();
-    let mut chunks = 0;
-    for run in 0..args.runs.max(2) {
-        let start = Instant::now();
-        let r = m
-            .snapshot(&format!("{base}/tree"), &format!("{base}/snap{run}"))
-            .await?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-        chunks = r.chunks;
-    }
-    let first_ms = times[0];
-    Ok(SnapshotReport {
-        bench: "snapshot",
-        files: args.files,
-        chunks,
-        logical_bytes: per_file * args.files,
-        first_ms,
-        median_ms: median(times[1..].to_vec()),
-    })
+        bar.finish_and_clear();
+        let mut times = Vec::new();
+        let mut chunks = 0;
+        for run in 0..args.runs.max(2) {
+            let start = Instant::now();
+            let r = m
+                .snapshot(&format!("{base}/tree"), &format!("{base}/snap{run}"))
+                .await?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+            chunks = r.chunks;
+        }
+        let first_ms = times[0];
+        Ok(SnapshotReport {
+            bench: "snapshot",
+            files: args.files,
+            chunks,
+            logical_bytes: per_file * args.files,
+            first_ms,
+            median_ms: median(times[1..].to_vec()),
+        })
+    };
+    space.purge(m, run.await).await
 }
 
 pub fn print_snapshot(r: &SnapshotReport) {

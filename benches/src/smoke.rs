@@ -2,17 +2,26 @@
 //! binary's own subcommand with `--json`, checked for sane output (an
 //! object on the last line, the keys it promises, no missing or
 //! non-finite number). It guards the benchmarks, not the speed.
+//!
+//! The benchmarks that can measure an existing cluster run twice: against
+//! the local cluster they start themselves, and with `--masters` against
+//! one the smoke starts and keeps. That cluster holds a bystander's files
+//! from the start: a run there must leave nothing of its own behind and
+//! the bystander's files as they were.
 
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
+use gfs_tests::cluster::Cluster;
 use serde_json::Value;
 
 /// One benchmark run: its arguments and the keys its JSON must hold.
 struct Case {
     name: &'static str,
     args: Vec<String>,
+    /// Run with `--masters` against the smoke's own running cluster.
+    running: bool,
     keys: &'static [&'static str],
     /// An SVG file, in the scratch directory, the run must draw.
     plot: Option<&'static str>,
@@ -30,12 +39,14 @@ fn cases(dir: &Path) -> Vec<Case> {
             args: a(&["limits", "--dirs", &d, "--size", "33554432"]),
             keys: &["disks", "tcp_mb_s", "crc32c_mb_s", "cores"],
             plot: None,
+            running: false,
         },
         Case {
             name: "engine",
             args: a(&["engine", "--dir", &d, "--size", "67108864", "--runs", "1"]),
             keys: &["write_ratio", "rewrite_ratio", "read_ratio"],
             plot: None,
+            running: false,
         },
         Case {
             name: "cluster-write",
@@ -50,6 +61,7 @@ fn cases(dir: &Path) -> Vec<Case> {
             ]),
             keys: &["mb_s", "limit_mb_s", "ratio", "busy", "bound"],
             plot: None,
+            running: false,
         },
         Case {
             name: "cluster-read",
@@ -64,24 +76,28 @@ fn cases(dir: &Path) -> Vec<Case> {
             ]),
             keys: &["mb_s", "limit_mb_s", "ratio", "busy", "bound"],
             plot: None,
+            running: false,
         },
         Case {
             name: "meta",
             args: a(&["meta", "--clients", "1,2", "--seconds", "0.5"]),
             keys: &["creates_per_s", "stats_per_s", "lists_per_s"],
             plot: None,
+            running: false,
         },
         Case {
             name: "failover",
             args: a(&["failover", "--kills", "1", "--clients", "2"]),
             keys: &["max_ms", "each_ms"],
             plot: None,
+            running: false,
         },
         Case {
             name: "meta-memory",
             args: a(&["meta-memory", "--files", "2000"]),
             keys: &["bytes_per_file", "bytes_per_chunk"],
             plot: None,
+            running: false,
         },
         Case {
             name: "snapshot",
@@ -96,6 +112,7 @@ fn cases(dir: &Path) -> Vec<Case> {
             ]),
             keys: &["first_ms", "median_ms"],
             plot: None,
+            running: false,
         },
         Case {
             name: "repair",
@@ -107,6 +124,7 @@ fn cases(dir: &Path) -> Vec<Case> {
                 "device_write_mb_s",
             ],
             plot: None,
+            running: false,
         },
         Case {
             name: "figure3",
@@ -133,8 +151,33 @@ fn cases(dir: &Path) -> Vec<Case> {
             ]),
             keys: &["results", "limits"],
             plot: Some(PLOT),
+            running: false,
         },
     ]
+}
+
+/// The benchmarks that can target an existing cluster (`--masters`).
+const RUNNING: &[&str] = &[
+    "figure3",
+    "cluster-write",
+    "cluster-read",
+    "meta",
+    "snapshot",
+];
+
+/// `cases` of the benchmarks in [`RUNNING`] again, against the cluster at
+/// `masters`.
+fn running_cases(dir: &Path, masters: &str) -> Vec<Case> {
+    cases(dir)
+        .into_iter()
+        .filter(|c| RUNNING.contains(&c.name))
+        .map(|mut c| {
+            c.args
+                .extend(["--masters".to_string(), masters.to_string()]);
+            c.running = true;
+            c
+        })
+        .collect()
 }
 
 /// Every number finite (serde_json writes NaN and infinities as null).
@@ -187,6 +230,11 @@ fn check(case: &Case, stdout: &str) -> Result<()> {
                 r["rounds"].as_array().map(Vec::len) == Some(2),
                 "two rounds expected: {r}"
             );
+            // A cluster elsewhere does not share this host's cores.
+            ensure!(
+                !(case.running && r.get("cpu_limit_mb_s").is_some()),
+                "a CPU limit is for a local cluster only: {r}"
+            );
             // The host's CPU time is always there to read; a round may be
             // too short to see a clock tick, but not both of a point's.
             let cpu = r["busy"]["cpu"].as_f64().unwrap_or(-1.0);
@@ -213,52 +261,131 @@ fn drawn(path: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run(dir: &Path, only: &[String]) -> Result<()> {
+/// Files of somebody else's on the smoke's running cluster, where the
+/// benchmarks once put their own (`/fig3`, `/bench`).
+const BYSTANDER: &[&str] = &["/fig3/other-run", "/bench/other-run"];
+
+/// Writes the bystander's files; returns what each holds.
+async fn place_bystander(c: &gfs_client::Client) -> Result<Vec<Vec<u8>>> {
+    let mut held = Vec::new();
+    for (i, path) in BYSTANDER.iter().enumerate() {
+        let mut data = vec![0u8; 1 << 20];
+        crate::fill_random(&mut data, 1000 + i as u64);
+        c.mkdir(path.rsplit_once('/').map_or("/", |(d, _)| d), true)
+            .await?;
+        c.create(path, 0).await?;
+        c.write_at(path, 0, &data).await?;
+        held.push(data);
+    }
+    Ok(held)
+}
+
+/// The running cluster after the benchmarks: the bystander's files as
+/// they were, and nothing else in the namespace.
+async fn check_bystander(c: &gfs_client::Client, held: &[Vec<u8>]) -> Result<()> {
+    let mut top: Vec<String> = c.list("/").await?.into_iter().map(|f| f.name).collect();
+    top.sort();
+    ensure!(
+        top == ["bench", "fig3"],
+        "the benchmarks left {top:?} at the root (only the bystander's bench, fig3 expected)"
+    );
+    for (path, want) in BYSTANDER.iter().zip(held) {
+        let (dir, name) = path.rsplit_once('/').context("an absolute path")?;
+        let names: Vec<String> = c.list(dir).await?.into_iter().map(|f| f.name).collect();
+        ensure!(names == [name], "{dir} holds {names:?}, not only {name}");
+        let got = c.read_at(path, 0, want.len() as u64).await?;
+        ensure!(got[..] == want[..], "{path} changed");
+    }
+    Ok(())
+}
+
+/// Runs one case as this binary's subcommand; its verdict.
+fn run_case(exe: &Path, dir: &Path, case: &Case) -> Result<()> {
+    if let Some(p) = case.plot {
+        let _ = std::fs::remove_file(dir.join(p));
+    }
+    let out = Command::new(exe)
+        .args(&case.args)
+        .arg("--json")
+        .output()
+        .with_context(|| format!("running {}", case.name))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    check(case, &stdout)?;
+    match case.plot {
+        Some(p) => drawn(&dir.join(p)),
+        None => Ok(()),
+    }
+}
+
+/// Prints a verdict; a failure is added to `failed`.
+fn report(label: String, start: std::time::Instant, verdict: Result<()>, failed: &mut Vec<String>) {
+    match verdict {
+        Ok(()) => println!("ok    {label:<24} {:>6.1} s", start.elapsed().as_secs_f64()),
+        Err(e) => {
+            println!("FAIL  {label:<24} {e:#}");
+            failed.push(label);
+        }
+    }
+}
+
+pub fn run(rt: &tokio::runtime::Runtime, dir: &Path, only: &[String]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let exe = std::env::current_exe()?;
+    let chosen = |c: &Case| only.is_empty() || only.iter().any(|o| o == c.name);
     let mut failed = Vec::new();
-    for case in cases(dir) {
-        if !only.is_empty() && !only.iter().any(|o| o == case.name) {
-            continue;
+    for case in cases(dir).into_iter().filter(chosen) {
+        let start = std::time::Instant::now();
+        report(
+            case.name.to_string(),
+            start,
+            run_case(&exe, dir, &case),
+            &mut failed,
+        );
+    }
+    if RUNNING
+        .iter()
+        .any(|n| only.is_empty() || only.iter().any(|o| o == n))
+    {
+        // Clients made outside `block_on` still need the runtime's reactor.
+        let _rt = rt.enter();
+        let start = std::time::Instant::now();
+        let base = dir.join("running");
+        std::fs::create_dir_all(&base)?;
+        let cluster = rt.block_on(Cluster::start(crate::cluster::bench_spec(&base)))?;
+        let masters = cluster.masters.addrs().join(",");
+        let client = cluster.client();
+        let held = rt.block_on(place_bystander(&client))?;
+        report("running cluster".into(), start, Ok(()), &mut failed);
+        for case in running_cases(dir, &masters).into_iter().filter(chosen) {
+            let start = std::time::Instant::now();
+            let verdict = run_case(&exe, dir, &case);
+            report(
+                format!("{} --masters", case.name),
+                start,
+                verdict,
+                &mut failed,
+            );
         }
         let start = std::time::Instant::now();
-        if let Some(p) = case.plot {
-            let _ = std::fs::remove_file(dir.join(p));
-        }
-        let out = Command::new(&exe)
-            .args(&case.args)
-            .arg("--json")
-            .output()
-            .with_context(|| format!("running {}", case.name))?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let verdict = if out.status.success() {
-            check(&case, &stdout).and_then(|()| match case.plot {
-                Some(p) => drawn(&dir.join(p)),
-                None => Ok(()),
-            })
-        } else {
-            Err(anyhow::anyhow!(
-                "exited with {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .rev()
-                    .take(5)
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            ))
-        };
-        match verdict {
-            Ok(()) => println!(
-                "ok    {:<14} {:>6.1} s",
-                case.name,
-                start.elapsed().as_secs_f64()
-            ),
-            Err(e) => {
-                println!("FAIL  {:<14} {e:#}", case.name);
-                failed.push(case.name);
-            }
-        }
+        let verdict = rt.block_on(check_bystander(&client, &held));
+        report(
+            "nothing left, nothing touched".into(),
+            start,
+            verdict,
+            &mut failed,
+        );
     }
     ensure!(failed.is_empty(), "smoke failed: {failed:?}");
     Ok(())
