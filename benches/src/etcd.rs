@@ -145,13 +145,18 @@ pub async fn run(args: &EtcdArgs) -> Result<EtcdReport> {
             .map(|(c, conn)| (conn, format!("{base}/r{round}/c{c}")))
             .collect();
         report.creates_per_s.push(
-            ops_per_s(workers, args.seconds, |(mut conn, dir), i| async move {
-                let key = format!("{dir}/part-{i:06}");
-                if !conn.create(&key).await? {
-                    bail!("{key} existed before its create");
-                }
-                Ok((conn, dir))
-            })
+            ops_per_s(
+                workers,
+                args.seconds,
+                &format!("etcd creates, {n} clients"),
+                |(mut conn, dir), i| async move {
+                    let key = format!("{dir}/part-{i:06}");
+                    if !conn.create(&key).await? {
+                        bail!("{key} existed before its create");
+                    }
+                    Ok((conn, dir))
+                },
+            )
             .await?,
         );
         let list = format!("{base}/list");
@@ -164,6 +169,7 @@ pub async fn run(args: &EtcdArgs) -> Result<EtcdReport> {
             ops_per_s(
                 workers,
                 args.seconds,
+                &format!("etcd stats, {n} clients"),
                 move |(mut conn, list), i| async move {
                     let key = format!("{list}/f{}", i % stat_keys);
                     if !conn.stat(&key).await? {

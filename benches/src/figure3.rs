@@ -604,22 +604,30 @@ fn random_block(seed: u64, len: usize) -> bytes::Bytes {
     b.into()
 }
 
-/// One measurement of `bench` with `n` clients, its files under `base`.
+/// One measurement of `bench` with `n` clients, its files under `base`;
+/// the bytes the clients move are counted on a bar of its own under
+/// `multi` (elapsed time and current throughput, on a terminal).
 async fn one_point(
     a: &Figure3Args,
-    (masters, probe): (&[String], &Probe),
+    (masters, probe, multi): (&[String], &Probe, &indicatif::MultiProgress),
     base: &str,
     (bench, n, run): (&str, usize, u64),
     read_set: &[String],
 ) -> Result<(f64, Busy)> {
     let block = random_block(run * 31 + n as u64, 4 * MIB as usize);
     let dir = format!("{base}/{run}-{bench}-{n}");
-    match bench {
+    let each = match bench {
+        "write" => a.write_bytes,
+        "append" => a.records * MIB,
+        _ => a.reads * 4 * MIB,
+    };
+    let bar = multi.add(progress(each * n as u64, &format!("{bench} N={n}")));
+    let counted = bar.clone();
+    let got = match bench {
         "write" => {
-            let bytes = a.write_bytes;
-            clients(masters, probe, n, bytes, move |c, i| {
-                let (block, path) = (block.clone(), format!("{dir}-w{i}"));
-                async move { write_stream(&c, &path, bytes, &block, None).await }
+            clients(masters, probe, n, each, move |c, i| {
+                let (block, path, bar) = (block.clone(), format!("{dir}-w{i}"), counted.clone());
+                async move { write_stream(&c, &path, each, &block, Some(&bar)).await }
             })
             .await
         }
@@ -628,13 +636,14 @@ async fn one_point(
             let seed = Client::connect(masters)?;
             seed.create(&path, 0).await?;
             let records = a.records;
-            clients(masters, probe, n, records * MIB, move |c, _| {
-                let (block, path) = (block.clone(), path.clone());
+            clients(masters, probe, n, each, move |c, _| {
+                let (block, path, bar) = (block.clone(), path.clone(), counted.clone());
                 async move {
                     for r in 0..records {
                         let at = (r as usize * 4096) % (3 * MIB as usize);
                         c.append_bytes(&path, block.slice(at..at + MIB as usize))
                             .await?;
+                        bar.inc(MIB);
                     }
                     Ok(())
                 }
@@ -645,8 +654,8 @@ async fn one_point(
             let files = std::sync::Arc::new(read_set.to_vec());
             let per_file = a.read_set_bytes / read_set.len() as u64;
             let reads = a.reads;
-            clients(masters, probe, n, reads * 4 * MIB, move |c, i| {
-                let files = files.clone();
+            clients(masters, probe, n, each, move |c, i| {
+                let (files, bar) = (files.clone(), counted.clone());
                 async move {
                     use rand::{Rng, SeedableRng};
                     let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64 * 7 + run);
@@ -656,13 +665,17 @@ async fn one_point(
                         let off = rng.random_range(0..=max) * MIB;
                         let got = c.read_at(f, off, 4 * MIB).await?;
                         anyhow::ensure!(got.len() as u64 == 4 * MIB, "short read of {f}");
+                        bar.inc(4 * MIB);
                     }
                     Ok(())
                 }
             })
             .await
         }
-    }
+    };
+    bar.finish_and_clear();
+    multi.remove(&bar);
+    got
 }
 
 pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
@@ -727,17 +740,17 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
                 .collect(),
             _ => Vec::new(),
         };
-        let total = (a.rounds * a.benches.len() * a.clients.len()) as u64;
-        let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "figure3 [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
-            )
-            .expect("valid template"),
-        );
+        // The points done, and under it the one running.
+        let multi = indicatif::MultiProgress::new();
         if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
+        let total = (a.rounds * a.benches.len() * a.clients.len()) as u64;
+        let bar = multi.add(crate::progress_as(
+            total,
+            "",
+            "figure3 [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+        ));
         let mut samples: Vec<Limits> = Vec::new();
         // Whether the last sample was taken after everything that ran so far,
         // so that it can serve as the next point's "before".
@@ -753,8 +766,14 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
                     let before = samples.len() - 1;
                     bar.set_message(format!("round {round}: {bench} N={n}"));
                     let run = measured.len() as u64;
-                    let (got, busy) =
-                        one_point(a, (&masters, &probe), &base, (bench, n, run), &read_set).await?;
+                    let (got, busy) = one_point(
+                        a,
+                        (&masters, &probe, &multi),
+                        &base,
+                        (bench, n, run),
+                        &read_set,
+                    )
+                    .await?;
                     bar.set_message(format!("round {round}: {bench} N={n}: {got:.0} MB/s"));
                     samples.push(measure(&data, samples.len() as u64)?);
                     fresh = true;

@@ -265,19 +265,26 @@ pub fn fill_random(buf: &mut [u8], seed: u64) {
     rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(buf);
 }
 
-/// A progress bar on a terminal; hidden when stderr is not one.
+/// A progress bar on a terminal counting bytes, with the elapsed time and
+/// the current throughput; hidden when stderr is not one.
 pub fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
+    progress_as(
+        total,
+        what,
+        "{msg} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+    )
+}
+
+/// [`progress`] drawn with indicatif's `template`.
+pub fn progress_as(total: u64, what: &str, template: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
-        )
-        .expect("valid progress template"),
-    );
-    bar.set_message(what.to_string());
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template).expect("valid progress template"),
+    );
+    bar.set_message(what.to_string());
     bar
 }
 

@@ -48,8 +48,9 @@ enum Op {
 
 /// Runs `step` in a loop on each worker's state, all at once, for `secs`;
 /// returns completed steps per second over all workers. A step gets its
-/// worker's state and its own count, and gives the state back.
-pub async fn ops_per_s<S, F, Fut>(workers: Vec<S>, secs: f64, step: F) -> Result<f64>
+/// worker's state and its own count, and gives the state back. On a
+/// terminal a bar named `what` shows the time elapsed and the rate so far.
+pub async fn ops_per_s<S, F, Fut>(workers: Vec<S>, secs: f64, what: &str, step: F) -> Result<f64>
 where
     S: Send + 'static,
     F: Fn(S, u64) -> Fut + Send + Sync + Clone + 'static,
@@ -71,7 +72,16 @@ where
         }));
     }
     let start = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let ms = (secs * 1e3) as u64;
+    let bar = crate::progress_as(ms, what, "{msg} [{elapsed_precise}] {bar:30}");
+    let end = start + Duration::from_secs_f64(secs);
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(250).min(end - Instant::now())).await;
+        let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+        bar.set_position(start.elapsed().as_millis() as u64);
+        bar.set_message(format!("{what}: {rate:.0}/s"));
+    }
+    bar.finish_and_clear();
     let count = done.load(Ordering::Relaxed);
     let took = start.elapsed();
     stop.store(true, Ordering::Relaxed);
@@ -98,17 +108,23 @@ async fn phase(
         client.mkdir(&dir, true).await?;
         workers.push((client, dir, format!("{base}/list")));
     }
-    ops_per_s(workers, secs, move |(client, dir, list), i| async move {
-        match op {
-            Op::Create => client.create(&format!("{dir}/part-{i:06}"), 0).await,
-            Op::Stat => client
-                .stat(&format!("{list}/f{}", i % u64::from(page)), false)
-                .await
-                .map(|_| ()),
-            Op::List => client.list_page(&list, "", page, false).await.map(|_| ()),
-        }?;
-        Ok((client, dir, list))
-    })
+    let what = format!("{op:?}s, {n} clients");
+    ops_per_s(
+        workers,
+        secs,
+        &what,
+        move |(client, dir, list), i| async move {
+            match op {
+                Op::Create => client.create(&format!("{dir}/part-{i:06}"), 0).await,
+                Op::Stat => client
+                    .stat(&format!("{list}/f{}", i % u64::from(page)), false)
+                    .await
+                    .map(|_| ()),
+                Op::List => client.list_page(&list, "", page, false).await.map(|_| ()),
+            }?;
+            Ok((client, dir, list))
+        },
+    )
     .await
 }
 
