@@ -1,8 +1,9 @@
 //! `gfs-bench cluster-write` / `cluster-read`: one client, one large file,
 //! a local cluster of 3 masters and 4 chunkservers with replication 3 on
 //! one disk, against that disk's O_DIRECT bandwidth measured in the same
-//! run. Limits: write = device write bandwidth / 3 (every byte lands three
-//! times on the one disk), read = device read bandwidth. Each run also
+//! run. Limits: write = device write bandwidth / R (every byte lands R
+//! times on the one disk; R is the replication the cluster gives the file,
+//! 3 for the local one), read = device read bandwidth. Each run also
 //! records what it kept busy and so what bounded it (`busy`).
 
 use std::path::PathBuf;
@@ -53,6 +54,8 @@ pub struct ClusterReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new_blocks_ratio: Option<f64>,
     pub device_read_mb_s: f64,
+    /// The replication factor of the file (R in the write limit).
+    pub replication: u32,
     pub each_mb_s: Vec<f64>,
     /// What each run kept busy (a local cluster's disk only), the median
     /// of each figure, and what that bounds (`busy::bound`).
@@ -161,6 +164,7 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
     let space = crate::Space::make(client.master()).await?;
     let base = space.path.clone();
     let runs = async {
+        let replication = space.replication(client.master()).await?;
         for run in 0..args.runs {
             // The device first, then the cluster, alternating, so both see the
             // same state of the disk.
@@ -184,14 +188,16 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
             // the space.
             client.master().delete_with(&path, false, true).await?;
         }
-        anyhow::Ok(())
+        anyhow::Ok(replication)
     };
-    space.purge(client.master(), runs.await).await?;
+    let runs = runs.await;
+    let replication = space.purge(client.master(), runs).await?;
+    let r = f64::from(replication);
     let (device_write_mb_s, device_read_mb_s) = (median(dev_w), median(dev_r));
     let limit = if read {
         device_read_mb_s
     } else {
-        device_write_mb_s / 3.0
+        device_write_mb_s / r
     };
     let device_new_blocks_write_mb_s = median(dev_nb);
     let got = median(each.clone());
@@ -209,8 +215,9 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
         ratio: got / limit,
         device_write_mb_s,
         device_new_blocks_write_mb_s,
-        new_blocks_ratio: (!read).then(|| got / (device_new_blocks_write_mb_s / 3.0)),
+        new_blocks_ratio: (!read).then(|| got / (device_new_blocks_write_mb_s / r)),
         device_read_mb_s,
+        replication,
         each_mb_s: each,
         each_busy,
         busy,
@@ -241,10 +248,11 @@ pub fn print_table(r: &ClusterReport) {
     );
     if let Some(nb) = r.new_blocks_ratio {
         println!(
-            "{:<14} {:>10} {:>12.1} {:>7.0}%   against a third of the device's write into new files",
+            "{:<14} {:>10} {:>12.1} {:>7.0}%   against the device's write into new files / {}",
             "",
             "",
-            r.device_new_blocks_write_mb_s / 3.0,
+            r.device_new_blocks_write_mb_s / f64::from(r.replication),
+            r.replication,
             nb * 100.0
         );
     }

@@ -7,7 +7,8 @@
 //! `raw::ceiling`), loopback TCP bandwidth between two processes, and the
 //! CRC32C throughput of one core.
 //!
-//! Limits (how each is computed, with R the replication factor, 3):
+//! Limits (how each is computed, with R the replication factor the cluster
+//! gives the benchmark's files, asked of it: 3 for the local cluster):
 //! - read: min(device read, TCP): every byte is read from a disk once and
 //!   crosses loopback once. The device read is the better of the scratch
 //!   file's sequential read and, for a local cluster, random 1 MiB reads of
@@ -80,7 +81,9 @@ use crate::cluster::write_stream;
 use crate::{fill_random, mb_s, median, progress, raw};
 
 const MIB: u64 = 1 << 20;
-const REPLICATION: f64 = 3.0;
+/// The local cluster's replication factor, and the one the limits
+/// `gfs-bench limits` prints assume.
+const LOCAL_REPLICATION: u32 = 3;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LimitsArgs {
@@ -150,18 +153,19 @@ impl Limits {
         self.slowest(|d| d.read_mb_s)
     }
 
-    /// The limit for `bench`, from the ceilings (see the module comment).
-    pub fn limit(&self, bench: &str) -> f64 {
+    /// The limit for `bench` at replication `r`, from the ceilings (see
+    /// the module comment).
+    pub fn limit(&self, bench: &str, r: u32) -> f64 {
         match bench {
             "read" => self.disk_read().min(self.tcp_mb_s),
-            _ => self.disk_write().min(self.tcp_mb_s) / REPLICATION,
+            _ => self.disk_write().min(self.tcp_mb_s) / f64::from(r),
         }
     }
 
     /// For writes and appends, the limit if the disk were only as fast as
     /// it fills new files (see the module comment); `None` for reads.
-    pub fn new_blocks_limit(&self, bench: &str) -> Option<f64> {
-        (bench != "read").then(|| self.disk_new_blocks_write().min(self.tcp_mb_s) / REPLICATION)
+    pub fn new_blocks_limit(&self, bench: &str, r: u32) -> Option<f64> {
+        (bench != "read").then(|| self.disk_new_blocks_write().min(self.tcp_mb_s) / f64::from(r))
     }
 
     /// MB of device I/O per CPU-second in the dearest directory; `None`
@@ -175,10 +179,10 @@ impl Limits {
     /// them (see the module comment): all cores spent on nothing but each
     /// byte's loopback hops, device I/O and one CRC32C per hop, at the CPU
     /// cost per MB the ceilings measured. `None` without the CPU figures.
-    pub fn cpu_limit(&self, bench: &str) -> Option<f64> {
+    pub fn cpu_limit(&self, bench: &str, r: u32) -> Option<f64> {
         let per_hop =
             1.0 / self.tcp_mb_per_cpu_s? + 1.0 / self.io_mb_per_cpu_s()? + 1.0 / self.crc32c_mb_s;
-        let hops = if bench == "read" { 1.0 } else { REPLICATION };
+        let hops = if bench == "read" { 1.0 } else { f64::from(r) };
         Some(self.cores as f64 / (hops * per_hop))
     }
 }
@@ -340,19 +344,21 @@ pub fn print_limits(l: &Limits) {
         l.tcp_mb_s, l.crc32c_mb_s
     );
     println!(
-        "limits: read {:.0} MB/s, write and append {:.0} MB/s (replication 3; {:.0} from the \
-         write into new files)",
-        l.limit("read"),
-        l.limit("write"),
-        l.new_blocks_limit("write").unwrap_or(f64::NAN)
+        "limits: read {:.0} MB/s, write and append {:.0} MB/s (replication {LOCAL_REPLICATION}; \
+         {:.0} from the write into new files)",
+        l.limit("read", LOCAL_REPLICATION),
+        l.limit("write", LOCAL_REPLICATION),
+        l.new_blocks_limit("write", LOCAL_REPLICATION)
+            .unwrap_or(f64::NAN)
     );
-    if let Some(line) = cpu_costs(l) {
+    if let Some(line) = cpu_costs(l, LOCAL_REPLICATION) {
         println!("{line}");
     }
 }
 
-/// The CPU costs the ceilings measured, and the CPU limits from them.
-fn cpu_costs(l: &Limits) -> Option<String> {
+/// The CPU costs the ceilings measured, and the CPU limits from them at
+/// replication `r`.
+fn cpu_costs(l: &Limits, r: u32) -> Option<String> {
     Some(format!(
         "CPU, {} cores: {:.2} ms a MB over loopback, {:.2} of device I/O, {:.2} of CRC32C; \
          a cluster on this host can do at most read {:.0} MB/s, write and append {:.0} MB/s",
@@ -360,8 +366,8 @@ fn cpu_costs(l: &Limits) -> Option<String> {
         1e3 / l.tcp_mb_per_cpu_s?,
         1e3 / l.io_mb_per_cpu_s()?,
         1e3 / l.crc32c_mb_s,
-        l.cpu_limit("read")?,
-        l.cpu_limit("write")?,
+        l.cpu_limit("read", r)?,
+        l.cpu_limit("write", r)?,
     ))
 }
 
@@ -466,6 +472,8 @@ pub struct Figure3 {
     pub limits: Limits,
     /// The ceilings, in the order they were measured.
     pub limit_samples: Vec<Limits>,
+    /// The replication factor of the benchmark's files (R in the limits).
+    pub replication: u32,
     pub results: Vec<Point>,
 }
 
@@ -484,19 +492,20 @@ struct Measured {
 /// samples around it (each ceiling on its own), and folds the rounds of
 /// each (bench, clients) point, in the order the points were first
 /// measured, into their medians. With `shared_host` (the cluster runs on
-/// this host) each is also judged against the CPU limit.
-fn judge(measured: &[Measured], samples: &[Limits], shared_host: bool) -> Vec<Point> {
+/// this host) each is also judged against the CPU limit. `r` is the
+/// replication factor of the benchmark's files.
+fn judge(measured: &[Measured], samples: &[Limits], shared_host: bool, r: u32) -> Vec<Point> {
     let mut points: Vec<Point> = Vec::new();
     for m in measured {
         let around = [samples[m.before].clone(), samples[m.after].clone()];
         let best = Limits::best_of(&around);
-        let limit_mb_s = best.limit(&m.bench);
+        let limit_mb_s = best.limit(&m.bench, r);
         let round = Round {
             mb_s: m.mb_s,
             limit_mb_s,
             efficiency: m.mb_s / limit_mb_s,
-            new_blocks_limit_mb_s: best.new_blocks_limit(&m.bench),
-            cpu_limit_mb_s: best.cpu_limit(&m.bench).filter(|_| shared_host),
+            new_blocks_limit_mb_s: best.new_blocks_limit(&m.bench, r),
+            cpu_limit_mb_s: best.cpu_limit(&m.bench, r).filter(|_| shared_host),
             samples: [m.before, m.after],
             busy: m.busy,
             bound: bound(&m.busy),
@@ -716,6 +725,7 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
     let space = crate::Space::make(admin.master()).await?;
     let base = space.path.clone();
     let run = async {
+        let replication = space.replication(admin.master()).await?;
         // The read set: a few files written once, read by every point.
         let mut read_set = Vec::new();
         if a.benches.iter().any(|b| b == "read") {
@@ -799,13 +809,15 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
             }
         }
         bar.finish_and_clear();
-        anyhow::Ok((samples, measured))
+        anyhow::Ok((samples, measured, replication))
     };
-    let (samples, measured) = space.purge(admin.master(), run.await).await?;
+    let run = run.await;
+    let (samples, measured, replication) = space.purge(admin.master(), run).await?;
     let fig = Figure3 {
         bench: "figure3",
         limits: Limits::median_of(&samples),
-        results: judge(&measured, &samples, local.is_some()),
+        results: judge(&measured, &samples, local.is_some(), replication),
+        replication,
         limit_samples: samples,
     };
     if let Some(p) = &a.plot {
@@ -842,8 +854,13 @@ pub fn print_figure3(f: &Figure3) {
             range(&|l| l.data_read_mb_s.unwrap_or(f64::NAN))
         );
     }
+    println!(
+        "limits: read min(device read, TCP); write and append min(device write, TCP) / R, \
+         R = {} (the replication of the benchmark's files)",
+        f.replication
+    );
     let shared_host = f.results.iter().any(|p| p.cpu_limit_mb_s.is_some());
-    if let (true, Some(line)) = (shared_host, cpu_costs(&f.limits)) {
+    if let (true, Some(line)) = (shared_host, cpu_costs(&f.limits, f.replication)) {
         println!("{line} (medians)");
     }
     println!(
@@ -944,24 +961,24 @@ mod tests {
     #[test]
     fn the_cpu_limit_counts_every_hop_of_every_byte_on_all_cores() {
         let s = sample(1500.0, 1200.0, 3000.0);
-        assert_eq!(s.cpu_limit("read"), Some(1500.0));
-        assert_eq!(s.cpu_limit("write"), Some(500.0));
-        assert_eq!(s.cpu_limit("append"), Some(500.0));
+        assert_eq!(s.cpu_limit("read", 3), Some(1500.0));
+        assert_eq!(s.cpu_limit("write", 3), Some(500.0));
+        assert_eq!(s.cpu_limit("append", 3), Some(500.0));
         let no_tcp = Limits {
             tcp_mb_per_cpu_s: None,
             ..s.clone()
         };
-        assert_eq!(no_tcp.cpu_limit("read"), None);
+        assert_eq!(no_tcp.cpu_limit("read", 3), None);
         let mut no_io = s.clone();
         no_io.disks[0].io_mb_per_cpu_s = None;
-        assert_eq!(no_io.cpu_limit("write"), None);
+        assert_eq!(no_io.cpu_limit("write", 3), None);
         // The best of two samples takes the cheaper of each cost.
         let mut dearer = s.clone();
         dearer.tcp_mb_per_cpu_s = Some(500.0);
         dearer.disks[0].io_mb_per_cpu_s = Some(4000.0);
         let best = Limits::best_of(&[s, dearer]);
         // 1 + 0.25 + 0.5 ms a hop.
-        assert_eq!(best.cpu_limit("read"), Some(3.0 / 1.75e-3));
+        assert_eq!(best.cpu_limit("read", 3), Some(3.0 / 1.75e-3));
     }
 
     #[test]
@@ -977,13 +994,13 @@ mod tests {
         assert_eq!(m.disk_write(), 1500.0);
         assert_eq!(m.disk_read(), 1200.0);
         assert_eq!(m.tcp_mb_s, 3000.0);
-        assert_eq!(m.limit("read"), 1200.0);
-        assert_eq!(m.limit("write"), 500.0);
-        assert_eq!(m.limit("append"), 500.0);
+        assert_eq!(m.limit("read", 3), 1200.0);
+        assert_eq!(m.limit("write", 3), 500.0);
+        assert_eq!(m.limit("append", 3), 500.0);
         // New blocks at 3/4 of each sample's write: median 1125.
-        assert_eq!(m.new_blocks_limit("write"), Some(375.0));
-        assert_eq!(m.new_blocks_limit("append"), Some(375.0));
-        assert_eq!(m.new_blocks_limit("read"), None);
+        assert_eq!(m.new_blocks_limit("write", 3), Some(375.0));
+        assert_eq!(m.new_blocks_limit("append", 3), Some(375.0));
+        assert_eq!(m.new_blocks_limit("read", 3), None);
     }
 
     /// What the host did during a measurement: CPUs busy, device busy.
@@ -1023,11 +1040,11 @@ mod tests {
             data_read_mb_s: data,
             ..sample(1500.0, 1200.0, 3000.0)
         };
-        assert_eq!(with(None).limit("read"), 1200.0);
-        assert_eq!(with(Some(1000.0)).limit("read"), 1200.0);
-        assert_eq!(with(Some(1700.0)).limit("read"), 1700.0);
-        assert_eq!(with(Some(4000.0)).limit("read"), 3000.0);
-        assert_eq!(with(Some(4000.0)).limit("write"), 500.0);
+        assert_eq!(with(None).limit("read", 3), 1200.0);
+        assert_eq!(with(Some(1000.0)).limit("read", 3), 1200.0);
+        assert_eq!(with(Some(1700.0)).limit("read", 3), 1700.0);
+        assert_eq!(with(Some(4000.0)).limit("read", 3), 3000.0);
+        assert_eq!(with(Some(4000.0)).limit("write", 3), 500.0);
         // Samples taken before there was data to read do not count.
         let m = Limits::median_of(&[with(None), with(Some(1700.0)), with(Some(1900.0))]);
         assert_eq!(m.data_read_mb_s, Some(1800.0));
@@ -1052,6 +1069,7 @@ mod tests {
             ],
             &samples,
             true,
+            3,
         );
         // Every sample's new-blocks write is 3/4 of its write; the CPU
         // limits are 500 for writes, 1500 for reads.
@@ -1121,10 +1139,32 @@ mod tests {
             &[measured("write", 4, (320.0, busy(0.95, 0.5)), 0, 1)],
             &samples,
             false,
+            3,
         );
         assert_eq!(got[0].cpu_limit_mb_s, None);
         assert_eq!(got[0].cpu_efficiency, None);
         assert_eq!(got[0].rounds[0].cpu_limit_mb_s, None);
         assert_eq!(got[0].efficiency, 320.0 / 500.0);
+    }
+
+    #[test]
+    fn writes_and_appends_are_judged_at_the_clusters_replication() {
+        let samples = [sample(1500.0, 1000.0, 9000.0)];
+        let got = judge(
+            &[
+                measured("write", 4, (600.0, busy(0.9, 0.5)), 0, 0),
+                measured("read", 4, (800.0, busy(0.9, 0.5)), 0, 0),
+            ],
+            &samples,
+            true,
+            2,
+        );
+        // Every byte lands twice: 1500 / 2; a read is read once.
+        assert_eq!(got[0].limit_mb_s, 750.0);
+        assert_eq!(got[0].efficiency, 600.0 / 750.0);
+        assert_eq!(got[0].new_blocks_limit_mb_s, Some(1125.0 / 2.0));
+        assert_eq!(got[0].cpu_limit_mb_s, Some(750.0));
+        assert_eq!(got[1].limit_mb_s, 1000.0);
+        assert_eq!(got[1].cpu_limit_mb_s, Some(1500.0));
     }
 }

@@ -38,7 +38,8 @@ enum Command {
     /// The storage engine against the raw device (O_DIRECT io_uring, like fio) on one directory.
     Engine(engine::EngineArgs),
     /// One client writing one large file to a local 3 + 4 cluster
-    /// (replication 3), against device write bandwidth / 3.
+    /// (replication 3), against device write bandwidth / 3 (/ R of a cluster
+    /// named by --masters).
     ClusterWrite(cluster::ClusterArgs),
     /// One client reading one large file, against device read bandwidth.
     ClusterRead(cluster::ClusterArgs),
@@ -229,6 +230,17 @@ impl Space {
         let path = bench_dir();
         m.mkdir(&path, true).await?;
         Ok(Self { path })
+    }
+
+    /// The replication factor the cluster gives a new file here (from a
+    /// probe file, created and removed).
+    pub async fn replication(&self, m: &gfs_client::MasterClient) -> Result<u32> {
+        let probe = format!("{}/replication-probe", self.path);
+        m.create(&probe, 0).await?;
+        let r = m.stat(&probe, false).await?.replication;
+        m.delete_with(&probe, false, true).await?;
+        anyhow::ensure!(r > 0, "the cluster reports replication 0 for {probe}");
+        Ok(r)
     }
 
     /// Deletes the directory and everything in it at once (no retention

@@ -7,7 +7,9 @@
 //! the local cluster they start themselves, and with `--masters` against
 //! one the smoke starts and keeps. That cluster holds a bystander's files
 //! from the start: a run there must leave nothing of its own behind and
-//! the bystander's files as they were.
+//! the bystander's files as they were. Its files get 2 replicas, not the
+//! local cluster's 3: the limits must use the replication the cluster
+//! gives them.
 
 use std::path::Path;
 use std::process::Command;
@@ -59,7 +61,14 @@ fn cases(dir: &Path) -> Vec<Case> {
                 "--runs",
                 "1",
             ]),
-            keys: &["mb_s", "limit_mb_s", "ratio", "busy", "bound"],
+            keys: &[
+                "mb_s",
+                "limit_mb_s",
+                "ratio",
+                "replication",
+                "busy",
+                "bound",
+            ],
             plot: None,
             running: false,
         },
@@ -74,7 +83,14 @@ fn cases(dir: &Path) -> Vec<Case> {
                 "--runs",
                 "1",
             ]),
-            keys: &["mb_s", "limit_mb_s", "ratio", "busy", "bound"],
+            keys: &[
+                "mb_s",
+                "limit_mb_s",
+                "ratio",
+                "replication",
+                "busy",
+                "bound",
+            ],
             plot: None,
             running: false,
         },
@@ -149,12 +165,16 @@ fn cases(dir: &Path) -> Vec<Case> {
                 "--plot",
                 &format!("{d}/{PLOT}"),
             ]),
-            keys: &["results", "limits"],
+            keys: &["results", "limits", "replication"],
             plot: Some(PLOT),
             running: false,
         },
     ]
 }
+
+/// The replication factor of the smoke's running cluster (a policy at its
+/// root).
+const RUNNING_REPLICATION: u32 = 2;
 
 /// The benchmarks that can target an existing cluster (`--masters`).
 const RUNNING: &[&str] = &[
@@ -212,6 +232,13 @@ fn check(case: &Case, stdout: &str) -> Result<()> {
         ensure!(v.get(k).is_some(), "no `{k}` in {last}");
     }
     sane(&v, case.name)?;
+    if let Some(r) = v.get("replication") {
+        let want = if case.running { RUNNING_REPLICATION } else { 3 };
+        ensure!(
+            r.as_u64() == Some(u64::from(want)),
+            "replication {r}, not the cluster's {want}"
+        );
+    }
     if case.name == "figure3" {
         let results = v["results"].as_array().context("results is not a list")?;
         ensure!(
@@ -265,8 +292,10 @@ fn drawn(path: &Path) -> Result<()> {
 /// benchmarks once put their own (`/fig3`, `/bench`).
 const BYSTANDER: &[&str] = &["/fig3/other-run", "/bench/other-run"];
 
-/// Writes the bystander's files; returns what each holds.
+/// Gives the cluster's new files [`RUNNING_REPLICATION`] replicas, then
+/// writes the bystander's files; returns what each holds.
 async fn place_bystander(c: &gfs_client::Client) -> Result<Vec<Vec<u8>>> {
+    c.master().set_policy("/", RUNNING_REPLICATION, 0).await?;
     let mut held = Vec::new();
     for (i, path) in BYSTANDER.iter().enumerate() {
         let mut data = vec![0u8; 1 << 20];
