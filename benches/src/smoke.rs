@@ -32,92 +32,72 @@ struct Case {
 /// The figure3 case's plot.
 const PLOT: &str = "figure3-smoke.svg";
 
+/// What `cluster-write` and `cluster-read` report.
+const CLUSTER_KEYS: &[&str] = &[
+    "mb_s",
+    "limit_mb_s",
+    "ratio",
+    "replication",
+    "busy",
+    "bound",
+];
+
+impl Case {
+    /// `gfs-bench <args>`, run on the local cluster it starts, drawing nothing.
+    fn new(name: &'static str, args: &[&str], keys: &'static [&'static str]) -> Self {
+        Case {
+            name,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            running: false,
+            keys,
+            plot: None,
+        }
+    }
+}
+
 fn cases(dir: &Path) -> Vec<Case> {
     let d = dir.display().to_string();
-    let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let size = "16777216";
+    let plot = format!("{d}/{PLOT}");
     vec![
-        Case {
-            name: "limits",
-            args: a(&["limits", "--dirs", &d, "--size", "33554432"]),
-            keys: &["disks", "tcp_mb_s", "crc32c_mb_s", "cores"],
-            plot: None,
-            running: false,
-        },
-        Case {
-            name: "engine",
-            args: a(&["engine", "--dir", &d, "--size", "67108864", "--runs", "1"]),
-            keys: &["write_ratio", "rewrite_ratio", "read_ratio"],
-            plot: None,
-            running: false,
-        },
-        Case {
-            name: "cluster-write",
-            args: a(&[
-                "cluster-write",
-                "--dir",
-                &d,
-                "--size",
-                "16777216",
-                "--runs",
-                "1",
-            ]),
-            keys: &[
-                "mb_s",
-                "limit_mb_s",
-                "ratio",
-                "replication",
-                "busy",
-                "bound",
-            ],
-            plot: None,
-            running: false,
-        },
-        Case {
-            name: "cluster-read",
-            args: a(&[
-                "cluster-read",
-                "--dir",
-                &d,
-                "--size",
-                "16777216",
-                "--runs",
-                "1",
-            ]),
-            keys: &[
-                "mb_s",
-                "limit_mb_s",
-                "ratio",
-                "replication",
-                "busy",
-                "bound",
-            ],
-            plot: None,
-            running: false,
-        },
-        Case {
-            name: "meta",
-            args: a(&["meta", "--clients", "1,2", "--seconds", "0.5"]),
-            keys: &["creates_per_s", "stats_per_s", "lists_per_s"],
-            plot: None,
-            running: false,
-        },
-        Case {
-            name: "failover",
-            args: a(&["failover", "--kills", "1", "--clients", "2"]),
-            keys: &["max_ms", "each_ms"],
-            plot: None,
-            running: false,
-        },
-        Case {
-            name: "meta-memory",
-            args: a(&["meta-memory", "--files", "2000"]),
-            keys: &["bytes_per_file", "bytes_per_chunk"],
-            plot: None,
-            running: false,
-        },
-        Case {
-            name: "snapshot",
-            args: a(&[
+        Case::new(
+            "limits",
+            &["limits", "--dirs", &d, "--size", "33554432"],
+            &["disks", "tcp_mb_s", "crc32c_mb_s", "cores"],
+        ),
+        Case::new(
+            "engine",
+            &["engine", "--dir", &d, "--size", "67108864", "--runs", "1"],
+            &["write_ratio", "rewrite_ratio", "read_ratio"],
+        ),
+        Case::new(
+            "cluster-write",
+            &["cluster-write", "--dir", &d, "--size", size, "--runs", "1"],
+            CLUSTER_KEYS,
+        ),
+        Case::new(
+            "cluster-read",
+            &["cluster-read", "--dir", &d, "--size", size, "--runs", "1"],
+            CLUSTER_KEYS,
+        ),
+        Case::new(
+            "meta",
+            &["meta", "--clients", "1,2", "--seconds", "0.5"],
+            &["creates_per_s", "stats_per_s", "lists_per_s"],
+        ),
+        Case::new(
+            "failover",
+            &["failover", "--kills", "1", "--clients", "2"],
+            &["max_ms", "each_ms"],
+        ),
+        Case::new(
+            "meta-memory",
+            &["meta-memory", "--files", "2000"],
+            &["bytes_per_file", "bytes_per_chunk"],
+        ),
+        Case::new(
+            "snapshot",
+            &[
                 "snapshot",
                 "--files",
                 "20",
@@ -125,49 +105,46 @@ fn cases(dir: &Path) -> Vec<Case> {
                 "1073741824",
                 "--runs",
                 "2",
-            ]),
-            keys: &["first_ms", "median_ms"],
-            plot: None,
-            running: false,
-        },
-        Case {
-            name: "repair",
-            args: a(&["repair", "--dir", &d, "--size", "134217728"]),
-            keys: &[
+            ],
+            &["first_ms", "median_ms"],
+        ),
+        Case::new(
+            "repair",
+            &["repair", "--dir", &d, "--size", "134217728"],
+            &[
                 "bytes_repaired",
                 "seconds",
                 "repair_mb_s",
                 "device_write_mb_s",
             ],
-            plot: None,
-            running: false,
-        },
+        ),
         Case {
-            name: "figure3",
-            args: a(&[
-                "figure3",
-                "--dir",
-                &d,
-                "--clients",
-                "1,2",
-                "--write-bytes",
-                "8388608",
-                "--read-set-bytes",
-                "33554432",
-                "--reads",
-                "16",
-                "--records",
-                "2",
-                "--limit-bytes",
-                "33554432",
-                "--rounds",
-                "2",
-                "--plot",
-                &format!("{d}/{PLOT}"),
-            ]),
-            keys: &["results", "limits", "replication"],
             plot: Some(PLOT),
-            running: false,
+            ..Case::new(
+                "figure3",
+                &[
+                    "figure3",
+                    "--dir",
+                    &d,
+                    "--clients",
+                    "1,2",
+                    "--write-bytes",
+                    "8388608",
+                    "--read-set-bytes",
+                    "33554432",
+                    "--reads",
+                    "16",
+                    "--records",
+                    "2",
+                    "--limit-bytes",
+                    "33554432",
+                    "--rounds",
+                    "2",
+                    "--plot",
+                    &plot,
+                ],
+                &["results", "limits", "replication"],
+            )
         },
     ]
 }
