@@ -474,6 +474,9 @@ pub struct Figure3 {
     pub limit_samples: Vec<Limits>,
     /// The replication factor of the benchmark's files (R in the limits).
     pub replication: u32,
+    /// Whether the run started the cluster on this host; `false` for one
+    /// named by `--masters`, judged against this host's ceilings.
+    pub local_cluster: bool,
     pub results: Vec<Point>,
 }
 
@@ -818,6 +821,7 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
         limits: Limits::median_of(&samples),
         results: judge(&measured, &samples, local.is_some(), replication),
         replication,
+        local_cluster: local.is_some(),
         limit_samples: samples,
     };
     if let Some(p) = &a.plot {
@@ -918,6 +922,13 @@ pub fn print_figure3(f: &Figure3) {
         "new files: writes and appends against the limit from the device's write into new \
          files (the efficiency is against the better of a fresh and an overwriting pass)"
     );
+    if !f.local_cluster {
+        println!(
+            "limits: from this host's ceilings (--dir, loopback TCP), as if the cluster named by \
+             --masters were one such host; `gfs-bench limits` on a chunkserver host measures its \
+             own (BENCHMARKS.md, \"Running them\")"
+        );
+    }
     if shared_host {
         println!(
             "CPU limit: against what this host's CPUs allow when clients and servers share \

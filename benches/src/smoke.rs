@@ -143,7 +143,7 @@ fn cases(dir: &Path) -> Vec<Case> {
                     "--plot",
                     &plot,
                 ],
-                &["results", "limits", "replication"],
+                &["results", "limits", "replication", "local_cluster"],
             )
         },
     ]
@@ -217,6 +217,16 @@ fn check(case: &Case, stdout: &str) -> Result<()> {
         );
     }
     if case.name == "figure3" {
+        ensure!(
+            v["local_cluster"].as_bool() == Some(!case.running),
+            "local_cluster is {}, the run {} the cluster",
+            v["local_cluster"],
+            if case.running {
+                "did not start"
+            } else {
+                "started"
+            }
+        );
         let results = v["results"].as_array().context("results is not a list")?;
         ensure!(
             results.len() == 6,
