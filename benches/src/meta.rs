@@ -76,7 +76,10 @@ where
     let bar = crate::progress_as(ms, what, "{msg} [{elapsed_precise}] {bar:30}");
     let end = start + Duration::from_secs_f64(secs);
     while Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(250).min(end - Instant::now())).await;
+        tokio::time::sleep(
+            Duration::from_millis(250).min(end.saturating_duration_since(Instant::now())),
+        )
+        .await;
         let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
         bar.set_position(start.elapsed().as_millis() as u64);
         bar.set_message(format!("{what}: {rate:.0}/s"));
