@@ -129,17 +129,17 @@ fn main() -> Result<()> {
         }
         Command::Meta(args) => emit(
             args.json,
-            &rt.block_on(meta::run(&args))?,
+            &until_interrupted(&rt, meta::run(&args))?,
             meta::print_table,
         )?,
         Command::Etcd(args) => emit(
             args.json,
-            &rt.block_on(etcd::run(&args))?,
+            &until_interrupted(&rt, etcd::run(&args))?,
             etcd::print_table,
         )?,
         Command::Failover(args) => emit(
             args.json,
-            &rt.block_on(failover::run(&args))?,
+            &until_interrupted(&rt, failover::run(&args))?,
             failover::print_table,
         )?,
         Command::ClusterWrite(args) | Command::ClusterRead(args) if args.size == 0 => {
@@ -147,35 +147,35 @@ fn main() -> Result<()> {
         }
         Command::ClusterWrite(args) => emit(
             args.json,
-            &rt.block_on(cluster::run(&args, false))?,
+            &until_interrupted(&rt, cluster::run(&args, false))?,
             cluster::print_table,
         )?,
         Command::ClusterRead(args) => emit(
             args.json,
-            &rt.block_on(cluster::run(&args, true))?,
+            &until_interrupted(&rt, cluster::run(&args, true))?,
             cluster::print_table,
         )?,
         Command::Limits(args) => emit(args.json, &figure3::limits(&args)?, figure3::print_limits)?,
         Command::Figure3(args) => emit(
             args.json,
-            &rt.block_on(figure3::figure3(&args))?,
+            &until_interrupted(&rt, figure3::figure3(&args))?,
             figure3::print_figure3,
         )?,
         Command::Smoke { dir, only } => smoke::run(&rt, &dir, &only)?,
         Command::TcpSink => figure3::tcp_sink()?,
         Command::Repair(args) => emit(
             args.json,
-            &rt.block_on(repair::run(&args))?,
+            &until_interrupted(&rt, repair::run(&args))?,
             repair::print_repair,
         )?,
         Command::Snapshot(args) => emit(
             args.json,
-            &rt.block_on(repair::snapshot(&args))?,
+            &until_interrupted(&rt, repair::snapshot(&args))?,
             repair::print_snapshot,
         )?,
         Command::Engine(args) => {
             let json = args.json;
-            let report = rt.block_on(engine::run(args))?;
+            let report = until_interrupted(&rt, engine::run(args))?;
             engine::print_table(&report);
             if json {
                 println!("{}", serde_json::to_string(&report)?);
@@ -183,6 +183,61 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs a benchmark on `rt` until it ends or is interrupted (SIGINT, as
+/// Ctrl-C sends, or SIGTERM). Interrupted, it is not polled again: the
+/// directories it opened on a cluster ([`Space`]) are purged while any
+/// local cluster it started still runs, then it is dropped, which stops
+/// that cluster and removes its data (the guards of `gfs_tests`), and the
+/// run fails with "interrupted". Without this the servers died with the
+/// process but their data directories, gigabytes of chunk files under
+/// `--dir`, stayed, as did the run's files on a cluster named by
+/// `--masters`. A benchmark inside a blocking measurement (a ceiling
+/// sample) stops when that returns; a second signal quits at once,
+/// leaving what the run made.
+fn until_interrupted<T>(
+    rt: &tokio::runtime::Runtime,
+    bench: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let interrupted = std::sync::Arc::new(tokio::sync::Notify::new());
+        // On a worker thread: it answers even while the benchmark blocks
+        // this one.
+        let watcher = tokio::spawn({
+            let interrupted = interrupted.clone();
+            async move {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                eprintln!(
+                    "interrupted: stopping after the current step, then removing what the run \
+                     made (interrupt again to quit at once)"
+                );
+                interrupted.notify_one();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                eprintln!("interrupted again: quitting, leaving what the run made");
+                std::process::exit(130);
+            }
+        });
+        // Pinned here, so it outlives the purge below and is dropped
+        // (stopping any local cluster) only when this block returns.
+        let mut bench = std::pin::pin!(bench);
+        tokio::select! {
+            r = &mut bench => {
+                watcher.abort();
+                return r;
+            }
+            () = interrupted.notified() => {}
+        }
+        Space::purge_open().await;
+        anyhow::bail!("interrupted")
+    })
 }
 
 /// Prints a report's table, then, with `--json`, the report as one JSON
@@ -225,11 +280,35 @@ pub struct Space {
     pub path: String,
 }
 
+/// The [`Space`]s made and not yet purged, with their cluster: what an
+/// interrupted run purges ([`until_interrupted`]).
+static OPEN_SPACES: std::sync::Mutex<Vec<(String, gfs_client::MasterClient)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn open_spaces() -> std::sync::MutexGuard<'static, Vec<(String, gfs_client::MasterClient)>> {
+    OPEN_SPACES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Space {
     pub async fn make(m: &gfs_client::MasterClient) -> Result<Self> {
         let path = bench_dir();
         m.mkdir(&path, true).await?;
+        open_spaces().push((path.clone(), m.clone()));
         Ok(Self { path })
+    }
+
+    /// Purges every space still open, each given at most 30 s: an
+    /// interrupted run's.
+    async fn purge_open() {
+        let open = std::mem::take(&mut *open_spaces());
+        for (path, m) in open {
+            let purge = m.delete_with(&path, true, true);
+            match tokio::time::timeout(Duration::from_secs(30), purge).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => eprintln!("warning: could not remove {path}: {e}"),
+                Err(_) => eprintln!("warning: could not remove {path} within 30 s"),
+            }
+        }
     }
 
     /// The replication factor the cluster gives a new file here (from a
@@ -247,6 +326,7 @@ impl Space {
     /// period), then hands back `result`: the run's own error first; a
     /// directory that could not be removed is reported, not fatal.
     pub async fn purge<T>(self, m: &gfs_client::MasterClient, result: Result<T>) -> Result<T> {
+        open_spaces().retain(|(p, _)| *p != self.path);
         if let Err(e) = m.delete_with(&self.path, true, true).await {
             eprintln!(
                 "warning: could not remove the benchmark's directory {}: {e}",

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
-use gfs_tests::cluster::Cluster;
+use gfs_tests::cluster::{Cluster, chunk_files_under, files_under};
 use serde_json::Value;
 
 /// One benchmark run: its arguments and the keys its JSON must hold.
@@ -315,6 +315,152 @@ async fn check_bystander(c: &gfs_client::Client, held: &[Vec<u8>]) -> Result<()>
     Ok(())
 }
 
+/// Whether a process of this host names `dir` on its command line (a
+/// server of a cluster with its data there).
+fn process_under(dir: &Path) -> bool {
+    let dir = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| String::from_utf8_lossy(&c).contains(&dir))
+}
+
+/// Starts `gfs-bench <args>`, interrupts it (SIGINT, as Ctrl-C sends)
+/// once `under_way` says it is, and checks that it stops within 60 s
+/// and fails saying "interrupted"; its stderr goes to `log`.
+fn interrupt(exe: &Path, args: &[String], log: &Path, under_way: impl Fn() -> bool) -> Result<()> {
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .context("starting the run to interrupt")?;
+    let poll = std::time::Duration::from_millis(100);
+    let stopped = (|| -> Result<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !under_way() {
+            if let Some(st) = child.try_wait()? {
+                bail!("it exited with {st} before it was under way");
+            }
+            ensure!(
+                std::time::Instant::now() < until,
+                "not under way within 120 s"
+            );
+            std::thread::sleep(poll);
+        }
+        let pid = i32::try_from(child.id())?;
+        // SAFETY: a signal to our own child, which has not been waited for.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(st) = child.try_wait()? {
+                return Ok(st);
+            }
+            ensure!(
+                std::time::Instant::now() < until,
+                "still running 60 s after SIGINT"
+            );
+            std::thread::sleep(poll);
+        }
+    })();
+    if stopped.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let stopped = stopped?;
+    let stderr = std::fs::read_to_string(log).unwrap_or_default();
+    ensure!(
+        !stopped.success() && stderr.contains("Error: interrupted"),
+        "interrupted, it exited with {stopped} and said: {}",
+        stderr.lines().take(3).collect::<Vec<_>>().join(" | ")
+    );
+    Ok(())
+}
+
+/// A `cluster-write` of 1 GiB with its data and ceilings under `dir`,
+/// against the cluster at `masters` or a local one.
+fn long_write(dir: &Path, masters: Option<&str>) -> Vec<String> {
+    let d = dir.display().to_string();
+    let mut args: Vec<String> = [
+        "cluster-write",
+        "--dir",
+        &d,
+        "--size",
+        "1073741824",
+        "--runs",
+        "1",
+    ]
+    .map(String::from)
+    .into();
+    if let Some(m) = masters {
+        args.extend(["--masters".to_string(), m.to_string()]);
+    }
+    args
+}
+
+/// A local cluster-write interrupted while it writes: its servers stop and
+/// nothing of it stays under its directory.
+fn interrupt_local(exe: &Path, dir: &Path) -> Result<()> {
+    let at = dir.join("interrupted");
+    std::fs::create_dir_all(&at)?;
+    let args = long_write(&at, None);
+    let log = dir.join("interrupted.log");
+    interrupt(exe, &args, &log, || !chunk_files_under(&at).is_empty())?;
+    let left = files_under(&at);
+    ensure!(
+        left.is_empty(),
+        "interrupted, it left {} files, as {:?}",
+        left.len(),
+        left.first()
+    );
+    ensure!(
+        !process_under(&at),
+        "a server of the interrupted run is still running"
+    );
+    Ok(())
+}
+
+/// A cluster-write against the running cluster, interrupted while it
+/// writes: its directory there is purged.
+fn interrupt_running(
+    rt: &tokio::runtime::Runtime,
+    exe: &Path,
+    dir: &Path,
+    (masters, client): (&str, &gfs_client::Client),
+) -> Result<()> {
+    let args = long_write(dir, Some(masters));
+    // Its directory holds the file being written.
+    let writing = || {
+        rt.block_on(async {
+            for e in client.list("/").await.unwrap_or_default() {
+                if e.name.starts_with("bench-")
+                    && !client
+                        .list(&format!("/{}", e.name))
+                        .await
+                        .unwrap_or_default()
+                        .is_empty()
+                {
+                    return true;
+                }
+            }
+            false
+        })
+    };
+    interrupt(exe, &args, &dir.join("interrupted-running.log"), writing)?;
+    let top: Vec<String> = rt
+        .block_on(client.list("/"))?
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    ensure!(
+        !top.iter().any(|n| n.starts_with("bench-")),
+        "the interrupted run left its directory: {top:?}"
+    );
+    Ok(())
+}
+
 /// Runs one case as this binary's subcommand; its verdict.
 fn run_case(exe: &Path, dir: &Path, case: &Case) -> Result<()> {
     if let Some(p) = case.plot {
@@ -370,9 +516,16 @@ pub fn run(rt: &tokio::runtime::Runtime, dir: &Path, only: &[String]) -> Result<
             &mut failed,
         );
     }
-    if RUNNING
-        .iter()
-        .any(|n| only.is_empty() || only.iter().any(|o| o == n))
+    let interrupts = only.is_empty() || only.iter().any(|o| o == "interrupt");
+    if interrupts {
+        let start = std::time::Instant::now();
+        let verdict = interrupt_local(&exe, dir);
+        report("interrupted, local".into(), start, verdict, &mut failed);
+    }
+    if interrupts
+        || RUNNING
+            .iter()
+            .any(|n| only.is_empty() || only.iter().any(|o| o == n))
     {
         // Clients made outside `block_on` still need the runtime's reactor.
         let _rt = rt.enter();
@@ -393,6 +546,11 @@ pub fn run(rt: &tokio::runtime::Runtime, dir: &Path, only: &[String]) -> Result<
                 verdict,
                 &mut failed,
             );
+        }
+        if interrupts {
+            let start = std::time::Instant::now();
+            let verdict = interrupt_running(rt, &exe, dir, (&masters, &client));
+            report("interrupted, --masters".into(), start, verdict, &mut failed);
         }
         let start = std::time::Instant::now();
         let verdict = rt.block_on(check_bystander(&client, &held));

@@ -273,7 +273,7 @@ impl Cluster {
     /// The chunk handles that have a replica file on any server.
     pub fn chunk_handles(&self) -> std::collections::BTreeSet<u64> {
         (0..self.servers.len())
-            .flat_map(|i| walkdir(&self.servers[i].data_dir))
+            .flat_map(|i| files_under(&self.servers[i].data_dir))
             .filter(|p| p.extension().is_some_and(|e| e == "chunk"))
             .filter_map(|p| u64::from_str_radix(p.file_stem()?.to_str()?, 16).ok())
             .collect()
@@ -284,7 +284,7 @@ impl Cluster {
         let name = format!("{handle:016x}.chunk");
         (0..self.servers.len())
             .filter(|&i| {
-                walkdir(&self.servers[i].data_dir)
+                files_under(&self.servers[i].data_dir)
                     .iter()
                     .any(|p| p.file_name().is_some_and(|n| *n == *name))
             })
@@ -351,13 +351,14 @@ impl Cluster {
 /// Every file below `dir`.
 /// The chunk data files (`<handle>.chunk`) under `dir`, at any depth.
 pub fn chunk_files_under(dir: &std::path::Path) -> Vec<PathBuf> {
-    walkdir(dir)
+    files_under(dir)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "chunk"))
         .collect()
 }
 
-fn walkdir(dir: &std::path::Path) -> Vec<PathBuf> {
+/// Every file under `dir`, however deep.
+pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(dir) else {
         return out;
@@ -365,7 +366,7 @@ fn walkdir(dir: &std::path::Path) -> Vec<PathBuf> {
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
-            out.extend(walkdir(&p));
+            out.extend(files_under(&p));
         } else {
             out.push(p);
         }
