@@ -25,6 +25,9 @@ pub struct CpuTicks {
     pub total: u64,
     pub idle: u64,
     pub iowait: u64,
+    /// Time the hypervisor gave this VM's CPUs to something else (0 where
+    /// the kernel does not count it).
+    pub steal: u64,
 }
 
 /// The first line of `/proc/stat`: `cpu user nice system idle iowait irq
@@ -36,6 +39,7 @@ pub fn parse_cpu(proc_stat: &str) -> Option<CpuTicks> {
         total: v.iter().sum(),
         idle: v[3],
         iowait: v[4],
+        steal: v.get(7).copied().unwrap_or(0),
     })
 }
 
@@ -85,7 +89,8 @@ pub struct Snapshot {
 /// What one measurement kept busy.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Busy {
-    /// Share of all CPU time spent working (neither idle nor in iowait).
+    /// Share of all CPU time spent working (neither idle, nor in iowait,
+    /// nor stolen by the hypervisor).
     /// Left out when the counters could not be read, or did not move: a
     /// window shorter than the kernel's tick (10 ms per CPU) may see none.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -93,6 +98,10 @@ pub struct Busy {
     /// Share of all CPU time idle while this host's I/O was outstanding.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_iowait: Option<f64>,
+    /// Share of all CPU time the hypervisor gave to others (a VM's
+    /// `steal`): time this host wanted its CPUs and did not get them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_steal: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskBusy>,
 }
@@ -114,7 +123,9 @@ pub fn busy(before: &Snapshot, after: &Snapshot, secs: f64) -> Busy {
         let total = a.total.checked_sub(b.total).filter(|t| *t > 0)? as f64;
         let idle = a.idle.saturating_sub(b.idle) as f64;
         let iowait = a.iowait.saturating_sub(b.iowait) as f64;
-        Some(((total - idle - iowait).max(0.0) / total, iowait / total))
+        let steal = a.steal.saturating_sub(b.steal) as f64;
+        let working = (total - idle - iowait - steal).max(0.0);
+        Some((working / total, iowait / total, steal / total))
     });
     let disk = before
         .disk
@@ -133,16 +144,19 @@ pub fn busy(before: &Snapshot, after: &Snapshot, secs: f64) -> Busy {
     Busy {
         cpu: cpu.map(|c| c.0),
         cpu_iowait: cpu.map(|c| c.1),
+        cpu_steal: cpu.map(|c| c.2),
         disk,
     }
 }
 
-/// CPU time this host spent working (neither idle nor in iowait) between
-/// two readings, in clock ticks of `/proc/stat`.
+/// CPU time this host spent working (neither idle, nor in iowait, nor
+/// stolen) between two readings, in clock ticks of `/proc/stat`.
 pub fn working_ticks(before: &CpuTicks, after: &CpuTicks) -> u64 {
     let total = after.total.saturating_sub(before.total);
-    let idle = after.idle.saturating_sub(before.idle) + after.iowait.saturating_sub(before.iowait);
-    total.saturating_sub(idle)
+    let not = after.idle.saturating_sub(before.idle)
+        + after.iowait.saturating_sub(before.iowait)
+        + after.steal.saturating_sub(before.steal);
+    total.saturating_sub(not)
 }
 
 /// Runs `f` and says how many CPU-seconds this whole host spent working
@@ -174,9 +188,11 @@ pub fn between(before: &Snapshot, after: &Snapshot) -> Busy {
 
 /// What bounded a measurement: `CPU`, `disk`, both, or `latency` when
 /// neither was saturated (too little was in flight to keep either busy);
-/// `unknown` without the counters.
+/// `unknown` without the counters. The CPUs count as saturated when
+/// working and stolen time together reach [`SATURATED`]: stolen time was
+/// wanted and not given.
 pub fn bound(b: &Busy) -> &'static str {
-    let cpu = b.cpu.map(|c| c >= SATURATED);
+    let cpu = b.cpu.map(|c| c + b.cpu_steal.unwrap_or(0.0) >= SATURATED);
     let disk = b.disk.map(|d| d.util >= SATURATED);
     match (cpu, disk) {
         (Some(true), Some(true)) => "CPU+disk",
@@ -187,12 +203,16 @@ pub fn bound(b: &Busy) -> &'static str {
     }
 }
 
-/// One line for a table: `CPU 93 %, disk 90 % busy (11.2 in flight,
-/// 1741 MB/s): CPU+disk`.
+/// One line for a table: `CPU 83 % (10 % stolen), disk 90 % busy (11.2
+/// in flight, 1741 MB/s): CPU+disk`.
 pub fn describe(b: &Busy) -> String {
-    let cpu = b
-        .cpu
-        .map_or("CPU -".into(), |c| format!("CPU {:.0} %", c * 100.0));
+    let stolen = b
+        .cpu_steal
+        .filter(|s| *s > 0.0)
+        .map_or(String::new(), |s| format!(" ({:.0} % stolen)", s * 100.0));
+    let cpu = b.cpu.map_or("CPU -".into(), |c| {
+        format!("CPU {:.0} %{stolen}", c * 100.0)
+    });
     let disk = b.disk.map_or(String::new(), |d| {
         format!(
             ", disk {:.0} % busy ({:.1} in flight, {:.0} MB/s)",
@@ -214,6 +234,7 @@ pub fn median_busy(all: &[Busy]) -> Busy {
     Busy {
         cpu: some(&|b| b.cpu),
         cpu_iowait: some(&|b| b.cpu_iowait),
+        cpu_steal: some(&|b| b.cpu_steal),
         disk: disk(|d| d.util).map(|util| DiskBusy {
             util,
             in_flight: disk(|d| d.in_flight).unwrap_or(f64::NAN),
@@ -270,8 +291,15 @@ mod tests {
             total,
             idle,
             iowait,
+            steal: 0,
         };
         assert_eq!(working_ticks(&t(1000, 800, 40), &t(1500, 1100, 60)), 180);
+        // Stolen time is not this host's work.
+        let stolen = |steal| CpuTicks {
+            steal,
+            ..t(1500, 1100, 60)
+        };
+        assert_eq!(working_ticks(&t(1000, 800, 40), &stolen(50)), 130);
         // Counters that went back (a VM restored): nothing, not a panic.
         assert_eq!(working_ticks(&t(1500, 1100, 60), &t(1000, 800, 40)), 0);
         assert_eq!(working_ticks(&t(0, 0, 0), &t(100, 90, 20)), 0);
@@ -279,15 +307,18 @@ mod tests {
 
     #[test]
     fn cpu_and_disk_counters_parse_from_the_kernels_formats() {
-        let stat = "cpu  100 5 50 800 40 3 2 0 0 0\ncpu0 50 2 25 400 20 1 1 0 0 0\nintr 1\n";
+        let stat = "cpu  100 5 50 800 40 3 2 7 0 0\ncpu0 50 2 25 400 20 1 1 3 0 0\nintr 1\n";
         assert_eq!(
             parse_cpu(stat),
             Some(CpuTicks {
-                total: 1000,
+                total: 1007,
                 idle: 800,
-                iowait: 40
+                iowait: 40,
+                steal: 7
             })
         );
+        // An old kernel's five fields: no steal counted.
+        assert_eq!(parse_cpu("cpu  1 2 3 4 5\n").map(|c| c.steal), Some(0));
         assert_eq!(parse_cpu("cpu0 1 2 3 4 5\n"), None);
         assert_eq!(parse_cpu("cpu  1 2 x 4 5\n"), None);
         let disk = " 3230883    88013 2985441570 34191119  6153692   257091 3340478760  \
@@ -311,6 +342,7 @@ mod tests {
                 total: cpu.0,
                 idle: cpu.1,
                 iowait: cpu.2,
+                steal: 0,
             }),
             disk: Some(DiskCounters {
                 read_sectors: disk.0,
@@ -335,6 +367,7 @@ mod tests {
             Busy {
                 cpu: Some(0.8),
                 cpu_iowait: Some(0.15),
+                cpu_steal: Some(0.0),
                 disk: Some(DiskBusy {
                     util: 0.75,
                     in_flight: 7.2,
@@ -371,6 +404,29 @@ mod tests {
         );
         assert_eq!(bound(&Busy { disk: None, ..b }), "unknown");
         assert_eq!(bound(&Busy { disk: None, ..cpu }), "CPU");
+        // 80 % working and 12 % stolen: no CPU to spare.
+        let stolen = Busy {
+            cpu_steal: Some(0.12),
+            ..b
+        };
+        assert_eq!(bound(&stolen), "CPU");
+        assert_eq!(
+            describe(&stolen),
+            "CPU 80 % (12 % stolen), disk 75 % busy (7.2 in flight, 1000 MB/s): CPU"
+        );
+    }
+
+    #[test]
+    fn stolen_time_is_neither_work_nor_idle() {
+        let mut before = snap((1000, 500, 100), (0, 0, 0, 0));
+        let mut after = snap((1400, 520, 160), (0, 0, 0, 0));
+        before.cpu.as_mut().unwrap().steal = 10;
+        after.cpu.as_mut().unwrap().steal = 90;
+        let b = busy(&before, &after, 2.0);
+        // 400 ticks: 20 idle, 60 iowait, 80 stolen, 240 working.
+        assert_eq!(b.cpu, Some(0.6));
+        assert_eq!(b.cpu_iowait, Some(0.15));
+        assert_eq!(b.cpu_steal, Some(0.2));
     }
 
     #[test]
@@ -401,22 +457,26 @@ mod tests {
             Busy {
                 cpu: Some(0.5),
                 cpu_iowait: Some(0.1),
+                cpu_steal: Some(0.0),
                 disk: Some(d(0.2)),
             },
             Busy {
                 cpu: Some(0.9),
                 cpu_iowait: None,
+                cpu_steal: None,
                 disk: Some(d(0.6)),
             },
             Busy {
                 cpu: Some(0.7),
                 cpu_iowait: Some(0.3),
+                cpu_steal: Some(0.1),
                 disk: Some(d(1.0)),
             },
         ];
         let m = median_busy(&all);
         assert_eq!(m.cpu, Some(0.7));
         assert_eq!(m.cpu_iowait, Some(0.2));
+        assert_eq!(m.cpu_steal, Some(0.05));
         assert_eq!(m.disk, Some(d(0.6)));
         assert_eq!(median_busy(&[]).cpu, None);
     }

@@ -868,7 +868,7 @@ pub fn print_figure3(f: &Figure3) {
         println!("{line} (medians)");
     }
     println!(
-        "{:<7} {:>7} {:>8} {:>10} {:>10} {:>9} {:>9} {:>5} {:>24}  {:<8} each round: MB/s against its limit",
+        "{:<7} {:>7} {:>8} {:>10} {:>10} {:>9} {:>9} {:>5} {:>6} {:>24}  {:<8} each round: MB/s against its limit",
         "bench",
         "clients",
         "MB/s",
@@ -877,6 +877,7 @@ pub fn print_figure3(f: &Figure3) {
         "new files",
         "CPU limit",
         "CPU",
+        "stolen",
         "disk (in flight) MB/s",
         "bound"
     );
@@ -904,7 +905,7 @@ pub fn print_figure3(f: &Figure3) {
             )
         });
         println!(
-            "{:<7} {:>7} {:>8.0} {:>10.0} {:>9.0}% {:>9} {:>9} {:>5} {:>24}  {:<8} {}",
+            "{:<7} {:>7} {:>8.0} {:>10.0} {:>9.0}% {:>9} {:>9} {:>5} {:>6} {:>24}  {:<8} {}",
             p.bench,
             p.clients,
             p.mb_s,
@@ -913,6 +914,7 @@ pub fn print_figure3(f: &Figure3) {
             pct(p.new_blocks_efficiency),
             pct(p.cpu_efficiency),
             pct(p.busy.cpu),
+            pct(p.busy.cpu_steal),
             disk,
             p.bound,
             rounds.join(", ")
@@ -936,10 +938,12 @@ pub fn print_figure3(f: &Figure3) {
         );
     }
     println!(
-        "CPU: share of this host's CPU time working; disk: share of the time the data \
+        "CPU: share of this host's CPU time working; stolen: given by the hypervisor to others \
+         (a VM's steal time: neither work nor idle); disk: share of the time the data \
          directory's device had a request in flight (requests in flight on average, and what it \
          moved: every replica, and the other I/O of the host); \
-         bound: what was saturated (>= {:.0}%), `latency` when neither was",
+         bound: what was saturated (>= {:.0}%; the CPUs with stolen time), `latency` when \
+         neither was",
         crate::busy::SATURATED * 100.0
     );
 }
@@ -1019,6 +1023,7 @@ mod tests {
         Busy {
             cpu: Some(cpu),
             cpu_iowait: Some(0.0),
+            cpu_steal: Some(0.0),
             disk: Some(crate::busy::DiskBusy {
                 util,
                 in_flight: 1.0,
