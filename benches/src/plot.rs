@@ -19,7 +19,13 @@ pub fn figure3_svg(f: &Figure3, path: &Path) -> Result<()> {
     let root = SVGBackend::new(path, (420 * benches.len() as u32, 380)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let panels = root.split_evenly((1, benches.len()));
-    for (panel, bench) in panels.iter().zip(&benches) {
+    for ((panel, bench), letter) in panels.iter().zip(&benches).zip('a'..) {
+        // The paper's captions.
+        let title = match *bench {
+            "read" => "Reads",
+            "write" => "Writes",
+            _ => "Record appends",
+        };
         let pts: Vec<_> = f.results.iter().filter(|p| p.bench == *bench).collect();
         let max_n = pts.iter().map(|p| p.clients).max().unwrap_or(1) as f64;
         let top = pts
@@ -32,7 +38,7 @@ pub fn figure3_svg(f: &Figure3, path: &Path) -> Result<()> {
             .fold(1.0, f64::max)
             * 1.15;
         let mut chart = ChartBuilder::on(panel)
-            .caption(format!("({bench})"), ("sans-serif", 20))
+            .caption(format!("({letter}) {title}"), ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
@@ -42,6 +48,8 @@ pub fn figure3_svg(f: &Figure3, path: &Path) -> Result<()> {
             .configure_mesh()
             .x_desc("Number of clients N")
             .y_desc("Aggregate MB/s")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
         chart
