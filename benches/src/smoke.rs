@@ -491,13 +491,22 @@ fn run_case(exe: &Path, dir: &Path, case: &Case) -> Result<()> {
     }
 }
 
-/// Prints a verdict; a failure is added to `failed`.
-fn report(label: String, start: std::time::Instant, verdict: Result<()>, failed: &mut Vec<String>) {
-    match verdict {
-        Ok(()) => println!("ok    {label:<24} {:>6.1} s", start.elapsed().as_secs_f64()),
-        Err(e) => {
-            println!("FAIL  {label:<24} {e:#}");
-            failed.push(label);
+/// The checks run so far: each is timed and printed, `ok` or `FAIL`.
+#[derive(Default)]
+struct Verdicts {
+    failed: Vec<String>,
+}
+
+impl Verdicts {
+    fn check(&mut self, label: impl Into<String>, f: impl FnOnce() -> Result<()>) {
+        let label = label.into();
+        let start = std::time::Instant::now();
+        match f() {
+            Ok(()) => println!("ok    {label:<30} {:>6.1} s", start.elapsed().as_secs_f64()),
+            Err(e) => {
+                println!("FAIL  {label:<30} {e:#}");
+                self.failed.push(label);
+            }
         }
     }
 }
@@ -505,62 +514,47 @@ fn report(label: String, start: std::time::Instant, verdict: Result<()>, failed:
 pub fn run(rt: &tokio::runtime::Runtime, dir: &Path, only: &[String]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let exe = std::env::current_exe()?;
-    let chosen = |c: &Case| only.is_empty() || only.iter().any(|o| o == c.name);
-    let mut failed = Vec::new();
-    for case in cases(dir).into_iter().filter(chosen) {
-        let start = std::time::Instant::now();
-        report(
-            case.name.to_string(),
-            start,
-            run_case(&exe, dir, &case),
-            &mut failed,
-        );
+    let named = |n: &str| only.is_empty() || only.iter().any(|o| o == n);
+    let mut v = Verdicts::default();
+    for case in cases(dir).into_iter().filter(|c| named(c.name)) {
+        v.check(case.name, || run_case(&exe, dir, &case));
     }
-    let interrupts = only.is_empty() || only.iter().any(|o| o == "interrupt");
+    let interrupts = named("interrupt");
     if interrupts {
-        let start = std::time::Instant::now();
-        let verdict = interrupt_local(&exe, dir);
-        report("interrupted, local".into(), start, verdict, &mut failed);
+        v.check("interrupted, local", || interrupt_local(&exe, dir));
     }
-    if interrupts
-        || RUNNING
-            .iter()
-            .any(|n| only.is_empty() || only.iter().any(|o| o == n))
-    {
+    if interrupts || RUNNING.iter().any(|n| named(n)) {
         // Clients made outside `block_on` still need the runtime's reactor.
         let _rt = rt.enter();
-        let start = std::time::Instant::now();
         let base = dir.join("running");
         std::fs::create_dir_all(&base)?;
+        let start = std::time::Instant::now();
         let cluster = rt.block_on(Cluster::start(crate::cluster::bench_spec(&base)))?;
         let masters = cluster.masters.addrs().join(",");
         let client = cluster.client();
         let held = rt.block_on(place_bystander(&client))?;
-        report("running cluster".into(), start, Ok(()), &mut failed);
-        for case in running_cases(dir, &masters).into_iter().filter(chosen) {
-            let start = std::time::Instant::now();
-            let verdict = run_case(&exe, dir, &case);
-            report(
-                format!("{} --masters", case.name),
-                start,
-                verdict,
-                &mut failed,
-            );
+        println!(
+            "ok    {:<30} {:>6.1} s",
+            "running cluster",
+            start.elapsed().as_secs_f64()
+        );
+        for case in running_cases(dir, &masters)
+            .into_iter()
+            .filter(|c| named(c.name))
+        {
+            v.check(format!("{} --masters", case.name), || {
+                run_case(&exe, dir, &case)
+            });
         }
         if interrupts {
-            let start = std::time::Instant::now();
-            let verdict = interrupt_running(rt, &exe, dir, (&masters, &client));
-            report("interrupted, --masters".into(), start, verdict, &mut failed);
+            v.check("interrupted, --masters", || {
+                interrupt_running(rt, &exe, dir, (&masters, &client))
+            });
         }
-        let start = std::time::Instant::now();
-        let verdict = rt.block_on(check_bystander(&client, &held));
-        report(
-            "nothing left, nothing touched".into(),
-            start,
-            verdict,
-            &mut failed,
-        );
+        v.check("nothing left, nothing touched", || {
+            rt.block_on(check_bystander(&client, &held))
+        });
     }
-    ensure!(failed.is_empty(), "smoke failed: {failed:?}");
+    ensure!(v.failed.is_empty(), "smoke failed: {:?}", v.failed);
     Ok(())
 }
