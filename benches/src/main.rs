@@ -7,6 +7,7 @@ mod engine;
 mod etcd;
 mod failover;
 mod figure3;
+mod limits;
 mod meta;
 mod meta_memory;
 mod plot;
@@ -52,7 +53,7 @@ enum Command {
     /// This machine's ceilings: O_DIRECT bandwidth of each data directory,
     /// loopback TCP between two processes, CRC32C of one core, and what the
     /// first two cost the CPUs per MB.
-    Limits(figure3::LimitsArgs),
+    Limits(limits::LimitsArgs),
     /// The GFS paper's Figure 3: N clients reading, writing, appending,
     /// each point against the better of the ceilings sampled just before
     /// and just after it, with what it kept busy (CPU, disk) and so what
@@ -155,14 +156,14 @@ fn main() -> Result<()> {
             &until_interrupted(&rt, cluster::run(&args, true))?,
             cluster::print_table,
         )?,
-        Command::Limits(args) => emit(args.json, &figure3::limits(&args)?, figure3::print_limits)?,
+        Command::Limits(args) => emit(args.json, &limits::limits(&args)?, limits::print_limits)?,
         Command::Figure3(args) => emit(
             args.json,
             &until_interrupted(&rt, figure3::figure3(&args))?,
             figure3::print_figure3,
         )?,
         Command::Smoke { dir, only } => smoke::run(&rt, &dir, &only)?,
-        Command::TcpSink => figure3::tcp_sink()?,
+        Command::TcpSink => limits::tcp_sink()?,
         Command::Repair(args) => emit(
             args.json,
             &until_interrupted(&rt, repair::run(&args))?,
