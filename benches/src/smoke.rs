@@ -350,9 +350,7 @@ fn interrupt(exe: &Path, args: &[String], log: &Path, under_way: impl Fn() -> bo
             );
             std::thread::sleep(poll);
         }
-        let pid = i32::try_from(child.id())?;
-        // SAFETY: a signal to our own child, which has not been waited for.
-        unsafe { libc::kill(pid, libc::SIGINT) };
+        gfs_tests::signal(Some(&child), libc::SIGINT)?;
         let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             if let Some(st) = child.try_wait()? {
