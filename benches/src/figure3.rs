@@ -37,6 +37,7 @@ use serde::Serialize;
 
 use crate::busy::{self, Busy, Probe, bound, median_busy};
 use crate::cluster::write_stream;
+use crate::hosts::Hosts;
 use crate::limits::{Limits, LimitsArgs, ceilings, cpu_costs, crc_bandwidth};
 use crate::{fill_random, mb_s, median, progress, raw};
 
@@ -53,11 +54,25 @@ pub struct Figure3Args {
     /// Data directory of the local cluster and of the disk measurement.
     #[arg(long, default_value = "gfs-data")]
     pub dir: PathBuf,
-    /// An existing cluster instead of a local one (the ceilings are still
-    /// measured on --dir of this host). Every file goes under a directory
-    /// of the run's own, /bench-<pid>-<random>, removed at the end.
+    /// An existing cluster instead of a local one (without --hosts, the
+    /// ceilings are still measured on --dir of this host). Every file goes
+    /// under a directory of the run's own, /bench-<pid>-<random>, removed
+    /// at the end.
     #[arg(long, value_delimiter = ',')]
     pub masters: Vec<String>,
+    /// With --masters: the ceilings of the cluster's chunkserver hosts, one
+    /// file per host holding what `gfs-bench limits --tcp-to ADDR --json`
+    /// printed there. The limits are then the cluster's (`crate::hosts`),
+    /// not this host's.
+    #[arg(long, value_delimiter = ',', requires_all = ["masters", "tcp_to"])]
+    pub hosts: Vec<PathBuf>,
+    /// With --hosts: a `gfs-bench tcp-sink --listen` on the cluster's side,
+    /// to measure this client host's link to it around every point.
+    #[arg(long, value_name = "ADDR", requires = "hosts")]
+    pub tcp_to: Option<String>,
+    /// With --tcp-to: TCP streams sent at once.
+    #[arg(long, default_value_t = 1)]
+    pub tcp_streams: usize,
     /// write: bytes each client writes to its own file (four chunks: the
     /// writers cross chunk boundaries). Points of well under a second
     /// measured mostly their start and their stragglers (read at N = 4: 74-80 %
@@ -146,8 +161,13 @@ pub struct Figure3 {
     /// The replication factor of the benchmark's files (R in the limits).
     pub replication: u32,
     /// Whether the run started the cluster on this host; `false` for one
-    /// named by `--masters`, judged against this host's ceilings.
+    /// named by `--masters`, judged against this host's ceilings unless
+    /// `hosts` holds the cluster's.
     pub local_cluster: bool,
+    /// With `--hosts`: the chunkserver hosts' ceilings the limits come
+    /// from (`limit_samples` then hold this client host's TCP only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Hosts>,
     pub results: Vec<Point>,
 }
 
@@ -162,24 +182,53 @@ struct Measured {
     busy: Busy,
 }
 
+/// What the points are judged against.
+#[derive(Debug, Clone, Copy)]
+enum Basis<'a> {
+    /// This host's ceilings; `shared`: the cluster runs on this host, so
+    /// the CPU limit applies too.
+    ThisHost { shared: bool },
+    /// The chunkserver hosts' ceilings, with the client host's TCP of the
+    /// samples.
+    Hosts(&'a Hosts),
+}
+
+impl Basis<'_> {
+    /// The limit, the new-files limit and the CPU limit of `bench` at
+    /// replication `r` from the ceilings `l`.
+    fn limits(self, l: &Limits, bench: &str, r: u32) -> (f64, Option<f64>, Option<f64>) {
+        match self {
+            Basis::ThisHost { shared } => (
+                l.limit(bench, r),
+                l.new_blocks_limit(bench, r),
+                l.cpu_limit(bench, r).filter(|_| shared),
+            ),
+            Basis::Hosts(h) => (
+                h.limit(bench, r, l.tcp_mb_s),
+                h.new_blocks_limit(bench, r, l.tcp_mb_s),
+                None,
+            ),
+        }
+    }
+}
+
 /// Judges every measurement against the better of the two ceiling
 /// samples around it (each ceiling on its own), and folds the rounds of
 /// each (bench, clients) point, in the order the points were first
-/// measured, into their medians. With `shared_host` (the cluster runs on
-/// this host) each is also judged against the CPU limit. `r` is the
-/// replication factor of the benchmark's files.
-fn judge(measured: &[Measured], samples: &[Limits], shared_host: bool, r: u32) -> Vec<Point> {
+/// measured, into their medians. `basis` says what the limits come from;
+/// `r` is the replication factor of the benchmark's files.
+fn judge(measured: &[Measured], samples: &[Limits], basis: Basis, r: u32) -> Vec<Point> {
     let mut points: Vec<Point> = Vec::new();
     for m in measured {
         let around = [samples[m.before].clone(), samples[m.after].clone()];
         let best = Limits::best_of(&around);
-        let limit_mb_s = best.limit(&m.bench, r);
+        let (limit_mb_s, new_blocks_limit_mb_s, cpu_limit_mb_s) = basis.limits(&best, &m.bench, r);
         let round = Round {
             mb_s: m.mb_s,
             limit_mb_s,
             efficiency: m.mb_s / limit_mb_s,
-            new_blocks_limit_mb_s: best.new_blocks_limit(&m.bench, r),
-            cpu_limit_mb_s: best.cpu_limit(&m.bench, r).filter(|_| shared_host),
+            new_blocks_limit_mb_s,
+            cpu_limit_mb_s,
             samples: [m.before, m.after],
             busy: m.busy,
             bound: bound(&m.busy),
@@ -370,11 +419,22 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
             "unknown benchmark {b}: read, write or append"
         );
     }
+    // Read first: bad ceilings fail the run before it starts anything.
+    let hosts = (!a.hosts.is_empty())
+        .then(|| Hosts::load(&a.hosts))
+        .transpose()?;
     let crc32c_mb_s = crc_bandwidth();
     let measure = |data: &[PathBuf], seed: u64| -> Result<Limits> {
+        // With the hosts' ceilings, only this host's link to the cluster.
         let args = LimitsArgs {
-            dirs: vec![a.dir.clone()],
+            dirs: if hosts.is_some() {
+                Vec::new()
+            } else {
+                vec![a.dir.clone()]
+            },
             size: a.limit_bytes,
+            tcp_to: a.tcp_to.clone(),
+            tcp_streams: a.tcp_streams,
             json: false,
         };
         let mut l = ceilings(&args, crc32c_mb_s)?;
@@ -400,6 +460,9 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
     let base = space.path.clone();
     let run = async {
         let replication = space.replication(admin.master()).await?;
+        if let Some(h) = &hosts {
+            h.check_replication(replication)?;
+        }
         // The read set: a few files written once, read by every point.
         let mut read_set = Vec::new();
         if a.benches.iter().any(|b| b == "read") {
@@ -487,13 +550,20 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
     };
     let run = run.await;
     let (samples, measured, replication) = space.purge(admin.master(), run).await?;
+    let basis = match &hosts {
+        Some(h) => Basis::Hosts(h),
+        None => Basis::ThisHost {
+            shared: local.is_some(),
+        },
+    };
     let fig = Figure3 {
         bench: "figure3",
         limits: Limits::median_of(&samples),
-        results: judge(&measured, &samples, local.is_some(), replication),
+        results: judge(&measured, &samples, basis, replication),
         replication,
         local_cluster: local.is_some(),
         limit_samples: samples,
+        hosts,
     };
     if let Some(p) = &a.plot {
         crate::plot::figure3_svg(&fig, p)?;
@@ -501,32 +571,35 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
     Ok(fig)
 }
 
-pub fn print_figure3(f: &Figure3) {
-    let range = |g: &dyn Fn(&Limits) -> f64| {
-        let v: Vec<f64> = f.limit_samples.iter().map(g).collect();
-        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = v.iter().copied().fold(0.0, f64::max);
-        format!("{lo:.0}-{hi:.0}")
-    };
+/// The ceilings of this host, as `print_figure3` prints them.
+/// The range of ceiling `g` over a run's samples, as `lo-hi`.
+fn range(f: &Figure3, g: impl Fn(&Limits) -> f64) -> String {
+    let v: Vec<f64> = f.limit_samples.iter().map(g).collect();
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(0.0, f64::max);
+    format!("{lo:.0}-{hi:.0}")
+}
+
+fn print_this_host(f: &Figure3) {
     println!(
         "ceilings, {} samples (median, range): device read {:.0} MB/s ({}), write {:.0} MB/s ({}), loopback TCP {:.0} MB/s ({})",
         f.limit_samples.len(),
         f.limits.sequential_read(),
-        range(&|l| l.sequential_read()),
+        range(f, |l| l.sequential_read()),
         f.limits.disk_write(),
-        range(&|l| l.disk_write()),
+        range(f, |l| l.disk_write()),
         f.limits.tcp_mb_s,
-        range(&|l| l.tcp_mb_s),
+        range(f, |l| l.tcp_mb_s),
     );
     println!(
         "device write into new files (as chunk files fill) {:.0} MB/s ({})",
         f.limits.disk_new_blocks_write(),
-        range(&|l| l.disk_new_blocks_write()),
+        range(f, |l| l.disk_new_blocks_write()),
     );
     if let Some(d) = f.limits.data_read_mb_s {
         println!(
             "device read of the read set's chunk files, random 1 MiB: {d:.0} MB/s ({})",
-            range(&|l| l.data_read_mb_s.unwrap_or(f64::NAN))
+            range(f, |l| l.data_read_mb_s.unwrap_or(f64::NAN))
         );
     }
     println!(
@@ -534,6 +607,51 @@ pub fn print_figure3(f: &Figure3) {
          R = {} (the replication of the benchmark's files)",
         f.replication
     );
+}
+
+/// The chunkserver hosts' ceilings (`--hosts`) and this client host's
+/// link, as `print_figure3` prints them.
+fn print_hosts(f: &Figure3, hosts: &Hosts) {
+    for h in &hosts.0 {
+        let disks: Vec<String> = h
+            .disks
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} read {:.0}, write {:.0} (new files {:.0})",
+                    d.dir, d.read_mb_s, d.write_mb_s, d.new_blocks_write_mb_s
+                )
+            })
+            .collect();
+        println!(
+            "chunkserver host {}: {} MB/s; TCP to {} {:.0} MB/s",
+            h.file,
+            disks.join("; "),
+            h.tcp_to,
+            h.tcp_mb_s
+        );
+    }
+    println!(
+        "this client host, {} samples (median, range): {} {:.0} MB/s ({})",
+        f.limit_samples.len(),
+        f.limits.tcp_name(),
+        f.limits.tcp_mb_s,
+        range(f, |l| l.tcp_mb_s),
+    );
+    println!(
+        "limits, the cluster's (R = {}, the replication of the benchmark's files): read \
+         min(client TCP, sum over the hosts of min(their disks' read, TCP)); write min(client \
+         TCP, sum over the hosts of min(their disks' write, TCP) / R); append min(client TCP, \
+         the R-th best host's min(one disk's write, TCP)): one chunk's chain takes every record",
+        f.replication
+    );
+}
+
+pub fn print_figure3(f: &Figure3) {
+    match &f.hosts {
+        Some(hosts) => print_hosts(f, hosts),
+        None => print_this_host(f),
+    }
     let shared_host = f.results.iter().any(|p| p.cpu_limit_mb_s.is_some());
     if let (true, Some(line)) = (shared_host, cpu_costs(&f.limits, f.replication)) {
         println!("{line} (medians)");
@@ -595,11 +713,12 @@ pub fn print_figure3(f: &Figure3) {
         "new files: writes and appends against the limit from the device's write into new \
          files (the efficiency is against the better of a fresh and an overwriting pass)"
     );
-    if !f.local_cluster {
+    if !f.local_cluster && f.hosts.is_none() {
         println!(
             "limits: from this host's ceilings (--dir, loopback TCP), as if the cluster named by \
-             --masters were one such host; `gfs-bench limits` on a chunkserver host measures its \
-             own (BENCHMARKS.md, \"Running them\")"
+             --masters were one such host; for the cluster's own, give --hosts the ceilings \
+             `gfs-bench limits --tcp-to` measured on each chunkserver host (BENCHMARKS.md, \
+             \"Running them\")"
         );
     }
     if shared_host {
@@ -673,7 +792,7 @@ mod tests {
                 measured("write", 4, (350.0, busy(0.97, 0.6)), 1, 2),
             ],
             &samples,
-            true,
+            Basis::ThisHost { shared: true },
             3,
         );
         // Every sample's new-blocks write is 3/4 of its write; the CPU
@@ -743,13 +862,62 @@ mod tests {
         let got = judge(
             &[measured("write", 4, (320.0, busy(0.95, 0.5)), 0, 1)],
             &samples,
-            false,
+            Basis::ThisHost { shared: false },
             3,
         );
         assert_eq!(got[0].cpu_limit_mb_s, None);
         assert_eq!(got[0].cpu_efficiency, None);
         assert_eq!(got[0].rounds[0].cpu_limit_mb_s, None);
         assert_eq!(got[0].efficiency, 320.0 / 500.0);
+    }
+
+    #[test]
+    fn a_cluster_on_hosts_of_its_own_is_judged_against_their_ceilings_and_this_hosts_link() {
+        use crate::hosts::{Host, Hosts};
+        use crate::limits::DiskLimit;
+        // Three hosts, each one disk (write 900, new files 600, read 1200)
+        // behind a 1000 MB/s link.
+        let host = Host {
+            file: "cs".into(),
+            disks: vec![DiskLimit {
+                dir: "/nvme".into(),
+                write_mb_s: 900.0,
+                new_blocks_write_mb_s: 600.0,
+                read_mb_s: 1200.0,
+                io_mb_per_cpu_s: None,
+            }],
+            tcp_mb_s: 1000.0,
+            tcp_to: "10.0.0.1:7100".into(),
+        };
+        let hosts = Hosts(vec![host; 3]);
+        // This host's disk is no part of it; its link to the cluster is
+        // 2500 then 5000 MB/s.
+        let samples = [sample(1.0, 1.0, 2500.0), sample(1.0, 1.0, 5000.0)];
+        let got = judge(
+            &[
+                measured("read", 4, (1500.0, busy(0.5, 0.0)), 0, 0),
+                measured("read", 8, (1500.0, busy(0.5, 0.0)), 0, 1),
+                measured("write", 4, (600.0, busy(0.5, 0.0)), 0, 1),
+                measured("append", 4, (450.0, busy(0.5, 0.0)), 0, 1),
+            ],
+            &samples,
+            Basis::Hosts(&hosts),
+            3,
+        );
+        // Read: 3 x min(1200, 1000), within the client's link.
+        assert_eq!(got[0].limit_mb_s, 2500.0);
+        assert_eq!(got[1].limit_mb_s, 3000.0);
+        assert_eq!(got[1].efficiency, 0.5);
+        assert_eq!(got[1].new_blocks_limit_mb_s, None);
+        // Write: 3 x 900 / 3; new files 3 x 600 / 3.
+        assert_eq!(got[2].limit_mb_s, 900.0);
+        assert_eq!(got[2].new_blocks_limit_mb_s, Some(600.0));
+        assert_eq!(got[2].new_blocks_efficiency, Some(1.0));
+        // Append: one chain of three, each as fast as one disk.
+        assert_eq!(got[3].limit_mb_s, 900.0);
+        assert_eq!(got[3].efficiency, 0.5);
+        // Nothing of the cluster runs on this host's CPUs.
+        assert!(got.iter().all(|p| p.cpu_limit_mb_s.is_none()));
     }
 
     #[test]
@@ -761,7 +929,7 @@ mod tests {
                 measured("read", 4, (800.0, busy(0.9, 0.5)), 0, 0),
             ],
             &samples,
-            true,
+            Basis::ThisHost { shared: true },
             2,
         );
         // Every byte lands twice: 1500 / 2; a read is read once.

@@ -5,7 +5,10 @@
 //! Ceilings (`limits`): O_DIRECT sequential write and read bandwidth of
 //! each data directory (the best of 8 and 32 requests in flight:
 //! `raw::ceiling`), loopback TCP bandwidth between two processes, and the
-//! CRC32C throughput of one core.
+//! CRC32C throughput of one core. With `--tcp-to`, TCP is measured to a
+//! `gfs-bench tcp-sink --listen` on another host instead: a host of a real
+//! cluster measures its link so, and `figure3 --hosts` computes the
+//! cluster's limits from those hosts' figures (`crate::hosts`).
 //!
 //! Limits (how each is computed, with R the replication factor the cluster
 //! gives the benchmark's files, asked of it: 3 for the local cluster):
@@ -45,11 +48,12 @@
 //! reported beside the efficiency, which stays against the limits above.
 
 use std::io::{Read, Write};
+use std::net::ToSocketAddrs;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{busy, fill_random, mb_s, median, raw};
 
@@ -66,11 +70,19 @@ pub struct LimitsArgs {
     /// Bytes per disk and TCP measurement.
     #[arg(long, default_value_t = 512 << 20)]
     pub size: u64,
+    /// Measure TCP to `gfs-bench tcp-sink --listen ADDR` on another host
+    /// (the network a chunkserver host or a client host has to the
+    /// cluster) instead of loopback between two processes of this one.
+    #[arg(long, value_name = "ADDR")]
+    pub tcp_to: Option<String>,
+    /// TCP streams sent at once (one NIC may need several to fill).
+    #[arg(long, default_value_t = 1)]
+    pub tcp_streams: usize,
     #[arg(long)]
     pub json: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiskLimit {
     pub dir: String,
     pub write_mb_s: f64,
@@ -91,6 +103,9 @@ pub struct Limits {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_read_mb_s: Option<f64>,
     pub tcp_mb_s: f64,
+    /// Where TCP was measured to (`--tcp-to`); none for loopback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_to: Option<String>,
     /// MB sent over loopback per CPU-second this host spent on it (sender,
     /// receiver and kernel together).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -124,6 +139,14 @@ impl Limits {
     /// The slowest directory's sequential read of its scratch file.
     pub(crate) fn sequential_read(&self) -> f64 {
         self.slowest(|d| d.read_mb_s)
+    }
+
+    /// What the TCP ceiling was measured over.
+    pub(crate) fn tcp_name(&self) -> String {
+        match &self.tcp_to {
+            Some(to) => format!("TCP to {to}"),
+            None => "loopback TCP".to_string(),
+        }
     }
 
     /// The limit for `bench` at replication `r`, from the ceilings (see
@@ -160,10 +183,23 @@ impl Limits {
     }
 }
 
-/// Loopback TCP bandwidth: this process sends `size` bytes to a child
-/// process (`gfs-bench tcp-sink`) that discards them; and the MB sent per
-/// CPU-second the host spent meanwhile.
-fn tcp_bandwidth(size: u64) -> Result<(f64, Option<f64>)> {
+/// TCP bandwidth: `streams` connections at once send `size` bytes in all
+/// to a sink that discards them, and the MB sent per CPU-second this host
+/// spent meanwhile. Without `to`, over loopback to a child process
+/// (`gfs-bench tcp-sink`), whose CPU time is this host's too; with `to`,
+/// to a `gfs-bench tcp-sink --listen` elsewhere (then the CPU figure,
+/// which would count only the sending side, is left out).
+fn tcp_bandwidth(size: u64, to: Option<&str>, streams: usize) -> Result<(f64, Option<f64>)> {
+    anyhow::ensure!(
+        (1..=64).contains(&streams),
+        "--tcp-streams must be 1 to 64, not {streams}"
+    );
+    if let Some(addr) = to {
+        let mb_s = send_to_sink(addr, size, streams)
+            .with_context(|| format!("measuring TCP to the sink at {addr}"))?
+            .0;
+        return Ok((mb_s, None));
+    }
     let exe = std::env::current_exe()?;
     let mut child = std::process::Command::new(exe)
         .arg("tcp-sink")
@@ -177,43 +213,103 @@ fn tcp_bandwidth(size: u64) -> Result<(f64, Option<f64>)> {
         while out.read(&mut byte)? == 1 && byte[0] != b'\n' {
             line.push(byte[0] as char);
         }
-        let mut s = std::net::TcpStream::connect(line.trim())?;
-        s.set_nodelay(true)?;
-        let mut buf = vec![0u8; MIB as usize];
-        fill_random(&mut buf, 3);
-        let start = Instant::now();
-        let (sent, cpu_s) = busy::cpu_seconds(|| -> Result<()> {
-            let mut left = size;
-            while left > 0 {
-                let n = left.min(buf.len() as u64) as usize;
-                s.write_all(&buf[..n])?;
-                left -= n as u64;
-            }
-            s.shutdown(std::net::Shutdown::Write)?;
-            // The sink answers once it has read everything.
-            s.read_exact(&mut byte)?;
-            Ok(())
-        });
-        sent?;
+        let (mb_s, cpu_s) = send_to_sink(line.trim(), size, streams)?;
         let per_cpu_s = cpu_s.filter(|s| *s > 0.0).map(|s| size as f64 / 1e6 / s);
-        Ok((mb_s(size, start.elapsed()), per_cpu_s))
+        Ok((mb_s, per_cpu_s))
     })();
     let _ = child.kill();
     let _ = child.wait();
     result
 }
 
-/// The child side of [`tcp_bandwidth`]: prints its address, reads until
-/// EOF, answers one byte.
-pub fn tcp_sink() -> Result<()> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// How long a sink may take to answer a connection, or to take the next
+/// bytes, before the measurement fails.
+const SINK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends `size` bytes of random data over `streams` connections at once to
+/// the sink at `addr`, each waiting for the sink's word that it read
+/// everything: the MB/s, and the host's CPU-seconds meanwhile.
+fn send_to_sink(addr: &str, size: u64, streams: usize) -> Result<(f64, Option<f64>)> {
+    let target = addr
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {addr}"))?
+        .next()
+        .with_context(|| format!("{addr} resolves to no address"))?;
+    let mut conns = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        let s = std::net::TcpStream::connect_timeout(&target, SINK_TIMEOUT)
+            .with_context(|| format!("connecting to {addr}"))?;
+        s.set_nodelay(true)?;
+        s.set_write_timeout(Some(SINK_TIMEOUT))?;
+        s.set_read_timeout(Some(SINK_TIMEOUT))?;
+        conns.push(s);
+    }
+    let mut buf = vec![0u8; MIB as usize];
+    fill_random(&mut buf, 3);
+    let buf = &buf;
+    let each = size.div_ceil(streams as u64);
+    let start = Instant::now();
+    let (sent, cpu_s) = busy::cpu_seconds(|| -> Result<u64> {
+        std::thread::scope(|scope| {
+            let senders: Vec<_> = conns
+                .into_iter()
+                .map(|mut s| {
+                    scope.spawn(move || -> Result<u64> {
+                        let mut left = each;
+                        while left > 0 {
+                            let n = left.min(buf.len() as u64) as usize;
+                            s.write_all(&buf[..n])?;
+                            left -= n as u64;
+                        }
+                        s.shutdown(std::net::Shutdown::Write)?;
+                        // The sink answers once it has read everything.
+                        let mut answer = [0u8; 1];
+                        s.read_exact(&mut answer)
+                            .context("the sink did not confirm it read everything")?;
+                        Ok(each)
+                    })
+                })
+                .collect();
+            let mut total = 0;
+            for sender in senders {
+                total += sender
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a TCP sender panicked"))??;
+            }
+            Ok(total)
+        })
+    });
+    Ok((mb_s(sent?, start.elapsed()), cpu_s))
+}
+
+/// The sink of the TCP ceiling: prints the address it listens on, then,
+/// for every connection, reads until EOF and answers one byte. Without
+/// `listen`, on loopback, for one `limits` run (which stops it); with
+/// `listen` (as `0.0.0.0:7100` on a host of the cluster), until killed.
+pub fn tcp_sink(listen: Option<&str>) -> Result<()> {
+    let l = std::net::TcpListener::bind(listen.unwrap_or("127.0.0.1:0"))
+        .with_context(|| format!("listening on {}", listen.unwrap_or("127.0.0.1:0")))?;
     println!("{}", l.local_addr()?);
     std::io::stdout().flush()?;
-    let (mut s, _) = l.accept()?;
-    let mut buf = vec![0u8; MIB as usize];
-    while s.read(&mut buf)? > 0 {}
-    s.write_all(b"k")?;
+    serve_sink(&l);
     Ok(())
+}
+
+/// Serves [`tcp_sink`]'s connections on `l`, each on a thread of its own.
+fn serve_sink(l: &std::net::TcpListener) {
+    for conn in l.incoming() {
+        let Ok(mut s) = conn else { continue };
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; MIB as usize];
+            let drained = (|| -> std::io::Result<()> {
+                while s.read(&mut buf)? > 0 {}
+                s.write_all(b"k")
+            })();
+            if let Err(e) = drained {
+                eprintln!("tcp-sink: a sender's connection failed: {e}");
+            }
+        });
+    }
 }
 
 pub(crate) fn crc_bandwidth() -> f64 {
@@ -266,6 +362,7 @@ impl Limits {
                 .collect(),
             data_read_mb_s: some(&|l| l.data_read_mb_s),
             tcp_mb_s: each(&|l| l.tcp_mb_s),
+            tcp_to: first.tcp_to.clone(),
             tcp_mb_per_cpu_s: some(&|l| l.tcp_mb_per_cpu_s),
             crc32c_mb_s: each(&|l| l.crc32c_mb_s),
             cores: first.cores,
@@ -293,12 +390,14 @@ pub(crate) fn ceilings(args: &LimitsArgs, crc32c_mb_s: f64) -> Result<Limits> {
             io_mb_per_cpu_s: c.io_mb_per_cpu_s,
         });
     }
-    let (tcp_mb_s, tcp_mb_per_cpu_s) = tcp_bandwidth(args.size)?;
+    let (tcp_mb_s, tcp_mb_per_cpu_s) =
+        tcp_bandwidth(args.size, args.tcp_to.as_deref(), args.tcp_streams)?;
     Ok(Limits {
         bench: "limits",
         disks,
         data_read_mb_s: None,
         tcp_mb_s,
+        tcp_to: args.tcp_to.clone(),
         tcp_mb_per_cpu_s,
         crc32c_mb_s,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -313,9 +412,18 @@ pub fn print_limits(l: &Limits) {
         );
     }
     println!(
-        "loopback TCP {:.0} MB/s, CRC32C one core {:.0} MB/s",
-        l.tcp_mb_s, l.crc32c_mb_s
+        "{} {:.0} MB/s, CRC32C one core {:.0} MB/s",
+        l.tcp_name(),
+        l.tcp_mb_s,
+        l.crc32c_mb_s
     );
+    if l.tcp_to.is_some() {
+        println!(
+            "as a chunkserver host of a cluster: give this output (with --json) to `figure3 \
+             --masters ... --hosts FILE,...`, one file per host"
+        );
+        return;
+    }
     println!(
         "limits: read {:.0} MB/s, write and append {:.0} MB/s (replication {LOCAL_REPLICATION}; \
          {:.0} from the write into new files)",
@@ -363,10 +471,45 @@ pub(crate) mod tests {
             }],
             data_read_mb_s: None,
             tcp_mb_s: tcp,
+            tcp_to: None,
             tcp_mb_per_cpu_s: Some(1000.0),
             crc32c_mb_s: 2000.0,
             cores: 3,
         }
+    }
+
+    #[test]
+    fn the_tcp_ceiling_sends_everything_over_every_stream_to_a_sink() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        // Serves until the test process ends.
+        std::thread::spawn(move || serve_sink(&l));
+        for streams in [1, 3] {
+            let (mb_s, cpu_s) = send_to_sink(&addr, 8 * MIB, streams).unwrap();
+            assert!(mb_s.is_finite() && mb_s > 0.0, "{mb_s}");
+            assert!(cpu_s.is_some());
+        }
+        // Measured to another host, the CPU figure is left out.
+        let (mb_s, per_cpu_s) = tcp_bandwidth(4 * MIB, Some(&addr), 2).unwrap();
+        assert!(mb_s > 0.0 && per_cpu_s.is_none());
+    }
+
+    #[test]
+    fn a_tcp_ceiling_nobody_receives_fails_naming_the_sink() {
+        // A port just freed: nothing listens there.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let e = format!("{:#}", tcp_bandwidth(MIB, Some(&addr), 1).unwrap_err());
+        assert!(
+            e.contains(&format!("measuring TCP to the sink at {addr}")),
+            "{e}"
+        );
+        let e = format!("{:#}", tcp_bandwidth(MIB, Some(&addr), 0).unwrap_err());
+        assert!(e.contains("--tcp-streams must be 1 to 64"), "{e}");
+        let e = format!("{:#}", tcp_bandwidth(MIB, Some("nowhere"), 1).unwrap_err());
+        assert!(e.contains("resolving nowhere"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod engine;
 mod etcd;
 mod failover;
 mod figure3;
+mod hosts;
 mod limits;
 mod meta;
 mod meta_memory;
@@ -69,9 +70,15 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
-    /// Internal: the receiving process of the TCP ceiling.
-    #[command(hide = true)]
-    TcpSink,
+    /// The receiving end of the TCP ceiling: prints its address, then reads
+    /// and discards what each sender sends. `limits` starts one on loopback
+    /// itself; on a real cluster run one with --listen on a host for
+    /// `limits --tcp-to` and `figure3 --tcp-to` elsewhere to measure to.
+    TcpSink {
+        /// Address to listen on (as 0.0.0.0:7100), serving until killed.
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// Kill a chunkserver of a filled local cluster for good: time and
     /// bandwidth of re-replication, against device write bandwidth.
     Repair(repair::RepairArgs),
@@ -163,7 +170,7 @@ fn main() -> Result<()> {
             figure3::print_figure3,
         )?,
         Command::Smoke { dir, only } => smoke::run(&rt, &dir, &only)?,
-        Command::TcpSink => limits::tcp_sink()?,
+        Command::TcpSink { listen } => limits::tcp_sink(listen.as_deref())?,
         Command::Repair(args) => emit(
             args.json,
             &until_interrupted(&rt, repair::run(&args))?,

@@ -9,7 +9,9 @@
 //! from the start: a run there must leave nothing of its own behind and
 //! the bystander's files as they were. Its files get 2 replicas, not the
 //! local cluster's 3: the limits must use the replication the cluster
-//! gives them.
+//! gives them. `figure3` runs there a third time with `--hosts`, the
+//! ceilings of made-up chunkserver hosts, and must take its limits from
+//! them.
 
 use std::path::Path;
 use std::process::Command;
@@ -198,15 +200,10 @@ fn sane(v: &Value, at: &str) -> Result<()> {
 }
 
 fn check(case: &Case, stdout: &str) -> Result<()> {
-    let last = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .context("no output")?;
-    let v: Value = serde_json::from_str(last).context("the last line is not JSON")?;
+    let v = last_json(stdout)?;
     ensure!(v.is_object(), "the last line is not a JSON object");
     for k in case.keys {
-        ensure!(v.get(k).is_some(), "no `{k}` in {last}");
+        ensure!(v.get(k).is_some(), "no `{k}` in {v}");
     }
     sane(&v, case.name)?;
     if let Some(r) = v.get("replication") {
@@ -459,34 +456,191 @@ fn interrupt_running(
     Ok(())
 }
 
+/// Runs `gfs-bench <args> --json`: its output, or how it failed (the end
+/// of what it said).
+fn run_json(exe: &Path, args: &[String]) -> Result<String> {
+    let out = Command::new(exe)
+        .args(args)
+        .arg("--json")
+        .output()
+        .with_context(|| format!("running {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!("exited with {}: {}", out.status, error_of(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What a failed run said: its error and causes (without any backtrace,
+/// as `RUST_BACKTRACE` adds), or else the last lines it wrote.
+fn error_of(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = match text.rfind("Error: ") {
+        Some(at) => text[at..]
+            .lines()
+            .take_while(|l| !l.starts_with("Stack backtrace:"))
+            .filter(|l| !l.trim().is_empty())
+            .take(8)
+            .collect(),
+        None => text.lines().rev().take(5).collect(),
+    };
+    lines.join(" | ")
+}
+
+/// The last line of a run's output, as JSON.
+fn last_json(stdout: &str) -> Result<Value> {
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .context("no output")?;
+    serde_json::from_str(last).context("the last line is not JSON")
+}
+
 /// Runs one case as this binary's subcommand; its verdict.
 fn run_case(exe: &Path, dir: &Path, case: &Case) -> Result<()> {
     if let Some(p) = case.plot {
         let _ = std::fs::remove_file(dir.join(p));
     }
-    let out = Command::new(exe)
-        .args(&case.args)
-        .arg("--json")
-        .output()
-        .with_context(|| format!("running {}", case.name))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "exited with {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
-    }
-    check(case, &stdout)?;
+    check(case, &run_json(exe, &case.args)?)?;
     match case.plot {
         Some(p) => drawn(&dir.join(p)),
         None => Ok(()),
     }
+}
+
+/// A `gfs-bench tcp-sink --listen` of the smoke's own on loopback,
+/// stopped when dropped.
+struct Sink {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Sink {
+    fn start(exe: &Path) -> Result<Self> {
+        let mut child = Command::new(exe)
+            .args(["tcp-sink", "--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting a TCP sink")?;
+        let mut addr = String::new();
+        let out = child.stdout.take().context("the sink's stdout")?;
+        let read = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut addr);
+        let mut sink = Sink { child, addr };
+        ensure!(
+            read.is_ok() && !sink.addr.trim().is_empty(),
+            "the TCP sink named no address"
+        );
+        sink.addr = sink.addr.trim().to_string();
+        Ok(sink)
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The TCP ceilings of the smoke's made-up chunkserver hosts, MB/s: far
+/// below loopback and any disk, so they alone set the limits.
+const HOST_TCP: [f64; 3] = [10.0, 20.0, 40.0];
+
+/// `figure3 --masters --hosts`: a chunkserver host's ceilings measured by
+/// `limits --tcp-to` to a sink of the smoke's, turned into three hosts
+/// with the links of [`HOST_TCP`]; the run's limits must be the cluster's
+/// from those files (at the running cluster's replication 2), every round
+/// of every point. With fewer hosts than replicas it must refuse.
+fn figure3_on_hosts(exe: &Path, dir: &Path, masters: &str) -> Result<()> {
+    let sink = Sink::start(exe)?;
+    let at = dir.join("host");
+    let d = at.display().to_string();
+    let args = [
+        "limits",
+        "--dirs",
+        &d,
+        "--size",
+        "16777216",
+        "--tcp-to",
+        &sink.addr,
+        "--tcp-streams",
+        "2",
+    ]
+    .map(String::from);
+    let measured = last_json(&run_json(exe, &args)?)?;
+    ensure!(
+        measured["tcp_to"].as_str() == Some(sink.addr.as_str()),
+        "limits --tcp-to reports tcp_to {}, not {}",
+        measured["tcp_to"],
+        sink.addr
+    );
+    let mut files = Vec::new();
+    for (i, tcp) in HOST_TCP.iter().enumerate() {
+        let mut host = measured.clone();
+        host["tcp_mb_s"] = (*tcp).into();
+        for disk in host["disks"].as_array_mut().context("no disks")? {
+            for k in ["write_mb_s", "new_blocks_write_mb_s", "read_mb_s"] {
+                disk[k] = 1000.0.into();
+            }
+        }
+        let file = dir.join(format!("host{i}.json"));
+        std::fs::write(&file, format!("{host}\n"))?;
+        files.push(file.display().to_string());
+    }
+    let mut case = running_cases(dir, masters)
+        .into_iter()
+        .find(|c| c.name == "figure3")
+        .context("no figure3 case")?;
+    // Drawing is checked elsewhere.
+    case.plot = None;
+    if let Some(i) = case.args.iter().position(|a| a == "--plot") {
+        case.args.drain(i..i + 2);
+    }
+    let with_hosts = |hosts: &[String]| {
+        let mut args = case.args.clone();
+        args.extend(["--hosts", &hosts.join(","), "--tcp-to", &sink.addr].map(String::from));
+        args
+    };
+    // One host cannot hold two replicas of a chunk.
+    let e = run_json(exe, &with_hosts(&files[..1])).err();
+    ensure!(
+        e.as_ref()
+            .is_some_and(|e| e.to_string().contains("fewer than the 2 replicas")),
+        "with one host for two replicas it did not refuse as expected: {e:?}"
+    );
+    let stdout = run_json(exe, &with_hosts(&files))?;
+    check(&case, &stdout)?;
+    let v = last_json(&stdout)?;
+    ensure!(
+        v["hosts"].as_array().map(Vec::len) == Some(3),
+        "the JSON does not hold the 3 hosts"
+    );
+    for s in v["limit_samples"].as_array().context("no limit_samples")? {
+        ensure!(
+            s["tcp_to"].as_str() == Some(sink.addr.as_str())
+                && s["disks"].as_array().is_some_and(Vec::is_empty),
+            "a sample is not of this host's link to {}: {s}",
+            sink.addr
+        );
+    }
+    // Read: 10 + 20 + 40; write: that / 2; append: the chain of the two
+    // fastest, 20.
+    let sum: f64 = HOST_TCP.iter().sum();
+    for r in v["results"].as_array().context("no results")? {
+        let want = match r["bench"].as_str() {
+            Some("read") => sum,
+            Some("write") => sum / 2.0,
+            _ => HOST_TCP[1],
+        };
+        let rounds = r["rounds"].as_array().context("no rounds")?;
+        for limit in std::iter::once(r).chain(rounds).map(|x| &x["limit_mb_s"]) {
+            ensure!(
+                limit.as_f64() == Some(want),
+                "limit {limit}, not the hosts' {want}: {r}"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The checks run so far: each is timed and printed, `ok` or `FAIL`.
@@ -542,6 +696,11 @@ pub fn run(rt: &tokio::runtime::Runtime, dir: &Path, only: &[String]) -> Result<
         {
             v.check(format!("{} --masters", case.name), || {
                 run_case(&exe, dir, &case)
+            });
+        }
+        if named("figure3") {
+            v.check("figure3 --masters --hosts", || {
+                figure3_on_hosts(&exe, dir, &masters)
             });
         }
         if interrupts {
