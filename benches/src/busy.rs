@@ -87,7 +87,7 @@ pub struct Snapshot {
 }
 
 /// What one measurement kept busy.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Busy {
     /// Share of all CPU time spent working (neither idle, nor in iowait,
     /// nor stolen by the hypervisor).

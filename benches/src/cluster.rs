@@ -226,7 +226,15 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
 }
 
 pub fn print_table(r: &ClusterReport) {
-    println!(
+    print!("{}", table(r));
+}
+
+/// The table `print_table` prints.
+fn table(r: &ClusterReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<14} {:>10} {:>12} {:>8}   (device O_DIRECT write {:.0} MB/s, into new files {:.0}, \
          read {:.0} MB/s; runs {:?})",
         r.bench,
@@ -238,7 +246,8 @@ pub fn print_table(r: &ClusterReport) {
         r.device_read_mb_s,
         r.each_mb_s.iter().map(|x| x.round()).collect::<Vec<_>>()
     );
-    println!(
+    let _ = writeln!(
+        out,
         "{:<14} {:>10.1} {:>12.1} {:>7.0}%   {}",
         "",
         r.mb_s,
@@ -247,13 +256,53 @@ pub fn print_table(r: &ClusterReport) {
         busy::describe(&r.busy)
     );
     if let Some(nb) = r.new_blocks_ratio {
-        println!(
+        let _ = writeln!(
+            out,
             "{:<14} {:>10} {:>12.1} {:>7.0}%   against the device's write into new files / {}",
             "",
             "",
             r.device_new_blocks_write_mb_s / f64::from(r.replication),
-            r.replication,
-            nb * 100.0
+            nb * 100.0,
+            r.replication
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_gives_each_ratio_against_its_own_limit() {
+        let r = ClusterReport {
+            bench: "cluster-write",
+            size: 1 << 30,
+            runs: 1,
+            mb_s: 500.0,
+            limit_mb_s: 1000.0,
+            ratio: 0.5,
+            device_write_mb_s: 3000.0,
+            device_new_blocks_write_mb_s: 1500.0,
+            new_blocks_ratio: Some(1.0),
+            device_read_mb_s: 1800.0,
+            replication: 3,
+            each_mb_s: vec![500.0],
+            each_busy: Vec::new(),
+            busy: Busy::default(),
+            bound: "unknown",
+        };
+        let t = table(&r);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[1].contains("500.0") && lines[1].contains("1000.0") && lines[1].contains("50%"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("500.0")
+                && lines[2].contains("100%")
+                && lines[2].ends_with("write into new files / 3"),
+            "{t}"
         );
     }
 }

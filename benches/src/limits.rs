@@ -299,6 +299,10 @@ pub fn tcp_sink(listen: Option<&str>) -> Result<()> {
 fn serve_sink(l: &std::net::TcpListener) {
     for conn in l.incoming() {
         let Ok(mut s) = conn else { continue };
+        // A sender that goes quiet is dropped, not waited for forever.
+        if s.set_read_timeout(Some(SINK_TIMEOUT)).is_err() {
+            continue;
+        }
         std::thread::spawn(move || {
             let mut buf = vec![0u8; MIB as usize];
             let drained = (|| -> std::io::Result<()> {
