@@ -14,7 +14,6 @@ use bytes::Bytes;
 use gfs_client::{Client, Reader, Writer};
 use gfs_tests::cluster::{Cluster, Spec};
 use serde::Serialize;
-use tokio::io::AsyncReadExt;
 
 use crate::busy::{self, Busy, Probe, bound, median_busy};
 use crate::{fill_random, mb_s, median, progress, raw};
@@ -100,10 +99,10 @@ async fn read_file(c: &Client, path: &str, size: u64) -> Result<Duration> {
     let bar = progress(size, "read");
     let start = Instant::now();
     let mut r = Reader::open(c, path).await?;
-    let mut buf = vec![0u8; 4 << 20];
     let mut got = 0u64;
     loop {
-        let n = r.read(&mut buf).await?;
+        // As fetched, not copied into a buffer of ours.
+        let n = r.read_bytes().await?.len();
         if n == 0 {
             break;
         }

@@ -443,26 +443,31 @@ impl Reader {
     }
 }
 
-impl AsyncRead for Reader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+impl Reader {
+    /// The next bytes of the file in order, as they were fetched (up to one
+    /// fetch: 4 MiB), without a copy; empty at the end of the file. For a
+    /// caller that keeps or forwards the bytes (as `Writer::write_bytes`
+    /// takes them): `AsyncRead` copies every byte into the caller's buffer.
+    pub async fn read_bytes(&mut self) -> io::Result<Bytes> {
+        std::future::poll_fn(|cx| self.poll_bytes(cx, usize::MAX)).await
+    }
+
+    /// Up to `max` of the next bytes, fetching them if none are at hand;
+    /// empty at the end of the file.
+    fn poll_bytes(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Bytes>> {
         loop {
             if !self.current.is_empty() {
-                let n = self.current.len().min(buf.remaining());
+                let n = self.current.len().min(max);
                 let part = self.current.split_to(n);
-                buf.put_slice(&part);
                 self.pos += n as u64;
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(part));
             }
             if self.pos >= self.len {
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(Bytes::new()));
             }
             self.fill_ahead();
             let Some(front) = self.ahead.front_mut() else {
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(Bytes::new()));
             };
             let r = ready!(Pin::new(front).poll(cx));
             self.ahead.pop_front();
@@ -473,10 +478,22 @@ impl AsyncRead for Reader {
                 let pos = self.pos;
                 self.len = pos;
                 self.reset(pos);
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(Bytes::new()));
             }
             self.current = data;
         }
+    }
+}
+
+impl AsyncRead for Reader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let part = ready!(self.poll_bytes(cx, buf.remaining()))?;
+        buf.put_slice(&part);
+        Poll::Ready(Ok(()))
     }
 }
 
