@@ -349,14 +349,17 @@ async fn run(a: Args) -> anyhow::Result<()> {
             let len = src.metadata().await?.len();
             let bar = progress(len, "put");
             let mut w = Writer::create(&client, &remote).await?;
-            let mut buf = vec![0u8; 1 << 20];
             loop {
-                let n = src.read(&mut buf).await?;
-                if n == 0 {
+                // Memory of its own each time, handed over whole: the
+                // writer sends the whole pieces in it without a copy.
+                let mut buf = bytes::BytesMut::with_capacity(PUT_BUFFER_BYTES);
+                while buf.len() < PUT_BUFFER_BYTES && src.read_buf(&mut buf).await? > 0 {}
+                if buf.is_empty() {
                     break;
                 }
-                w.write_all(&buf[..n]).await?;
-                bar.inc(n as u64);
+                let n = buf.len() as u64;
+                w.write_bytes(buf.freeze()).await?;
+                bar.inc(n);
             }
             let written = w.close().await?;
             bar.finish_and_clear();
@@ -402,20 +405,24 @@ async fn copy<W: tokio::io::AsyncWrite + Unpin>(
     w: &mut W,
     bar: Option<&ProgressBar>,
 ) -> anyhow::Result<u64> {
-    let mut buf = vec![0u8; 4 << 20];
     let mut total = 0u64;
     loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
+        // The bytes as fetched, written out without a copy of ours.
+        let part = r.read_bytes().await?;
+        if part.is_empty() {
             return Ok(total);
         }
-        w.write_all(&buf[..n]).await?;
-        total += n as u64;
+        w.write_all(&part).await?;
+        total += part.len() as u64;
         if let Some(b) = bar {
-            b.inc(n as u64);
+            b.inc(part.len() as u64);
         }
     }
 }
+
+/// What `put` reads from the local file at a time: one whole write piece,
+/// so the writer copies none of it.
+const PUT_BUFFER_BYTES: usize = gfs_proto::wire::MAX_FRAME_BYTES;
 
 async fn stat(client: &Client, path: &str, stale: bool, json: bool) -> anyhow::Result<()> {
     let f = client.master().stat(path, stale).await?;
