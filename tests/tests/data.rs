@@ -601,3 +601,56 @@ async fn the_command_lines_put_get_and_cat_round_trip() {
     let said = String::from_utf8_lossy(&missing.stderr);
     assert!(said.contains("opening /nonexistent/in"), "{said}");
 }
+
+/// `gfs append` appends every line once: one at a time in their order (its
+/// default), or many in flight in an order of the cluster's choosing;
+/// `gfs records` reads each back once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_command_lines_append_keeps_order_or_pipelines() {
+    let cluster = Cluster::start(Spec::default()).await.expect("cluster");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lines: Vec<String> = (0..300)
+        .map(|i| format!("line {i:04} {}", "x".repeat(i * 7)))
+        .collect();
+    let file = dir.path().join("lines");
+    std::fs::write(&file, lines.join("\n") + "\n").expect("write lines");
+    let file = file.to_str().unwrap();
+    let offsets = |o: &std::process::Output| -> Vec<u64> {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(o.stdout.trim_ascii_end()).expect("JSON");
+        assert_eq!(v["records"], 300);
+        v["offsets"]
+            .as_array()
+            .expect("offsets")
+            .iter()
+            .map(|x| x.as_u64().expect("an offset"))
+            .collect()
+    };
+    let records = |path: &str| -> Vec<String> {
+        let o = gfs(&cluster, &["records", path]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout)
+            .expect("text")
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let one = offsets(&gfs(&cluster, &["append", "/ordered", file, "--json"]));
+    assert!(one.windows(2).all(|w| w[0] < w[1]), "not in order: {one:?}");
+    assert_eq!(records("/ordered"), lines);
+
+    let many = offsets(&gfs(
+        &cluster,
+        &["append", "/pipelined", file, "--in-flight", "32", "--json"],
+    ));
+    let mut distinct = many.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 300, "offsets repeat");
+    let mut got = records("/pipelined");
+    got.sort();
+    assert_eq!(got, lines, "each line once");
+
+    let zero = gfs(&cluster, &["append", "/x", file, "--in-flight", "0"]);
+    assert!(!zero.status.success());
+}

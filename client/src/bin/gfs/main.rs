@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use futures_util::{StreamExt, TryStreamExt};
 use gfs_client::{Client, MasterClient, Reader, RecordReader, Writer};
 use gfs_proto::wire::master::{
     AddMasterRequest, FileInfo, RemoveMasterRequest, TransferLeaderRequest,
@@ -120,10 +121,17 @@ enum Cmd {
         path: String,
     },
     /// Record-append each line of FILE (default stdin) to PATH, creating it
-    /// if needed; prints each record's offset.
+    /// if needed; prints each record's offset, in the order of the lines.
     Append {
         path: String,
         file: Option<PathBuf>,
+        /// Records in flight at once. 1 (the default) appends each line
+        /// after the one before, so they land in the file in their order;
+        /// more is many times faster (the primary takes several records a
+        /// round), and the records land in an order of the cluster's
+        /// choosing, as record appends from several clients do.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        in_flight: u16,
     },
     /// Print each record of an appended file once, in file order.
     Records {
@@ -383,7 +391,11 @@ async fn run(a: Args) -> anyhow::Result<()> {
             copy(&mut r, &mut out, None).await?;
             out.flush().await?;
         }
-        Cmd::Append { path, file } => append(&client, &path, file, a.json).await?,
+        Cmd::Append {
+            path,
+            file,
+            in_flight,
+        } => append(&client, &path, file, usize::from(in_flight), a.json).await?,
         Cmd::Records { path } => {
             let mut rr = RecordReader::open(&client, &path).await?;
             let mut out = tokio::io::stdout();
@@ -501,6 +513,7 @@ async fn append(
     client: &Client,
     path: &str,
     file: Option<PathBuf>,
+    in_flight: usize,
     json: bool,
 ) -> anyhow::Result<()> {
     match client.create(path, 0).await {
@@ -518,10 +531,16 @@ async fn append(
             v
         }
     };
-    let mut offsets = Vec::new();
-    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        offsets.push(client.append(path, line).await?);
-    }
+    let text = bytes::Bytes::from(text);
+    let lines = text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| text.slice_ref(l));
+    let offsets: Vec<u64> = futures_util::stream::iter(lines)
+        .map(|line| client.append_bytes(path, line))
+        .buffered(in_flight)
+        .try_collect()
+        .await?;
     // Record the new length with the masters (`ls` and `stat` show it).
     client.sync(path).await?;
     if json {
