@@ -62,8 +62,8 @@ pub struct Figure3Args {
     pub masters: Vec<String>,
     /// With --masters: the ceilings of the cluster's chunkserver hosts, one
     /// file per host holding what `gfs-bench limits --tcp-to ADDR --json`
-    /// printed there. The limits are then the cluster's (`crate::hosts`),
-    /// not this host's.
+    /// printed there. The limits are then the cluster's, from its hosts'
+    /// disks and links (BENCHMARKS.md, "Running them"), not this host's.
     #[arg(long, value_delimiter = ',', requires_all = ["masters", "tcp_to"])]
     pub hosts: Vec<PathBuf>,
     /// With --hosts: a `gfs-bench tcp-sink --listen` on the cluster's side,

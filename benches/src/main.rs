@@ -52,8 +52,9 @@ enum Command {
     /// kill -9 the leader K times under a create load: time to the next mutation.
     Failover(failover::FailoverArgs),
     /// This machine's ceilings: O_DIRECT bandwidth of each data directory,
-    /// loopback TCP between two processes, CRC32C of one core, and what the
-    /// first two cost the CPUs per MB.
+    /// loopback TCP between two processes (or, with --tcp-to, TCP to a sink
+    /// on another host), CRC32C of one core, and what the first two cost
+    /// the CPUs per MB.
     Limits(limits::LimitsArgs),
     /// The GFS paper's Figure 3: N clients reading, writing, appending,
     /// each point against the better of the ceilings sampled just before
