@@ -4,7 +4,9 @@
 //! run. Limits: write = device write bandwidth / R (every byte lands R
 //! times on the one disk; R is the replication the cluster gives the file,
 //! 3 for the local one), read = device read bandwidth. Each run also
-//! records what it kept busy and so what bounded it (`busy`).
+//! records what it kept busy and so what bounded it (`busy`). A cluster
+//! named by `--masters` with `--hosts` is judged against its own hosts'
+//! disks and links instead (`crate::hosts`), and this host's link to it.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -16,6 +18,7 @@ use gfs_tests::cluster::{Cluster, Spec};
 use serde::Serialize;
 
 use crate::busy::{self, Busy, Probe, bound, median_busy};
+use crate::hosts::{Hosts, HostsArgs};
 use crate::{fill_random, mb_s, median, progress, raw};
 
 #[derive(clap::Args, Debug)]
@@ -29,11 +32,14 @@ pub struct ClusterArgs {
     pub size: u64,
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// An existing cluster instead of a local one (then the limit is still
-    /// measured on --dir of this host). The file goes under a directory of
-    /// the run's own, /bench-<pid>-<random>, removed at the end.
+    /// An existing cluster instead of a local one (without --hosts, the
+    /// limit is still measured on --dir of this host). The file goes under
+    /// a directory of the run's own, /bench-<pid>-<random>, removed at the
+    /// end.
     #[arg(long, value_delimiter = ',')]
     pub masters: Vec<String>,
+    #[command(flatten)]
+    pub on_hosts: HostsArgs,
     #[arg(long)]
     pub json: bool,
 }
@@ -46,13 +52,29 @@ pub struct ClusterReport {
     pub mb_s: f64,
     pub limit_mb_s: f64,
     pub ratio: f64,
-    pub device_write_mb_s: f64,
+    /// This host's device (`--dir`), measured before every run; left out
+    /// with `--hosts`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_write_mb_s: Option<f64>,
     /// The device filling new files (`raw::new_blocks_write`), as chunk
-    /// files are; for a write, the ratio against a third of it.
-    pub device_new_blocks_write_mb_s: f64,
+    /// files are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_new_blocks_write_mb_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_read_mb_s: Option<f64>,
+    /// For a write, the limit if the disks were only as fast as they fill
+    /// new files, and the ratio against it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_blocks_limit_mb_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new_blocks_ratio: Option<f64>,
-    pub device_read_mb_s: f64,
+    /// With `--hosts`: the chunkserver hosts' ceilings the limit comes
+    /// from, and this client host's link to the cluster (`--tcp-to`,
+    /// measured before every run; the median).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Hosts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_link_mb_s: Option<f64>,
     /// The replication factor of the file (R in the write limit).
     pub replication: u32,
     pub each_mb_s: Vec<f64>,
@@ -147,10 +169,16 @@ pub async fn target(masters: &[String], spec: Spec) -> Result<(Option<Cluster>, 
     Ok((Some(cluster), m))
 }
 
+/// Bytes of each measurement of this host's link to the cluster.
+const LINK_SAMPLE_BYTES: u64 = 256 << 20;
+
 pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
+    // Read first: bad ceilings fail the run before it starts anything.
+    let hosts = args.on_hosts.load()?;
     let (mut dev_w, mut dev_nb, mut dev_r) = (Vec::new(), Vec::new(), Vec::new());
+    let mut links = Vec::new();
     let mut each = Vec::new();
     let (local, masters) = target(&args.masters, bench_spec(&args.dir)).await?;
     let probe = Probe::of(local.is_some().then_some(args.dir.as_path()));
@@ -164,13 +192,23 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
     let base = space.path.clone();
     let runs = async {
         let replication = space.replication(client.master()).await?;
+        if let Some(h) = &hosts {
+            h.check_replication(replication)?;
+        }
         for run in 0..args.runs {
-            // The device first, then the cluster, alternating, so both see the
-            // same state of the disk.
-            let c = raw::ceiling(&args.dir, args.size, 1 << 20)?;
-            dev_w.push(c.write);
-            dev_nb.push(c.new_blocks_write);
-            dev_r.push(c.read);
+            // The ceilings first, then the cluster, alternating, so both see
+            // the same state of the disk (or of the link).
+            if hosts.is_some() {
+                links.push(
+                    args.on_hosts
+                        .client_link(args.size.min(LINK_SAMPLE_BYTES))?,
+                );
+            } else {
+                let c = raw::ceiling(&args.dir, args.size, 1 << 20)?;
+                dev_w.push(c.write);
+                dev_nb.push(c.new_blocks_write);
+                dev_r.push(c.read);
+            }
             let path = format!("{base}/{run}");
             let mut before = probe.snapshot();
             let took = write_file(&client, &path, args.size, &block).await?;
@@ -192,13 +230,22 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
     let runs = runs.await;
     let replication = space.purge(client.master(), runs).await?;
     let r = f64::from(replication);
-    let (device_write_mb_s, device_read_mb_s) = (median(dev_w), median(dev_r));
-    let limit = if read {
-        device_read_mb_s
-    } else {
-        device_write_mb_s / r
+    let of = |v: Vec<f64>| (!v.is_empty()).then(|| median(v));
+    let (device_write_mb_s, device_read_mb_s) = (of(dev_w), of(dev_r));
+    let device_new_blocks_write_mb_s = of(dev_nb);
+    let client_link_mb_s = of(links);
+    let bench = if read { "read" } else { "write" };
+    let (limit, new_blocks_limit_mb_s) = match (&hosts, client_link_mb_s) {
+        (Some(h), Some(link)) => (
+            h.limit(bench, replication, link),
+            h.new_blocks_limit(bench, replication, link),
+        ),
+        _ if read => (device_read_mb_s.unwrap_or(f64::NAN), None),
+        _ => (
+            device_write_mb_s.unwrap_or(f64::NAN) / r,
+            device_new_blocks_write_mb_s.map(|d| d / r),
+        ),
     };
-    let device_new_blocks_write_mb_s = median(dev_nb);
     let got = median(each.clone());
     let busy = median_busy(&each_busy);
     Ok(ClusterReport {
@@ -214,8 +261,11 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
         ratio: got / limit,
         device_write_mb_s,
         device_new_blocks_write_mb_s,
-        new_blocks_ratio: (!read).then(|| got / (device_new_blocks_write_mb_s / r)),
         device_read_mb_s,
+        new_blocks_limit_mb_s,
+        new_blocks_ratio: new_blocks_limit_mb_s.map(|l| got / l),
+        hosts,
+        client_link_mb_s,
         replication,
         each_mb_s: each,
         each_busy,
@@ -231,19 +281,26 @@ pub fn print_table(r: &ClusterReport) {
 /// The table `print_table` prints.
 fn table(r: &ClusterReport) -> String {
     use std::fmt::Write;
+    let mb = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+    let runs: Vec<f64> = r.each_mb_s.iter().map(|x| x.round()).collect();
+    let against = match &r.hosts {
+        Some(h) => format!(
+            "the cluster's {} chunkserver hosts (--hosts) and this host's link {} MB/s; runs {runs:?}",
+            h.0.len(),
+            mb(r.client_link_mb_s)
+        ),
+        None => format!(
+            "device O_DIRECT write {} MB/s, into new files {}, read {} MB/s; runs {runs:?}",
+            mb(r.device_write_mb_s),
+            mb(r.device_new_blocks_write_mb_s),
+            mb(r.device_read_mb_s)
+        ),
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<14} {:>10} {:>12} {:>8}   (device O_DIRECT write {:.0} MB/s, into new files {:.0}, \
-         read {:.0} MB/s; runs {:?})",
-        r.bench,
-        "MB/s",
-        "limit MB/s",
-        "ratio",
-        r.device_write_mb_s,
-        r.device_new_blocks_write_mb_s,
-        r.device_read_mb_s,
-        r.each_mb_s.iter().map(|x| x.round()).collect::<Vec<_>>()
+        "{:<14} {:>10} {:>12} {:>8}   ({against})",
+        r.bench, "MB/s", "limit MB/s", "ratio"
     );
     let _ = writeln!(
         out,
@@ -254,17 +311,37 @@ fn table(r: &ClusterReport) -> String {
         r.ratio * 100.0,
         busy::describe(&r.busy)
     );
-    if let Some(nb) = r.new_blocks_ratio {
+    if let (Some(l), Some(nb)) = (r.new_blocks_limit_mb_s, r.new_blocks_ratio) {
         let _ = writeln!(
             out,
-            "{:<14} {:>10} {:>12.1} {:>7.0}%   against the device's write into new files / {}",
+            "{:<14} {:>10} {:>12.1} {:>7.0}%   against the disks' write into new files{}",
             "",
             "",
-            r.device_new_blocks_write_mb_s / f64::from(r.replication),
+            l,
             nb * 100.0,
-            r.replication
+            if r.hosts.is_some() {
+                String::new()
+            } else {
+                format!(" / {}", r.replication)
+            }
         );
     }
+    let _ = write!(
+        out,
+        "{}",
+        match &r.hosts {
+            Some(_) => format!(
+                "limit: the cluster's, R = {}: {}\n",
+                r.replication,
+                if r.bench == "cluster-read" {
+                    "min(this host's link, sum over the hosts of min(their disks' read, their link))"
+                } else {
+                    "min(this host's link, sum over the hosts of min(their disks' write, their link) / R)"
+                }
+            ),
+            None => String::new(),
+        }
+    );
     out
 }
 
@@ -281,10 +358,13 @@ mod tests {
             mb_s: 500.0,
             limit_mb_s: 1000.0,
             ratio: 0.5,
-            device_write_mb_s: 3000.0,
-            device_new_blocks_write_mb_s: 1500.0,
+            device_write_mb_s: Some(3000.0),
+            device_new_blocks_write_mb_s: Some(1500.0),
+            device_read_mb_s: Some(1800.0),
+            new_blocks_limit_mb_s: Some(500.0),
             new_blocks_ratio: Some(1.0),
-            device_read_mb_s: 1800.0,
+            hosts: None,
+            client_link_mb_s: None,
             replication: 3,
             each_mb_s: vec![500.0],
             each_busy: Vec::new(),
@@ -303,5 +383,27 @@ mod tests {
                 && lines[2].ends_with("write into new files / 3"),
             "{t}"
         );
+        // Against a cluster's hosts: named, with this host's link, the
+        // formula, and no device of this host.
+        let on_hosts = ClusterReport {
+            device_write_mb_s: None,
+            device_new_blocks_write_mb_s: None,
+            device_read_mb_s: None,
+            hosts: Some(Hosts(Vec::new())),
+            client_link_mb_s: Some(2500.0),
+            ..r
+        };
+        let t = table(&on_hosts);
+        assert!(
+            t.contains(
+                "the cluster's 0 chunkserver hosts (--hosts) and this host's link 2500 MB/s"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("against the disks' write into new files\n"),
+            "{t}"
+        );
+        assert!(t.contains("/ R)") && !t.contains("device"), "{t}");
     }
 }

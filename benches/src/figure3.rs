@@ -37,7 +37,7 @@ use serde::Serialize;
 
 use crate::busy::{self, Busy, Probe, bound, median_busy};
 use crate::cluster::write_stream;
-use crate::hosts::Hosts;
+use crate::hosts::{Hosts, HostsArgs};
 use crate::limits::{Limits, LimitsArgs, ceilings, cpu_costs, crc_bandwidth};
 use crate::{fill_random, mb_s, median, progress, raw};
 
@@ -60,19 +60,8 @@ pub struct Figure3Args {
     /// at the end.
     #[arg(long, value_delimiter = ',')]
     pub masters: Vec<String>,
-    /// With --masters: the ceilings of the cluster's chunkserver hosts, one
-    /// file per host holding what `gfs-bench limits --tcp-to ADDR --json`
-    /// printed there. The limits are then the cluster's, from its hosts'
-    /// disks and links (BENCHMARKS.md, "Running them"), not this host's.
-    #[arg(long, value_delimiter = ',', requires_all = ["masters", "tcp_to"])]
-    pub hosts: Vec<PathBuf>,
-    /// With --hosts: a `gfs-bench tcp-sink --listen` on the cluster's side,
-    /// to measure this client host's link to it around every point.
-    #[arg(long, value_name = "ADDR", requires = "hosts")]
-    pub tcp_to: Option<String>,
-    /// With --tcp-to: TCP streams sent at once.
-    #[arg(long, default_value_t = 1)]
-    pub tcp_streams: usize,
+    #[command(flatten)]
+    pub on_hosts: HostsArgs,
     /// write: bytes each client writes to its own file (four chunks: the
     /// writers cross chunk boundaries). Points of well under a second
     /// measured mostly their start and their stragglers (read at N = 4: 74-80 %
@@ -420,9 +409,7 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
         );
     }
     // Read first: bad ceilings fail the run before it starts anything.
-    let hosts = (!a.hosts.is_empty())
-        .then(|| Hosts::load(&a.hosts))
-        .transpose()?;
+    let hosts = a.on_hosts.load()?;
     let crc32c_mb_s = crc_bandwidth();
     let measure = |data: &[PathBuf], seed: u64| -> Result<Limits> {
         // With the hosts' ceilings, only this host's link to the cluster.
@@ -433,8 +420,8 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
                 vec![a.dir.clone()]
             },
             size: a.limit_bytes,
-            tcp_to: a.tcp_to.clone(),
-            tcp_streams: a.tcp_streams,
+            tcp_to: a.on_hosts.tcp_to.clone(),
+            tcp_streams: a.on_hosts.tcp_streams,
             json: false,
         };
         let mut l = ceilings(&args, crc32c_mb_s)?;

@@ -32,6 +32,44 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::DiskLimit;
 
+/// The flags that judge a cluster named by `--masters` against its own
+/// hosts' ceilings (`figure3`, `cluster-write`, `cluster-read`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct HostsArgs {
+    /// With --masters: the ceilings of the cluster's chunkserver hosts, one
+    /// file per host holding what `gfs-bench limits --tcp-to ADDR --json`
+    /// printed there. The limits are then the cluster's, from its hosts'
+    /// disks and links (BENCHMARKS.md, "Running them"), not this host's.
+    #[arg(long, value_delimiter = ',', requires_all = ["masters", "tcp_to"])]
+    pub hosts: Vec<PathBuf>,
+    /// With --hosts: a `gfs-bench tcp-sink --listen` on the cluster's side,
+    /// to measure this client host's link to it around every measurement.
+    #[arg(long, value_name = "ADDR", requires = "hosts")]
+    pub tcp_to: Option<String>,
+    /// With --tcp-to: TCP streams sent at once.
+    #[arg(long, default_value_t = 1)]
+    pub tcp_streams: usize,
+}
+
+impl HostsArgs {
+    /// The hosts' ceilings, if `--hosts` names any.
+    pub fn load(&self) -> Result<Option<Hosts>> {
+        (!self.hosts.is_empty())
+            .then(|| Hosts::load(&self.hosts))
+            .transpose()
+    }
+
+    /// This client host's link to the cluster (`--tcp-to`), measured with
+    /// `size` bytes.
+    pub fn client_link(&self, size: u64) -> Result<f64> {
+        let to = self
+            .tcp_to
+            .as_deref()
+            .context("--hosts needs --tcp-to, this host's link to the cluster")?;
+        crate::limits::tcp_ceiling(size, to, self.tcp_streams)
+    }
+}
+
 /// One chunkserver host's ceilings, as `gfs-bench limits --tcp-to --json`
 /// measured them there.
 #[derive(Debug, Clone, Serialize)]

@@ -222,6 +222,11 @@ fn tcp_bandwidth(size: u64, to: Option<&str>, streams: usize) -> Result<(f64, Op
     result
 }
 
+/// TCP bandwidth to the sink at `to` over `streams` connections, MB/s.
+pub(crate) fn tcp_ceiling(size: u64, to: &str, streams: usize) -> Result<f64> {
+    Ok(tcp_bandwidth(size, Some(to), streams)?.0)
+}
+
 /// How long a sink may take to answer a connection, or to take the next
 /// bytes, before the measurement fails.
 const SINK_TIMEOUT: Duration = Duration::from_secs(30);

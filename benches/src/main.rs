@@ -41,9 +41,10 @@ enum Command {
     Engine(engine::EngineArgs),
     /// One client writing one large file to a local 3 + 4 cluster
     /// (replication 3), against device write bandwidth / 3 (/ R of a cluster
-    /// named by --masters).
+    /// named by --masters; with --hosts, against that cluster's hosts).
     ClusterWrite(cluster::ClusterArgs),
-    /// One client reading one large file, against device read bandwidth.
+    /// One client reading one large file, against device read bandwidth
+    /// (with --hosts, against the hosts of a cluster named by --masters).
     ClusterRead(cluster::ClusterArgs),
     /// Creates, stats and lists per second against a 3-master cluster it starts.
     Meta(meta::MetaArgs),

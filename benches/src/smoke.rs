@@ -9,9 +9,9 @@
 //! from the start: a run there must leave nothing of its own behind and
 //! the bystander's files as they were. Its files get 2 replicas, not the
 //! local cluster's 3: the limits must use the replication the cluster
-//! gives them. `figure3` runs there a third time with `--hosts`, the
-//! ceilings of made-up chunkserver hosts, and must take its limits from
-//! them.
+//! gives them. `figure3`, `cluster-write` and `cluster-read` run there
+//! once more with `--hosts`, the ceilings of made-up chunkserver hosts,
+//! and must take their limits from them.
 
 use std::path::Path;
 use std::process::Command;
@@ -546,12 +546,13 @@ impl Drop for Sink {
 /// below loopback and any disk, so they alone set the limits.
 const HOST_TCP: [f64; 3] = [10.0, 20.0, 40.0];
 
-/// `figure3 --masters --hosts`: a chunkserver host's ceilings measured by
-/// `limits --tcp-to` to a sink of the smoke's, turned into three hosts
-/// with the links of [`HOST_TCP`]; the run's limits must be the cluster's
-/// from those files (at the running cluster's replication 2), every round
-/// of every point. With fewer hosts than replicas it must refuse.
-fn figure3_on_hosts(exe: &Path, dir: &Path, masters: &str) -> Result<()> {
+/// `figure3`, `cluster-write` and `cluster-read` with `--masters --hosts`:
+/// a chunkserver host's ceilings measured by `limits --tcp-to` to a sink
+/// of the smoke's, turned into three hosts with the links of
+/// [`HOST_TCP`]; each run's limits must be the cluster's from those files
+/// (at the running cluster's replication 2), every round of every point.
+/// With fewer hosts than replicas it must refuse.
+fn judged_on_hosts(exe: &Path, dir: &Path, masters: &str) -> Result<()> {
     let sink = Sink::start(exe)?;
     let at = dir.join("host");
     let d = at.display().to_string();
@@ -640,6 +641,30 @@ fn figure3_on_hosts(exe: &Path, dir: &Path, masters: &str) -> Result<()> {
             );
         }
     }
+    // One client, judged the same way: writes against the sum / 2, reads
+    // against the sum.
+    for (name, want) in [("cluster-write", sum / 2.0), ("cluster-read", sum)] {
+        let case = running_cases(dir, masters)
+            .into_iter()
+            .find(|c| c.name == name)
+            .with_context(|| format!("no {name} case"))?;
+        let mut args = case.args.clone();
+        args.extend(["--hosts", &files.join(","), "--tcp-to", &sink.addr].map(String::from));
+        let stdout = run_json(exe, &args)?;
+        check(&case, &stdout).with_context(|| name.to_string())?;
+        let v = last_json(&stdout)?;
+        ensure!(
+            v["limit_mb_s"].as_f64() == Some(want),
+            "{name}: limit {}, not the hosts' {want}",
+            v["limit_mb_s"]
+        );
+        ensure!(
+            v["hosts"].as_array().map(Vec::len) == Some(3)
+                && v.get("device_write_mb_s").is_none()
+                && v["client_link_mb_s"].as_f64().is_some_and(|l| l > 0.0),
+            "{name}: not judged against the hosts and this host's link alone: {v}"
+        );
+    }
     Ok(())
 }
 
@@ -699,8 +724,8 @@ pub fn run(rt: &tokio::runtime::Runtime, dir: &Path, only: &[String]) -> Result<
             });
         }
         if named("figure3") {
-            v.check("figure3 --masters --hosts", || {
-                figure3_on_hosts(&exe, dir, &masters)
+            v.check("figure3, cluster-* --hosts", || {
+                judged_on_hosts(&exe, dir, &masters)
             });
         }
         if interrupts {
