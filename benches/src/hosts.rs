@@ -46,9 +46,9 @@ pub struct HostsArgs {
     /// to measure this client host's link to it around every measurement.
     #[arg(long, value_name = "ADDR", requires = "hosts")]
     pub tcp_to: Option<String>,
-    /// With --tcp-to: TCP streams sent at once.
-    #[arg(long, default_value_t = 1)]
-    pub tcp_streams: usize,
+    /// With --tcp-to: TCP streams sent at once (default 4).
+    #[arg(long, requires = "tcp_to")]
+    pub tcp_streams: Option<usize>,
 }
 
 impl HostsArgs {

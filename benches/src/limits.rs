@@ -75,9 +75,10 @@ pub struct LimitsArgs {
     /// cluster) instead of loopback between two processes of this one.
     #[arg(long, value_name = "ADDR")]
     pub tcp_to: Option<String>,
-    /// TCP streams sent at once (one NIC may need several to fill).
-    #[arg(long, default_value_t = 1)]
-    pub tcp_streams: usize,
+    /// TCP streams sent at once (one NIC may need several to fill; default
+    /// 1 over loopback, 4 with --tcp-to).
+    #[arg(long)]
+    pub tcp_streams: Option<usize>,
     #[arg(long)]
     pub json: bool,
 }
@@ -189,7 +190,12 @@ impl Limits {
 /// (`gfs-bench tcp-sink`), whose CPU time is this host's too; with `to`,
 /// to a `gfs-bench tcp-sink --listen` elsewhere (then the CPU figure,
 /// which would count only the sending side, is left out).
-fn tcp_bandwidth(size: u64, to: Option<&str>, streams: usize) -> Result<(f64, Option<f64>)> {
+fn tcp_bandwidth(
+    size: u64,
+    to: Option<&str>,
+    streams: Option<usize>,
+) -> Result<(f64, Option<f64>)> {
+    let streams = streams_to(to, streams);
     anyhow::ensure!(
         (1..=64).contains(&streams),
         "--tcp-streams must be 1 to 64, not {streams}"
@@ -222,8 +228,20 @@ fn tcp_bandwidth(size: u64, to: Option<&str>, streams: usize) -> Result<(f64, Op
     result
 }
 
-/// TCP bandwidth to the sink at `to` over `streams` connections, MB/s.
-pub(crate) fn tcp_ceiling(size: u64, to: &str, streams: usize) -> Result<f64> {
+/// TCP streams to a sink on another host unless told otherwise: one
+/// stream rarely fills a fast link (one core copies it), and the clients
+/// of a benchmark use many connections at once.
+pub(crate) const REMOTE_STREAMS: usize = 4;
+
+/// The streams a TCP ceiling sends over: `given`, else one over loopback
+/// (`to` none) and [`REMOTE_STREAMS`] to another host.
+fn streams_to(to: Option<&str>, given: Option<usize>) -> usize {
+    given.unwrap_or(if to.is_some() { REMOTE_STREAMS } else { 1 })
+}
+
+/// TCP bandwidth to the sink at `to` over `streams` connections (by
+/// default [`REMOTE_STREAMS`]), MB/s.
+pub(crate) fn tcp_ceiling(size: u64, to: &str, streams: Option<usize>) -> Result<f64> {
     Ok(tcp_bandwidth(size, Some(to), streams)?.0)
 }
 
@@ -499,8 +517,17 @@ pub(crate) mod tests {
             assert!(cpu_s.is_some());
         }
         // Measured to another host, the CPU figure is left out.
-        let (mb_s, per_cpu_s) = tcp_bandwidth(4 * MIB, Some(&addr), 2).unwrap();
+        let (mb_s, per_cpu_s) = tcp_bandwidth(4 * MIB, Some(&addr), None).unwrap();
         assert!(mb_s > 0.0 && per_cpu_s.is_none());
+    }
+
+    #[test]
+    fn one_stream_over_loopback_four_to_another_host_unless_told() {
+        assert_eq!(streams_to(None, None), 1);
+        assert_eq!(streams_to(Some("10.0.0.2:7100"), None), REMOTE_STREAMS);
+        assert_eq!(REMOTE_STREAMS, 4);
+        assert_eq!(streams_to(Some("10.0.0.2:7100"), Some(2)), 2);
+        assert_eq!(streams_to(None, Some(3)), 3);
     }
 
     #[test]
@@ -510,14 +537,23 @@ pub(crate) mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().to_string()
         };
-        let e = format!("{:#}", tcp_bandwidth(MIB, Some(&addr), 1).unwrap_err());
+        let e = format!(
+            "{:#}",
+            tcp_bandwidth(MIB, Some(&addr), Some(1)).unwrap_err()
+        );
         assert!(
             e.contains(&format!("measuring TCP to the sink at {addr}")),
             "{e}"
         );
-        let e = format!("{:#}", tcp_bandwidth(MIB, Some(&addr), 0).unwrap_err());
+        let e = format!(
+            "{:#}",
+            tcp_bandwidth(MIB, Some(&addr), Some(0)).unwrap_err()
+        );
         assert!(e.contains("--tcp-streams must be 1 to 64"), "{e}");
-        let e = format!("{:#}", tcp_bandwidth(MIB, Some("nowhere"), 1).unwrap_err());
+        let e = format!(
+            "{:#}",
+            tcp_bandwidth(MIB, Some("nowhere"), None).unwrap_err()
+        );
         assert!(e.contains("resolving nowhere"), "{e}");
     }
 
