@@ -326,22 +326,18 @@ fn table(r: &ClusterReport) -> String {
             }
         );
     }
-    let _ = write!(
-        out,
-        "{}",
-        match &r.hosts {
-            Some(_) => format!(
-                "limit: the cluster's, R = {}: {}\n",
-                r.replication,
-                if r.bench == "cluster-read" {
-                    "min(this host's link, sum over the hosts of min(their disks' read, their link))"
-                } else {
-                    "min(this host's link, sum over the hosts of min(their disks' write, their link) / R)"
-                }
-            ),
-            None => String::new(),
-        }
-    );
+    if r.hosts.is_some() {
+        let disks = if r.bench == "cluster-read" {
+            "their disks' read, their link))"
+        } else {
+            "their disks' write, their link) / R)"
+        };
+        let _ = writeln!(
+            out,
+            "limit: the cluster's, R = {}: min(this host's link, sum over the hosts of min({disks}",
+            r.replication
+        );
+    }
     out
 }
 

@@ -25,7 +25,7 @@
 //! ceilings of the chunkserver hosts are measured once, before the run;
 //! only the client's TCP is sampled around every point.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
@@ -162,9 +162,9 @@ impl Hosts {
         ensure!(!files.is_empty(), "--hosts names no file");
         let hosts = files
             .iter()
-            .map(|f: &PathBuf| {
+            .map(|f| {
                 let name = f.display().to_string();
-                let text = std::fs::read_to_string(Path::new(f))
+                let text = std::fs::read_to_string(f)
                     .with_context(|| format!("reading the host ceilings {name}"))?;
                 Host::parse(&name, &text).with_context(|| format!("host ceilings {name}"))
             })
