@@ -77,6 +77,11 @@ pub struct Figure3Args {
     /// append: 1 MiB records each client appends to the shared file.
     #[arg(long, default_value_t = 256)]
     pub records: u64,
+    /// append: records each client keeps in flight (the paper's clients
+    /// append one at a time; an ingestion job pipelines them, and its
+    /// records land in an order of the cluster's choosing).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub append_in_flight: u64,
     /// Bytes per ceiling measurement (taken before and after every point).
     #[arg(long, default_value_t = 256 << 20)]
     pub limit_bytes: u64,
@@ -153,6 +158,8 @@ pub struct Figure3 {
     /// named by `--masters`, judged against this host's ceilings unless
     /// `hosts` holds the cluster's.
     pub local_cluster: bool,
+    /// Records each appender kept in flight (`--append-in-flight`).
+    pub append_in_flight: u64,
     /// With `--hosts`: the chunkserver hosts' ceilings the limits come
     /// from (`limit_samples` then hold this client host's TCP only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -356,18 +363,10 @@ async fn one_point(
             let path = format!("{dir}-log");
             let seed = Client::connect(masters)?;
             seed.create(&path, 0).await?;
-            let records = a.records;
+            let (records, in_flight) = (a.records, a.append_in_flight);
             clients(masters, probe, n, each, move |c, _| {
                 let (block, path, bar) = (block.clone(), path.clone(), counted.clone());
-                async move {
-                    for r in 0..records {
-                        let at = (r as usize * 4096) % (3 * MIB as usize);
-                        c.append_bytes(&path, block.slice(at..at + MIB as usize))
-                            .await?;
-                        bar.inc(MIB);
-                    }
-                    Ok(())
-                }
+                async move { append_records(&c, &path, &block, (records, in_flight), &bar).await }
             })
             .await
         }
@@ -397,6 +396,40 @@ async fn one_point(
     bar.finish_and_clear();
     multi.remove(&bar);
     got
+}
+
+/// Appends `records` 1 MiB records (slices of `block`) to `path` with
+/// `in_flight` of them in flight, each appender taking the next record as
+/// it finishes its last.
+async fn append_records(
+    c: &Client,
+    path: &str,
+    block: &bytes::Bytes,
+    (records, in_flight): (u64, u64),
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut each = tokio::task::JoinSet::new();
+    for _ in 0..in_flight {
+        let (c, block, path, bar) = (c.clone(), block.clone(), path.to_string(), bar.clone());
+        let next = next.clone();
+        each.spawn(async move {
+            loop {
+                let r = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if r >= records {
+                    return anyhow::Ok(());
+                }
+                let at = (r as usize * 4096) % (3 * MIB as usize);
+                c.append_bytes(&path, block.slice(at..at + MIB as usize))
+                    .await?;
+                bar.inc(MIB);
+            }
+        });
+    }
+    while let Some(r) = each.join_next().await {
+        r??;
+    }
+    Ok(())
 }
 
 pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
@@ -549,6 +582,7 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
         results: judge(&measured, &samples, basis, replication),
         replication,
         local_cluster: local.is_some(),
+        append_in_flight: a.append_in_flight,
         limit_samples: samples,
         hosts,
     };

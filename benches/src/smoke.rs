@@ -138,6 +138,8 @@ fn cases(dir: &Path) -> Vec<Case> {
                     "16",
                     "--records",
                     "2",
+                    "--append-in-flight",
+                    "2",
                     "--limit-bytes",
                     "33554432",
                     "--rounds",
@@ -223,6 +225,11 @@ fn check(case: &Case, stdout: &str) -> Result<()> {
             } else {
                 "started"
             }
+        );
+        ensure!(
+            v["append_in_flight"].as_u64() == Some(2),
+            "append_in_flight {}, not the 2 asked for",
+            v["append_in_flight"]
         );
         let results = v["results"].as_array().context("results is not a list")?;
         ensure!(
