@@ -204,7 +204,7 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
                         .client_link(args.size.min(LINK_SAMPLE_BYTES))?,
                 );
             } else {
-                let c = raw::ceiling(&args.dir, args.size, 1 << 20)?;
+                let c = raw::ceiling(&[&args.dir], args.size, 1 << 20)?;
                 dev_w.push(c.write);
                 dev_nb.push(c.new_blocks_write);
                 dev_r.push(c.read);

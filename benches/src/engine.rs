@@ -131,7 +131,7 @@ async fn run_in(args: &EngineArgs, scratch: &Path) -> Result<Report> {
         // Raw I/O uses buffers of the engine's kind: registered ones read
         // 30-45 % faster on the development VM.
         let fixed = !args.plain_buffers;
-        let raw = crate::raw::RawFile::create(scratch, size, MIB, args.depth, fixed)?;
+        let raw = crate::raw::RawFiles::create(&[scratch], size, MIB, args.depth, fixed)?;
         let store_dir = scratch.join("store");
         let cfg = StoreConfigFile {
             io_depth: args.depth as u32 * args.ahead,
@@ -154,7 +154,7 @@ async fn run_in(args: &EngineArgs, scratch: &Path) -> Result<Report> {
         // of `depth` files at once. The target stays against the better
         // raw pass below; this says how much of a gap is the filesystem.
         let raw_new = tokio::task::block_in_place(|| {
-            crate::raw::new_blocks_write(scratch, size, MIB, args.depth)
+            crate::raw::new_blocks_write(&[scratch], size, MIB, args.depth)
         })?;
         let mut busy = Vec::new();
         let mut s = probe.snapshot();

@@ -907,6 +907,7 @@ mod tests {
                 read_mb_s: 1200.0,
                 io_mb_per_cpu_s: None,
             }],
+            together: None,
             tcp_mb_s: 1000.0,
             tcp_to: "10.0.0.1:7100".into(),
         };

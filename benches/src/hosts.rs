@@ -9,18 +9,22 @@
 //! run) brings its own link. So, as the GFS paper computes its limits
 //! from the links of its 16 chunkservers and its clients, with R the
 //! replication factor:
-//! - read: min(client TCP, Σ over the hosts of min(Σ disk read, TCP)):
+//! - read: min(client TCP, Σ over the hosts of min(its disks' read, TCP)):
 //!   every byte is read from one disk and crosses two links;
-//! - write: min(client TCP, Σ over the hosts of min(Σ disk write, TCP) / R):
-//!   every byte lands on R disks of R hosts, each taking it in over its link;
+//! - write: min(client TCP, Σ over the hosts of min(its disks' write, TCP) /
+//!   R): every byte lands on R disks of R hosts, each taking it in over its
+//!   link;
 //! - record append: min(client TCP, the R-th best host's min(disk write,
 //!   TCP)): the clients all append to one file's last chunk, whose R
 //!   replicas, one disk on each of R hosts, take every record; a chain is
 //!   as fast as its slowest member, and the fastest chain the R fastest
 //!   hosts.
 //!
-//! A host's TCP ceiling is what it sent to another host's sink: the
-//! link's speed, assumed the same in both directions. The same limits
+//! A host's disks count as `limits` measured them all at once (a host of
+//! several disks must have that figure: disks sharing a controller give
+//! less together than their sum). A host's TCP ceiling is what it sent to
+//! another host's sink: the link's speed, assumed the same in both
+//! directions. The same limits
 //! with each disk's write into new files give the new-files limit. The
 //! ceilings of the chunkserver hosts are measured once, before the run;
 //! only the client's TCP is sampled around every point.
@@ -77,6 +81,9 @@ pub struct Host {
     /// The file they were read from.
     pub file: String,
     pub disks: Vec<DiskLimit>,
+    /// With several disks: all of them measured at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub together: Option<DiskLimit>,
     pub tcp_mb_s: f64,
     /// The sink the TCP ceiling was measured to.
     pub tcp_to: String,
@@ -87,6 +94,8 @@ pub struct Host {
 #[derive(Deserialize)]
 struct LimitsLine {
     disks: Vec<DiskLimit>,
+    #[serde(default)]
+    together: Option<DiskLimit>,
     tcp_mb_s: f64,
     tcp_to: Option<String>,
 }
@@ -112,7 +121,14 @@ impl Host {
             !l.disks.is_empty(),
             "it names no data directory (`gfs-bench limits --dirs ...`)"
         );
-        for d in &l.disks {
+        ensure!(
+            l.disks.len() == 1 || l.together.is_some(),
+            "its {} data directories were measured one by one, not all at once: run `gfs-bench \
+             limits` of this version there (disks that share a controller give less together \
+             than their sum)",
+            l.disks.len()
+        );
+        for d in l.disks.iter().chain(&l.together) {
             ceiling(d.write_mb_s, &format!("{}'s write", d.dir))?;
             ceiling(
                 d.new_blocks_write_mb_s,
@@ -131,14 +147,20 @@ impl Host {
         Ok(Host {
             file: file.to_string(),
             disks: l.disks,
+            together: l.together,
             tcp_mb_s: l.tcp_mb_s,
             tcp_to,
         })
     }
 
-    /// All its disks' figure `f` together, as far as its link carries them.
+    /// All its disks' figure `f` together (measured at once where it has
+    /// several), as far as its link carries them.
     fn all_disks(&self, f: fn(&DiskLimit) -> f64) -> f64 {
-        self.disks.iter().map(f).sum::<f64>().min(self.tcp_mb_s)
+        match &self.together {
+            Some(all) => f(all),
+            None => self.disks.iter().map(f).sum(),
+        }
+        .min(self.tcp_mb_s)
     }
 
     /// Its fastest disk's figure `f` (a chunk's replica is on one disk), as
@@ -233,6 +255,7 @@ mod tests {
         Host {
             file: "h".to_string(),
             disks,
+            together: None,
             tcp_mb_s: tcp,
             tcp_to: "10.0.0.9:7100".to_string(),
         }
@@ -251,21 +274,28 @@ mod tests {
     }
 
     #[test]
-    fn disks_add_up_within_a_host_and_its_link_caps_them() {
-        let two = host(
+    fn a_hosts_disks_count_as_measured_together_and_its_link_caps_them() {
+        let mut two = host(
             vec![disk(300.0, 200.0, 500.0), disk(300.0, 200.0, 500.0)],
             1000.0,
         );
+        // Together less than their sum (a shared controller).
+        two.together = Some(disk(450.0, 300.0, 800.0));
         let slow_link = host(vec![disk(3000.0, 2000.0, 5000.0)], 400.0);
-        let hosts = Hosts(vec![two, slow_link]);
-        // Read: 1000 (2 x 500, at the link) + 400 (the link).
-        assert_eq!(hosts.limit("read", 2, f64::INFINITY), 1400.0);
-        // Write: (600 + 400) / 2.
-        assert_eq!(hosts.limit("write", 2, f64::INFINITY), 500.0);
+        let hosts = Hosts(vec![two.clone(), slow_link.clone()]);
+        // Read: 800 (both disks at once) + 400 (the link).
+        assert_eq!(hosts.limit("read", 2, f64::INFINITY), 1200.0);
+        // Write: (450 + 400) / 2.
+        assert_eq!(hosts.limit("write", 2, f64::INFINITY), 425.0);
         assert_eq!(
             hosts.new_blocks_limit("write", 2, f64::INFINITY),
-            Some(400.0)
+            Some(350.0)
         );
+        // Together faster than the link: the link.
+        two.together = Some(disk(1500.0, 1200.0, 3000.0));
+        let fast = Hosts(vec![two, slow_link]);
+        assert_eq!(fast.limit("read", 2, f64::INFINITY), 1400.0);
+        assert_eq!(fast.limit("write", 2, f64::INFINITY), 700.0);
         // Append: one disk per host; the chain of both is the slower, 300.
         assert_eq!(hosts.limit("append", 2, f64::INFINITY), 300.0);
         assert_eq!(
@@ -309,6 +339,28 @@ mod tests {
         assert_eq!(h.disks[0].read_mb_s, 3500.0);
         assert_eq!(h.tcp_mb_s, 2900.0);
         assert_eq!(h.tcp_to, "10.0.0.2:7100");
+    }
+
+    #[test]
+    fn a_host_of_several_disks_brings_them_measured_at_once() {
+        let second = r#"{"dir":"/nvme1","write_mb_s":2800.0,"new_blocks_write_mb_s":1900.0,"read_mb_s":3400.0}"#;
+        let two = LINE.replace("}],", &format!("}},{second}],"));
+        let e = format!("{:#}", Host::parse("cs2.json", &two).unwrap_err());
+        assert!(
+            e.contains("2 data directories were measured one by one, not all at once"),
+            "{e}"
+        );
+        let all = r#""together":{"dir":"/nvme0,/nvme1","write_mb_s":4000.0,"new_blocks_write_mb_s":3000.0,"read_mb_s":5000.0},"#;
+        let with = two.replace(r#""tcp_mb_s""#, &format!(r#"{all}"tcp_mb_s""#));
+        let h = Host::parse("cs2.json", &with).unwrap();
+        assert_eq!(h.disks.len(), 2);
+        let t = h.together.as_ref().unwrap();
+        assert_eq!((t.dir.as_str(), t.read_mb_s), ("/nvme0,/nvme1", 5000.0));
+        // 5000 of both disks at once, at the 2900 of the link.
+        assert_eq!(Hosts(vec![h]).limit("read", 1, f64::INFINITY), 2900.0);
+        let bad = with.replace(r#""read_mb_s":5000.0"#, r#""read_mb_s":0.0"#);
+        let e = format!("{:#}", Host::parse("cs2.json", &bad).unwrap_err());
+        assert!(e.contains("/nvme0,/nvme1's read is 0 MB/s"), "{e}");
     }
 
     #[test]

@@ -49,7 +49,7 @@
 
 use std::io::{Read, Write};
 use std::net::ToSocketAddrs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -99,6 +99,12 @@ pub struct DiskLimit {
 pub struct Limits {
     pub bench: &'static str,
     pub disks: Vec<DiskLimit>,
+    /// With several data directories: all of them measured at once, `dir`
+    /// naming them all. What a host's disks give together (a chunkserver
+    /// uses them all at once), which is less than their ceilings added up
+    /// where they share a controller or a bus (`raw::ceiling`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub together: Option<DiskLimit>,
     /// Random 1 MiB O_DIRECT reads of a local cluster's chunk files, where
     /// a benchmark has data to read (`raw::read_spread`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -376,17 +382,25 @@ impl Limits {
             (!v.is_empty()).then(|| pick(v))
         };
         let first = &samples[0];
+        // Each disk's figures of the samples that have the disk.
+        let disk = |of: &dyn Fn(&Limits) -> Option<&DiskLimit>| {
+            let d: Vec<&DiskLimit> = samples.iter().filter_map(of).collect();
+            let figure = |f: fn(&DiskLimit) -> f64| pick(d.iter().map(|d| f(d)).collect());
+            let io: Vec<f64> = d.iter().filter_map(|d| d.io_mb_per_cpu_s).collect();
+            Some(DiskLimit {
+                dir: d.first()?.dir.clone(),
+                write_mb_s: figure(|d| d.write_mb_s),
+                new_blocks_write_mb_s: figure(|d| d.new_blocks_write_mb_s),
+                read_mb_s: figure(|d| d.read_mb_s),
+                io_mb_per_cpu_s: (!io.is_empty()).then(|| pick(io)),
+            })
+        };
         Limits {
             bench: first.bench,
             disks: (0..first.disks.len())
-                .map(|i| DiskLimit {
-                    dir: first.disks[i].dir.clone(),
-                    write_mb_s: each(&|l| l.disks[i].write_mb_s),
-                    new_blocks_write_mb_s: each(&|l| l.disks[i].new_blocks_write_mb_s),
-                    read_mb_s: each(&|l| l.disks[i].read_mb_s),
-                    io_mb_per_cpu_s: some(&|l| l.disks[i].io_mb_per_cpu_s),
-                })
+                .filter_map(|i| disk(&|l| l.disks.get(i)))
                 .collect(),
+            together: disk(&|l| l.together.as_ref()),
             data_read_mb_s: some(&|l| l.data_read_mb_s),
             tcp_mb_s: each(&|l| l.tcp_mb_s),
             tcp_to: first.tcp_to.clone(),
@@ -405,23 +419,34 @@ pub fn limits(args: &LimitsArgs) -> Result<Limits> {
 /// machine's CPU does not drift the way its disk does, so `figure3`
 /// measures it once per run).
 pub(crate) fn ceilings(args: &LimitsArgs, crc32c_mb_s: f64) -> Result<Limits> {
-    let mut disks = Vec::new();
-    for dir in &args.dirs {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let c = raw::ceiling(dir, args.size, MIB as usize)?;
-        disks.push(DiskLimit {
-            dir: dir.display().to_string(),
+    let measure = |dirs: &[&Path]| -> Result<DiskLimit> {
+        let c = raw::ceiling(dirs, args.size, MIB as usize)?;
+        let names: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        Ok(DiskLimit {
+            dir: names.join(","),
             write_mb_s: c.write,
             new_blocks_write_mb_s: c.new_blocks_write,
             read_mb_s: c.read,
             io_mb_per_cpu_s: c.io_mb_per_cpu_s,
-        });
+        })
+    };
+    let mut disks = Vec::new();
+    for dir in &args.dirs {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        disks.push(measure(&[dir])?);
     }
+    let all: Vec<&Path> = args.dirs.iter().map(PathBuf::as_path).collect();
+    let together = if all.len() > 1 {
+        Some(measure(&all)?)
+    } else {
+        None
+    };
     let (tcp_mb_s, tcp_mb_per_cpu_s) =
         tcp_bandwidth(args.size, args.tcp_to.as_deref(), args.tcp_streams)?;
     Ok(Limits {
         bench: "limits",
         disks,
+        together,
         data_read_mb_s: None,
         tcp_mb_s,
         tcp_to: args.tcp_to.clone(),
@@ -436,6 +461,15 @@ pub fn print_limits(l: &Limits) {
         println!(
             "disk {}: O_DIRECT write {:.0} MB/s (into new files {:.0}), read {:.0} MB/s",
             d.dir, d.write_mb_s, d.new_blocks_write_mb_s, d.read_mb_s
+        );
+    }
+    if let Some(t) = &l.together {
+        println!(
+            "all {} disks at once: O_DIRECT write {:.0} MB/s (into new files {:.0}), read {:.0} MB/s",
+            l.disks.len(),
+            t.write_mb_s,
+            t.new_blocks_write_mb_s,
+            t.read_mb_s
         );
     }
     println!(
@@ -496,6 +530,7 @@ pub(crate) mod tests {
                 read_mb_s: read,
                 io_mb_per_cpu_s: Some(2000.0),
             }],
+            together: None,
             data_read_mb_s: None,
             tcp_mb_s: tcp,
             tcp_to: None,
@@ -600,6 +635,20 @@ pub(crate) mod tests {
         assert_eq!(m.new_blocks_limit("write", 3), Some(375.0));
         assert_eq!(m.new_blocks_limit("append", 3), Some(375.0));
         assert_eq!(m.new_blocks_limit("read", 3), None);
+        assert!(m.together.is_none());
+        // All disks at once, folded as each one is, where samples have it.
+        let mut two = samples.clone();
+        for (l, w) in two.iter_mut().zip([800.0, 2400.0, 1600.0]) {
+            l.together = Some(DiskLimit {
+                dir: "d,e".into(),
+                write_mb_s: w,
+                ..l.disks[0].clone()
+            });
+        }
+        two[1].together.as_mut().unwrap().io_mb_per_cpu_s = None;
+        let t = Limits::median_of(&two).together.unwrap();
+        assert_eq!((t.dir.as_str(), t.write_mb_s), ("d,e", 1600.0));
+        assert_eq!(t.io_mb_per_cpu_s, Some(2000.0));
     }
 
     #[test]

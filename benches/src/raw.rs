@@ -132,50 +132,68 @@ fn open_direct(path: &Path, fresh: bool) -> Result<File> {
         .with_context(|| format!("open {} with O_DIRECT", path.display()))
 }
 
-/// The `bs`-byte requests of a sequential pass over `size` bytes of one file.
-fn sequential(size: u64, bs: usize) -> (u64, impl Fn(u64) -> (usize, u64)) {
-    (size.div_ceil(bs as u64), move |i| (0, i * bs as u64))
+/// The `bs`-byte requests of a sequential pass over `size` bytes of each
+/// of `n` files, taken round-robin (so every file, on its own disk, is
+/// written or read at once).
+fn sequential(n: usize, size: u64, bs: usize) -> (u64, impl Fn(u64) -> (usize, u64)) {
+    let n = n.max(1) as u64;
+    (n * size.div_ceil(bs as u64), move |i| {
+        ((i % n) as usize, i / n * bs as u64)
+    })
 }
 
-/// A scratch file measured with O_DIRECT: `write` then `read`, so a caller
-/// can interleave other measurements between the two.
-pub struct RawFile {
-    path: std::path::PathBuf,
-    file: File,
+/// Scratch files measured with O_DIRECT, one in each directory, all at
+/// once: `write` then `read`, so a caller can interleave other
+/// measurements between the two.
+pub struct RawFiles {
+    paths: Vec<std::path::PathBuf>,
+    files: Vec<File>,
+    /// Bytes of each file.
     size: u64,
     bs: usize,
+    /// Requests in flight for each file.
     depth: usize,
     fixed: bool,
 }
 
-impl RawFile {
-    pub fn create(dir: &Path, size: u64, bs: usize, depth: usize, fixed: bool) -> Result<Self> {
-        let path = dir.join("raw-limit.dat");
-        let file = open_direct(&path, true)?;
-        Ok(Self {
-            path,
-            file,
+impl RawFiles {
+    /// A file of `size` bytes in each of `dirs`, each with `depth` requests
+    /// of `bs` bytes in flight.
+    pub fn create(dirs: &[&Path], size: u64, bs: usize, depth: usize, fixed: bool) -> Result<Self> {
+        anyhow::ensure!(!dirs.is_empty(), "no directory to measure");
+        let mut raw = Self {
+            paths: Vec::new(),
+            files: Vec::new(),
             size,
             bs,
             depth,
             fixed,
-        })
+        };
+        for dir in dirs {
+            let path = dir.join("raw-limit.dat");
+            // Pushed before it is opened: a drop removes whatever exists.
+            raw.paths.push(path.clone());
+            raw.files.push(open_direct(&path, true)?);
+        }
+        Ok(raw)
     }
 
     fn pass(&self, dir: Dir) -> Result<Duration> {
-        let (total, at) = sequential(self.size, self.bs);
-        let files = std::slice::from_ref(&self.file);
-        run(files, total, self.bs, self.depth, dir, self.fixed, at)
+        let (total, at) = sequential(self.files.len(), self.size, self.bs);
+        let depth = self.depth * self.files.len();
+        run(&self.files, total, self.bs, depth, dir, self.fixed, at)
     }
 
     pub fn write(&self) -> Result<Duration> {
         let took = self.pass(Dir::Write)?;
-        self.file.sync_all()?;
+        for f in &self.files {
+            f.sync_all()?;
+        }
         Ok(took)
     }
 
-    /// The faster of two write passes: the first extends the fresh file,
-    /// the second goes over its blocks (see [`ceiling`]).
+    /// The faster of two write passes: the first extends the fresh files,
+    /// the second goes over their blocks (see [`ceiling`]).
     pub fn best_write(&self) -> Result<Duration> {
         Ok(self.write()?.min(self.write()?))
     }
@@ -183,11 +201,18 @@ impl RawFile {
     pub fn read(&self) -> Result<Duration> {
         self.pass(Dir::Read)
     }
+
+    /// Bytes a pass moves over all the files.
+    pub fn bytes(&self) -> u64 {
+        self.size * self.files.len() as u64
+    }
 }
 
-impl Drop for RawFile {
+impl Drop for RawFiles {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        for p in &self.paths {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -199,7 +224,7 @@ pub fn measure(
     depth: usize,
     fixed: bool,
 ) -> Result<(Duration, Duration)> {
-    let raw = RawFile::create(dir, size, bs, depth, fixed)?;
+    let raw = RawFiles::create(&[dir], size, bs, depth, fixed)?;
     Ok((raw.write()?, raw.read()?))
 }
 
@@ -223,32 +248,37 @@ pub struct Ceiling {
     pub io_mb_per_cpu_s: Option<f64>,
 }
 
-/// The device's write rate into blocks no file had: `size` bytes in
-/// requests of `bs` spread round-robin over `files` new files
-/// ([`NEW_BLOCK_FILES`] for the ceilings), as many in flight (about one
-/// per file), as a chunkserver fills new chunk files (one mutation of a
-/// chunk at a time), then fsynced. On the development VM's ext4 this was
-/// ~2 GB/s where writes over written blocks reached 2.3-2.5 (fio,
-/// BENCHMARKS.md "What bounds append"): the cluster's writes and appends
-/// fill new chunk files, so this is what the disk gives them there.
-pub fn new_blocks_write(dir: &Path, size: u64, bs: usize, files: usize) -> Result<f64> {
-    let n = files.max(1);
-    let paths: Vec<_> = (0..n)
-        .map(|i| dir.join(format!("raw-new-{i}.dat")))
+/// The device's write rate into blocks no file had: `size` bytes in each
+/// of `dirs`, in requests of `bs` spread round-robin over `files` new
+/// files in each directory ([`NEW_BLOCK_FILES`] for the ceilings), as many
+/// in flight (about one per file), as a chunkserver fills new chunk files
+/// (one mutation of a chunk at a time), then fsynced. On the development
+/// VM's ext4 this was ~2 GB/s where writes over written blocks reached
+/// 2.3-2.5 (fio, BENCHMARKS.md "What bounds append"): the cluster's writes
+/// and appends fill new chunk files, so this is what the disk gives them
+/// there.
+pub fn new_blocks_write(dirs: &[&Path], size: u64, bs: usize, files: usize) -> Result<f64> {
+    let each = files.max(1);
+    let paths: Vec<_> = dirs
+        .iter()
+        .flat_map(|d| (0..each).map(move |i| d.join(format!("raw-new-{i}.dat"))))
         .collect();
+    let n = paths.len();
+    let bytes = size * dirs.len() as u64;
     let result = (|| {
+        anyhow::ensure!(n > 0, "no directory to measure");
         let files = paths
             .iter()
             .map(|p| open_direct(p, true))
             .collect::<Result<Vec<File>>>()?;
-        let total = size.div_ceil(bs as u64);
+        let total = bytes.div_ceil(bs as u64);
         let took = run(&files, total, bs, n, Dir::Write, true, |i| {
             ((i % n as u64) as usize, i / n as u64 * bs as u64)
         })?;
         for f in &files {
             f.sync_all()?;
         }
-        Ok(crate::mb_s(size, took))
+        Ok(crate::mb_s(bytes, took))
     })();
     for p in &paths {
         let _ = std::fs::remove_file(p);
@@ -256,8 +286,12 @@ pub fn new_blocks_write(dir: &Path, size: u64, bs: usize, files: usize) -> Resul
     result
 }
 
-/// The device's write and read ceilings in MB/s: `size` bytes in requests
-/// of `bs`, at each of [`CEILING_DEPTHS`], the best rate of each direction.
+/// The write and read ceilings in MB/s of the disks under `dirs`, all at
+/// once: `size` bytes in each, in requests of `bs`, at each of
+/// [`CEILING_DEPTHS`] in flight for each directory, the best rate of each
+/// direction. With several directories this is what they give together,
+/// which on a host whose disks share a controller or a bus can be less
+/// than their ceilings one by one added up.
 /// With registered buffers, as the storage engine does I/O: on the
 /// development VM plain buffers read 25-40 % slower (fio `--fixedbufs`
 /// over the same files: 1589 / 1745 against 2181 / 2305 MiB/s), and a
@@ -270,23 +304,23 @@ pub fn new_blocks_write(dir: &Path, size: u64, bs: usize, files: usize) -> Resul
 /// than the extending pass alone measured.
 ///
 /// And the write rate into new blocks ([`new_blocks_write`]), once.
-pub fn ceiling(dir: &Path, size: u64, bs: usize) -> Result<Ceiling> {
+pub fn ceiling(dirs: &[&Path], size: u64, bs: usize) -> Result<Ceiling> {
     let (best, cpu_s) = crate::busy::cpu_seconds(|| -> Result<Ceiling> {
         let mut best = Ceiling {
             write: 0.0,
-            new_blocks_write: new_blocks_write(dir, size, bs, NEW_BLOCK_FILES)?,
+            new_blocks_write: new_blocks_write(dirs, size, bs, NEW_BLOCK_FILES)?,
             read: 0.0,
             io_mb_per_cpu_s: None,
         };
         for depth in CEILING_DEPTHS {
-            let raw = RawFile::create(dir, size, bs, depth, true)?;
-            best.write = best.write.max(crate::mb_s(size, raw.best_write()?));
-            best.read = best.read.max(crate::mb_s(size, raw.read()?));
+            let raw = RawFiles::create(dirs, size, bs, depth, true)?;
+            best.write = best.write.max(crate::mb_s(raw.bytes(), raw.best_write()?));
+            best.read = best.read.max(crate::mb_s(raw.bytes(), raw.read()?));
         }
         Ok(best)
     });
     // The new files once, then two writes and a read at each depth.
-    let moved = size as f64 / 1e6 * (1 + 3 * CEILING_DEPTHS.len()) as f64;
+    let moved = (size * dirs.len() as u64) as f64 / 1e6 * (1 + 3 * CEILING_DEPTHS.len()) as f64;
     Ok(Ceiling {
         io_mb_per_cpu_s: cpu_s.filter(|s| *s > 0.0).map(|s| moved / s),
         ..best?
@@ -330,4 +364,47 @@ pub fn read_spread(paths: &[std::path::PathBuf], size: u64, bs: usize, seed: u64
         best = best.max(crate::mb_s(size, took));
     }
     Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn empty(dir: &Path) -> bool {
+        std::fs::read_dir(dir).unwrap().next().is_none()
+    }
+
+    #[test]
+    fn several_directories_are_written_and_read_at_once_each_in_full() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let raw = RawFiles::create(&[a.path(), b.path()], 3 * MIB, MIB as usize, 2, true).unwrap();
+        assert_eq!(raw.bytes(), 6 * MIB);
+        raw.write().unwrap();
+        for d in [a.path(), b.path()] {
+            let len = std::fs::metadata(d.join("raw-limit.dat")).unwrap().len();
+            assert_eq!(len, 3 * MIB, "{}", d.display());
+        }
+        raw.read().unwrap();
+        drop(raw);
+        assert!(empty(a.path()) && empty(b.path()));
+    }
+
+    #[test]
+    fn the_ceiling_of_several_directories_leaves_nothing_behind() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let c = ceiling(&[a.path(), b.path()], 2 * MIB, MIB as usize).unwrap();
+        for v in [c.write, c.new_blocks_write, c.read] {
+            assert!(v.is_finite() && v > 0.0, "{c:?}");
+        }
+        assert!(empty(a.path()) && empty(b.path()));
+        let missing = a.path().join("no such directory");
+        let e = format!(
+            "{:#}",
+            ceiling(&[b.path(), &missing], MIB, MIB as usize).unwrap_err()
+        );
+        assert!(e.contains("no such directory"), "{e}");
+        assert!(empty(b.path()));
+    }
 }

@@ -79,7 +79,7 @@ fn spec_lease_wait() -> u64 {
 pub async fn run(args: &RepairArgs) -> Result<RepairReport> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
-    let device_write_mb_s = raw::ceiling(&args.dir, args.size.min(1 << 30), 1 << 20)?.write;
+    let device_write_mb_s = raw::ceiling(&[&args.dir], args.size.min(1 << 30), 1 << 20)?.write;
     let mut cluster = Cluster::start(Spec {
         chunkservers: 5,
         chunk_size_bytes: CHUNK,

@@ -561,12 +561,13 @@ const HOST_TCP: [f64; 3] = [10.0, 20.0, 40.0];
 /// With fewer hosts than replicas it must refuse.
 fn judged_on_hosts(exe: &Path, dir: &Path, masters: &str) -> Result<()> {
     let sink = Sink::start(exe)?;
-    let at = dir.join("host");
-    let d = at.display().to_string();
+    // Two data directories: the host's disks are measured at once too.
+    let d = ["host-a", "host-b"].map(|h| dir.join(h).display().to_string());
+    let both = d.join(",");
     let args = [
         "limits",
         "--dirs",
-        &d,
+        &both,
         "--size",
         "16777216",
         "--tcp-to",
@@ -582,15 +583,27 @@ fn judged_on_hosts(exe: &Path, dir: &Path, masters: &str) -> Result<()> {
         measured["tcp_to"],
         sink.addr
     );
+    ensure!(
+        measured["together"]["dir"].as_str() == Some(both.as_str())
+            && measured["together"]["read_mb_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "limits of two directories did not measure them at once: {}",
+        measured["together"]
+    );
     let mut files = Vec::new();
     for (i, tcp) in HOST_TCP.iter().enumerate() {
         let mut host = measured.clone();
         host["tcp_mb_s"] = (*tcp).into();
-        for disk in host["disks"].as_array_mut().context("no disks")? {
+        let set = |disk: &mut serde_json::Value| {
             for k in ["write_mb_s", "new_blocks_write_mb_s", "read_mb_s"] {
                 disk[k] = 1000.0.into();
             }
-        }
+        };
+        host["disks"]
+            .as_array_mut()
+            .context("no disks")?
+            .iter_mut()
+            .for_each(set);
+        set(&mut host["together"]);
         let file = dir.join(format!("host{i}.json"));
         std::fs::write(&file, format!("{host}\n"))?;
         files.push(file.display().to_string());
