@@ -5,78 +5,21 @@
 //! falls short of its limit either kept the CPUs busy, or the device, or
 //! neither (then it was waiting on latency: too little in flight).
 //!
-//! The parsing and the arithmetic are pure; only [`Probe::snapshot`]
-//! reads files.
+//! The counters are `gfs_storage_engine::counters`. The arithmetic is
+//! pure; only [`Probe::snapshot`] reads files.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
 
+use gfs_storage_engine::counters::{self, CpuTicks, DiskCounters};
+
 use crate::median;
 
 /// Share of CPU time, or of wall time the device was busy, at or above
 /// which that resource is called the bound.
 pub const SATURATED: f64 = 0.9;
-
-/// CPU time since boot, all CPUs together, in clock ticks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct CpuTicks {
-    pub total: u64,
-    pub idle: u64,
-    pub iowait: u64,
-    /// Time the hypervisor gave this VM's CPUs to something else (0 where
-    /// the kernel does not count it).
-    pub steal: u64,
-}
-
-/// The first line of `/proc/stat`: `cpu user nice system idle iowait irq
-/// softirq steal ...` (guest time is already counted in user time).
-pub fn parse_cpu(proc_stat: &str) -> Option<CpuTicks> {
-    let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v = numbers(&line[3..], 5, 8)?;
-    Some(CpuTicks {
-        total: v.iter().sum(),
-        idle: v[3],
-        iowait: v[4],
-        steal: v.get(7).copied().unwrap_or(0),
-    })
-}
-
-/// The first `most` whitespace-separated numbers of `fields`, if there
-/// are at least `least` and all of them parse.
-fn numbers(fields: &str, least: usize, most: usize) -> Option<Vec<u64>> {
-    let v: Vec<u64> = fields
-        .split_whitespace()
-        .take(most)
-        .map(|f| f.parse().ok())
-        .collect::<Option<_>>()?;
-    (v.len() >= least).then_some(v)
-}
-
-/// A block device's counters since boot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DiskCounters {
-    pub read_sectors: u64,
-    pub write_sectors: u64,
-    /// Milliseconds with at least one request in flight.
-    pub busy_ms: u64,
-    /// Milliseconds of requests in flight, summed over the requests.
-    pub queue_ms: u64,
-}
-
-/// `/sys/dev/block/M:m/stat`: reads, read merges, read sectors, read ms,
-/// writes, write merges, write sectors, write ms, in flight, busy ms,
-/// queue ms, ... (sectors of 512 bytes whatever the device's own).
-pub fn parse_disk(stat: &str) -> Option<DiskCounters> {
-    let v = numbers(stat, 11, 11)?;
-    Some(DiskCounters {
-        read_sectors: v[2],
-        write_sectors: v[6],
-        busy_ms: v[9],
-        queue_ms: v[10],
-    })
-}
 
 /// The counters at one instant.
 #[derive(Debug, Clone, Copy)]
@@ -163,15 +106,9 @@ pub fn working_ticks(before: &CpuTicks, after: &CpuTicks) -> u64 {
 /// meanwhile (`None` without readable counters): what a ceiling
 /// measurement cost the CPUs, whichever process or kernel thread did it.
 pub fn cpu_seconds<T>(f: impl FnOnce() -> T) -> (T, Option<f64>) {
-    let read = || {
-        std::fs::read_to_string("/proc/stat")
-            .ok()
-            .as_deref()
-            .and_then(parse_cpu)
-    };
-    let before = read();
+    let before = counters::cpu();
     let out = f();
-    let after = read();
+    let after = counters::cpu();
     // SAFETY: sysconf only reads a configuration value.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let secs = before
@@ -256,27 +193,16 @@ impl Probe {
     /// are read (pass no directory when the device under it is not the
     /// one measured, as for a cluster elsewhere).
     pub fn of(dir: Option<&Path>) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        let disk_stat = dir.and_then(|d| std::fs::metadata(d).ok()).and_then(|m| {
-            let dev = m.dev();
-            let (major, minor) = (libc::major(dev), libc::minor(dev));
-            let p = PathBuf::from(format!("/sys/dev/block/{major}:{minor}/stat"));
-            p.exists().then_some(p)
-        });
-        Probe { disk_stat }
+        Probe {
+            disk_stat: dir.and_then(counters::device_stat),
+        }
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        let read = |p: &Path| std::fs::read_to_string(p).ok();
         Snapshot {
             at: Instant::now(),
-            cpu: read(Path::new("/proc/stat")).as_deref().and_then(parse_cpu),
-            disk: self
-                .disk_stat
-                .as_deref()
-                .and_then(read)
-                .as_deref()
-                .and_then(parse_disk),
+            cpu: counters::cpu(),
+            disk: self.disk_stat.as_deref().and_then(counters::disk),
         }
     }
 }
@@ -303,36 +229,6 @@ mod tests {
         // Counters that went back (a VM restored): nothing, not a panic.
         assert_eq!(working_ticks(&t(1500, 1100, 60), &t(1000, 800, 40)), 0);
         assert_eq!(working_ticks(&t(0, 0, 0), &t(100, 90, 20)), 0);
-    }
-
-    #[test]
-    fn cpu_and_disk_counters_parse_from_the_kernels_formats() {
-        let stat = "cpu  100 5 50 800 40 3 2 7 0 0\ncpu0 50 2 25 400 20 1 1 3 0 0\nintr 1\n";
-        assert_eq!(
-            parse_cpu(stat),
-            Some(CpuTicks {
-                total: 1007,
-                idle: 800,
-                iowait: 40,
-                steal: 7
-            })
-        );
-        // An old kernel's five fields: no steal counted.
-        assert_eq!(parse_cpu("cpu  1 2 3 4 5\n").map(|c| c.steal), Some(0));
-        assert_eq!(parse_cpu("cpu0 1 2 3 4 5\n"), None);
-        assert_eq!(parse_cpu("cpu  1 2 x 4 5\n"), None);
-        let disk = " 3230883    88013 2985441570 34191119  6153692   257091 3340478760  \
-                    9648134        0  2118924 44652049   268140      227 2961828624";
-        assert_eq!(
-            parse_disk(disk),
-            Some(DiskCounters {
-                read_sectors: 2985441570,
-                write_sectors: 3340478760,
-                busy_ms: 2118924,
-                queue_ms: 44652049
-            })
-        );
-        assert_eq!(parse_disk("1 2 3"), None);
     }
 
     fn snap(cpu: (u64, u64, u64), disk: (u64, u64, u64, u64)) -> Snapshot {

@@ -14,6 +14,7 @@
 //!   implementations;
 //! - [`buf`]: sector-aligned buffers and their pool;
 //! - [`config`]: configuration, raw and validated;
+//! - [`counters`]: the kernel's counters of the host's CPUs and devices;
 //! - [`error`]: the one error type.
 //!
 //! Invariants:
@@ -32,6 +33,7 @@
 pub mod backend;
 pub mod buf;
 pub mod config;
+pub mod counters;
 pub mod error;
 mod io;
 pub mod layout;
