@@ -13,7 +13,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
+use gfs_proto::wire::chunk::{Empty, HostCounters};
 use gfs_storage_engine::counters::{self, CpuTicks, DiskCounters};
+use tonic::transport::Channel;
 
 use crate::median;
 
@@ -123,14 +126,73 @@ pub fn between(before: &Snapshot, after: &Snapshot) -> Busy {
     busy(before, after, (after.at - before.at).as_secs_f64())
 }
 
+/// Whether `b`'s CPUs were saturated: working and stolen time together
+/// reached [`SATURATED`] (stolen time was wanted and not given).
+fn cpu_saturated(b: &Busy) -> Option<bool> {
+    b.cpu.map(|c| c + b.cpu_steal.unwrap_or(0.0) >= SATURATED)
+}
+
+fn disk_saturated(b: &Busy) -> Option<bool> {
+    b.disk.map(|d| d.util >= SATURATED)
+}
+
 /// What bounded a measurement: `CPU`, `disk`, both, or `latency` when
 /// neither was saturated (too little was in flight to keep either busy);
 /// `unknown` without the counters. The CPUs count as saturated when
 /// working and stolen time together reach [`SATURATED`]: stolen time was
 /// wanted and not given.
 pub fn bound(b: &Busy) -> &'static str {
-    let cpu = b.cpu.map(|c| c + b.cpu_steal.unwrap_or(0.0) >= SATURATED);
-    let disk = b.disk.map(|d| d.util >= SATURATED);
+    kind(cpu_saturated(b), disk_saturated(b))
+}
+
+/// What bounded a measurement against a cluster elsewhere: this (client)
+/// host's CPUs and every chunkserver host's CPUs and devices, as [`bound`]
+/// says for one host. A resource is saturated if it was on any host, and
+/// not if it was on none with every host's figure known. Without servers,
+/// [`bound`] of the client.
+pub fn bound_with(client: &Busy, servers: &[ServerBusy]) -> &'static str {
+    if servers.is_empty() {
+        return bound(client);
+    }
+    // Some(true) if any, Some(false) if all known and none, else None.
+    let any = |v: Vec<Option<bool>>| {
+        if v.contains(&Some(true)) {
+            Some(true)
+        } else {
+            v.iter().all(Option::is_some).then_some(false)
+        }
+    };
+    let cpus = std::iter::once(client)
+        .chain(servers.iter().map(|s| &s.busy))
+        .map(cpu_saturated)
+        .collect();
+    let disks = servers.iter().map(|s| disk_saturated(&s.busy)).collect();
+    kind(any(cpus), any(disks))
+}
+
+/// Where a measurement against a cluster elsewhere saturated something:
+/// `client CPU`, `ADDR CPU`, `ADDR disk`, in that order (empty without
+/// servers: the one host is all there is).
+pub fn saturated_at(client: &Busy, servers: &[ServerBusy]) -> Vec<String> {
+    if servers.is_empty() {
+        return Vec::new();
+    }
+    let mut at = Vec::new();
+    if cpu_saturated(client) == Some(true) {
+        at.push("client CPU".to_string());
+    }
+    for s in servers {
+        if cpu_saturated(&s.busy) == Some(true) {
+            at.push(format!("{} CPU", s.addr));
+        }
+        if disk_saturated(&s.busy) == Some(true) {
+            at.push(format!("{} disk", s.addr));
+        }
+    }
+    at
+}
+
+fn kind(cpu: Option<bool>, disk: Option<bool>) -> &'static str {
     match (cpu, disk) {
         (Some(true), Some(true)) => "CPU+disk",
         (Some(true), _) => "CPU",
@@ -181,6 +243,85 @@ pub fn median_busy(all: &[Busy]) -> Busy {
     }
 }
 
+/// A chunkserver's host during one measurement: its CPUs, and its busiest
+/// device (by the share of the time it was busy).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerBusy {
+    pub addr: String,
+    #[serde(flatten)]
+    pub busy: Busy,
+}
+
+/// A chunkserver host's counters at one instant, as it reported them.
+#[derive(Debug, Clone)]
+pub struct ServerSnapshot {
+    pub addr: String,
+    pub at: Instant,
+    pub cpu: Option<CpuTicks>,
+    pub devices: Vec<DiskCounters>,
+}
+
+/// What each server's host was busy with between two snapshots of all of
+/// them (matched by address; a server missing from either is left out).
+pub fn servers_between(before: &[ServerSnapshot], after: &[ServerSnapshot]) -> Vec<ServerBusy> {
+    let mut out = Vec::new();
+    for a in after {
+        let Some(b) = before.iter().find(|b| b.addr == a.addr) else {
+            continue;
+        };
+        let secs = (a.at - b.at).as_secs_f64();
+        let snap = |s: &ServerSnapshot, disk| Snapshot {
+            at: s.at,
+            cpu: s.cpu,
+            disk,
+        };
+        let mut busy = self::busy(&snap(b, None), &snap(a, None), secs);
+        // The busiest of its devices (the same ones, in the same order).
+        busy.disk = (b.devices.len() == a.devices.len())
+            .then(|| {
+                b.devices
+                    .iter()
+                    .zip(&a.devices)
+                    .filter_map(|(db, da)| {
+                        self::busy(&snap(b, Some(*db)), &snap(a, Some(*da)), secs).disk
+                    })
+                    .max_by(|x, y| x.util.total_cmp(&y.util))
+            })
+            .flatten();
+        out.push(ServerBusy {
+            addr: a.addr.clone(),
+            busy,
+        });
+    }
+    out
+}
+
+/// The median of each server's figures over several measurements, the
+/// servers in the order they first appear.
+pub fn median_servers(all: &[Vec<ServerBusy>]) -> Vec<ServerBusy> {
+    let mut addrs: Vec<&str> = Vec::new();
+    for s in all.iter().flatten() {
+        if !addrs.contains(&s.addr.as_str()) {
+            addrs.push(&s.addr);
+        }
+    }
+    addrs
+        .into_iter()
+        .map(|addr| {
+            let of: Vec<Busy> = all
+                .iter()
+                .flatten()
+                .filter(|s| s.addr == addr)
+                .map(|s| s.busy)
+                .collect();
+            ServerBusy {
+                addr: addr.to_string(),
+                busy: median_busy(&of),
+            }
+        })
+        .collect()
+}
+
 /// Reads the counters of this host and of the device holding a directory.
 #[derive(Debug, Clone)]
 pub struct Probe {
@@ -204,6 +345,118 @@ impl Probe {
             cpu: counters::cpu(),
             disk: self.disk_stat.as_deref().and_then(counters::disk),
         }
+    }
+}
+
+/// This host's probe and, for a cluster elsewhere, its chunkservers'.
+#[derive(Debug, Clone)]
+pub struct Probes {
+    pub host: Probe,
+    pub servers: ServerProbe,
+}
+
+/// The counters of this host and of the servers at one instant.
+#[derive(Debug, Clone)]
+pub struct Snapshots {
+    pub host: Snapshot,
+    pub servers: Vec<ServerSnapshot>,
+}
+
+impl Probes {
+    /// The counters before a measurement: the servers' first, so this
+    /// host's instant is the measurement's start.
+    pub async fn before(&self) -> Snapshots {
+        let servers = self.servers.snapshot().await;
+        Snapshots {
+            host: self.host.snapshot(),
+            servers,
+        }
+    }
+
+    /// The counters after a measurement: this host's first, at its end.
+    pub async fn after(&self) -> Snapshots {
+        let host = self.host.snapshot();
+        Snapshots {
+            host,
+            servers: self.servers.snapshot().await,
+        }
+    }
+}
+
+/// What this host and each server were busy with between two snapshots.
+pub fn all_between(before: &Snapshots, after: &Snapshots) -> (Busy, Vec<ServerBusy>) {
+    (
+        between(&before.host, &after.host),
+        servers_between(&before.servers, &after.servers),
+    )
+}
+
+/// Reads the counters of a cluster's chunkserver hosts over RPC
+/// (`Counters`), for a cluster elsewhere: what this host's own counters
+/// cannot see.
+#[derive(Debug, Clone, Default)]
+pub struct ServerProbe {
+    servers: Vec<(String, ChunkserverClient<Channel>)>,
+}
+
+/// How long a snapshot waits for a server's counters; one that has not
+/// answered by then is left out of it.
+const COUNTERS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl ServerProbe {
+    /// For the chunkservers at `addrs` (a bad address is left out).
+    pub fn of(addrs: &[String]) -> Self {
+        let servers = addrs
+            .iter()
+            .filter_map(|a| Some((a.clone(), gfs_proto::wire::chunk_client(a).ok()?)))
+            .collect();
+        ServerProbe { servers }
+    }
+
+    /// Every server's counters now, asked of all at once.
+    pub async fn snapshot(&self) -> Vec<ServerSnapshot> {
+        let mut asks = tokio::task::JoinSet::new();
+        for (addr, c) in &self.servers {
+            let (addr, mut c) = (addr.clone(), c.clone());
+            asks.spawn(async move {
+                let got = tokio::time::timeout(COUNTERS_TIMEOUT, c.counters(Empty {})).await;
+                let at = Instant::now();
+                let Ok(Ok(r)) = got else {
+                    return None;
+                };
+                Some(server_snapshot(addr, at, r.into_inner()))
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(r) = asks.join_next().await {
+            all.extend(r.ok().flatten());
+        }
+        all.sort_by(|a: &ServerSnapshot, b| a.addr.cmp(&b.addr));
+        all
+    }
+}
+
+/// A server's reply as a snapshot taken `at`.
+fn server_snapshot(addr: String, at: Instant, r: HostCounters) -> ServerSnapshot {
+    ServerSnapshot {
+        addr,
+        at,
+        cpu: r.cpu.map(|c| CpuTicks {
+            total: c.total,
+            idle: c.idle,
+            iowait: c.iowait,
+            steal: c.steal,
+        }),
+        devices: r
+            .devices
+            .iter()
+            .map(|d| DiskCounters {
+                read_sectors: d.read_sectors,
+                write_sectors: d.write_sectors,
+                busy_ms: d.busy_ms,
+                queue_ms: d.queue_ms,
+            })
+            .collect(),
     }
 }
 
@@ -339,6 +592,68 @@ mod tests {
         );
         assert_eq!(b.cpu, Some(1.0));
         assert_eq!(b.disk.map(|d| d.util), Some(0.0));
+    }
+
+    fn server(addr: &str, at: Instant, cpu: (u64, u64), devices: &[(u64, u64)]) -> ServerSnapshot {
+        ServerSnapshot {
+            addr: addr.into(),
+            at,
+            cpu: Some(CpuTicks {
+                total: cpu.0,
+                idle: cpu.1,
+                iowait: 0,
+                steal: 0,
+            }),
+            devices: devices
+                .iter()
+                .map(|&(busy_ms, write_sectors)| DiskCounters {
+                    write_sectors,
+                    busy_ms,
+                    queue_ms: busy_ms * 2,
+                    ..DiskCounters::default()
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn each_server_is_judged_by_its_cpus_and_its_busiest_device() {
+        let t0 = Instant::now();
+        let t1 = t0 + std::time::Duration::from_secs(2);
+        let before = [
+            server("cs1", t0, (1000, 500), &[(0, 0), (100, 0)]),
+            server("cs2", t0, (1000, 900), &[(0, 0)]),
+            server("gone", t0, (1000, 900), &[]),
+        ];
+        let after = [
+            // 400 ticks, 40 idle: 90 % working; devices busy 0.5 s and 1.9 s.
+            server("cs1", t1, (1400, 540), &[(500, 4_000_000), (2000, 0)]),
+            // A device more than before: no device figure, the CPUs still.
+            server("cs2", t1, (1400, 1260), &[(100, 0), (100, 0)]),
+            server("new", t1, (1400, 1260), &[]),
+        ];
+        let got = servers_between(&before, &after);
+        let addrs: Vec<&str> = got.iter().map(|s| s.addr.as_str()).collect();
+        assert_eq!(addrs, ["cs1", "cs2"]);
+        assert_eq!(got[0].busy.cpu, Some(0.9));
+        let d = got[0].busy.disk.unwrap();
+        assert_eq!((d.util, d.in_flight, d.write_mb_s), (0.95, 1.9, 0.0));
+        assert_eq!(got[1].busy.cpu, Some(0.1));
+        assert_eq!(got[1].busy.disk, None);
+        let client = Busy {
+            cpu: Some(0.5),
+            ..Busy::default()
+        };
+        // Saturated on one host is saturated, whatever another's figures.
+        assert_eq!(bound_with(&client, &got), "CPU+disk");
+        assert_eq!(saturated_at(&client, &got), ["cs1 CPU", "cs1 disk"]);
+        // Nothing saturated, and a device not known: unknown, not latency.
+        assert_eq!(bound_with(&client, &got[1..]), "unknown");
+        // No servers: this host alone, as `bound` says.
+        assert_eq!(bound_with(&client, &[]), "unknown");
+        assert!(saturated_at(&client, &[]).is_empty());
+        let median = median_servers(&[got.clone(), got[1..].to_vec(), got.clone()]);
+        assert_eq!(median, got);
     }
 
     #[test]

@@ -35,7 +35,14 @@ use gfs_client::Client;
 use gfs_tests::cluster::{Spec, chunk_files_under};
 use serde::Serialize;
 
-use crate::busy::{self, Busy, Probe, bound, median_busy};
+use crate::busy::{
+    Busy, Probe, Probes, ServerBusy, ServerProbe, all_between, bound_with, median_busy,
+    median_servers, saturated_at,
+};
+
+/// What this host and, for a cluster elsewhere, each chunkserver's host
+/// were busy with during a measurement.
+type Seen = (Busy, Vec<ServerBusy>);
 use crate::cluster::write_stream;
 use crate::hosts::{Hosts, HostsArgs};
 use crate::limits::{Limits, LimitsArgs, ceilings, cpu_costs, crc_bandwidth};
@@ -113,8 +120,16 @@ pub struct Round {
     pub samples: [usize; 2],
     /// What this host's CPUs and the data directory's device did meanwhile.
     pub busy: Busy,
-    /// What bounded it: `CPU`, `disk`, `CPU+disk`, or `latency`.
+    /// A cluster elsewhere: what each chunkserver's host was busy with.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerBusy>,
+    /// What bounded it: `CPU`, `disk`, `CPU+disk`, or `latency`, on this
+    /// host or, for a cluster elsewhere, on any of its hosts.
     pub bound: &'static str,
+    /// A cluster elsewhere: where it was saturated (`client CPU`, `ADDR
+    /// disk`, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bound_at: Vec<String>,
 }
 
 /// A point of the figure: the medians over its rounds.
@@ -140,7 +155,11 @@ pub struct Point {
     pub cpu_efficiency: Option<f64>,
     /// The median of each of the rounds' figures, and what that bounds.
     pub busy: Busy,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerBusy>,
     pub bound: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bound_at: Vec<String>,
     pub rounds: Vec<Round>,
 }
 
@@ -176,6 +195,7 @@ struct Measured {
     before: usize,
     after: usize,
     busy: Busy,
+    servers: Vec<ServerBusy>,
 }
 
 /// What the points are judged against.
@@ -227,7 +247,9 @@ fn judge(measured: &[Measured], samples: &[Limits], basis: Basis, r: u32) -> Vec
             cpu_limit_mb_s,
             samples: [m.before, m.after],
             busy: m.busy,
-            bound: bound(&m.busy),
+            servers: m.servers.clone(),
+            bound: bound_with(&m.busy, &m.servers),
+            bound_at: saturated_at(&m.busy, &m.servers),
         };
         match points
             .iter_mut()
@@ -245,7 +267,9 @@ fn judge(measured: &[Measured], samples: &[Limits], basis: Basis, r: u32) -> Vec
                 cpu_limit_mb_s: None,
                 cpu_efficiency: None,
                 busy: m.busy,
+                servers: Vec::new(),
                 bound: "unknown",
+                bound_at: Vec::new(),
                 rounds: vec![round],
             }),
         }
@@ -272,20 +296,34 @@ fn judge(measured: &[Measured], samples: &[Limits], basis: Basis, r: u32) -> Vec
         }
         let all: Vec<Busy> = p.rounds.iter().map(|r| r.busy).collect();
         p.busy = median_busy(&all);
-        p.bound = bound(&p.busy);
+        let servers: Vec<Vec<ServerBusy>> = p.rounds.iter().map(|r| r.servers.clone()).collect();
+        p.servers = median_servers(&servers);
+        p.bound = bound_with(&p.busy, &p.servers);
+        p.bound_at = saturated_at(&p.busy, &p.servers);
     }
     points
+}
+
+/// The addresses of the cluster's live chunkservers (the leader's fsck of
+/// `path` lists every server, whatever the path holds).
+async fn live_chunkservers(admin: &Client, path: &str) -> Result<Vec<String>> {
+    let r = admin.master().fsck(path, false).await?;
+    Ok(r.servers
+        .into_iter()
+        .filter(|s| s.live)
+        .map(|s| s.addr)
+        .collect())
 }
 
 /// `n` clients each running `job(client, i)`: the aggregate rate, and
 /// what the host was busy with meanwhile.
 async fn clients<F, Fut>(
     masters: &[String],
-    probe: &Probe,
+    probe: &Probes,
     n: usize,
     bytes_each: u64,
     job: F,
-) -> Result<(f64, Busy)>
+) -> Result<(f64, Seen)>
 where
     F: Fn(Client, usize) -> Fut,
     Fut: std::future::Future<Output = Result<()>> + Send + 'static,
@@ -293,7 +331,7 @@ where
     let cs: Vec<Client> = (0..n)
         .map(|_| Client::connect(masters))
         .collect::<Result<_, _>>()?;
-    let before = probe.snapshot();
+    let before = probe.before().await;
     let mut tasks = tokio::task::JoinSet::new();
     for (i, c) in cs.into_iter().enumerate() {
         tasks.spawn(job(c, i));
@@ -301,11 +339,11 @@ where
     while let Some(r) = tasks.join_next().await {
         r??;
     }
-    let after = probe.snapshot();
-    let took = after.at - before.at;
+    let after = probe.after().await;
+    let took = after.host.at - before.host.at;
     Ok((
         mb_s(bytes_each * n as u64, took),
-        busy::between(&before, &after),
+        all_between(&before, &after),
     ))
 }
 
@@ -337,11 +375,11 @@ fn random_block(seed: u64, len: usize) -> bytes::Bytes {
 /// `multi` (elapsed time and current throughput, on a terminal).
 async fn one_point(
     a: &Figure3Args,
-    (masters, probe, multi): (&[String], &Probe, &indicatif::MultiProgress),
+    (masters, probe, multi): (&[String], &Probes, &indicatif::MultiProgress),
     base: &str,
     (bench, n, run): (&str, usize, u64),
     read_set: &[String],
-) -> Result<(f64, Busy)> {
+) -> Result<(f64, Seen)> {
     let block = random_block(run * 31 + n as u64, 4 * MIB as usize);
     let dir = format!("{base}/{run}-{bench}-{n}");
     let each = match bench {
@@ -470,8 +508,11 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
     };
     let (local, masters) = crate::cluster::target(&a.masters, spec).await?;
     // The device under --dir is the cluster's only when it is local.
-    let probe = Probe::of(local.is_some().then_some(a.dir.as_path()));
     let admin = Client::connect(&masters)?;
+    let probe = Probes {
+        host: Probe::of(local.is_some().then_some(a.dir.as_path())),
+        servers: ServerProbe::default(),
+    };
     // Every file of the run goes under a directory of its own, removed at
     // the end: a cluster named by --masters keeps nothing of the run, and
     // two runs against it (from two client hosts) never touch each
@@ -483,6 +524,14 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
         if let Some(h) = &hosts {
             h.check_replication(replication)?;
         }
+        // A cluster elsewhere: its chunkservers' hosts are probed too.
+        let probe = match local.is_some() {
+            true => probe.clone(),
+            false => Probes {
+                servers: ServerProbe::of(&live_chunkservers(&admin, &base).await?),
+                ..probe.clone()
+            },
+        };
         // The read set: a few files written once, read by every point.
         let mut read_set = Vec::new();
         if a.benches.iter().any(|b| b == "read") {
@@ -533,7 +582,7 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
                     let before = samples.len() - 1;
                     bar.set_message(format!("round {round}: {bench} N={n}"));
                     let run = measured.len() as u64;
-                    let (got, busy) = one_point(
+                    let (got, (busy, servers)) = one_point(
                         a,
                         (&masters, &probe, &multi),
                         &base,
@@ -551,6 +600,7 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
                         before,
                         after: samples.len() - 1,
                         busy,
+                        servers,
                     });
                     bar.inc(1);
                 }
@@ -668,6 +718,15 @@ fn print_hosts(f: &Figure3, hosts: &Hosts) {
     );
 }
 
+/// A chunkserver host's figures for the table: `cs ADDR: CPU 43 % (2 %
+/// stolen), disk 91 % busy (6.3 in flight, 2210 MB/s)`.
+fn server_line(s: &ServerBusy) -> String {
+    let all = crate::busy::describe(&s.busy);
+    // Without its own bound: the point's names every host's.
+    let figures = all.rsplit_once(": ").map_or(all.as_str(), |(f, _)| f);
+    format!("cs {}: {figures}", s.addr)
+}
+
 pub fn print_figure3(f: &Figure3) {
     match &f.hosts {
         Some(hosts) => print_hosts(f, hosts),
@@ -706,6 +765,10 @@ pub fn print_figure3(f: &Figure3) {
             })
             .collect();
         let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.0}%", v * 100.0));
+        let bound = match p.bound_at.as_slice() {
+            [] => p.bound.to_string(),
+            at => format!("{} ({})", p.bound, at.join(", ")),
+        };
         let disk = p.busy.disk.map_or("-".to_string(), |d| {
             format!(
                 "{:.0}% ({:.1}) {:.0}",
@@ -726,9 +789,12 @@ pub fn print_figure3(f: &Figure3) {
             pct(p.busy.cpu),
             pct(p.busy.cpu_steal),
             disk,
-            p.bound,
+            bound,
             rounds.join(", ")
         );
+        for sv in &p.servers {
+            println!("{:>17} {}", "", server_line(sv));
+        }
     }
     println!(
         "new files: writes and appends against the limit from the device's write into new \
@@ -754,7 +820,8 @@ pub fn print_figure3(f: &Figure3) {
          directory's device had a request in flight (requests in flight on average, and what it \
          moved: every replica, and the other I/O of the host); \
          bound: what was saturated (>= {:.0}%; the CPUs with stolen time), `latency` when \
-         neither was",
+         neither was; for a cluster elsewhere, on any of its hosts (named, each chunkserver \
+         host's figures below its point, as it reported them)",
         crate::busy::SATURATED * 100.0
     );
 }
@@ -793,6 +860,7 @@ mod tests {
             before,
             after,
             busy,
+            servers: Vec::new(),
         }
     }
 
@@ -826,7 +894,9 @@ mod tests {
             cpu_limit_mb_s: Some(500.0),
             samples,
             busy,
+            servers: Vec::new(),
             bound: crate::busy::bound(&busy),
+            bound_at: Vec::new(),
         };
         assert_eq!(
             got,
@@ -845,7 +915,9 @@ mod tests {
                     cpu_efficiency: Some(320.0 / 500.0),
                     // The median round kept the CPUs busy.
                     busy: busy(0.95, 0.5),
+                    servers: Vec::new(),
                     bound: "CPU",
+                    bound_at: Vec::new(),
                     rounds: vec![
                         round((320.0, busy(0.95, 0.5)), 500.0, [0, 1]),
                         round((175.0, busy(0.5, 0.2)), 400.0, [2, 3]),
@@ -863,7 +935,9 @@ mod tests {
                     cpu_limit_mb_s: Some(1500.0),
                     cpu_efficiency: Some(0.8),
                     busy: busy(0.4, 0.99),
+                    servers: Vec::new(),
                     bound: "disk",
+                    bound_at: Vec::new(),
                     rounds: vec![Round {
                         new_blocks_limit_mb_s: None,
                         cpu_limit_mb_s: Some(1500.0),
@@ -890,6 +964,75 @@ mod tests {
         assert_eq!(got[0].cpu_efficiency, None);
         assert_eq!(got[0].rounds[0].cpu_limit_mb_s, None);
         assert_eq!(got[0].efficiency, 320.0 / 500.0);
+    }
+
+    #[test]
+    fn a_cluster_elsewhere_is_bound_by_whichever_of_its_hosts_was_saturated() {
+        let samples = [sample(1500.0, 1000.0, 9000.0)];
+        let server = |addr: &str, cpu, util| ServerBusy {
+            addr: addr.into(),
+            busy: busy(cpu, util),
+        };
+        // This host has no disk of the cluster's.
+        let client = |cpu| Busy {
+            disk: None,
+            ..busy(cpu, 0.0)
+        };
+        let round = |c, servers: Vec<ServerBusy>| Measured {
+            servers,
+            ..measured("write", 4, (300.0, client(c)), 0, 0)
+        };
+        let got = judge(
+            &[
+                round(0.5, vec![server("cs1", 0.3, 0.5), server("cs2", 0.4, 0.95)]),
+                round(0.95, vec![server("cs1", 0.3, 0.5), server("cs2", 0.4, 0.5)]),
+                round(0.5, vec![server("cs1", 0.5, 0.7), server("cs2", 0.2, 0.97)]),
+            ],
+            &samples,
+            Basis::ThisHost { shared: false },
+            3,
+        );
+        let p = &got[0];
+        let at: Vec<&Vec<String>> = p.rounds.iter().map(|r| &r.bound_at).collect();
+        assert_eq!(
+            at,
+            [
+                &vec!["cs2 disk".to_string()],
+                &vec!["client CPU".into()],
+                &vec!["cs2 disk".into()]
+            ]
+        );
+        let bounds: Vec<&str> = p.rounds.iter().map(|r| r.bound).collect();
+        assert_eq!(bounds, ["disk", "CPU", "disk"]);
+        // The point: each server's medians.
+        assert_eq!(
+            p.servers,
+            [server("cs1", 0.3, 0.5), server("cs2", 0.4, 0.95)]
+        );
+        assert_eq!(
+            (p.bound, p.bound_at.clone()),
+            ("disk", vec!["cs2 disk".to_string()])
+        );
+        // Nothing saturated anywhere, every figure known: latency; a
+        // server without a device figure: unknown.
+        let calm = judge(
+            &[round(0.5, vec![server("cs1", 0.3, 0.5)])],
+            &samples,
+            Basis::ThisHost { shared: false },
+            3,
+        );
+        assert_eq!((calm[0].bound, calm[0].bound_at.len()), ("latency", 0));
+        let blind = vec![ServerBusy {
+            addr: "cs1".into(),
+            busy: client(0.3),
+        }];
+        let unknown = judge(
+            &[round(0.5, blind)],
+            &samples,
+            Basis::ThisHost { shared: false },
+            3,
+        );
+        assert_eq!(unknown[0].bound, "unknown");
     }
 
     #[test]

@@ -253,6 +253,29 @@ fn check(case: &Case, stdout: &str) -> Result<()> {
                 !(case.running && r.get("cpu_limit_mb_s").is_some()),
                 "a CPU limit is for a local cluster only: {r}"
             );
+            // Its chunkservers' hosts report what they were busy with.
+            let servers = r.get("servers").and_then(|s| s.as_array());
+            if case.running {
+                let servers = servers.context("no servers' figures for a cluster elsewhere")?;
+                let chunkservers = gfs_tests::cluster::Spec::default().chunkservers;
+                ensure!(
+                    servers.len() == chunkservers,
+                    "{} servers' figures, not the running cluster's {chunkservers}: {r}",
+                    servers.len()
+                );
+                for sv in servers {
+                    let cpu = sv["cpu"].as_f64().unwrap_or(-1.0);
+                    ensure!(
+                        sv["addr"].is_string() && (0.0..=1.0).contains(&cpu),
+                        "a server's figures without its address or CPU: {sv}"
+                    );
+                }
+            } else {
+                ensure!(
+                    servers.is_none(),
+                    "servers' figures for a local cluster: {r}"
+                );
+            }
             // The host's CPU time is always there to read; a round may be
             // too short to see a clock tick, but not both of a point's.
             let cpu = r["busy"]["cpu"].as_f64().unwrap_or(-1.0);

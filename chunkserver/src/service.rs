@@ -12,7 +12,8 @@ use gfs_proto::data::{DataPool, Op, PIECE_BYTES};
 use gfs_proto::wire::chunk::chunkserver_server::Chunkserver;
 use gfs_proto::wire::chunk::{
     ApplyReply, ApplyRequest, CloneReply, CloneRequest, CopyLocalRequest, DeleteRequest, Empty,
-    MutateReply, MutateRequest, MutationKind, ReadRequest, RevokeRequest, SetVersionRequest,
+    HostCounters, MutateReply, MutateRequest, MutationKind, ReadRequest, RevokeRequest,
+    SetVersionRequest,
 };
 use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES, error};
 use gfs_proto::{ChunkHandle, ChunkVersion};
@@ -551,6 +552,15 @@ impl Chunkserver for ChunkService {
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<Empty>, Status> {
         let me = self.clone();
         to_end(async move { me.delete_now(req).await }).await
+    }
+
+    async fn counters(&self, _: Request<Empty>) -> Result<Response<HostCounters>, Status> {
+        let dirs = self.shared.cfg.store.dirs.clone();
+        // A few small reads of /proc and /sys, off the runtime's threads.
+        tokio::task::spawn_blocking(move || crate::host::counters_now(&dirs))
+            .await
+            .map(Response::new)
+            .map_err(|e| error(ErrorKind::Internal, format!("reading the counters: {e}")))
     }
 
     async fn revoke(&self, req: Request<RevokeRequest>) -> Result<Response<Empty>, Status> {
