@@ -18,6 +18,8 @@ use gfs_proto::wire::chunk::{Empty, HostCounters};
 use gfs_storage_engine::counters::{self, CpuTicks, DiskCounters};
 use tonic::transport::Channel;
 
+use anyhow::Result;
+
 use crate::median;
 
 /// Share of CPU time, or of wall time the device was busy, at or above
@@ -202,9 +204,9 @@ fn kind(cpu: Option<bool>, disk: Option<bool>) -> &'static str {
     }
 }
 
-/// One line for a table: `CPU 83 % (10 % stolen), disk 90 % busy (11.2
-/// in flight, 1741 MB/s): CPU+disk`.
-pub fn describe(b: &Busy) -> String {
+/// A measurement's figures for a table: `CPU 83 % (10 % stolen), disk 90 %
+/// busy (11.2 in flight, 1741 MB/s)`.
+pub fn figures(b: &Busy) -> String {
     let stolen = b
         .cpu_steal
         .filter(|s| *s > 0.0)
@@ -220,7 +222,7 @@ pub fn describe(b: &Busy) -> String {
             d.read_mb_s + d.write_mb_s
         )
     });
-    format!("{cpu}{disk}: {}", bound(b))
+    format!("{cpu}{disk}")
 }
 
 /// The element-wise median of several measurements' figures.
@@ -296,6 +298,22 @@ pub fn servers_between(before: &[ServerSnapshot], after: &[ServerSnapshot]) -> V
     out
 }
 
+/// A chunkserver host's figures for the table: `cs ADDR: CPU 43 % (2 %
+/// stolen), disk 91 % busy (6.3 in flight, 2210 MB/s)`.
+/// Without its own bound: the measurement's names every host's.
+pub fn server_line(s: &ServerBusy) -> String {
+    format!("cs {}: {}", s.addr, figures(&s.busy))
+}
+
+/// What bounded a measurement, and where when on a cluster elsewhere:
+/// `disk (10.0.0.3:7100 disk)`.
+pub fn bound_where(bound: &str, at: &[String]) -> String {
+    match at {
+        [] => bound.to_string(),
+        at => format!("{bound} ({})", at.join(", ")),
+    }
+}
+
 /// The median of each server's figures over several measurements, the
 /// servers in the order they first appear.
 pub fn median_servers(all: &[Vec<ServerBusy>]) -> Vec<ServerBusy> {
@@ -363,6 +381,23 @@ pub struct Snapshots {
 }
 
 impl Probes {
+    /// These, with the live chunkservers of the cluster `m` leads probed
+    /// too (the leader's fsck of `path` lists every server, whatever the
+    /// path holds).
+    pub async fn with_servers(self, m: &gfs_client::MasterClient, path: &str) -> Result<Self> {
+        let r = m.fsck(path, false).await?;
+        let live: Vec<String> = r
+            .servers
+            .into_iter()
+            .filter(|s| s.live)
+            .map(|s| s.addr)
+            .collect();
+        Ok(Probes {
+            servers: ServerProbe::of(&live),
+            ..self
+        })
+    }
+
     /// The counters before a measurement: the servers' first, so this
     /// host's instant is the measurement's start.
     pub async fn before(&self) -> Snapshots {
@@ -527,10 +562,10 @@ mod tests {
         );
         assert_eq!(bound(&b), "latency");
         assert_eq!(
-            describe(&b),
-            "CPU 80 %, disk 75 % busy (7.2 in flight, 1000 MB/s): latency"
+            figures(&b),
+            "CPU 80 %, disk 75 % busy (7.2 in flight, 1000 MB/s)"
         );
-        assert_eq!(describe(&Busy { disk: None, ..b }), "CPU 80 %: unknown");
+        assert_eq!(figures(&Busy { disk: None, ..b }), "CPU 80 %");
         let cpu = Busy {
             cpu: Some(0.97),
             ..b
@@ -560,8 +595,14 @@ mod tests {
         };
         assert_eq!(bound(&stolen), "CPU");
         assert_eq!(
-            describe(&stolen),
-            "CPU 80 % (12 % stolen), disk 75 % busy (7.2 in flight, 1000 MB/s): CPU"
+            figures(&stolen),
+            "CPU 80 % (12 % stolen), disk 75 % busy (7.2 in flight, 1000 MB/s)"
+        );
+        assert_eq!(bound_where("CPU", &[]), "CPU");
+        let at = ["client CPU".to_string(), "cs2 disk".to_string()];
+        assert_eq!(
+            bound_where("CPU+disk", &at),
+            "CPU+disk (client CPU, cs2 disk)"
         );
     }
 

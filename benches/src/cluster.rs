@@ -17,7 +17,10 @@ use gfs_client::{Client, Reader, Writer};
 use gfs_tests::cluster::{Cluster, Spec};
 use serde::Serialize;
 
-use crate::busy::{self, Busy, Probe, bound, median_busy};
+use crate::busy::{
+    self, Busy, Probe, Probes, ServerBusy, ServerProbe, all_between, bound_with, median_busy,
+    median_servers, saturated_at, server_line,
+};
 use crate::hosts::{Hosts, HostsArgs};
 use crate::{fill_random, mb_s, median, progress, raw};
 
@@ -44,7 +47,7 @@ pub struct ClusterArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ClusterReport {
     pub bench: &'static str,
     pub size: u64,
@@ -82,7 +85,15 @@ pub struct ClusterReport {
     /// of each figure, and what that bounds (`busy::bound`).
     pub each_busy: Vec<Busy>,
     pub busy: Busy,
+    /// A cluster elsewhere: the median of what each chunkserver's host was
+    /// busy with (`busy::ServerBusy`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerBusy>,
+    /// What bounded it, on this host or any of the cluster's
+    /// (`busy::bound_with`), and where (`busy::saturated_at`).
     pub bound: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bound_at: Vec<String>,
 }
 
 /// Creates `path` and streams `size` bytes into it, `block` repeated
@@ -181,8 +192,11 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
     let mut links = Vec::new();
     let mut each = Vec::new();
     let (local, masters) = target(&args.masters, bench_spec(&args.dir)).await?;
-    let probe = Probe::of(local.is_some().then_some(args.dir.as_path()));
-    let mut each_busy = Vec::new();
+    let probe = Probes {
+        host: Probe::of(local.is_some().then_some(args.dir.as_path())),
+        servers: ServerProbe::default(),
+    };
+    let (mut each_busy, mut each_servers) = (Vec::new(), Vec::new());
     let client = Client::connect(&masters)?;
     let mut block = vec![0u8; 8 << 20];
     fill_random(&mut block, 7);
@@ -195,6 +209,11 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
         if let Some(h) = &hosts {
             h.check_replication(replication)?;
         }
+        // A cluster elsewhere: its chunkservers' hosts are probed too.
+        let probe = match local.is_some() {
+            true => probe.clone(),
+            false => probe.clone().with_servers(client.master(), &base).await?,
+        };
         for run in 0..args.runs {
             // The ceilings first, then the cluster, alternating, so both see
             // the same state of the disk (or of the link).
@@ -210,16 +229,18 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
                 dev_r.push(c.read);
             }
             let path = format!("{base}/{run}");
-            let mut before = probe.snapshot();
+            let mut before = probe.before().await;
             let took = write_file(&client, &path, args.size, &block).await?;
             let took = if read {
-                before = probe.snapshot();
+                before = probe.before().await;
                 read_file(&client, &path, args.size).await?
             } else {
                 took
             };
-            let after = probe.snapshot();
-            each_busy.push(busy::between(&before, &after));
+            let after = probe.after().await;
+            let (busy, servers) = all_between(&before, &after);
+            each_busy.push(busy);
+            each_servers.push(servers);
             each.push(mb_s(args.size, took));
             // Purged, not kept for the retention period: the next run needs
             // the space.
@@ -248,6 +269,7 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
     };
     let got = median(each.clone());
     let busy = median_busy(&each_busy);
+    let servers = median_servers(&each_servers);
     Ok(ClusterReport {
         bench: if read {
             "cluster-read"
@@ -270,7 +292,9 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
         each_mb_s: each,
         each_busy,
         busy,
-        bound: bound(&busy),
+        bound: bound_with(&busy, &servers),
+        bound_at: saturated_at(&busy, &servers),
+        servers,
     })
 }
 
@@ -304,13 +328,17 @@ fn table(r: &ClusterReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<14} {:>10.1} {:>12.1} {:>7.0}%   {}",
+        "{:<14} {:>10.1} {:>12.1} {:>7.0}%   {}: {}",
         "",
         r.mb_s,
         r.limit_mb_s,
         r.ratio * 100.0,
-        busy::describe(&r.busy)
+        busy::figures(&r.busy),
+        busy::bound_where(r.bound, &r.bound_at)
     );
+    for sv in &r.servers {
+        let _ = writeln!(out, "{:<14} {:>33}   {}", "", "", server_line(sv));
+    }
     if let (Some(l), Some(nb)) = (r.new_blocks_limit_mb_s, r.new_blocks_ratio) {
         let _ = writeln!(
             out,
@@ -365,8 +393,25 @@ mod tests {
             each_mb_s: vec![500.0],
             each_busy: Vec::new(),
             busy: Busy::default(),
+            servers: Vec::new(),
             bound: "unknown",
+            bound_at: Vec::new(),
         };
+        let remote = ClusterReport {
+            servers: vec![ServerBusy {
+                addr: "10.0.0.3:7100".into(),
+                busy: Busy {
+                    cpu: Some(0.5),
+                    ..Busy::default()
+                },
+            }],
+            bound: "CPU",
+            bound_at: vec!["client CPU".into()],
+            ..r.clone()
+        };
+        let t = table(&remote);
+        assert!(t.contains(": CPU (client CPU)\n"), "{t}");
+        assert!(t.contains("   cs 10.0.0.3:7100: CPU 50 %\n"), "{t}");
         let t = table(&r);
         let lines: Vec<&str> = t.lines().collect();
         assert!(

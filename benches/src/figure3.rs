@@ -37,7 +37,7 @@ use serde::Serialize;
 
 use crate::busy::{
     Busy, Probe, Probes, ServerBusy, ServerProbe, all_between, bound_with, median_busy,
-    median_servers, saturated_at,
+    median_servers, saturated_at, server_line,
 };
 
 /// What this host and, for a cluster elsewhere, each chunkserver's host
@@ -304,17 +304,6 @@ fn judge(measured: &[Measured], samples: &[Limits], basis: Basis, r: u32) -> Vec
     points
 }
 
-/// The addresses of the cluster's live chunkservers (the leader's fsck of
-/// `path` lists every server, whatever the path holds).
-async fn live_chunkservers(admin: &Client, path: &str) -> Result<Vec<String>> {
-    let r = admin.master().fsck(path, false).await?;
-    Ok(r.servers
-        .into_iter()
-        .filter(|s| s.live)
-        .map(|s| s.addr)
-        .collect())
-}
-
 /// `n` clients each running `job(client, i)`: the aggregate rate, and
 /// what the host was busy with meanwhile.
 async fn clients<F, Fut>(
@@ -527,10 +516,7 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
         // A cluster elsewhere: its chunkservers' hosts are probed too.
         let probe = match local.is_some() {
             true => probe.clone(),
-            false => Probes {
-                servers: ServerProbe::of(&live_chunkservers(&admin, &base).await?),
-                ..probe.clone()
-            },
+            false => probe.clone().with_servers(admin.master(), &base).await?,
         };
         // The read set: a few files written once, read by every point.
         let mut read_set = Vec::new();
@@ -718,15 +704,6 @@ fn print_hosts(f: &Figure3, hosts: &Hosts) {
     );
 }
 
-/// A chunkserver host's figures for the table: `cs ADDR: CPU 43 % (2 %
-/// stolen), disk 91 % busy (6.3 in flight, 2210 MB/s)`.
-fn server_line(s: &ServerBusy) -> String {
-    let all = crate::busy::describe(&s.busy);
-    // Without its own bound: the point's names every host's.
-    let figures = all.rsplit_once(": ").map_or(all.as_str(), |(f, _)| f);
-    format!("cs {}: {figures}", s.addr)
-}
-
 pub fn print_figure3(f: &Figure3) {
     match &f.hosts {
         Some(hosts) => print_hosts(f, hosts),
@@ -765,10 +742,7 @@ pub fn print_figure3(f: &Figure3) {
             })
             .collect();
         let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.0}%", v * 100.0));
-        let bound = match p.bound_at.as_slice() {
-            [] => p.bound.to_string(),
-            at => format!("{} ({})", p.bound, at.join(", ")),
-        };
+        let bound = crate::busy::bound_where(p.bound, &p.bound_at);
         let disk = p.busy.disk.map_or("-".to_string(), |d| {
             format!(
                 "{:.0}% ({:.1}) {:.0}",

@@ -201,6 +201,35 @@ fn sane(v: &Value, at: &str) -> Result<()> {
     Ok(())
 }
 
+/// A cluster elsewhere (`running`): its chunkservers' hosts reported what
+/// they were busy with during measurement `r`, every one of them; a local
+/// cluster's are this host's own, so none are.
+fn servers_reported(case: &Case, r: &serde_json::Value) -> Result<()> {
+    let servers = r.get("servers").and_then(|s| s.as_array());
+    if !case.running {
+        ensure!(
+            servers.is_none(),
+            "servers' figures for a local cluster: {r}"
+        );
+        return Ok(());
+    }
+    let servers = servers.context("no servers' figures for a cluster elsewhere")?;
+    let chunkservers = gfs_tests::cluster::Spec::default().chunkservers;
+    ensure!(
+        servers.len() == chunkservers,
+        "{} servers' figures, not the running cluster's {chunkservers}: {r}",
+        servers.len()
+    );
+    for sv in servers {
+        let cpu = sv["cpu"].as_f64().unwrap_or(-1.0);
+        ensure!(
+            sv["addr"].is_string() && (0.0..=1.0).contains(&cpu),
+            "a server's figures without its address or CPU: {sv}"
+        );
+    }
+    Ok(())
+}
+
 fn check(case: &Case, stdout: &str) -> Result<()> {
     let v = last_json(stdout)?;
     ensure!(v.is_object(), "the last line is not a JSON object");
@@ -214,6 +243,9 @@ fn check(case: &Case, stdout: &str) -> Result<()> {
             r.as_u64() == Some(u64::from(want)),
             "replication {r}, not the cluster's {want}"
         );
+    }
+    if case.name.starts_with("cluster-") {
+        servers_reported(case, &v)?;
     }
     if case.name == "figure3" {
         ensure!(
@@ -253,29 +285,7 @@ fn check(case: &Case, stdout: &str) -> Result<()> {
                 !(case.running && r.get("cpu_limit_mb_s").is_some()),
                 "a CPU limit is for a local cluster only: {r}"
             );
-            // Its chunkservers' hosts report what they were busy with.
-            let servers = r.get("servers").and_then(|s| s.as_array());
-            if case.running {
-                let servers = servers.context("no servers' figures for a cluster elsewhere")?;
-                let chunkservers = gfs_tests::cluster::Spec::default().chunkservers;
-                ensure!(
-                    servers.len() == chunkservers,
-                    "{} servers' figures, not the running cluster's {chunkservers}: {r}",
-                    servers.len()
-                );
-                for sv in servers {
-                    let cpu = sv["cpu"].as_f64().unwrap_or(-1.0);
-                    ensure!(
-                        sv["addr"].is_string() && (0.0..=1.0).contains(&cpu),
-                        "a server's figures without its address or CPU: {sv}"
-                    );
-                }
-            } else {
-                ensure!(
-                    servers.is_none(),
-                    "servers' figures for a local cluster: {r}"
-                );
-            }
+            servers_reported(case, r)?;
             // The host's CPU time is always there to read; a round may be
             // too short to see a clock tick, but not both of a point's.
             let cpu = r["busy"]["cpu"].as_f64().unwrap_or(-1.0);
