@@ -13,6 +13,7 @@
 pub mod chunks;
 pub mod client;
 pub mod master;
+mod seen;
 pub mod stream;
 
 pub use client::{Client, ClientOptions};

@@ -3,7 +3,7 @@
 //! fetches pieces ahead for sequential reads; [`RecordReader`] delivers
 //! each acknowledged record of an appended file exactly once.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -538,7 +538,7 @@ pub struct RecordReader {
     chunk_size: u64,
     next_chunk: u64,
     ready: VecDeque<Record>,
-    seen: HashSet<RecordId>,
+    seen: crate::seen::Seen,
 }
 
 impl RecordReader {
@@ -550,7 +550,7 @@ impl RecordReader {
             path: path.to_string(),
             next_chunk: 0,
             ready: VecDeque::new(),
-            seen: HashSet::new(),
+            seen: crate::seen::Seen::default(),
         })
     }
 
