@@ -109,11 +109,13 @@ impl DataBuffer {
             .and_then(|e| e.received.clone())
     }
 
-    /// Drops data a committed mutation used.
-    pub fn remove(&mut self, id: u64) {
-        if let Some(e) = self.entries.remove(&id) {
-            self.used -= parts_len(&e.data);
-        }
+    /// Drops data a committed mutation used; whether there was any.
+    pub fn remove(&mut self, id: u64) -> bool {
+        let Some(e) = self.entries.remove(&id) else {
+            return false;
+        };
+        self.used -= parts_len(&e.data);
+        true
     }
 
     pub fn expire(&mut self, now_ms: u64) {

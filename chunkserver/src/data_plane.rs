@@ -216,6 +216,8 @@ async fn push(sh: &Shared, s: &mut TcpStream, h: PushHeader) -> io::Result<bool>
             .await?;
         return Ok(true);
     }
+    // Mutations that came before the data wait while it is received.
+    let arriving = sh.arrivals.receiving(h.data_id);
     let (tx, downstream) = match h.chain.split_first() {
         Some((next, rest)) => {
             let (tx, rx) = mpsc::channel::<Bytes>(8);
@@ -261,6 +263,7 @@ async fn push(sh: &Shared, s: &mut TcpStream, h: PushHeader) -> io::Result<bool>
     drop(tx);
     let received = receiving.and_then(Receiving::finish);
     sh.store_pushed(h.data_id, parts, received, total);
+    drop(arriving);
     let (below, busy) = match downstream {
         Some(task) => match task.await {
             Ok(Ok(r)) => (r.stored, r.busy),

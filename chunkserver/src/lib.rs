@@ -14,8 +14,10 @@
 //!   record placement, deduplication), [`buffer`] (pushed data awaiting its
 //!   mutation), [`changes`] (incremental chunk reports);
 //! - [`pieces`]: recycled receive buffers for pushed pieces;
+//! - [`arrivals`]: pushes being received, which early mutations wait for;
 //! - [`config`]: TOML + flags.
 
+pub mod arrivals;
 pub mod buffer;
 pub mod changes;
 pub mod clone;

@@ -121,6 +121,8 @@ pub struct Shared {
     /// Receive buffers of pushed pieces.
     pub pieces: Arc<PiecePool>,
     pub cloning: Cloning,
+    /// Pushes being received (a mutation may come before its data).
+    pub arrivals: crate::arrivals::Arrivals,
     /// Names this process in the serials it gives mutations as a primary.
     run: u64,
 }
@@ -142,6 +144,7 @@ impl Shared {
             relinquished: Mutex::default(),
             data: Arc::new(DataPool::new()),
             cloning: Cloning::default(),
+            arrivals: crate::arrivals::Arrivals::default(),
             run: rand::random::<u64>() | 1,
         })
     }
@@ -185,6 +188,41 @@ impl Shared {
             ));
         }
         Ok(out)
+    }
+
+    /// The pushed data of `ids` as [`Self::data`] gives it, waiting up to
+    /// `limit` for data still being pushed here, and briefly for a push
+    /// yet to start (`arrivals`): a record append's mutation is sent while
+    /// its data is pushed.
+    pub(crate) async fn data_arriving(
+        &self,
+        ids: &[u64],
+        len: u64,
+        limit: Duration,
+    ) -> Result<Parts, Status> {
+        use crate::arrivals::{Verdict, verdict};
+        let started = tokio::time::Instant::now();
+        loop {
+            let done = self.arrivals.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            let e = match self.data(ids, len) {
+                Err(e) if gfs_proto::wire::detail_of(&e).kind() == ErrorKind::DataMissing => e,
+                got => return got,
+            };
+            let incoming = ids.iter().any(|&id| self.arrivals.is_incoming(id));
+            if verdict(incoming, started.elapsed(), limit) == Verdict::Missing {
+                return Err(e);
+            }
+            // Woken when a push here is done; else look again at the
+            // grace's end (a push that starts is not signalled).
+            let look = if incoming {
+                limit
+            } else {
+                crate::arrivals::START_GRACE
+            };
+            let _ = tokio::time::timeout_at(started + look, done).await;
+        }
     }
 
     /// Up to `r.length` bytes at `r.offset` if this replica is at the
@@ -238,11 +276,14 @@ impl Shared {
         }
     }
 
-    /// Drops pushed data from the buffer.
+    /// Drops pushed data from the buffer. Data not here yet (a mutation
+    /// may come before it: `arrivals`) is refused when it comes.
     fn forget_data(&self, ids: &[u64]) {
         let mut buffer = Self::lock(&self.buffer);
         for &id in ids {
-            buffer.remove(id);
+            if !buffer.remove(id) {
+                self.arrivals.forget(id, now_ms());
+            }
         }
     }
 
@@ -264,7 +305,14 @@ impl Shared {
         received: Option<Received>,
         reserved: u64,
     ) {
-        Self::lock(&self.buffer).insert(id, data, received, reserved, now_ms());
+        let now = now_ms();
+        let mut buffer = Self::lock(&self.buffer);
+        if self.arrivals.unwanted(id, now) {
+            // Dropped before it came: nothing will use it.
+            buffer.release(reserved);
+            return;
+        }
+        buffer.insert(id, data, received, reserved, now);
     }
 
     /// The chunk's state here, creating it (at `version`) if it is absent
@@ -624,9 +672,13 @@ impl ChunkService {
             MutationKind::Append => self.check_size(0, r.length)?,
             _ => self.check_size(r.offset, r.length)?,
         }
+        sh.held_lease(h, r.lease_expires_ms, r.version, now_ms())?;
+        let data = sh
+            .data_arriving(&[r.data_id], r.length, PEER_TIMEOUT)
+            .await?;
+        // The lease again, as of now: the data may have been a while coming.
         let now = now_ms();
         sh.held_lease(h, r.lease_expires_ms, r.version, now)?;
-        let data = sh.data(&[r.data_id], r.length)?;
         let slot = sh.ordered(h);
         if kind == MutationKind::Append {
             return self.append(slot, r, data).await.map(Response::new);
@@ -673,7 +725,7 @@ impl ChunkService {
         let slot = self.shared.ordered(ChunkHandle(r.handle));
         let turn = (r.primary_run, r.serial, r.after_serial);
         // The data is found and prepared now, its errors reported in turn.
-        let data = self.incoming(&r, kind);
+        let data = self.incoming(&r, kind).await;
         let landing = slot
             .in_turn(turn, PEER_TIMEOUT, self.apply_here(&slot, &r, kind, data))
             .await?;
@@ -761,7 +813,7 @@ impl ChunkService {
     }
 
     /// The pushed data a secondary's mutation names, prepared for the disk.
-    fn incoming(
+    async fn incoming(
         &self,
         r: &ApplyRequest,
         kind: MutationKind,
@@ -770,7 +822,10 @@ impl ChunkService {
             return Ok((Parts::new(), None));
         }
         self.check_size(r.offset, r.length)?;
-        let data = self.shared.data(&r.data_ids, r.length)?;
+        let data = self
+            .shared
+            .data_arriving(&r.data_ids, r.length, PEER_TIMEOUT)
+            .await?;
         let prepared = self.shared.prepare(kind, r.offset, &r.data_ids, &data);
         Ok((data, prepared))
     }

@@ -363,41 +363,6 @@ impl Client {
         if let Some(t) = &m.turn {
             t.wait_for(m.offset).await;
         }
-        let started = Instant::now();
-        let pushed = self.pool.push(&chain, data_id, m.data.clone()).await;
-        let push_took = started.elapsed();
-        match pushed {
-            Ok(()) => {
-                if let Some(t) = &m.turn {
-                    t.pushed_to(m.offset + m.data.remaining() as u64);
-                }
-            }
-            Err(PushError::Broken(i)) => {
-                if let Some(r) = info.replicas.get(i) {
-                    failed.push(r.node_id);
-                }
-                return Err(Attempt::Retry(MasterError::new(
-                    ErrorKind::Unavailable,
-                    format!("push stopped at replica {i} of chunk {index}"),
-                )));
-            }
-            Err(PushError::Busy(i)) => {
-                // A replica out of buffer space is not a failed one; only
-                // one that stays so, attempt after attempt, is reported.
-                *busy_pushes += 1;
-                if *busy_pushes >= MAX_BUSY_PUSHES
-                    && let Some(r) = info.replicas.get(i)
-                {
-                    failed.push(r.node_id);
-                }
-                return Err(Attempt::Retry(MasterError::new(
-                    ErrorKind::Busy,
-                    format!("replica {i} of chunk {index} has no buffer space; retrying"),
-                )));
-            }
-            Err(PushError::Other(e)) if e.kind == ErrorKind::Busy => return Err(Attempt::Retry(e)),
-            Err(PushError::Other(e)) => return Err(Attempt::Fatal(e)),
-        }
         let req = MutateRequest {
             handle: info.handle,
             version: info.version,
@@ -419,7 +384,64 @@ impl Client {
             seq: m.record.map_or(0, |r| r.seq),
             sync: m.sync,
         };
-        let mutated = self.pool.mutate(&primary.addr, req).await;
+        // A record append's mutation goes out with its push: each replica
+        // takes it once its own copy is in (waiting for it there), not
+        // after the whole chain acknowledged the push.
+        let early = m.kind == MutationKind::Append;
+        let started = Instant::now();
+        let push = async {
+            let pushed = self.pool.push(&chain, data_id, m.data.clone()).await;
+            (pushed, started.elapsed())
+        };
+        let ((pushed, push_took), sent) = if early {
+            let (p, sent) = tokio::join!(push, self.pool.mutate(&primary.addr, req.clone()));
+            (p, Some(sent))
+        } else {
+            (push.await, None)
+        };
+        // A mutation every replica applied stands, whatever the push's
+        // answer said; otherwise a failed push is what to report.
+        let applied = matches!(&sent, Some(Ok(r)) if r.failed.is_empty());
+        if !applied {
+            match pushed {
+                Ok(()) => {
+                    if let Some(t) = &m.turn {
+                        t.pushed_to(m.offset + m.data.remaining() as u64);
+                    }
+                }
+                Err(PushError::Broken(i)) => {
+                    if let Some(r) = info.replicas.get(i) {
+                        failed.push(r.node_id);
+                    }
+                    return Err(Attempt::Retry(MasterError::new(
+                        ErrorKind::Unavailable,
+                        format!("push stopped at replica {i} of chunk {index}"),
+                    )));
+                }
+                Err(PushError::Busy(i)) => {
+                    // A replica out of buffer space is not a failed one; only
+                    // one that stays so, attempt after attempt, is reported.
+                    *busy_pushes += 1;
+                    if *busy_pushes >= MAX_BUSY_PUSHES
+                        && let Some(r) = info.replicas.get(i)
+                    {
+                        failed.push(r.node_id);
+                    }
+                    return Err(Attempt::Retry(MasterError::new(
+                        ErrorKind::Busy,
+                        format!("replica {i} of chunk {index} has no buffer space; retrying"),
+                    )));
+                }
+                Err(PushError::Other(e)) if e.kind == ErrorKind::Busy => {
+                    return Err(Attempt::Retry(e));
+                }
+                Err(PushError::Other(e)) => return Err(Attempt::Fatal(e)),
+            }
+        }
+        let mutated = match sent {
+            Some(sent) => sent,
+            None => self.pool.mutate(&primary.addr, req).await,
+        };
         tracing::trace!(
             bytes = m.data.remaining(),
             push_ms = push_took.as_secs_f64() * 1e3,

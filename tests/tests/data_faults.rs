@@ -757,3 +757,109 @@ async fn data_plane_refuses_bad_input(addr: &str) {
     s.write_all(&[0x5a; 4096]).await.expect("send");
     drop(s);
 }
+
+/// A record append's mutation may reach the replicas before its data (a
+/// client sends both at once): each waits for its own copy while the push
+/// is under way, and one whose data never comes answers `DataMissing`
+/// after a short grace instead of waiting on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mutation_ahead_of_its_data_waits_for_it_and_no_longer() {
+    use gfs_proto::record::{self, RecordId};
+    use gfs_proto::wire::chunk::{MutateReply, Replica};
+    let cluster = Cluster::start(Spec {
+        lease_ms: 60_000,
+        ..Spec::default()
+    })
+    .await
+    .expect("cluster");
+    let c = cluster.client();
+    c.create("/log", 0).await.expect("create");
+    c.append_bytes("/log", bytes::Bytes::from_static(b"first"))
+        .await
+        .expect("append");
+    let chunk = c.chunks("/log").await.expect("chunks").remove(0);
+    let primary = chunk
+        .replicas
+        .iter()
+        .find(|r| r.node_id == chunk.primary)
+        .expect("primary listed");
+    let id = RecordId {
+        client_id: 77,
+        seq: 1,
+    };
+    let payload = random_bytes(200_000, 5);
+    let frame = bytes::Bytes::from(record::encode(id, &payload));
+    let mutate = |data_id: u64| MutateRequest {
+        handle: chunk.handle,
+        version: chunk.version,
+        kind: MutationKind::Append as i32,
+        offset: 0,
+        data_id,
+        length: frame.len() as u64,
+        secondaries: chunk
+            .replicas
+            .iter()
+            .filter(|r| r.node_id != chunk.primary)
+            .map(|r| Replica {
+                node_id: r.node_id,
+                addr: r.addr.clone(),
+            })
+            .collect(),
+        lease_expires_ms: chunk.lease_expires_ms,
+        client_id: id.client_id,
+        seq: id.seq,
+        sync: false,
+    };
+    let pool = DataPool::new();
+    let t = Duration::from_secs(20);
+    // The mutation first; the data 100 ms later, down the whole chain.
+    let chain: Vec<String> = chunk.replicas.iter().map(|r| r.addr.clone()).collect();
+    let push = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(frame.clone()).await.unwrap();
+        drop(tx);
+        let header = PushHeader {
+            data_id: 0xfeed,
+            total_bytes: frame.len() as u64,
+            chain: chain[1..].to_vec(),
+        };
+        pool.push(&chain[0], &header, rx, t).await
+    };
+    let early = mutate(0xfeed);
+    let call = pool.call::<_, MutateReply>(&primary.addr, Op::Mutate, &early, t);
+    let (pushed, applied) = tokio::join!(push, call);
+    assert_eq!(pushed.expect("push").stored, 3);
+    let applied = applied.expect("the mutation waited for its data");
+    assert!(applied.failed.is_empty(), "{applied:?}");
+    let mut rr = gfs_client::RecordReader::open(&c, "/log")
+        .await
+        .expect("records");
+    let mut got = Vec::new();
+    while let Some(r) = rr.next().await.expect("next") {
+        got.push(r);
+    }
+    assert_eq!(
+        got.len(),
+        2,
+        "{:?}",
+        got.iter().map(|r| r.id).collect::<Vec<_>>()
+    );
+    assert_eq!((got[1].id, &got[1].data[..]), (id, &payload[..]));
+    // Data that never comes: refused after the grace, not the 20 s.
+    let started = Instant::now();
+    let never = pool
+        .call::<_, MutateReply>(&primary.addr, Op::Mutate, &mutate(0xdead), t)
+        .await
+        .expect_err("no data");
+    let waited = started.elapsed();
+    assert_eq!(
+        detail_of(&never).kind(),
+        ErrorKind::DataMissing,
+        "{never:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        "waited {waited:?}"
+    );
+}
