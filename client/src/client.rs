@@ -444,8 +444,12 @@ impl Client {
         };
         tracing::trace!(
             bytes = m.data.remaining(),
+            early,
             push_ms = push_took.as_secs_f64() * 1e3,
-            mutate_ms = (started.elapsed() - push_took).as_secs_f64() * 1e3,
+            // With the push (`early`): from the push's end to the answer
+            // (0 when the answer came first).
+            mutate_ms = started.elapsed().saturating_sub(push_took).as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
             "mutation"
         );
         match mutated {
