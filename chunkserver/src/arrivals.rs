@@ -13,8 +13,10 @@
 //! expired, and a busy file's appenders would fill the buffers).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 /// How long a mutation waits for a push of its data that has not started
 /// here: the push reaches the chain's later servers a hop after the first.
@@ -46,18 +48,25 @@ pub const FORGOTTEN_FOR_MS: u64 = 30_000;
 /// Dropped ids remembered at most (the oldest go first past it).
 const FORGOTTEN_MAX: usize = 1 << 16;
 
-/// The data ids being received here, and a signal whenever one is done
-/// (stored or failed); and the ids dropped before their data came.
+/// The data ids being received here, each with a signal for when a push
+/// of it is done (stored or failed); and the ids dropped before their data
+/// came.
 #[derive(Debug, Default)]
 pub struct Arrivals {
-    incoming: Mutex<HashMap<u64, usize>>,
-    pub done: tokio::sync::Notify,
+    incoming: Mutex<HashMap<u64, Incoming>>,
     /// Id to when it may be kept again.
     forgotten: Mutex<HashMap<u64, u64>>,
 }
 
+#[derive(Debug, Default)]
+struct Incoming {
+    /// Pushes of the id being received (a retried push may overlap one).
+    receivers: usize,
+    done: Arc<Notify>,
+}
+
 impl Arrivals {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, usize>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Incoming>> {
         self.incoming.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -71,9 +80,12 @@ impl Arrivals {
         let mut f = self.forgotten();
         if f.len() >= FORGOTTEN_MAX {
             f.retain(|_, until| *until > now_ms);
-            if f.len() >= FORGOTTEN_MAX {
-                let oldest = f.iter().min_by_key(|(_, until)| **until).map(|(id, _)| *id);
-                f.remove(&oldest.unwrap_or(id));
+            // Still full: one goes (its data, should it come, waits out
+            // the buffer's expiry as all data did before).
+            if f.len() >= FORGOTTEN_MAX
+                && let Some(&any) = f.keys().next()
+            {
+                f.remove(&any);
             }
         }
         f.insert(id, now_ms + FORGOTTEN_FOR_MS);
@@ -89,17 +101,19 @@ impl Arrivals {
 
     /// Marks a push of `id` as being received until the guard drops.
     pub fn receiving(&self, id: u64) -> Receiving<'_> {
-        *self.lock().entry(id).or_default() += 1;
+        self.lock().entry(id).or_default().receivers += 1;
         Receiving { arrivals: self, id }
     }
 
-    pub fn is_incoming(&self, id: u64) -> bool {
-        self.lock().contains_key(&id)
+    /// If a push of `id` is being received here, the signal given when it
+    /// is done.
+    pub fn incoming(&self, id: u64) -> Option<Arc<Notify>> {
+        self.lock().get(&id).map(|i| i.done.clone())
     }
 }
 
 /// A push being received; dropping it (stored or failed) wakes the
-/// mutations waiting for data.
+/// mutations waiting for its data.
 #[derive(Debug)]
 pub struct Receiving<'a> {
     arrivals: &'a Arrivals,
@@ -108,22 +122,31 @@ pub struct Receiving<'a> {
 
 impl Drop for Receiving<'_> {
     fn drop(&mut self) {
-        {
+        let done = {
             let mut m = self.arrivals.lock();
-            if let Some(n) = m.get_mut(&self.id) {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(&self.id);
-                }
+            let Some(i) = m.get_mut(&self.id) else {
+                return;
+            };
+            i.receivers -= 1;
+            let done = i.done.clone();
+            if i.receivers == 0 {
+                m.remove(&self.id);
             }
-        }
-        self.arrivals.done.notify_waiters();
+            done
+        };
+        done.notify_waiters();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether a future is ready when polled once.
+    fn futures_poll_ready<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        f.poll(&mut cx).is_ready()
+    }
 
     #[test]
     fn a_mutation_waits_for_a_push_under_way_and_briefly_for_one_to_start() {
@@ -149,25 +172,33 @@ mod tests {
         // Past its time, wanted again.
         a.forget(6, 1_000);
         assert!(!a.unwanted(6, 1_000 + FORGOTTEN_FOR_MS));
-        // Bounded: the oldest goes first.
+        // Bounded: when full, the expired go, else any one.
         for id in 0..FORGOTTEN_MAX as u64 + 10 {
-            a.forget(1_000_000 + id, id);
+            a.forget(1_000_000 + id, 0);
         }
-        assert!(a.forgotten().len() <= FORGOTTEN_MAX);
-        assert!(!a.unwanted(1_000_000, 0));
+        assert_eq!(a.forgotten().len(), FORGOTTEN_MAX);
         assert!(a.unwanted(1_000_000 + FORGOTTEN_MAX as u64 + 9, 0));
+        a.forget(1, 0);
+        a.forget(7, 10 * FORGOTTEN_FOR_MS);
+        assert_eq!(a.forgotten().len(), 1);
     }
 
     #[test]
     fn a_push_is_incoming_until_its_last_receiver_is_done() {
         let a = Arrivals::default();
-        assert!(!a.is_incoming(7));
+        assert!(a.incoming(7).is_none());
         let first = a.receiving(7);
         let again = a.receiving(7);
-        assert!(a.is_incoming(7) && !a.is_incoming(8));
+        let done = a.incoming(7).expect("incoming");
+        assert!(a.incoming(8).is_none());
+        let woken = done.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         drop(first);
-        assert!(a.is_incoming(7));
+        // Each push done wakes the waiters; the id is incoming while one is.
+        assert!(futures_poll_ready(woken.as_mut()));
+        assert!(a.incoming(7).is_some());
         drop(again);
-        assert!(!a.is_incoming(7));
+        assert!(a.incoming(7).is_none());
     }
 }

@@ -203,25 +203,35 @@ impl Shared {
         use crate::arrivals::{Verdict, verdict};
         let started = tokio::time::Instant::now();
         loop {
-            let done = self.arrivals.done.notified();
+            // The signal of a push of the data under way, registered before
+            // looking at the buffer, so that its end is never missed (its
+            // data is stored before it signals).
+            let signal = ids.iter().find_map(|&id| self.arrivals.incoming(id));
+            let done = signal.as_ref().map(|n| n.notified());
             tokio::pin!(done);
-            done.as_mut().enable();
+            if let Some(d) = done.as_mut().as_pin_mut() {
+                d.enable();
+            }
             let e = match self.data(ids, len) {
                 Err(e) if gfs_proto::wire::detail_of(&e).kind() == ErrorKind::DataMissing => e,
                 got => return got,
             };
-            let incoming = ids.iter().any(|&id| self.arrivals.is_incoming(id));
+            let incoming = signal.is_some();
             if verdict(incoming, started.elapsed(), limit) == Verdict::Missing {
                 return Err(e);
             }
-            // Woken when a push here is done; else look again at the
-            // grace's end (a push that starts is not signalled).
-            let look = if incoming {
-                limit
-            } else {
-                crate::arrivals::START_GRACE
-            };
-            let _ = tokio::time::timeout_at(started + look, done).await;
+            match done.as_mut().as_pin_mut() {
+                Some(d) => {
+                    let _ = tokio::time::timeout_at(started + limit, d).await;
+                }
+                // None under way: look again once a push could have
+                // started (a start is not signalled).
+                None => {
+                    let grace = started + crate::arrivals::START_GRACE;
+                    let now = tokio::time::Instant::now();
+                    tokio::time::sleep_until(grace.max(now + Duration::from_millis(5))).await;
+                }
+            }
         }
     }
 
