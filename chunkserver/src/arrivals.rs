@@ -62,6 +62,9 @@ pub struct Arrivals {
 struct Incoming {
     /// Pushes of the id being received (a retried push may overlap one).
     receivers: usize,
+    /// Mutations waiting for its data.
+    waiters: usize,
+    /// Given when a push of it is done.
     done: Arc<Notify>,
 }
 
@@ -105,10 +108,34 @@ impl Arrivals {
         Receiving { arrivals: self, id }
     }
 
-    /// If a push of `id` is being received here, the signal given when it
-    /// is done.
-    pub fn incoming(&self, id: u64) -> Option<Arc<Notify>> {
-        self.lock().get(&id).map(|i| i.done.clone())
+    /// A mutation waiting for the data of `id`, until the guard drops:
+    /// woken whenever a push of it is done, whether or not one had
+    /// started when it began to wait.
+    pub fn watch(&self, id: u64) -> Watch<'_> {
+        let done = {
+            let mut m = self.lock();
+            let i = m.entry(id).or_default();
+            i.waiters += 1;
+            i.done.clone()
+        };
+        Watch {
+            arrivals: self,
+            id,
+            done,
+        }
+    }
+
+    /// One of `id`'s counts down; the entry goes with the last.
+    fn leave(&self, id: u64, count: fn(&mut Incoming) -> &mut usize) {
+        let mut m = self.lock();
+        let Some(i) = m.get_mut(&id) else {
+            return;
+        };
+        let n = count(i);
+        *n = n.saturating_sub(1);
+        if i.receivers == 0 && i.waiters == 0 {
+            m.remove(&id);
+        }
     }
 }
 
@@ -122,19 +149,40 @@ pub struct Receiving<'a> {
 
 impl Drop for Receiving<'_> {
     fn drop(&mut self) {
-        let done = {
-            let mut m = self.arrivals.lock();
-            let Some(i) = m.get_mut(&self.id) else {
-                return;
-            };
-            i.receivers -= 1;
-            let done = i.done.clone();
-            if i.receivers == 0 {
-                m.remove(&self.id);
-            }
-            done
-        };
-        done.notify_waiters();
+        let done = self.arrivals.lock().get(&self.id).map(|i| i.done.clone());
+        self.arrivals.leave(self.id, |i| &mut i.receivers);
+        if let Some(done) = done {
+            done.notify_waiters();
+        }
+    }
+}
+
+/// A mutation waiting for the data of one id ([`Arrivals::watch`]).
+#[derive(Debug)]
+pub struct Watch<'a> {
+    arrivals: &'a Arrivals,
+    id: u64,
+    done: Arc<Notify>,
+}
+
+impl Watch<'_> {
+    /// Given when a push of the id is done.
+    pub fn done(&self) -> &Notify {
+        &self.done
+    }
+
+    /// Whether a push of the id is being received now.
+    pub fn incoming(&self) -> bool {
+        self.arrivals
+            .lock()
+            .get(&self.id)
+            .is_some_and(|i| i.receivers > 0)
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        self.arrivals.leave(self.id, |i| &mut i.waiters);
     }
 }
 
@@ -143,7 +191,7 @@ mod tests {
     use super::*;
 
     /// Whether a future is ready when polled once.
-    fn futures_poll_ready<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
+    fn ready<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         f.poll(&mut cx).is_ready()
     }
@@ -184,21 +232,31 @@ mod tests {
     }
 
     #[test]
-    fn a_push_is_incoming_until_its_last_receiver_is_done() {
+    fn a_waiter_is_woken_by_its_datas_push_whether_or_not_it_had_started() {
         let a = Arrivals::default();
-        assert!(a.incoming(7).is_none());
-        let first = a.receiving(7);
-        let again = a.receiving(7);
-        let done = a.incoming(7).expect("incoming");
-        assert!(a.incoming(8).is_none());
-        let woken = done.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-        drop(first);
-        // Each push done wakes the waiters; the id is incoming while one is.
-        assert!(futures_poll_ready(woken.as_mut()));
-        assert!(a.incoming(7).is_some());
-        drop(again);
-        assert!(a.incoming(7).is_none());
+        // Waiting before any push of 7 started.
+        let w = a.watch(7);
+        assert!(!w.incoming());
+        {
+            let woken = w.done().notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let first = a.receiving(7);
+            let again = a.receiving(7);
+            assert!(w.incoming());
+            assert!(!ready(woken.as_mut()));
+            drop(first);
+            // Each push done wakes the waiters; the id is incoming while
+            // one is.
+            assert!(ready(woken.as_mut()));
+            assert!(w.incoming());
+            drop(again);
+            assert!(!w.incoming());
+        }
+        // Nothing is left once the pushes and the waiters are gone.
+        drop(w);
+        assert!(a.lock().is_empty());
+        drop(a.receiving(8));
+        assert!(a.lock().is_empty());
     }
 }

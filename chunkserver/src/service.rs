@@ -200,38 +200,37 @@ impl Shared {
         len: u64,
         limit: Duration,
     ) -> Result<Parts, Status> {
-        use crate::arrivals::{Verdict, verdict};
         let started = tokio::time::Instant::now();
+        for &id in ids {
+            if !self.arrived(id, started, limit).await {
+                break;
+            }
+        }
+        self.data(ids, len)
+    }
+
+    /// Whether the data of `id` is here, once it came or will not (see
+    /// [`Self::data_arriving`]; `started`: when the mutation began to wait).
+    async fn arrived(&self, id: u64, started: tokio::time::Instant, limit: Duration) -> bool {
+        use crate::arrivals::{START_GRACE, Verdict, verdict};
+        let watch = self.arrivals.watch(id);
         loop {
-            // The signal of a push of the data under way, registered before
-            // looking at the buffer, so that its end is never missed (its
-            // data is stored before it signals).
-            let signal = ids.iter().find_map(|&id| self.arrivals.incoming(id));
-            let done = signal.as_ref().map(|n| n.notified());
+            // Registered before looking, so that a push done in between
+            // still wakes it (its data is stored before it signals).
+            let done = watch.done().notified();
             tokio::pin!(done);
-            if let Some(d) = done.as_mut().as_pin_mut() {
-                d.enable();
+            done.as_mut().enable();
+            if Self::lock(&self.buffer).get(id, now_ms()).is_some() {
+                return true;
             }
-            let e = match self.data(ids, len) {
-                Err(e) if gfs_proto::wire::detail_of(&e).kind() == ErrorKind::DataMissing => e,
-                got => return got,
-            };
-            let incoming = signal.is_some();
+            let incoming = watch.incoming();
             if verdict(incoming, started.elapsed(), limit) == Verdict::Missing {
-                return Err(e);
+                return false;
             }
-            match done.as_mut().as_pin_mut() {
-                Some(d) => {
-                    let _ = tokio::time::timeout_at(started + limit, d).await;
-                }
-                // None under way: look again once a push could have
-                // started (a start is not signalled).
-                None => {
-                    let grace = started + crate::arrivals::START_GRACE;
-                    let now = tokio::time::Instant::now();
-                    tokio::time::sleep_until(grace.max(now + Duration::from_millis(5))).await;
-                }
-            }
+            // Without a push under way, look again at the grace's end (a
+            // push that starts meanwhile is waited for from then on).
+            let until = started + if incoming { limit } else { START_GRACE };
+            let _ = tokio::time::timeout_at(until, done).await;
         }
     }
 
