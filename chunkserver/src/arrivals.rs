@@ -45,7 +45,7 @@ pub fn verdict(incoming: bool, waited: Duration, limit: Duration) -> Verdict {
 /// How long the data of a dropped id that had not come yet is refused.
 pub const FORGOTTEN_FOR_MS: u64 = 30_000;
 
-/// Dropped ids remembered at most (the oldest go first past it).
+/// Dropped ids remembered at most (past it, the expired go, else any one).
 const FORGOTTEN_MAX: usize = 1 << 16;
 
 /// The data ids being received here, each with a signal for when a push
