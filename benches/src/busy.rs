@@ -381,20 +381,32 @@ pub struct Snapshots {
 }
 
 impl Probes {
-    /// These, with the live chunkservers of the cluster `m` leads probed
-    /// too (the leader's fsck of `path` lists every server, whatever the
-    /// path holds).
-    pub async fn with_servers(self, m: &gfs_client::MasterClient, path: &str) -> Result<Self> {
-        let r = m.fsck(path, false).await?;
-        let live: Vec<String> = r
-            .servers
-            .into_iter()
-            .filter(|s| s.live)
-            .map(|s| s.addr)
-            .collect();
+    /// The probes of a cluster's measurements: for one started on this
+    /// host (`local_dir`, where its data is), this host and that
+    /// directory's device; for one elsewhere, this host's CPUs and the
+    /// live chunkservers of the cluster `m` leads (the leader's fsck of
+    /// `path` lists every server, whatever the path holds).
+    pub async fn of_cluster(
+        local_dir: Option<&Path>,
+        m: &gfs_client::MasterClient,
+        path: &str,
+    ) -> Result<Self> {
+        let servers = match local_dir {
+            Some(_) => ServerProbe::default(),
+            None => {
+                let r = m.fsck(path, false).await?;
+                let live: Vec<String> = r
+                    .servers
+                    .into_iter()
+                    .filter(|s| s.live)
+                    .map(|s| s.addr)
+                    .collect();
+                ServerProbe::of(&live)
+            }
+        };
         Ok(Probes {
-            servers: ServerProbe::of(&live),
-            ..self
+            host: Probe::of(local_dir),
+            servers,
         })
     }
 

@@ -18,8 +18,8 @@ use gfs_tests::cluster::{Cluster, Spec};
 use serde::Serialize;
 
 use crate::busy::{
-    self, Busy, Probe, Probes, ServerBusy, ServerProbe, all_between, bound_with, median_busy,
-    median_servers, saturated_at, server_line,
+    self, Busy, Probes, ServerBusy, all_between, bound_with, median_busy, median_servers,
+    saturated_at, server_line,
 };
 use crate::hosts::{Hosts, HostsArgs};
 use crate::{fill_random, mb_s, median, progress, raw};
@@ -192,10 +192,6 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
     let mut links = Vec::new();
     let mut each = Vec::new();
     let (local, masters) = target(&args.masters, bench_spec(&args.dir)).await?;
-    let probe = Probes {
-        host: Probe::of(local.is_some().then_some(args.dir.as_path())),
-        servers: ServerProbe::default(),
-    };
     let (mut each_busy, mut each_servers) = (Vec::new(), Vec::new());
     let client = Client::connect(&masters)?;
     let mut block = vec![0u8; 8 << 20];
@@ -209,11 +205,10 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
         if let Some(h) = &hosts {
             h.check_replication(replication)?;
         }
-        // A cluster elsewhere: its chunkservers' hosts are probed too.
-        let probe = match local.is_some() {
-            true => probe.clone(),
-            false => probe.clone().with_servers(client.master(), &base).await?,
-        };
+        // The device under --dir is the cluster's only when it is local;
+        // a cluster elsewhere has its chunkservers' hosts probed.
+        let local_dir = local.is_some().then_some(args.dir.as_path());
+        let probe = Probes::of_cluster(local_dir, client.master(), &base).await?;
         for run in 0..args.runs {
             // The ceilings first, then the cluster, alternating, so both see
             // the same state of the disk (or of the link).

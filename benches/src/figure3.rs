@@ -36,8 +36,8 @@ use gfs_tests::cluster::{Spec, chunk_files_under};
 use serde::Serialize;
 
 use crate::busy::{
-    Busy, Probe, Probes, ServerBusy, ServerProbe, all_between, bound_with, median_busy,
-    median_servers, saturated_at, server_line,
+    Busy, Probes, ServerBusy, all_between, bound_with, median_busy, median_servers, saturated_at,
+    server_line,
 };
 
 /// What this host and, for a cluster elsewhere, each chunkserver's host
@@ -496,12 +496,7 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
         ..crate::cluster::bench_spec(&a.dir)
     };
     let (local, masters) = crate::cluster::target(&a.masters, spec).await?;
-    // The device under --dir is the cluster's only when it is local.
     let admin = Client::connect(&masters)?;
-    let probe = Probes {
-        host: Probe::of(local.is_some().then_some(a.dir.as_path())),
-        servers: ServerProbe::default(),
-    };
     // Every file of the run goes under a directory of its own, removed at
     // the end: a cluster named by --masters keeps nothing of the run, and
     // two runs against it (from two client hosts) never touch each
@@ -513,11 +508,10 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
         if let Some(h) = &hosts {
             h.check_replication(replication)?;
         }
-        // A cluster elsewhere: its chunkservers' hosts are probed too.
-        let probe = match local.is_some() {
-            true => probe.clone(),
-            false => probe.clone().with_servers(admin.master(), &base).await?,
-        };
+        // The device under --dir is the cluster's only when it is local;
+        // a cluster elsewhere has its chunkservers' hosts probed.
+        let local_dir = local.is_some().then_some(a.dir.as_path());
+        let probe = Probes::of_cluster(local_dir, admin.master(), &base).await?;
         // The read set: a few files written once, read by every point.
         let mut read_set = Vec::new();
         if a.benches.iter().any(|b| b == "read") {
