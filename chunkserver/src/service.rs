@@ -200,6 +200,14 @@ impl Shared {
         len: u64,
         limit: Duration,
     ) -> Result<Parts, Status> {
+        // Pushed first (every mutation but a record append): no waiting.
+        let here = self.data(ids, len);
+        if !here
+            .as_ref()
+            .is_err_and(|e| gfs_proto::wire::detail_of(e).kind() == ErrorKind::DataMissing)
+        {
+            return here;
+        }
         let started = tokio::time::Instant::now();
         for &id in ids {
             if !self.arrived(id, started, limit).await {
