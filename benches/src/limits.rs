@@ -64,7 +64,8 @@ const LOCAL_REPLICATION: u32 = 3;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LimitsArgs {
-    /// Data directories to measure (comma-separated).
+    /// Data directories to measure (comma-separated): each on its own and,
+    /// with several, all at once (what a host's disks give together).
     #[arg(long, value_delimiter = ',', default_value = "gfs-data")]
     pub dirs: Vec<PathBuf>,
     /// Bytes per disk and TCP measurement.
