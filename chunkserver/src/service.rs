@@ -47,6 +47,10 @@ pub fn now_ms() -> u64 {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HeldLease {
     pub expires_ms: u64,
+    /// When this server learned `expires_ms` (a claim or an extension
+    /// that moved it later): the lease is about `expires_ms - since_ms`
+    /// long, and is asked to be extended once half of that is gone.
+    pub since_ms: u64,
     pub last_mutation_ms: u64,
     /// Given up: claims of leases expiring at or before this are refused
     /// (a later grant expires later).
@@ -457,8 +461,9 @@ impl Shared {
                 format!("the lease on chunk {h} was revoked: ask the master for the primary"),
             ));
         }
-        if claimed_expiry > l.relinquished_up_to {
-            l.expires_ms = l.expires_ms.max(claimed_expiry);
+        if claimed_expiry > l.relinquished_up_to && claimed_expiry > l.expires_ms {
+            l.expires_ms = claimed_expiry;
+            l.since_ms = now;
         }
         if now >= l.expires_ms {
             return Err(error(
