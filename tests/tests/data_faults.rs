@@ -433,6 +433,42 @@ async fn leases_survive_a_leader_kill() {
     assert!(r.get_ref().extended.is_empty());
 }
 
+/// A chunk written without pause keeps its primary and version across
+/// several lease lengths: the primary's heartbeats have the leader extend
+/// its lease before it runs out (no new grant, which would bump the
+/// version), while asking only once some of it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_chunk_keeps_its_lease_across_several_lease_lengths() {
+    let cluster = Cluster::start(Spec {
+        chunkservers: 3,
+        ..Spec::default()
+    })
+    .await
+    .expect("cluster");
+    let c = cluster.client();
+    c.create("/busy", 3).await.expect("create");
+    c.write_at("/busy", 0, b"first").await.expect("write");
+    let first = c.chunks("/busy").await.expect("chunks").remove(0);
+    let lease = Duration::from_millis(cluster.spec.lease_ms);
+    let until = Instant::now() + lease * 3;
+    let mut writes = 0u64;
+    while Instant::now() < until {
+        let at = (writes % 64) * 4096;
+        c.write_at("/busy", at, &writes.to_le_bytes())
+            .await
+            .expect("write");
+        writes += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let now = c.chunks("/busy").await.expect("chunks").remove(0);
+    assert_eq!(
+        (now.handle, now.version, now.primary),
+        (first.handle, first.version, first.primary),
+        "after {writes} writes over {:?} the chunk was granted anew instead of its lease extended",
+        lease * 3
+    );
+}
+
 /// A new version reaches the replicas at the grant, not only with the next
 /// mutation: a chunk whose version was bumped (a replica reported failed)
 /// and then never written again still reads at the new version.
