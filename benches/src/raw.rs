@@ -250,14 +250,20 @@ pub struct Ceiling {
 
 /// The device's write rate into blocks no file had: `size` bytes in each
 /// of `dirs`, in requests of `bs` spread round-robin over `files` new
-/// files in each directory ([`NEW_BLOCK_FILES`] for the ceilings), as many
-/// in flight (about one per file), as a chunkserver fills new chunk files
-/// (one mutation of a chunk at a time), then fsynced. On the development
+/// files in each directory ([`NEW_BLOCK_FILES`] for the ceilings), with
+/// `per_file` requests in flight for each file on average (the ceilings:
+/// one, a chunk's mutations one at a time; `engine`: its appends ahead),
+/// then fsynced. On the development
 /// VM's ext4 this was ~2 GB/s where writes over written blocks reached
 /// 2.3-2.5 (fio, BENCHMARKS.md "What bounds append"): the cluster's writes
 /// and appends fill new chunk files, so this is what the disk gives them
 /// there.
-pub fn new_blocks_write(dirs: &[&Path], size: u64, bs: usize, files: usize) -> Result<f64> {
+pub fn new_blocks_write(
+    dirs: &[&Path],
+    size: u64,
+    bs: usize,
+    (files, per_file): (usize, usize),
+) -> Result<f64> {
     let each = files.max(1);
     let paths: Vec<_> = dirs
         .iter()
@@ -272,7 +278,8 @@ pub fn new_blocks_write(dirs: &[&Path], size: u64, bs: usize, files: usize) -> R
             .map(|p| open_direct(p, true))
             .collect::<Result<Vec<File>>>()?;
         let total = bytes.div_ceil(bs as u64);
-        let took = run(&files, total, bs, n, Dir::Write, true, |i| {
+        let depth = n * per_file.max(1);
+        let took = run(&files, total, bs, depth, Dir::Write, true, |i| {
             ((i % n as u64) as usize, i / n as u64 * bs as u64)
         })?;
         for f in &files {
@@ -308,7 +315,7 @@ pub fn ceiling(dirs: &[&Path], size: u64, bs: usize) -> Result<Ceiling> {
     let (best, cpu_s) = crate::busy::cpu_seconds(|| -> Result<Ceiling> {
         let mut best = Ceiling {
             write: 0.0,
-            new_blocks_write: new_blocks_write(dirs, size, bs, NEW_BLOCK_FILES)?,
+            new_blocks_write: new_blocks_write(dirs, size, bs, (NEW_BLOCK_FILES, 1))?,
             read: 0.0,
             io_mb_per_cpu_s: None,
         };
