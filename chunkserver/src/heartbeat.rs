@@ -184,11 +184,8 @@ async fn handle_reply(shared: &Shared, reply: HeartbeatReply) {
     if !reply.extended.is_empty() {
         let mut leases = shared.leases.lock().unwrap_or_else(|p| p.into_inner());
         for h in &reply.extended {
-            if let Some(l) = leases.get_mut(&ChunkHandle(*h))
-                && reply.lease_expires_ms > l.expires_ms
-            {
-                l.expires_ms = reply.lease_expires_ms;
-                l.since_ms = now_ms();
+            if let Some(l) = leases.get_mut(&ChunkHandle(*h)) {
+                l.extend_to(reply.lease_expires_ms, now_ms());
             }
         }
     }

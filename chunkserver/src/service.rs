@@ -61,6 +61,16 @@ pub struct HeldLease {
     pub revoked_through: u64,
 }
 
+impl HeldLease {
+    /// Moves the expiry to `expires_ms` if that is later, learned at `now`.
+    pub fn extend_to(&mut self, expires_ms: u64, now: u64) {
+        if expires_ms > self.expires_ms {
+            self.expires_ms = expires_ms;
+            self.since_ms = now;
+        }
+    }
+}
+
 /// Per chunk, at its primary: the serial order of mutations, the appends
 /// committed recently, and while rounds of appends are in flight, where
 /// the last one planned leaves the chunk.
@@ -461,9 +471,8 @@ impl Shared {
                 format!("the lease on chunk {h} was revoked: ask the master for the primary"),
             ));
         }
-        if claimed_expiry > l.relinquished_up_to && claimed_expiry > l.expires_ms {
-            l.expires_ms = claimed_expiry;
-            l.since_ms = now;
+        if claimed_expiry > l.relinquished_up_to {
+            l.extend_to(claimed_expiry, now);
         }
         if now >= l.expires_ms {
             return Err(error(
