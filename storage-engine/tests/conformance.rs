@@ -35,7 +35,46 @@ for_every_backend!(
     new_chunks_write_over_the_files_of_deleted_full_chunks,
     the_pool_of_deleted_chunks_files_is_bounded_and_checked_at_open,
     appends_in_flight_together_match_the_model,
+    chunk_files_are_allocated_ahead_and_trimmed_at_open,
 );
+
+async fn chunk_files_are_allocated_ahead_and_trimmed_at_open(kind: Kind) {
+    use std::os::unix::fs::MetadataExt;
+    const K: u64 = 1024;
+    let hs = Harness::new(kind);
+    let (store, _) = hs.open().await;
+    store.create(h(30), v(1)).await.expect("create");
+    let file = hs.chunks_dir().join("000000000000001e.chunk");
+    let size = || std::fs::metadata(&file).expect("stat").len() / K;
+    let piece = pattern(30, 64 << 10);
+    let (mut want, mut sizes) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        store.append(h(30), &piece).await.expect("append");
+        want.extend_from_slice(&piece);
+        sizes.push(size());
+    }
+    // The file doubles ahead of the data, its blocks allocated (no holes).
+    assert_eq!(sizes, [64, 128, 256, 256, 512]);
+    let meta = std::fs::metadata(&file).expect("stat");
+    assert!(meta.blocks() * 512 >= 512 * K, "{} blocks", meta.blocks());
+    // Only the data is ever served.
+    assert_eq!(read_all(&store, 30, want.len()).await, want);
+    assert!(matches!(
+        store.read(h(30), 320 * K, 1).await,
+        Err(StoreError::OutOfRange { .. })
+    ));
+    // A restart gives the space ahead back and keeps every byte.
+    drop(store);
+    let (store, report) = hs.open().await;
+    assert!(report.cut.is_empty(), "{report:?}");
+    assert_eq!(size(), 320);
+    assert_eq!(read_all(&store, 30, want.len()).await, want);
+    // Appends after the restart grow it again from there.
+    store.append(h(30), &piece).await.expect("append");
+    assert_eq!(size(), 640);
+    want.extend_from_slice(&piece);
+    assert_eq!(read_all(&store, 30, want.len()).await, want);
+}
 
 async fn unaligned_appends_read_back_exactly(kind: Kind) {
     let hs = Harness::new(kind);

@@ -384,6 +384,7 @@ mod tests {
             header_slot: 0,
             data: file.clone(),
             meta: file,
+            allocated: 0,
             tail: None,
             deleted: false,
             ahead: None,

@@ -413,6 +413,8 @@ impl ChunkStore {
             None => self.fill(dir, st, handle, parts, span).await?,
         };
 
+        self.allocate_for(st, region_start + region_len as u64)
+            .await;
         let io_size = cfg.io_size_bytes as usize;
         let data = staged.writes(&st.data, region_start, region_len, io_size);
         let mut meta = Vec::new();
@@ -453,6 +455,25 @@ impl ChunkStore {
         self.advance(chunk, st, entries, &staged, span);
         staged.release();
         Ok(Landing::landed_at(st.length))
+    }
+
+    /// Allocates the data file ahead of a write that ends at `end`
+    /// (`files::grow_to`). Where the filesystem cannot (a full disk, no
+    /// fallocate), the write extends the file itself, as it would have.
+    async fn allocate_for(&self, st: &mut ChunkState, end: u64) {
+        let Some(to) = super::files::grow_to(st.allocated, end, self.inner.config.chunk_size_bytes)
+        else {
+            return;
+        };
+        let (file, from) = (st.data.clone(), st.allocated);
+        // ext4 waits here for the file's writes in flight: off the runtime.
+        match super::blocking(move || super::files::allocate(&file, from, to)).await {
+            Ok(()) => st.allocated = to,
+            Err(e) => {
+                tracing::debug!(error = %e, from, to, "could not allocate a chunk file ahead");
+                st.allocated = end;
+            }
+        }
     }
 
     /// Brings the chunk's state to what it is once a mutation over `span`

@@ -194,6 +194,8 @@ pub(super) fn create(
         header_slot: 0,
         data: Arc::new(data),
         meta: Arc::new(meta),
+        // A pooled file is a whole chunk, every block allocated.
+        allocated: if reused { chunk_size } else { 0 },
         tail: None,
         deleted: false,
         ahead: None,
@@ -281,6 +283,7 @@ pub(super) fn recover(
         .metadata()
         .context(|| format!("stat {}", data_p.display()))?
         .len();
+    // Space allocated ahead of the data (`grow_to`) is given back here.
     let keep = align_up(r.length);
     let mut changed = false;
     if file_len > keep {
@@ -324,11 +327,43 @@ pub(super) fn recover(
             header_slot,
             data: Arc::new(data),
             meta: Arc::new(meta),
+            allocated: file_len.min(keep),
             tail: None,
             deleted: false,
             ahead: None,
         },
     })
+}
+
+/// The size to allocate a chunk's data file to before a write that ends at
+/// `end`, when `allocated` bytes of it are: twice what it had (at least
+/// `end`, at most the chunk). `None` when the write fits.
+///
+/// Allocated ahead (fallocate, mode 0: the size grows with the blocks), a
+/// sequential writer's writes land below the file's end, which ext4 takes
+/// under its shared inode lock; writes that extend the file take it
+/// exclusively, and io_uring hands every one of them to a worker thread
+/// (BENCHMARKS.md, 2026-12-02, midday). Doubling keeps the count of
+/// allocations to a handful a chunk and the unwritten space below the
+/// data's own size, as GFS's lazy allocation wants; recovery gives that
+/// space back at open.
+pub(super) fn grow_to(allocated: u64, end: u64, chunk_size: u64) -> Option<u64> {
+    (end > allocated).then(|| allocated.saturating_mul(2).clamp(end, chunk_size.max(end)))
+}
+
+/// Allocates `file` up to `to` bytes (from `from`); the size grows with it.
+pub(super) fn allocate(file: &File, from: u64, to: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(len)) = (i64::try_from(from), i64::try_from(to.saturating_sub(from))) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: fallocate only reads its integer arguments; the descriptor
+    // is owned by `file`, alive for the call.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, off, len) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 pub(super) fn quarantine(root: &Path, chunks: &Path, h: ChunkHandle) -> Result<()> {
@@ -349,4 +384,34 @@ pub(super) fn quarantine(root: &Path, chunks: &Path, h: ChunkHandle) -> Result<(
     }
     eio::sync_dir(chunks).context(|| format!("fsync {}", chunks.display()))?;
     eio::sync_dir(&q).context(|| format!("fsync {}", q.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grow_to;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn chunk_files_grow_by_doubling_up_to_the_chunk() {
+        let chunk = 64 * MIB;
+        // A sequential writer of 1 MiB pieces: seven allocations a chunk.
+        let (mut allocated, mut grown) = (0, Vec::new());
+        for end in (1..=64).map(|i| i * MIB) {
+            if let Some(to) = grow_to(allocated, end, chunk) {
+                grown.push(to / MIB);
+                allocated = to;
+            }
+        }
+        assert_eq!(grown, [1, 2, 4, 8, 16, 32, 64]);
+        // A write that fits asks for nothing; one past twice the size gets
+        // what it needs; the chunk is the cap.
+        assert_eq!(grow_to(8 * MIB, 8 * MIB, chunk), None);
+        assert_eq!(grow_to(8 * MIB, 4 * MIB, chunk), None);
+        assert_eq!(grow_to(MIB, 10 * MIB, chunk), Some(10 * MIB));
+        assert_eq!(grow_to(40 * MIB, 41 * MIB, chunk), Some(64 * MIB));
+        // A small file's first write allocates only itself.
+        assert_eq!(grow_to(0, 4096, chunk), Some(4096));
+        assert_eq!(grow_to(4096, 8192 + 512, chunk), Some(8192 + 512));
+    }
 }

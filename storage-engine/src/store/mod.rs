@@ -166,6 +166,11 @@ struct ChunkState {
     header_slot: u8,
     data: Arc<File>,
     meta: Arc<File>,
+    /// Bytes of the data file known to be allocated: its size. Writes below
+    /// it neither extend the file nor allocate blocks, so ext4 takes them
+    /// under its shared inode lock and io_uring does not hand them to its
+    /// worker threads (`files::grow_to`).
+    allocated: u64,
     /// The last, partial sector of the data, so an unaligned append does not
     /// have to read it back.
     tail: Option<(u64, Box<[u8]>)>,
