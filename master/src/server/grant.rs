@@ -216,7 +216,7 @@ pub fn absent_members(node: &Node, handle: ChunkHandle, now: u64) -> Result<Vec<
         .collect();
     let absent: Vec<NodeId> = members.into_iter().filter(|n| !live.contains(n)).collect();
     let learning = now < node.started_ms + timeout;
-    if learning && absent.iter().any(|n| soft.server(*n).is_none()) {
+    if learning && absent.iter().any(|n| !soft.has_reported(*n)) {
         return Err(error(
             ErrorKind::Unavailable,
             format!("this master is still learning where chunk {handle} is; retry"),

@@ -168,6 +168,21 @@ impl MetaService {
     /// only when it is confirmed and every replica of its grant is live
     /// here: a writer handed a shorter list would leave one behind at the
     /// same version, so it must ask `WriteChunk`, which versions it out.
+    /// Whether this master, started less than a chunkserver timeout ago,
+    /// has yet to hear a full chunk report from a replica of `handle`.
+    /// Locations are soft state: a master restarted just before it was
+    /// elected knows only what chunkservers have reported to it since, and
+    /// an empty list would tell a reader the chunk has no replica at all.
+    fn still_learning(&self, handle: ChunkHandle, now: u64) -> bool {
+        let node = &self.node;
+        if now >= node.started_ms + node.cfg.chunkserver_timeout_ms {
+            return false;
+        }
+        let members = node.state().state.members(handle).map(<[NodeId]>::to_vec);
+        let soft = node.soft();
+        members.is_some_and(|m| m.iter().any(|n| !soft.has_reported(*n)))
+    }
+
     fn chunk_info(&self, index: u64, handle: ChunkHandle) -> ChunkInfo {
         let now = now_ms();
         let timeout = self.node.cfg.chunkserver_timeout_ms;
@@ -456,7 +471,7 @@ impl MasterMeta for MetaService {
         let f = self.file(&p)?;
         let count = (r.count.clamp(1, 1024)) as usize;
         let first = usize::try_from(r.first_index).unwrap_or(usize::MAX);
-        let found = f
+        let found: Vec<ChunkInfo> = f
             .chunks
             .iter()
             .enumerate()
@@ -464,6 +479,19 @@ impl MasterMeta for MetaService {
             .take(count)
             .map(|(i, h)| self.chunk_info(i as u64, *h))
             .collect();
+        let now = now_ms();
+        if let Some(c) = found
+            .iter()
+            .find(|c| c.replicas.is_empty() && self.still_learning(ChunkHandle(c.handle), now))
+        {
+            return Err(error(
+                ErrorKind::Unavailable,
+                format!(
+                    "this master is still learning where chunk {} is; retry",
+                    c.index
+                ),
+            ));
+        }
         Ok(Response::new(LocateReply {
             length: f.length,
             chunks: f.chunks.len() as u64,

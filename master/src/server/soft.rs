@@ -199,6 +199,12 @@ impl Soft {
         self.servers.get(&id)
     }
 
+    /// Whether server `id` sent this master a full chunk report since it
+    /// started: until then its chunks are not known here.
+    pub fn has_reported(&self, id: NodeId) -> bool {
+        self.servers.get(&id).is_some_and(|s| s.reported)
+    }
+
     /// Live servers holding `handle` at `version` or newer.
     pub fn replicas(
         &self,
@@ -311,8 +317,11 @@ mod tests {
     #[test]
     fn full_reports_replace_locations_and_versions_filter_stale() {
         let mut s = Soft::default();
+        assert!(!s.has_reported(NodeId(1)), "never heard of");
         assert!(s.beat(beat(1, None), 0), "owes a full report");
+        assert!(!s.has_reported(NodeId(1)), "heard of, chunks unknown");
         assert!(!s.beat(beat(1, Some(vec![(7, 2), (8, 1)])), 10));
+        assert!(s.has_reported(NodeId(1)));
         assert!(!s.beat(beat(2, Some(vec![(7, 1)])), 10));
         let ids = |v: Vec<&Chunkserver>| v.iter().map(|c| c.id.0).collect::<Vec<_>>();
         assert_eq!(ids(s.replicas(ChunkHandle(7), ChunkVersion(2), 10, 5)), [1]);
