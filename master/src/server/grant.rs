@@ -16,6 +16,7 @@ use tonic::Status;
 
 use super::meta::{unexpected, version_of};
 use super::node::{Node, now_ms};
+use super::soft::Soft;
 use crate::state::{Command, Reply};
 
 /// Lease grants in a row for one request when replicas do not confirm the
@@ -215,14 +216,28 @@ pub fn absent_members(node: &Node, handle: ChunkHandle, now: u64) -> Result<Vec<
         .map(|s| s.id)
         .collect();
     let absent: Vec<NodeId> = members.into_iter().filter(|n| !live.contains(n)).collect();
-    let learning = now < node.started_ms + timeout;
-    if learning && absent.iter().any(|n| !soft.has_reported(*n)) {
-        return Err(error(
-            ErrorKind::Unavailable,
-            format!("this master is still learning where chunk {handle} is; retry"),
-        ));
+    if still_learning(node, &soft, &absent, now) {
+        return Err(learning(handle));
     }
     Ok(absent)
+}
+
+/// Whether this master, started less than a chunkserver timeout ago, has
+/// yet to hear a full chunk report from one of `servers`. Locations are
+/// soft state: a master restarted just before it was elected knows only
+/// what chunkservers have reported to it since, so a replica it cannot
+/// place may only be late.
+pub fn still_learning(node: &Node, soft: &Soft, servers: &[NodeId], now: u64) -> bool {
+    now < node.started_ms + node.cfg.chunkserver_timeout_ms
+        && servers.iter().any(|n| !soft.has_reported(*n))
+}
+
+/// The answer while `still_learning`: clients retry `Unavailable`.
+pub fn learning(handle: ChunkHandle) -> Status {
+    error(
+        ErrorKind::Unavailable,
+        format!("this master is still learning where chunk {handle} is; retry"),
+    )
 }
 
 /// The leader's duty: completes the grants a previous leader logged but

@@ -168,19 +168,18 @@ impl MetaService {
     /// only when it is confirmed and every replica of its grant is live
     /// here: a writer handed a shorter list would leave one behind at the
     /// same version, so it must ask `WriteChunk`, which versions it out.
-    /// Whether this master, started less than a chunkserver timeout ago,
-    /// has yet to hear a full chunk report from a replica of `handle`.
-    /// Locations are soft state: a master restarted just before it was
-    /// elected knows only what chunkservers have reported to it since, and
-    /// an empty list would tell a reader the chunk has no replica at all.
+    /// Whether a chunk's replicas may only be late here
+    /// (`grant::still_learning`): an empty list would tell a reader the
+    /// chunk has no replica at all.
     fn still_learning(&self, handle: ChunkHandle, now: u64) -> bool {
-        let node = &self.node;
-        if now >= node.started_ms + node.cfg.chunkserver_timeout_ms {
-            return false;
-        }
-        let members = node.state().state.members(handle).map(<[NodeId]>::to_vec);
-        let soft = node.soft();
-        members.is_some_and(|m| m.iter().any(|n| !soft.has_reported(*n)))
+        let members = self
+            .node
+            .state()
+            .state
+            .members(handle)
+            .map(<[NodeId]>::to_vec);
+        members
+            .is_some_and(|m| super::grant::still_learning(&self.node, &self.node.soft(), &m, now))
     }
 
     fn chunk_info(&self, index: u64, handle: ChunkHandle) -> ChunkInfo {
