@@ -15,12 +15,17 @@ fn random(len: usize) -> Vec<u8> {
     v
 }
 
+/// CRC-32C as gfs-rs computes it (`gfs_proto::crc`, crc-fast) and, beside
+/// it, the `crc32c` crate it replaced.
 fn crc(c: &mut Criterion) {
     let mut g = c.benchmark_group("crc32c");
     for size in [4 << 10, 64 << 10, 1 << 20] {
         let data = random(size);
         g.throughput(Throughput::Bytes(size as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, d| {
+        g.bench_with_input(BenchmarkId::new("gfs", size), &data, |b, d| {
+            b.iter(|| gfs_proto::crc::crc32c(std::hint::black_box(d)))
+        });
+        g.bench_with_input(BenchmarkId::new("crc32c-crate", size), &data, |b, d| {
             b.iter(|| crc32c::crc32c(std::hint::black_box(d)))
         });
     }

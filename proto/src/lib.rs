@@ -10,7 +10,8 @@
 //! Modules:
 //! - [`types`]: identifiers and versions;
 //! - [`path`]: [`GfsPath`], validated once at the wire boundary;
-//! - [`limits`]: chunk and block sizes, request bounds.
+//! - [`limits`]: chunk and block sizes, request bounds;
+//! - [`crc`]: CRC-32C, the one implementation every checksum uses.
 //!
 //! - [`data`]: the chunkservers' data plane, framed TCP for pushes and
 //!   reads, and its client side;
@@ -19,6 +20,7 @@
 //!   mapping (`ErrorDetail` in status details: what to do next).
 
 pub mod codec;
+pub mod crc;
 pub mod data;
 pub mod limits;
 pub mod path;

@@ -92,7 +92,7 @@ impl Header {
         out[24..32].copy_from_slice(&self.version.to_le_bytes());
         out[32..40].copy_from_slice(&self.synced_seq.to_le_bytes());
         out[40..48].copy_from_slice(&self.chunk_size.to_le_bytes());
-        let crc = crc32c::crc32c(&out[..48]);
+        let crc = gfs_proto::crc::crc32c(&out[..48]);
         out[48..52].copy_from_slice(&crc.to_le_bytes());
         out
     }
@@ -100,7 +100,7 @@ impl Header {
     /// Decodes a header slot; `None` if it is empty, torn or of another format.
     pub fn decode(raw: &[u8]) -> Option<Header> {
         let raw = raw.get(..HEADER_BYTES)?;
-        if crc32c::crc32c(&raw[..48]) != le_u32(&raw[48..52]) {
+        if gfs_proto::crc::crc32c(&raw[..48]) != le_u32(&raw[48..52]) {
             return None;
         }
         if le_u32(&raw[0..4]) != META_MAGIC || u16::from_le_bytes([raw[4], raw[5]]) != META_FORMAT {
@@ -130,7 +130,7 @@ impl Entry {
         out[0..8].copy_from_slice(&self.seq.to_le_bytes());
         out[8..12].copy_from_slice(&self.len.to_le_bytes());
         out[12..16].copy_from_slice(&self.crc.to_le_bytes());
-        let ecrc = crc32c::crc32c(&out[..16]);
+        let ecrc = gfs_proto::crc::crc32c(&out[..16]);
         out[16..20].copy_from_slice(&ecrc.to_le_bytes());
         out
     }
@@ -139,7 +139,7 @@ impl Entry {
     /// out of range. (All zeros is invalid: the CRC32C of zeros is not zero.)
     pub fn decode(raw: &[u8]) -> Option<Entry> {
         let raw = raw.get(..ENTRY_BYTES)?;
-        if crc32c::crc32c(&raw[..16]) != le_u32(&raw[16..20]) {
+        if gfs_proto::crc::crc32c(&raw[..16]) != le_u32(&raw[16..20]) {
             return None;
         }
         let len = le_u32(&raw[8..12]);

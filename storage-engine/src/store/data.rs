@@ -168,7 +168,9 @@ impl Staged {
     /// `crc` extended over `len` bytes of the region from `at`.
     fn crc_from(&self, crc: u32, at: usize, len: usize) -> u32 {
         match self {
-            Self::Copied { buf, .. } => crc32c::crc32c_append(crc, &buf.as_slice()[at..at + len]),
+            Self::Copied { buf, .. } => {
+                gfs_proto::crc::crc32c_append(crc, &buf.as_slice()[at..at + len])
+            }
             Self::Received(parts) => crc_across(crc, parts, at, at + len),
         }
     }
@@ -208,7 +210,7 @@ fn crc_across(mut crc: u32, parts: &[Received], lo: usize, hi: usize) -> u32 {
         let end = start + p.len();
         if end > lo && start < hi {
             let bytes = &p.bytes()[lo.max(start) - start..hi.min(end) - start];
-            crc = crc32c::crc32c_append(crc, bytes);
+            crc = gfs_proto::crc::crc32c_append(crc, bytes);
         }
         start = end;
     }
@@ -573,7 +575,7 @@ impl ChunkStore {
                     .read_into(dir, st, buf, block_start(b), at, aligned)
                     .await?;
                 // Never bless damaged bytes with a fresh checksum.
-                if crc32c::crc32c(&buf.as_slice()[at..at + have]) != st.crcs[b] {
+                if gfs_proto::crc::crc32c(&buf.as_slice()[at..at + have]) != st.crcs[b] {
                     return Err(StoreError::Corrupt {
                         handle,
                         block: b as u64,
@@ -595,11 +597,11 @@ impl ChunkStore {
                 let crc = if appending && b == first && off > block_start(b) {
                     let new_part = (block_start(b + 1).min(end) - off) as usize;
                     let at = (off - region_start) as usize;
-                    crc32c::crc32c_append(st.crcs[b], &buf.as_slice()[at..at + new_part])
+                    gfs_proto::crc::crc32c_append(st.crcs[b], &buf.as_slice()[at..at + new_part])
                 } else {
                     let blen = (new_len - block_start(b)).min(BLOCK_BYTES);
                     let at = (block_start(b) - region_start) as usize;
-                    crc32c::crc32c(&buf.as_slice()[at..at + blen as usize])
+                    gfs_proto::crc::crc32c(&buf.as_slice()[at..at + blen as usize])
                 };
                 entry(st, b, new_len, crc)
             })
@@ -638,7 +640,7 @@ impl ChunkStore {
             .map(|b| {
                 let lo = block_start(b).max(offset) - region_start;
                 let hi = block_start(b + 1).min(end) - region_start;
-                crc32c::crc32c(&bytes[lo as usize..hi as usize])
+                gfs_proto::crc::crc32c(&bytes[lo as usize..hi as usize])
             })
             .collect();
         Some(Prepared {
@@ -854,7 +856,7 @@ impl ChunkStore {
         let bad = (first..=last).find(|&b| {
             let at = (block_start(b) - region_start) as usize;
             let blen = (block_start(b + 1).min(length) - block_start(b)) as usize;
-            crc32c::crc32c(&buf.as_slice()[at..at + blen]) != st.landed_crc(b)
+            gfs_proto::crc::crc32c(&buf.as_slice()[at..at + blen]) != st.landed_crc(b)
         });
         tracing::trace!(
             bytes = region_len,

@@ -264,7 +264,7 @@ pub(super) fn recover(
     let verdict = recovery::recover(&entries, header.synced_seq, verify_all, |b, e| {
         let want = align_up(u64::from(e.len)) as usize;
         match data.read_exact_at(&mut scratch.as_mut_slice()[..want], b as u64 * BLOCK_BYTES) {
-            Ok(()) => Ok(crc32c::crc32c(&scratch.as_slice()[..e.len as usize]) == e.crc),
+            Ok(()) => Ok(gfs_proto::crc::crc32c(&scratch.as_slice()[..e.len as usize]) == e.crc),
             Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
             Err(err) => Err(err),
         }
