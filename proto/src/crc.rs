@@ -38,15 +38,10 @@ pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
 mod tests {
     use super::*;
 
+    /// `n` bytes that vary (the high byte of a multiplicative hash).
     fn bytes(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
+        (0..n as u64)
+            .map(|i| ((i + seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8)
             .collect()
     }
 
