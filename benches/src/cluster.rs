@@ -78,6 +78,10 @@ pub struct ClusterReport {
     pub hosts: Option<Hosts>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_link_mb_s: Option<f64>,
+    /// Without `--hosts`: loopback TCP between two processes of this host,
+    /// measured before every run (the median), a ceiling of every hop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loopback_tcp_mb_s: Option<f64>,
     /// The replication factor of the file (R in the write limit).
     pub replication: u32,
     pub each_mb_s: Vec<f64>,
@@ -189,7 +193,7 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
     // Read first: bad ceilings fail the run before it starts anything.
     let hosts = args.on_hosts.load()?;
     let (mut dev_w, mut dev_nb, mut dev_r) = (Vec::new(), Vec::new(), Vec::new());
-    let mut links = Vec::new();
+    let (mut links, mut loopback) = (Vec::new(), Vec::new());
     let mut each = Vec::new();
     let (local, masters) = target(&args.masters, bench_spec(&args.dir)).await?;
     let (mut each_busy, mut each_servers) = (Vec::new(), Vec::new());
@@ -222,6 +226,9 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
                 dev_w.push(c.write);
                 dev_nb.push(c.new_blocks_write);
                 dev_r.push(c.read);
+                loopback.push(crate::limits::loopback_ceiling(
+                    args.size.min(LINK_SAMPLE_BYTES),
+                )?);
             }
             let path = format!("{base}/{run}");
             let mut before = probe.before().await;
@@ -250,16 +257,22 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
     let (device_write_mb_s, device_read_mb_s) = (of(dev_w), of(dev_r));
     let device_new_blocks_write_mb_s = of(dev_nb);
     let client_link_mb_s = of(links);
+    let loopback_tcp_mb_s = of(loopback);
     let bench = if read { "read" } else { "write" };
     let (limit, new_blocks_limit_mb_s) = match (&hosts, client_link_mb_s) {
         (Some(h), Some(link)) => (
             h.limit(bench, replication, link),
             h.new_blocks_limit(bench, replication, link),
         ),
-        _ if read => (device_read_mb_s.unwrap_or(f64::NAN), None),
-        _ => (
-            device_write_mb_s.unwrap_or(f64::NAN) / r,
-            device_new_blocks_write_mb_s.map(|d| d / r),
+        _ => local_limits(
+            read,
+            r,
+            (
+                device_write_mb_s,
+                device_new_blocks_write_mb_s,
+                device_read_mb_s,
+            ),
+            loopback_tcp_mb_s,
         ),
     };
     let got = median(each.clone());
@@ -283,6 +296,7 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
         new_blocks_ratio: new_blocks_limit_mb_s.map(|l| got / l),
         hosts,
         client_link_mb_s,
+        loopback_tcp_mb_s,
         replication,
         each_mb_s: each,
         each_busy,
@@ -291,6 +305,27 @@ pub async fn run(args: &ClusterArgs, read: bool) -> Result<ClusterReport> {
         bound_at: saturated_at(&busy, &servers),
         servers,
     })
+}
+
+/// The limits of a cluster on this host (figure3's, for one client): a
+/// read moves every byte off the device once and over one loopback hop, a
+/// write puts it on the device `r` times and over `r` hops. The limit and,
+/// for a write, the one from the device's write into new files.
+fn local_limits(
+    read: bool,
+    r: f64,
+    (write, new_blocks, device_read): (Option<f64>, Option<f64>, Option<f64>),
+    tcp: Option<f64>,
+) -> (f64, Option<f64>) {
+    let tcp = tcp.unwrap_or(f64::INFINITY);
+    if read {
+        (device_read.unwrap_or(f64::NAN).min(tcp), None)
+    } else {
+        (
+            write.unwrap_or(f64::NAN).min(tcp) / r,
+            new_blocks.map(|d| d.min(tcp) / r),
+        )
+    }
 }
 
 pub fn print_table(r: &ClusterReport) {
@@ -309,10 +344,11 @@ fn table(r: &ClusterReport) -> String {
             mb(r.client_link_mb_s)
         ),
         None => format!(
-            "device O_DIRECT write {} MB/s, into new files {}, read {} MB/s; runs {runs:?}",
+            "device O_DIRECT write {} MB/s, into new files {}, read {} MB/s, loopback TCP {} MB/s; runs {runs:?}",
             mb(r.device_write_mb_s),
             mb(r.device_new_blocks_write_mb_s),
-            mb(r.device_read_mb_s)
+            mb(r.device_read_mb_s),
+            mb(r.loopback_tcp_mb_s)
         ),
     };
     let mut out = String::new();
@@ -349,6 +385,17 @@ fn table(r: &ClusterReport) -> String {
             }
         );
     }
+    if r.hosts.is_none() {
+        let _ = writeln!(
+            out,
+            "limit: {}",
+            if r.bench == "cluster-read" {
+                "min(device read, loopback TCP)".to_string()
+            } else {
+                format!("min(device write, loopback TCP) / R, R = {}", r.replication)
+            }
+        );
+    }
     if r.hosts.is_some() {
         let disks = if r.bench == "cluster-read" {
             "their disks' read, their link))"
@@ -369,6 +416,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_local_cluster_is_limited_by_its_device_and_loopback_tcp() {
+        let device = (Some(3000.0), Some(1500.0), Some(1800.0));
+        // TCP below the device: every hop is one TCP stream's worth.
+        assert_eq!(
+            local_limits(false, 3.0, device, Some(2400.0)),
+            (800.0, Some(500.0))
+        );
+        assert_eq!(
+            local_limits(true, 3.0, device, Some(1200.0)),
+            (1200.0, None)
+        );
+        // TCP above it: the device's.
+        assert_eq!(
+            local_limits(false, 3.0, device, Some(9000.0)),
+            (1000.0, Some(500.0))
+        );
+        assert_eq!(
+            local_limits(true, 3.0, device, Some(9000.0)),
+            (1800.0, None)
+        );
+        // No TCP figure: the device's alone.
+        assert_eq!(local_limits(true, 3.0, device, None), (1800.0, None));
+    }
+
+    #[test]
     fn the_table_gives_each_ratio_against_its_own_limit() {
         let r = ClusterReport {
             bench: "cluster-write",
@@ -384,6 +456,7 @@ mod tests {
             new_blocks_ratio: Some(1.0),
             hosts: None,
             client_link_mb_s: None,
+            loopback_tcp_mb_s: Some(2400.0),
             replication: 3,
             each_mb_s: vec![500.0],
             each_busy: Vec::new(),
@@ -419,6 +492,11 @@ mod tests {
                 && lines[2].ends_with("write into new files / 3"),
             "{t}"
         );
+        assert!(t.contains("read 1800 MB/s, loopback TCP 2400 MB/s;"), "{t}");
+        assert_eq!(
+            lines[3],
+            "limit: min(device write, loopback TCP) / R, R = 3"
+        );
         // Against a cluster's hosts: named, with this host's link, the
         // formula, and no device of this host.
         let on_hosts = ClusterReport {
@@ -427,6 +505,7 @@ mod tests {
             device_read_mb_s: None,
             hosts: Some(Hosts(Vec::new())),
             client_link_mb_s: Some(2500.0),
+            loopback_tcp_mb_s: None,
             ..r
         };
         let t = table(&on_hosts);

@@ -235,6 +235,13 @@ fn tcp_bandwidth(
     result
 }
 
+/// Loopback TCP bandwidth between this process and a sink process of its
+/// own (one stream, `size` bytes), MB/s: the ceiling of each hop between
+/// a local cluster's clients and servers.
+pub(crate) fn loopback_ceiling(size: u64) -> Result<f64> {
+    Ok(tcp_bandwidth(size, None, None)?.0)
+}
+
 /// TCP streams to a sink on another host unless told otherwise: one
 /// stream rarely fills a fast link (one core copies it), and the clients
 /// of a benchmark use many connections at once.
