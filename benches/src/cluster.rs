@@ -317,13 +317,16 @@ fn local_limits(
     (write, new_blocks, device_read): (Option<f64>, Option<f64>, Option<f64>),
     tcp: Option<f64>,
 ) -> (f64, Option<f64>) {
+    // `f64::min` would take TCP for a missing device figure (NaN): an
+    // unmeasured device leaves the limit unknown instead.
     let tcp = tcp.unwrap_or(f64::INFINITY);
+    let capped = |d: Option<f64>| d.map(|d| d.min(tcp));
     if read {
-        (device_read.unwrap_or(f64::NAN).min(tcp), None)
+        (capped(device_read).unwrap_or(f64::NAN), None)
     } else {
         (
-            write.unwrap_or(f64::NAN).min(tcp) / r,
-            new_blocks.map(|d| d.min(tcp) / r),
+            capped(write).map_or(f64::NAN, |w| w / r),
+            capped(new_blocks).map(|d| d / r),
         )
     }
 }

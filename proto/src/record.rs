@@ -22,6 +22,8 @@
 //! saves, and a chunk that holds them keeps larger ones unaligned, which is
 //! slower but never wrong.
 
+use crate::crc::{crc32c, crc32c_append};
+
 /// "GFSR" read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"GFSR");
 
@@ -73,7 +75,7 @@ pub fn header(id: RecordId, payload: &[u8]) -> [u8; HEADER_BYTES] {
     h[4..8].copy_from_slice(&len.to_le_bytes());
     h[12..20].copy_from_slice(&id.client_id.to_le_bytes());
     h[20..28].copy_from_slice(&id.seq.to_le_bytes());
-    let crc = crate::crc::crc32c_append(crate::crc::crc32c(&h[12..]), payload);
+    let crc = crc32c_append(crc32c(&h[12..]), payload);
     h[8..12].copy_from_slice(&crc.to_le_bytes());
     h
 }
@@ -114,7 +116,7 @@ fn frame_at(b: &[u8], at: usize) -> Option<Found> {
     }
     let len = u32_at(b, at + 4) as usize;
     let end = header_end.checked_add(len)?;
-    if end > b.len() || crate::crc::crc32c(&b[at + 12..end]) != u32_at(b, at + 8) {
+    if end > b.len() || crc32c(&b[at + 12..end]) != u32_at(b, at + 8) {
         return None;
     }
     Some(Found {
@@ -168,7 +170,7 @@ mod tests {
         assert_eq!(&f[28..], b"hi");
         assert_eq!(
             u32::from_le_bytes(f[8..12].try_into().unwrap()),
-            crate::crc::crc32c(&f[12..])
+            crc32c(&f[12..])
         );
     }
 
