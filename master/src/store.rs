@@ -1,10 +1,16 @@
 //! openraft storage on RocksDB: the Raft log and the state machine in
 //! column families of one database, so a log append, or an applied batch
 //! with its `last_applied`, is one atomic `WriteBatch`. Log writes (and
-//! the vote) are synced; applied batches are not: they can always be
-//! applied again from the log, and since both share RocksDB's one
-//! write-ahead log, the next synced write (the next append, or the purge
-//! that drops the entries they came from) makes them durable first.
+//! the vote) are synced; applied batches and the committed log id are
+//! not: they can always be applied (or learned from the leader) again from
+//! the log, and since all share RocksDB's one write-ahead log, the next
+//! synced write (the next append, or the purge that drops the entries they
+//! came from) makes them durable first. A committed id that survives a
+//! crash is so never ahead of the log that survives with it, and one lost
+//! only makes the restarted master apply less at start, until the leader
+//! tells it the commit index again. (Synced, it cost every entry a second
+//! fsync in a row, on the leader and on every follower, inside openraft's
+//! core task: 2026-12-02, BENCHMARKS.md.)
 //!
 //! Column families:
 //! - `log`: entry index (big-endian) -> postcard-encoded entry;
@@ -116,14 +122,21 @@ pub struct LogStore {
 }
 
 impl LogStore {
+    /// Writes a `meta` key, synced when `durable` (else on the write-ahead
+    /// log's next sync: see the module comment).
     fn put_meta<T: Serialize>(
         &self,
-        key: &[u8],
+        (key, durable): (&[u8], bool),
         v: &T,
         err: fn(&rocksdb::Error) -> StorageIOError<NodeId>,
     ) -> Result<(), SError> {
+        let opts = if durable {
+            synced()
+        } else {
+            WriteOptions::default()
+        };
         self.db
-            .put_cf_opt(cf(&self.db, CF_META), key, enc(v), &synced())
+            .put_cf_opt(cf(&self.db, CF_META), key, enc(v), &opts)
             .map_err(|e| err(&e).into())
     }
 }
@@ -183,15 +196,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SError> {
-        self.put_meta(VOTE, vote, |e| StorageIOError::write_vote(e))
+        self.put_meta((VOTE, true), vote, |e| StorageIOError::write_vote(e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SError> {
         get_meta(&self.db, VOTE)
     }
 
+    /// Not synced. Safe because `append` returns only once its entries are
+    /// synced, so any committed id openraft saves here (on a follower, up
+    /// to what it accepted) follows its entries in the write-ahead log.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SError> {
-        self.put_meta(COMMITTED, &committed, |e| StorageIOError::write(e))
+        self.put_meta((COMMITTED, false), &committed, |e| StorageIOError::write(e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SError> {
@@ -199,7 +215,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     /// One synced `WriteBatch` per call: openraft hands over every entry
-    /// it has queued, so concurrent proposals share one fsync.
+    /// it has queued, so concurrent proposals share one fsync. Returns
+    /// only once it is synced (`save_committed` relies on that).
     async fn append<I>(
         &mut self,
         entries: I,
