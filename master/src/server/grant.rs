@@ -1,7 +1,10 @@
 //! Lease grants: the leader picks a primary among the chunk's current
 //! replicas, logs the grant (which gives the chunk a new version), tells
 //! the replicas the new version, and logs that they took it. Only then
-//! does a client hear of the lease.
+//! does a client hear of the lease. A new chunk's first grant is logged
+//! with the chunk itself (`AddChunkLeased`, `MetaService::add_chunk`),
+//! then completed by [`finish`] like any other: two entries a chunk, not
+//! three.
 //!
 //! A leader can die between logging the grant and the replicas taking the
 //! version. Every replica is then one version behind the table, and no
@@ -12,6 +15,8 @@
 
 use gfs_proto::wire::{ErrorKind, error};
 use gfs_proto::{ChunkHandle, ChunkVersion, NodeId};
+
+use crate::state::Lease;
 use tonic::Status;
 
 use super::meta::{unexpected, version_of};
@@ -137,6 +142,21 @@ async fn grant(
     let Reply::Lease { lease, granted, .. } = granted else {
         return Err(unexpected(granted));
     };
+    finish(node, handle, (lease, granted), &candidates, create).await
+}
+
+/// The rest of a grant once its entry is applied (`GrantLease`, or
+/// `AddChunkLeased` for a new chunk): tells `candidates` the lease's
+/// version (creating the chunk there if `create`), and logs that they took
+/// it; returns the secondaries that did not (forgotten: stale from now
+/// on). Callers hold `Node::grants`.
+pub async fn finish(
+    node: &Node,
+    handle: ChunkHandle,
+    (lease, granted): (Lease, bool),
+    candidates: &[NodeId],
+    create: bool,
+) -> Result<Vec<NodeId>, Status> {
     let refused = if granted {
         let addrs: Vec<(NodeId, String)> = {
             let soft = node.soft();
@@ -153,7 +173,7 @@ async fn grant(
     };
     {
         let mut soft = node.soft();
-        for n in &candidates {
+        for n in candidates {
             if refused.contains(n) {
                 // Left at the old version: stale from now on.
                 soft.forget(handle, *n);

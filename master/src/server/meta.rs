@@ -182,6 +182,61 @@ impl MetaService {
             .is_some_and(|m| super::grant::still_learning(&self.node, &self.node.soft(), &m, now))
     }
 
+    /// Adds chunk `index` of `p` on `replicas` with its first lease, in
+    /// one log entry, and completes that grant (the replicas create the
+    /// chunk at the lease's version, then a `ConfirmVersion`) before any
+    /// client hears of it. Returns the chunk and its version; if another
+    /// request added the chunk first, that chunk, with nothing placed.
+    async fn add_chunk(
+        &self,
+        p: &GfsPath,
+        index: u64,
+        replicas: Vec<NodeId>,
+        replication: u8,
+    ) -> Result<(ChunkHandle, ChunkVersion), Status> {
+        let node = &self.node;
+        // Under the lock every grant holds until it is confirmed: the
+        // leader's duty would otherwise take the new chunk's grant for one
+        // a dead leader left unconfirmed.
+        let _grants = node.grants.lock().await;
+        let cmd = Command::AddChunkLeased {
+            path: p.clone(),
+            index,
+            replicas,
+            duration_ms: node.cfg.lease_ms,
+            grace_ms: node.cfg.lease_grace_ms,
+        };
+        match node.propose(0, 0, cmd).await? {
+            Reply::ChunkLeased {
+                handle,
+                replicas,
+                lease,
+                ..
+            } => {
+                {
+                    // Counted at the new version before the replicas take
+                    // it, as `grant` does.
+                    let mut soft = node.soft();
+                    for n in &replicas {
+                        soft.expect(handle, *n, lease.version);
+                    }
+                }
+                let again =
+                    super::grant::finish(node, handle, (lease, true), &replicas, true).await?;
+                if !again.is_empty() {
+                    let replication = usize::from(replication);
+                    super::grant::grant_rounds(node, handle, lease.version, replication, true)
+                        .await?;
+                }
+                Ok((handle, lease.version))
+            }
+            Reply::Chunk {
+                handle, version, ..
+            } => Ok((handle, version)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     fn chunk_info(&self, index: u64, handle: ChunkHandle) -> ChunkInfo {
         let now = now_ms();
         let timeout = self.node.cfg.chunkserver_timeout_ms;
@@ -543,26 +598,10 @@ impl MasterMeta for MetaService {
                 let v = node.state().state.chunk(h).map(|c| c.version);
                 (h, v.unwrap_or(ChunkVersion(0)), Vec::new())
             }
-            None => match node
-                .propose(
-                    0,
-                    0,
-                    Command::AddChunk {
-                        path: p.clone(),
-                        index: r.index,
-                        replicas,
-                    },
-                )
-                .await?
-            {
-                Reply::Chunk {
-                    handle,
-                    version,
-                    replicas,
-                    ..
-                } => (handle, version, replicas),
-                other => return Err(unexpected(other)),
-            },
+            None => {
+                let (h, v) = self.add_chunk(&p, r.index, replicas, f.replication).await?;
+                (h, v, Vec::new())
+            }
         };
         {
             let mut soft = node.soft();

@@ -227,6 +227,20 @@ pub enum Command {
         version: ChunkVersion,
         replicas: Vec<NodeId>,
     },
+    /// `AddChunk` and the new chunk's first lease in one entry: a chunk
+    /// added here gets a lease for `replicas[0]`, as `GrantLease` would
+    /// give it right after (version 2, unconfirmed until `ConfirmVersion`),
+    /// and the reply is `ChunkLeased`. An index the file already has
+    /// returns that chunk as `Chunk`, with no replicas and no grant: the
+    /// placement was not used. (After `ConfirmVersion`, for the same
+    /// reason.)
+    AddChunkLeased {
+        path: GfsPath,
+        index: u64,
+        replicas: Vec<NodeId>,
+        duration_ms: u64,
+        grace_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,6 +282,13 @@ pub enum Reply {
     },
     /// One outcome per request of a `Batch`, in order.
     Batch(Vec<Outcome>),
+    /// A chunk `AddChunkLeased` added, placed on `replicas`, and its lease.
+    ChunkLeased {
+        handle: ChunkHandle,
+        index: u64,
+        replicas: Vec<NodeId>,
+        lease: Lease,
+    },
 }
 
 /// Errors that cross the wire; each tells the caller what to do next.
@@ -526,6 +547,13 @@ impl MasterState {
                 }
                 Ok(Reply::Done)
             }
+            Command::AddChunkLeased {
+                path,
+                index,
+                replicas,
+                duration_ms,
+                grace_ms,
+            } => self.add_chunk_leased(now, &path, (index, replicas), (duration_ms, grace_ms)),
             // `apply` takes batches apart; one inside a batch is refused.
             Command::Batch(_) => Err(MetaError::InvalidArgument("nested batch".into())),
         }
@@ -1000,6 +1028,47 @@ impl MasterState {
             index,
             replicas,
         })
+    }
+
+    fn add_chunk_leased(
+        &mut self,
+        now: u64,
+        path: &GfsPath,
+        (index, replicas): (u64, Vec<NodeId>),
+        terms: (u64, u64),
+    ) -> Outcome {
+        let new = self.file(path)?.chunks.len() as u64 == index;
+        let primary = replicas.first().copied();
+        match self.add_chunk(now, path, index, replicas)? {
+            Reply::Chunk {
+                handle,
+                index,
+                replicas,
+                ..
+            } if new && let Some(primary) = primary => {
+                match self.grant_lease(now, handle, primary, terms, false)? {
+                    Reply::Lease { lease, .. } => Ok(Reply::ChunkLeased {
+                        handle,
+                        index,
+                        replicas,
+                        lease,
+                    }),
+                    other => Ok(other),
+                }
+            }
+            Reply::Chunk {
+                handle,
+                version,
+                index,
+                ..
+            } => Ok(Reply::Chunk {
+                handle,
+                version,
+                index,
+                replicas: Vec::new(),
+            }),
+            other => Ok(other),
+        }
     }
 
     fn set_length(&mut self, now: u64, path: &GfsPath, length: u64) -> Outcome {

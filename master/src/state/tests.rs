@@ -621,6 +621,92 @@ fn chunks_are_added_by_index_so_racers_and_retries_agree() {
 }
 
 #[test]
+fn a_chunk_added_with_its_lease_is_what_add_then_grant_would_leave() {
+    let add = |i, replicas: Vec<NodeId>| Command::AddChunkLeased {
+        path: p("/f"),
+        index: i,
+        replicas,
+        duration_ms: 60_000,
+        grace_ms: 1_000,
+    };
+    let mut one = Sim::new();
+    one.run(create("/f")).expect("create");
+    assert_eq!(
+        one.run(add(0, vec![NodeId(2), NodeId(5)])),
+        Ok(Reply::ChunkLeased {
+            handle: ChunkHandle(1),
+            index: 0,
+            replicas: vec![NodeId(2), NodeId(5)],
+            lease: Lease {
+                primary: NodeId(2),
+                version: ChunkVersion(2),
+                expires_at_ms: 61_000,
+            },
+        })
+    );
+    assert!(one.st.unconfirmed(ChunkHandle(1)) && one.st.pristine(ChunkHandle(1)));
+    // The same state as the two entries it replaces.
+    let mut two = Sim::new();
+    two.run(create("/f")).expect("create");
+    two.run(Command::AddChunk {
+        path: p("/f"),
+        index: 0,
+        replicas: vec![NodeId(2), NodeId(5)],
+    })
+    .expect("add");
+    two.run(Command::GrantLease {
+        handle: ChunkHandle(1),
+        primary: NodeId(2),
+        duration_ms: 60_000,
+        grace_ms: 1_000,
+        bump: false,
+    })
+    .expect("grant");
+    // (The client's session differs: it remembers other replies.)
+    let state = |s: &Sim| {
+        let mut d = s.st.dump();
+        d.retain(|(k, _)| !matches!(k.first(), Some(b's')));
+        d
+    };
+    assert_eq!(state(&one), state(&two));
+    // A racer asking for the same index gets that chunk, with nothing
+    // placed and no new grant; a gap is refused; with no replicas to
+    // place, a chunk is added without a lease.
+    one.now = 5_000;
+    assert_eq!(
+        one.run(add(0, vec![NodeId(7), NodeId(8)])),
+        Ok(Reply::Chunk {
+            handle: ChunkHandle(1),
+            version: ChunkVersion(2),
+            index: 0,
+            replicas: vec![],
+        })
+    );
+    assert_eq!(
+        one.st.lease(ChunkHandle(1)).map(|l| l.expires_at_ms),
+        Some(61_000)
+    );
+    assert_eq!(
+        one.run(add(2, vec![NodeId(7)])),
+        Err(MetaError::ChunkIndexGap {
+            path: p("/f"),
+            chunks: 1,
+            index: 2
+        })
+    );
+    assert_eq!(
+        one.run(add(1, vec![])),
+        Ok(Reply::Chunk {
+            handle: ChunkHandle(2),
+            version: ChunkVersion(1),
+            index: 1,
+            replicas: vec![],
+        })
+    );
+    assert_eq!(one.st.lease(ChunkHandle(2)), None);
+}
+
+#[test]
 fn leases_bump_the_version_on_grant_and_never_overlap() {
     let (mut s, h) = Sim::with_one_chunk();
     let grant = |n| Command::GrantLease {
@@ -871,6 +957,13 @@ fn persisting_dirty_keys_reproduces_the_state_exactly() {
         let cmd = match i % 9 {
             0 => mkdir(&format!("{d}/sub{}", i % 3), true),
             1 => create(&format!("{d}/f{i}")),
+            2 if i % 4 == 2 => Command::AddChunkLeased {
+                path: p(&format!("/d{}/f{}", (i - 1) % 5, i - 1)),
+                index: 0,
+                replicas: vec![NodeId(i % 3 + 1)],
+                duration_ms: 50,
+                grace_ms: 5,
+            },
             2 => Command::AddChunk {
                 path: p(&format!("/d{}/f{}", (i - 1) % 5, i - 1)),
                 index: 0,
