@@ -118,6 +118,46 @@ async fn put_and_get_of_multi_chunk_files_round_trip() {
 
 /// Each client (its own id, caches and append position) appends `per`
 /// records to `/log`; returns every acknowledged record with its offset.
+/// A new chunk costs the masters' log two entries (the chunk added with
+/// its first lease, then the version its replicas took), not three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_chunk_costs_the_masters_log_two_entries() {
+    // Leases long enough that no extension is logged meanwhile.
+    let spec = Spec {
+        lease_ms: 60_000,
+        ..Spec::default()
+    };
+    let cluster = Cluster::start(spec).await.expect("cluster");
+    let c = cluster.client();
+    let log_index = || async {
+        let l = cluster
+            .masters
+            .leader(Duration::from_secs(10))
+            .await
+            .expect("leader");
+        let s = cluster
+            .masters
+            .client_of(l)
+            .status_of(0)
+            .await
+            .expect("status");
+        s.last_log_index
+    };
+    let mut w = Writer::create(&c, "/eight").await.expect("create");
+    let before = log_index().await;
+    let data = random_bytes(8 << 20, 3);
+    w.write_all(&data).await.expect("write");
+    assert_eq!(w.close().await.expect("close"), data.len() as u64);
+    assert_eq!(c.stat("/eight").await.expect("stat").chunks, 8);
+    let entries = log_index().await - before;
+    // 16 for the chunks, and the length the writer reported at close.
+    assert!(
+        (16..=18).contains(&entries),
+        "8 chunks written took {entries} log entries"
+    );
+    assert!(read_all(&c, "/eight").await == data, "read back differs");
+}
+
 async fn append_with(
     clients: Vec<gfs_client::Client>,
     per: u64,
