@@ -228,7 +228,9 @@ impl MetaService {
                     super::grant::grant_rounds(node, handle, lease.version, replication, true)
                         .await?;
                 }
-                Ok((handle, lease.version))
+                // Another round bumped the version again.
+                let version = node.state().state.chunk(handle).map(|c| c.version);
+                Ok((handle, version.unwrap_or(lease.version)))
             }
             Reply::Chunk {
                 handle, version, ..
