@@ -329,6 +329,7 @@ mod tests {
             capacity_bytes: 100,
             live: true,
             draining: false,
+            chunks: 0,
         }
     }
 

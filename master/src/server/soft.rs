@@ -20,6 +20,9 @@ pub struct Chunkserver {
     pub last_seen_ms: u64,
     /// Whether a full chunk report arrived since this master started.
     pub reported: bool,
+    /// Replicas placed here that the leader does not yet expect (their
+    /// log entry is on its way): placement counts them as held.
+    pub placing: u64,
 }
 
 /// One heartbeat, already validated.
@@ -71,6 +74,7 @@ impl Soft {
             draining: false,
             last_seen_ms: 0,
             reported: false,
+            placing: 0,
         });
         s.addr = b.addr;
         s.rack = b.rack;
@@ -78,6 +82,8 @@ impl Soft {
         s.used_bytes = b.used_bytes;
         s.draining = b.draining;
         s.last_seen_ms = now_ms;
+        // As with the bytes reserved: the server's report is the truth now.
+        s.placing = 0;
         if let Some(chunks) = b.chunks {
             s.reported = true;
             self.replace_report(b.id, chunks);
@@ -156,7 +162,11 @@ impl Soft {
                     version,
                     confirmed: false,
                 });
-                self.held.entry(id).or_default().insert(handle);
+                if self.held.entry(id).or_default().insert(handle)
+                    && let Some(s) = self.servers.get_mut(&id)
+                {
+                    s.placing = s.placing.saturating_sub(1);
+                }
             }
         }
     }
@@ -241,18 +251,21 @@ impl Soft {
                 capacity_bytes: s.capacity_bytes,
                 live: s.last_seen_ms + timeout_ms >= now_ms,
                 draining: s.draining || draining.contains(&s.id),
+                chunks: self.held.get(&s.id).map_or(0, |h| h.len() as u64) + s.placing,
             })
             .collect();
         v.sort_by_key(|s| s.id);
         v
     }
 
-    /// Counts `bytes` as used on `id` until its next heartbeat says what is:
-    /// chunks placed between two heartbeats would otherwise all be placed
-    /// from the same view, on the same servers.
+    /// Counts a new replica of `bytes` on `id` until the leader expects it
+    /// there or the server's next heartbeat says what is: chunks placed
+    /// between two heartbeats would otherwise all be placed from the same
+    /// view, on the same servers.
     pub fn reserve(&mut self, id: NodeId, bytes: u64) {
         if let Some(s) = self.servers.get_mut(&id) {
             s.used_bytes = s.used_bytes.saturating_add(bytes).min(s.capacity_bytes);
+            s.placing += 1;
         }
     }
 
@@ -312,6 +325,40 @@ mod tests {
         s.beat(b, 1);
         let one = s.views(1, 10, &BTreeSet::new())[0].used_bytes;
         assert_eq!(one, 7);
+    }
+
+    #[test]
+    fn servers_sharing_one_filesystem_get_equal_shares_of_the_chunks() {
+        // Four chunkservers on one disk all report its usage, which the
+        // new chunks barely move.
+        let mut s = Soft::default();
+        let report = |s: &mut Soft, now| {
+            for id in 1..=4 {
+                let mut b = beat(id, (now == 0).then(Vec::new));
+                (b.capacity_bytes, b.used_bytes) = (1 << 40, 1 << 39);
+                s.beat(b, now);
+            }
+        };
+        report(&mut s, 0);
+        let mut held = [0u32; 5];
+        for handle in 1..=8 {
+            let views = s.views(handle, 10, &BTreeSet::new());
+            let chosen = crate::placement::place(&views, 3, 0);
+            for n in &chosen {
+                s.reserve(*n, 64 << 20);
+            }
+            if handle % 2 == 0 {
+                // Some chunks reach their log entry's end before the next
+                // placement, some only after the next heartbeat.
+                report(&mut s, handle);
+            }
+            for n in chosen {
+                held[n.0 as usize] += 1;
+                s.expect(ChunkHandle(handle), n, ChunkVersion(1));
+            }
+        }
+        // 24 replicas, 6 each: not one of every chunk on server 1.
+        assert_eq!(held[1..], [6, 6, 6, 6]);
     }
 
     #[test]
