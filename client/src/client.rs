@@ -647,11 +647,13 @@ impl Client {
             let Some(info) = self.master.locate(path, index).await? else {
                 return Ok((0, 0));
             };
-            // Spread readers over the replicas.
+            // The replica this client reads least from just now; readers
+            // with nothing in flight spread at random.
             let n = info.replicas.len();
             let start = if n == 0 { 0 } else { rand::random_range(0..n) };
-            for k in 0..n {
-                let r = &info.replicas[(start + k) % n];
+            let addrs: Vec<&str> = info.replicas.iter().map(|r| r.addr.as_str()).collect();
+            for k in self.pool.read_order(&addrs, start) {
+                let r = &info.replicas[k];
                 let req = ReadRequest {
                     handle: info.handle,
                     version: info.version,
