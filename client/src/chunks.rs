@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use gfs_proto::data::{DataPool, Op, Pieces};
@@ -19,43 +19,78 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Clone, Debug, Default)]
 pub struct ChunkPool {
     data: Arc<DataPool>,
-    /// Reads in flight per server address.
-    reading: Arc<Mutex<HashMap<String, u32>>>,
+    /// What this client's reads found of each server, by address.
+    reading: Arc<Mutex<HashMap<String, ReadLoad>>>,
 }
 
-/// Replica indices in the order a read tries them: fewest reads in flight
-/// first (`loads[i]` for replica `i`), equal ones in turn from `start`.
-/// A random choice leaves one server a queue while another idles: with
-/// 4 MiB regions read in 512 KiB pieces by four readers, each of four
-/// servers had nothing to read 15-33 % of the time while another had up
-/// to 18 reads queued (BENCHMARKS.md, 2026-12-02, night).
-pub fn least_loaded_first(loads: &[u32], start: usize) -> Vec<usize> {
-    let n = loads.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by_key(|&i| (loads[i], (i + n - start % n.max(1)) % n.max(1)));
+/// A server that failed a read is tried after the others for this long
+/// (or until a read from it succeeds): with no reads in flight it would
+/// otherwise look the least busy, and a host that is down costs every
+/// attempt the connect timeout.
+const FAILED_READS_LAST_FOR: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, Default)]
+struct ReadLoad {
+    in_flight: u32,
+    failed_at: Option<Instant>,
+}
+
+impl ReadLoad {
+    fn failed_lately(&self, now: Instant) -> bool {
+        self.failed_at
+            .is_some_and(|t| now.saturating_duration_since(t) < FAILED_READS_LAST_FOR)
+    }
+
+    /// Nothing worth keeping.
+    fn idle(&self, now: Instant) -> bool {
+        self.in_flight == 0 && !self.failed_lately(now)
+    }
+}
+
+/// Replica indices in the order a read tries them: those that did not
+/// fail a read lately first, then fewest reads in flight (`loads[i]` for
+/// replica `i`: whether it failed lately, its reads in flight), equal ones
+/// in turn from `start`. A random choice leaves one server a queue while
+/// another idles: with 4 MiB regions read in 512 KiB pieces by four
+/// readers, each of four servers had nothing to read 5-31 % of the time
+/// while another had up to 18 reads queued (BENCHMARKS.md, 2026-12-02,
+/// night).
+pub fn least_loaded_first(loads: &[(bool, u32)], start: usize) -> Vec<usize> {
+    let n = loads.len().max(1);
+    let mut order: Vec<usize> = (0..loads.len()).collect();
+    order.sort_by_key(|&i| (loads[i], (i + n - start % n) % n));
     order
 }
 
 /// One read counted in flight with its server until dropped.
 struct InFlight<'a> {
-    reading: &'a Mutex<HashMap<String, u32>>,
+    reading: &'a Mutex<HashMap<String, ReadLoad>>,
     addr: &'a str,
 }
 
 impl<'a> InFlight<'a> {
-    fn start(reading: &'a Mutex<HashMap<String, u32>>, addr: &'a str) -> Self {
+    fn start(reading: &'a Mutex<HashMap<String, ReadLoad>>, addr: &'a str) -> Self {
         let mut r = reading.lock().unwrap_or_else(|p| p.into_inner());
-        *r.entry(addr.to_string()).or_default() += 1;
+        r.entry(addr.to_string()).or_default().in_flight += 1;
         Self { reading, addr }
+    }
+
+    /// How the read ended: a failure of the replica marks it for
+    /// `FAILED_READS_LAST_FOR`, a success clears the mark.
+    fn ended(&self, replica_failed: bool) {
+        let mut r = self.reading.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = r.get_mut(self.addr) {
+            l.failed_at = replica_failed.then(Instant::now);
+        }
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let mut r = self.reading.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = r.get_mut(self.addr) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(l) = r.get_mut(self.addr) {
+            l.in_flight -= 1;
+            if l.idle(Instant::now()) {
                 r.remove(self.addr);
             }
         }
@@ -135,22 +170,29 @@ impl ChunkPool {
         dst: &mut BytesMut,
     ) -> Result<(usize, u64), MasterError> {
         debug_assert!(req.length <= MAX_FRAME_BYTES as u64);
-        let _counted = InFlight::start(&self.reading, addr);
-        self.data
+        let counted = InFlight::start(&self.reading, addr);
+        let got = self
+            .data
             .read_into(addr, &req, dst, CALL_TIMEOUT)
             .await
-            .map_err(|s| MasterError::from_status(&s))
+            .map_err(|s| MasterError::from_status(&s));
+        counted.ended(matches!(&got, Err(e) if crate::client::replica_failed(e.kind)));
+        got
     }
 
     /// The order to try `addrs` (one chunk's replicas) for a read:
-    /// [`least_loaded_first`] by this client's reads in flight, equal ones
-    /// from `start`.
+    /// [`least_loaded_first`] by what this client's reads found, equal
+    /// ones from `start`.
     pub fn read_order(&self, addrs: &[&str], start: usize) -> Vec<usize> {
-        let loads: Vec<u32> = {
+        let now = Instant::now();
+        let loads: Vec<(bool, u32)> = {
             let r = self.reading.lock().unwrap_or_else(|p| p.into_inner());
             addrs
                 .iter()
-                .map(|a| r.get(*a).copied().unwrap_or(0))
+                .map(|a| {
+                    r.get(*a)
+                        .map_or((false, 0), |l| (l.failed_lately(now), l.in_flight))
+                })
                 .collect()
         };
         least_loaded_first(&loads, start)
@@ -163,16 +205,19 @@ mod tests {
 
     #[test]
     fn reads_go_to_the_replica_with_fewest_in_flight_equal_ones_in_turn() {
-        assert_eq!(least_loaded_first(&[2, 0, 1], 0), [1, 2, 0]);
-        assert_eq!(least_loaded_first(&[0, 0, 0], 0), [0, 1, 2]);
-        assert_eq!(least_loaded_first(&[0, 0, 0], 2), [2, 0, 1]);
-        assert_eq!(least_loaded_first(&[1, 0, 0], 1), [1, 2, 0]);
-        assert_eq!(least_loaded_first(&[1, 0, 0], 2), [2, 1, 0]);
+        let ok = |n| (false, n);
+        assert_eq!(least_loaded_first(&[ok(2), ok(0), ok(1)], 0), [1, 2, 0]);
+        assert_eq!(least_loaded_first(&[ok(0), ok(0), ok(0)], 0), [0, 1, 2]);
+        assert_eq!(least_loaded_first(&[ok(0), ok(0), ok(0)], 2), [2, 0, 1]);
+        assert_eq!(least_loaded_first(&[ok(1), ok(0), ok(0)], 1), [1, 2, 0]);
+        assert_eq!(least_loaded_first(&[ok(1), ok(0), ok(0)], 2), [2, 1, 0]);
+        // A replica that failed lately goes last, however idle.
+        assert_eq!(least_loaded_first(&[(true, 0), ok(3), ok(1)], 0), [2, 1, 0]);
         assert!(least_loaded_first(&[], 3).is_empty());
     }
 
     #[test]
-    fn a_read_counts_in_flight_until_it_ends() {
+    fn a_read_counts_in_flight_until_it_ends_and_a_failure_for_a_while() {
         let pool = ChunkPool::default();
         let (a, b) = ("127.0.0.1:1", "127.0.0.1:2");
         let first = InFlight::start(&pool.reading, a);
@@ -182,10 +227,32 @@ mod tests {
         assert_eq!(pool.read_order(&[a, b], 0), [1, 0], "2 against 1");
         drop((first, second));
         assert_eq!(pool.read_order(&[a, b], 0), [0, 1]);
+        // b fails: tried last while the mark lasts, though a is busier.
+        on_b.ended(true);
         drop(on_b);
+        let busy = InFlight::start(&pool.reading, a);
+        assert_eq!(pool.read_order(&[a, b], 0), [0, 1]);
+        // Once a read from b succeeds, the mark is gone.
+        let again = InFlight::start(&pool.reading, b);
+        again.ended(false);
+        drop((again, busy));
+        assert_eq!(pool.read_order(&[a, b], 1), [1, 0]);
         assert!(
             pool.reading.lock().unwrap().is_empty(),
             "no entry left behind"
         );
+    }
+
+    #[test]
+    fn a_failure_mark_wears_off() {
+        let now = Instant::now();
+        let failed = |ago| ReadLoad {
+            in_flight: 0,
+            failed_at: now.checked_sub(ago),
+        };
+        assert!(failed(Duration::from_secs(1)).failed_lately(now));
+        let long_ago = failed(FAILED_READS_LAST_FOR);
+        assert!(long_ago.failed_at.is_none() || !long_ago.failed_lately(now));
+        assert!(long_ago.failed_at.is_none() || long_ago.idle(now));
     }
 }
