@@ -26,8 +26,11 @@ pub struct ChunkPool {
 /// A server that failed a read is tried after the others for this long
 /// (or until a read from it succeeds): with no reads in flight it would
 /// otherwise look the least busy, and a host that is down costs every
-/// attempt the connect timeout.
-const FAILED_READS_LAST_FOR: Duration = Duration::from_secs(5);
+/// attempt the connect timeout, a stalled one the call timeout. Twice
+/// the call timeout, and longer than the masters take to declare a
+/// silent server dead (15 s by default): a stalled server costs a reader
+/// one timeout, not one every few seconds until the masters drop it.
+const FAILED_READS_LAST_FOR: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, Debug, Default)]
 struct ReadLoad {
