@@ -16,6 +16,10 @@ use crate::master::MasterError;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A read not answered after this long is asked of another replica too:
+/// a piece takes milliseconds on a healthy server, even a busy one.
+pub const HEDGE_AFTER: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Debug, Default)]
 pub struct ChunkPool {
     data: Arc<DataPool>,
@@ -181,6 +185,107 @@ impl ChunkPool {
             .map_err(|s| MasterError::from_status(&s));
         counted.ended(matches!(&got, Err(e) if crate::client::replica_failed(e.kind)));
         got
+    }
+
+    /// `req` from the first of `replicas` (address, node id) that answers,
+    /// tried in `order`, into `dst` (empty, with room): how many bytes,
+    /// and the chunk's length there. The next replica is asked at once
+    /// when one fails, and also when one has not answered for
+    /// `HEDGE_AFTER`: a stalled server (stopped, a hung disk) then costs
+    /// a reader seconds, not the call timeout. The first answer wins; a
+    /// later replica's answer is copied into `dst` (the first's lands
+    /// there straight from the socket).
+    pub async fn read_hedged(
+        &self,
+        replicas: &[(&str, u64)],
+        order: Vec<usize>,
+        req: ReadRequest,
+        dst: &mut BytesMut,
+    ) -> Result<(usize, u64), MasterError> {
+        let mut rest = order.into_iter();
+        let Some(first) = rest.next() else {
+            return Err(MasterError::new(
+                gfs_proto::wire::ErrorKind::Unavailable,
+                "the chunk has no replica to read",
+            ));
+        };
+        dst.clear();
+        let mut own = Some(Box::pin(self.read(replicas[first].0, req, dst)));
+        let mut others = futures_util::stream::FuturesUnordered::new();
+        let ask = |k: usize| {
+            let (pool, addr) = (self.clone(), replicas[k].0.to_string());
+            async move {
+                let mut buf = BytesMut::with_capacity(req.length as usize);
+                let got = pool.read(&addr, req, &mut buf).await;
+                (k, got, buf)
+            }
+        };
+        // Replicas asked and not answered yet; whether one was asked
+        // because another was slow (once a read: at most twice the load).
+        let (mut waiting, mut hedged) = (vec![first], false);
+        let mut last = None;
+        loop {
+            tokio::select! {
+                got = async { own.as_mut().expect("polled only while set").await }, if own.is_some() => {
+                    match got {
+                        Ok(got) => return Ok(got),
+                        Err(e) => {
+                            own = None;
+                            waiting.retain(|&w| w != first);
+                            tracing::debug!(replica = replicas[first].1, error = %e, "read failed; trying another replica");
+                            last = Some(e);
+                        }
+                    }
+                }
+                Some(answer) = futures_util::StreamExt::next(&mut others), if !others.is_empty() => {
+                    let (k, got, buf): (usize, Result<_, MasterError>, BytesMut) = answer;
+                    match got {
+                        Ok(got) => {
+                            // The first attempt, still reading into `dst`,
+                            // ends here (its connection is not reused).
+                            drop(own);
+                            dst.clear();
+                            dst.extend_from_slice(&buf);
+                            return Ok(got);
+                        }
+                        Err(e) => {
+                            waiting.retain(|&w| w != k);
+                            tracing::debug!(replica = replicas[k].1, error = %e, "read failed; trying another replica");
+                            last = Some(e);
+                        }
+                    }
+                }
+                () = tokio::time::sleep(HEDGE_AFTER), if !hedged => {
+                    hedged = true;
+                    // Slow as a failed one: later reads go elsewhere first.
+                    for &k in &waiting {
+                        self.mark_failed(replicas[k].0);
+                    }
+                    tracing::debug!(replicas = ?waiting.iter().map(|&k| replicas[k].1).collect::<Vec<_>>(), after = ?HEDGE_AFTER, "read not answered; asking another replica too");
+                }
+            }
+            match rest.next() {
+                Some(k) => {
+                    waiting.push(k);
+                    others.push(ask(k));
+                }
+                None if waiting.is_empty() => {
+                    return Err(last.unwrap_or_else(|| {
+                        MasterError::new(
+                            gfs_proto::wire::ErrorKind::Unavailable,
+                            "no replica answered the read",
+                        )
+                    }));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Marks `addr` as failed lately (see `FAILED_READS_LAST_FOR`).
+    fn mark_failed(&self, addr: &str) {
+        let mut r = self.reading.lock().unwrap_or_else(|p| p.into_inner());
+        r.entry(addr.to_string()).or_default().failed_at = Some(Instant::now());
     }
 
     /// The order to try `addrs` (one chunk's replicas) for a read:

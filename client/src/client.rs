@@ -652,23 +652,21 @@ impl Client {
             let n = info.replicas.len();
             let start = if n == 0 { 0 } else { rand::random_range(0..n) };
             let addrs: Vec<&str> = info.replicas.iter().map(|r| r.addr.as_str()).collect();
-            for k in self.pool.read_order(&addrs, start) {
-                let r = &info.replicas[k];
-                let req = ReadRequest {
-                    handle: info.handle,
-                    version: info.version,
-                    offset,
-                    length: len as u64,
-                };
-                // A failed attempt may have left part of its bytes.
-                dst.clear();
-                match self.pool.read(&r.addr, req, dst).await {
-                    Ok(got) => return Ok(got),
-                    Err(e) => {
-                        tracing::debug!(replica = r.node_id, error = %e, "read failed; trying another replica");
-                        last = Some(e);
-                    }
-                }
+            let replicas: Vec<(&str, u64)> = info
+                .replicas
+                .iter()
+                .map(|r| (r.addr.as_str(), r.node_id))
+                .collect();
+            let req = ReadRequest {
+                handle: info.handle,
+                version: info.version,
+                offset,
+                length: len as u64,
+            };
+            let order = self.pool.read_order(&addrs, start);
+            match self.pool.read_hedged(&replicas, order, req, dst).await {
+                Ok(got) => return Ok(got),
+                Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| {

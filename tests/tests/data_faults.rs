@@ -625,6 +625,53 @@ async fn a_replica_silent_during_a_lease_is_versioned_out_not_left_behind() {
     }
 }
 
+/// A stalled chunkserver (stopped, as a hung disk or a paused VM leaves
+/// it) costs a reader about a second, not the 15 s call timeout: a read
+/// not answered after `HEDGE_AFTER` is asked of another replica too, and
+/// the slow server is tried last from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_replica_costs_a_reader_a_second_not_the_call_timeout() {
+    let cluster = Cluster::start(Spec {
+        chunkservers: 3,
+        // The masters keep listing the stopped server: the client alone
+        // has to go around it.
+        chunkserver_timeout_ms: 60_000,
+        ..Spec::default()
+    })
+    .await
+    .expect("cluster");
+    let c = cluster.client();
+    let data = random_bytes(8 << 20, 41);
+    c.create("/f", 3).await.expect("create");
+    c.write_at("/f", 0, &data).await.expect("write");
+    assert_eq!(
+        c.read_at("/f", 0, 1 << 20).await.expect("read"),
+        data[..1 << 20]
+    );
+    // Three servers, three replicas: every chunk has one on the stopped
+    // server, and a 4 MiB read's eight pieces go to all three.
+    cluster.signal_server(0, libc::SIGSTOP).expect("stop");
+    let started = Instant::now();
+    let mut got = Vec::new();
+    for at in [0u64, 4 << 20] {
+        let piece = c.read_at("/f", at, 4 << 20).await;
+        got.push((at, piece));
+    }
+    let took = started.elapsed();
+    cluster.signal_server(0, libc::SIGCONT).expect("cont");
+    for (at, piece) in got {
+        let piece = piece.expect("read with a replica stopped");
+        assert!(
+            piece[..] == data[at as usize..at as usize + (4 << 20)],
+            "bytes at {at}"
+        );
+    }
+    assert!(
+        took < Duration::from_secs(8),
+        "8 MiB took {took:?} with one replica stopped"
+    );
+}
+
 /// R11 (chunkserver side): one chunkserver's disk fills up during
 /// ingestion. The write completes on the others, no chunk counts the full
 /// server as a replica unless it holds the whole chunk, and new chunks are
