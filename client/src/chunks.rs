@@ -17,12 +17,25 @@ use crate::master::MasterError;
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A read not answered after this long is asked of another replica too:
-/// a piece takes milliseconds on a healthy server, even a busy one.
+/// a piece takes milliseconds on a healthy server, even a busy one ...
 pub const HEDGE_AFTER: Duration = Duration::from_secs(1);
+/// ... or after this many times the reads' recent mean, if longer: on a
+/// cluster so loaded that reads take a large part of a second, asking a
+/// second replica would only add load.
+const HEDGE_AFTER_MEANS: u32 = 8;
+
+/// When a read still unanswered is asked of another replica too, given
+/// the recent mean time of a read.
+pub fn hedge_after(mean: Duration) -> Duration {
+    HEDGE_AFTER.max(mean.saturating_mul(HEDGE_AFTER_MEANS))
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct ChunkPool {
     data: Arc<DataPool>,
+    /// Mean time of this client's answered reads, in microseconds (a
+    /// moving average: each read weighs 1/16).
+    read_us: Arc<std::sync::atomic::AtomicU64>,
     /// What this client's reads found of each server, by address.
     reading: Arc<Mutex<HashMap<String, ReadLoad>>>,
 }
@@ -178,11 +191,19 @@ impl ChunkPool {
     ) -> Result<(usize, u64), MasterError> {
         debug_assert!(req.length <= MAX_FRAME_BYTES as u64);
         let counted = InFlight::start(&self.reading, addr);
+        let started = Instant::now();
         let got = self
             .data
             .read_into(addr, &req, dst, CALL_TIMEOUT)
             .await
             .map_err(|s| MasterError::from_status(&s));
+        if got.is_ok() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let took = started.elapsed().as_micros() as u64;
+            // A lost race between two readers costs one sample.
+            let mean = self.read_us.load(Relaxed);
+            self.read_us.store(mean - mean / 16 + took / 16, Relaxed);
+        }
         counted.ended(matches!(&got, Err(e) if crate::client::replica_failed(e.kind)));
         got
     }
@@ -191,7 +212,7 @@ impl ChunkPool {
     /// tried in `order`, into `dst` (empty, with room): how many bytes,
     /// and the chunk's length there. The next replica is asked at once
     /// when one fails, and also when one has not answered for
-    /// `HEDGE_AFTER`: a stalled server (stopped, a hung disk) then costs
+    /// [`hedge_after`]: a stalled server (stopped, a hung disk) then costs
     /// a reader seconds, not the call timeout. The first answer wins; a
     /// later replica's answer is copied into `dst` (the first's lands
     /// there straight from the socket).
@@ -223,6 +244,8 @@ impl ChunkPool {
         // Replicas asked and not answered yet; whether one was asked
         // because another was slow (once a read: at most twice the load).
         let (mut waiting, mut hedged) = (vec![first], false);
+        let mean = self.read_us.load(std::sync::atomic::Ordering::Relaxed);
+        let hedge = hedge_after(Duration::from_micros(mean));
         let mut last = None;
         loop {
             tokio::select! {
@@ -255,13 +278,13 @@ impl ChunkPool {
                         }
                     }
                 }
-                () = tokio::time::sleep(HEDGE_AFTER), if !hedged => {
+                () = tokio::time::sleep(hedge), if !hedged => {
                     hedged = true;
                     // Slow as a failed one: later reads go elsewhere first.
                     for &k in &waiting {
                         self.mark_failed(replicas[k].0);
                     }
-                    tracing::debug!(replicas = ?waiting.iter().map(|&k| replicas[k].1).collect::<Vec<_>>(), after = ?HEDGE_AFTER, "read not answered; asking another replica too");
+                    tracing::debug!(replicas = ?waiting.iter().map(|&k| replicas[k].1).collect::<Vec<_>>(), after = ?hedge, "read not answered; asking another replica too");
                 }
             }
             match rest.next() {
@@ -349,6 +372,16 @@ mod tests {
             pool.reading.lock().unwrap().is_empty(),
             "no entry left behind"
         );
+    }
+
+    #[test]
+    fn a_second_replica_is_asked_after_a_second_or_eight_recent_means() {
+        let ms = Duration::from_millis;
+        assert_eq!(hedge_after(ms(0)), ms(1000));
+        assert_eq!(hedge_after(ms(3)), ms(1000), "a healthy cluster");
+        assert_eq!(hedge_after(ms(125)), ms(1000));
+        assert_eq!(hedge_after(ms(400)), ms(3200), "an overloaded one");
+        assert_eq!(hedge_after(Duration::MAX), Duration::MAX);
     }
 
     #[test]

@@ -627,8 +627,8 @@ async fn a_replica_silent_during_a_lease_is_versioned_out_not_left_behind() {
 
 /// A stalled chunkserver (stopped, as a hung disk or a paused VM leaves
 /// it) costs a reader about a second, not the 15 s call timeout: a read
-/// not answered after `HEDGE_AFTER` is asked of another replica too, and
-/// the slow server is tried last from then on.
+/// not answered after a second (`hedge_after`) is asked of another
+/// replica too, and the slow server is tried last from then on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stalled_replica_costs_a_reader_a_second_not_the_call_timeout() {
     let cluster = Cluster::start(Spec {
