@@ -1,7 +1,8 @@
 //! Where a new chunk's replicas go: live chunkservers only, never a full or
-//! draining one, least used (by fraction of disk, in steps of 0.1 %)
-//! first, among equally full ones the one holding the fewest chunks, and
-//! spread across racks before any rack gets a second replica. Pure: the
+//! draining one, one a writer lately found failed only after the others,
+//! least used (by fraction of disk, in steps of 0.1 %) first, among
+//! equally full ones the one holding the fewest chunks, and spread across
+//! racks before any rack gets a second replica. Pure: the
 //! leader feeds it its soft view of the chunkservers and puts the answer
 //! in the log entry.
 
@@ -17,6 +18,9 @@ pub struct ServerView {
     pub draining: bool,
     /// Replicas it holds or was just given.
     pub chunks: u64,
+    /// A writer lately reported it failed a mutation (it may be stalled
+    /// while it still heartbeats, or not declared dead yet).
+    pub suspect: bool,
 }
 
 /// Steps of a disk's used fraction that count as equally full.
@@ -27,17 +31,17 @@ impl ServerView {
         self.capacity_bytes.saturating_sub(self.used_bytes)
     }
 
-    /// Which server a new replica prefers, least first: the used fraction
-    /// of its disks in steps of 0.1 %, then the replicas it holds, then
-    /// its id (a stable order). Servers that share one filesystem, or
+    /// Which server a new replica prefers, least first: not suspect, the
+    /// used fraction of its disks in steps of 0.1 %, then the replicas it
+    /// holds, then its id (a stable order). Servers that share one filesystem, or
     /// fresh disks of one size, report the same fraction; without the
     /// count the lowest id would get a replica of every chunk (and every
     /// reader of them a third of its reads: BENCHMARKS.md, 2026-12-02,
     /// night).
-    fn preference(&self) -> (u128, u64, NodeId) {
+    fn preference(&self) -> (bool, u128, u64, NodeId) {
         let fullness =
             u128::from(self.used_bytes) * FULLNESS_STEPS / u128::from(self.capacity_bytes.max(1));
-        (fullness, self.chunks, self.id)
+        (self.suspect, fullness, self.chunks, self.id)
     }
 
     fn eligible(&self, min_free_bytes: u64) -> bool {
@@ -103,6 +107,7 @@ mod tests {
             live: true,
             draining: false,
             chunks: 0,
+            suspect: false,
         }
     }
 
@@ -196,6 +201,17 @@ mod tests {
         // A new replica of a chunk on 1 goes the same way.
         let none = |_| false;
         assert_eq!(place_one(&servers, &[NodeId(3)], none, 1), Some(NodeId(4)));
+    }
+
+    #[test]
+    fn a_server_a_writer_found_failed_is_placed_on_only_after_the_others() {
+        let mut suspect = s(1, "r1", 0);
+        suspect.suspect = true;
+        let servers = [suspect, s(2, "r1", 50), s(3, "r2", 90)];
+        assert_eq!(ids(place(&servers, 2, 1)), [2, 3], "another on r1 first");
+        assert_eq!(ids(place(&servers, 3, 1)), [2, 3, 1], "if needed, still");
+        let none = |_| false;
+        assert_eq!(place_one(&servers, &[NodeId(3)], none, 1), Some(NodeId(2)));
     }
 
     #[test]

@@ -330,6 +330,7 @@ mod tests {
             live: true,
             draining: false,
             chunks: 0,
+            suspect: false,
         }
     }
 

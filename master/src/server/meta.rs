@@ -618,6 +618,14 @@ impl MasterMeta for MetaService {
             (handle, version)
         };
         let mut failed: Vec<NodeId> = r.failed.iter().map(|n| NodeId(*n)).collect();
+        if !failed.is_empty() {
+            // A server that failed a writer may be stalled yet heartbeating,
+            // or not declared dead yet: new chunks go elsewhere first.
+            let mut soft = node.soft();
+            for n in &failed {
+                soft.suspect(*n, now);
+            }
+        }
         // A replica of the lease that stopped heartbeating is treated as
         // failed (versioned out), never left out of the writer's list.
         for n in super::grant::absent_members(node, handle, now)? {

@@ -23,7 +23,16 @@ pub struct Chunkserver {
     /// Replicas placed here that the leader does not yet expect (their
     /// log entry is on its way): placement counts them as held.
     pub placing: u64,
+    /// Until when new chunks go elsewhere first: a writer reported it
+    /// failed a mutation (heartbeats do not clear this: a stalled disk
+    /// may leave the server heartbeating).
+    pub suspect_until_ms: u64,
 }
+
+/// How long a server a writer reported failed is placed on only after the
+/// others: four default chunkserver timeouts, so a stalled one is
+/// declared dead (and dropped) long before it ends.
+pub const SUSPECT_FOR_MS: u64 = 60_000;
 
 /// One heartbeat, already validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +84,7 @@ impl Soft {
             last_seen_ms: 0,
             reported: false,
             placing: 0,
+            suspect_until_ms: 0,
         });
         s.addr = b.addr;
         s.rack = b.rack;
@@ -252,6 +262,7 @@ impl Soft {
                 live: s.last_seen_ms + timeout_ms >= now_ms,
                 draining: s.draining || draining.contains(&s.id),
                 chunks: self.held.get(&s.id).map_or(0, |h| h.len() as u64) + s.placing,
+                suspect: now_ms < s.suspect_until_ms,
             })
             .collect();
         v.sort_by_key(|s| s.id);
@@ -266,6 +277,14 @@ impl Soft {
         if let Some(s) = self.servers.get_mut(&id) {
             s.used_bytes = s.used_bytes.saturating_add(bytes).min(s.capacity_bytes);
             s.placing += 1;
+        }
+    }
+
+    /// A writer reported `id` failed a mutation at `now_ms`: new chunks go
+    /// elsewhere first for `SUSPECT_FOR_MS`.
+    pub fn suspect(&mut self, id: NodeId, now_ms: u64) {
+        if let Some(s) = self.servers.get_mut(&id) {
+            s.suspect_until_ms = now_ms.saturating_add(SUSPECT_FOR_MS);
         }
     }
 
@@ -325,6 +344,27 @@ mod tests {
         s.beat(b, 1);
         let one = s.views(1, 10, &BTreeSet::new())[0].used_bytes;
         assert_eq!(one, 7);
+    }
+
+    #[test]
+    fn a_server_a_writer_reported_failed_stays_suspect_through_heartbeats() {
+        let mut s = Soft::default();
+        s.beat(beat(1, Some(Vec::new())), 0);
+        s.beat(beat(2, Some(Vec::new())), 0);
+        s.suspect(NodeId(2), 100);
+        s.suspect(NodeId(9), 100); // unknown: nothing to mark
+        let suspect = |s: &Soft, now| {
+            s.views(now, 1 << 40, &BTreeSet::new())
+                .iter()
+                .filter(|v| v.suspect)
+                .map(|v| v.id.0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(suspect(&s, 100), [2]);
+        s.beat(beat(2, None), 200);
+        assert_eq!(suspect(&s, 200), [2], "a heartbeat does not clear it");
+        assert_eq!(suspect(&s, 100 + SUSPECT_FOR_MS - 1), [2]);
+        assert!(suspect(&s, 100 + SUSPECT_FOR_MS).is_empty());
     }
 
     #[test]
