@@ -209,7 +209,7 @@ impl ChunkPool {
     }
 
     /// `req` from the first of `replicas` (address, node id) that answers,
-    /// tried in `order`, into `dst` (empty, with room): how many bytes,
+    /// tried in [`ChunkPool::read_order`] from `start`, into `dst` (empty, with room): how many bytes,
     /// and the chunk's length there. The next replica is asked at once
     /// when one fails, and also when one has not answered for
     /// [`hedge_after`]: a stalled server (stopped, a hung disk) then costs
@@ -219,11 +219,12 @@ impl ChunkPool {
     pub async fn read_hedged(
         &self,
         replicas: &[(&str, u64)],
-        order: Vec<usize>,
+        start: usize,
         req: ReadRequest,
         dst: &mut BytesMut,
     ) -> Result<(usize, u64), MasterError> {
-        let mut rest = order.into_iter();
+        let addrs: Vec<&str> = replicas.iter().map(|r| r.0).collect();
+        let mut rest = self.read_order(&addrs, start).into_iter();
         let Some(first) = rest.next() else {
             return Err(MasterError::new(
                 gfs_proto::wire::ErrorKind::Unavailable,

@@ -651,7 +651,6 @@ impl Client {
             // with nothing in flight spread at random.
             let n = info.replicas.len();
             let start = if n == 0 { 0 } else { rand::random_range(0..n) };
-            let addrs: Vec<&str> = info.replicas.iter().map(|r| r.addr.as_str()).collect();
             let replicas: Vec<(&str, u64)> = info
                 .replicas
                 .iter()
@@ -663,8 +662,7 @@ impl Client {
                 offset,
                 length: len as u64,
             };
-            let order = self.pool.read_order(&addrs, start);
-            match self.pool.read_hedged(&replicas, order, req, dst).await {
+            match self.pool.read_hedged(&replicas, start, req, dst).await {
                 Ok(got) => return Ok(got),
                 Err(e) => last = Some(e),
             }
