@@ -249,6 +249,14 @@ fn report(json: bool, verb: &str, path: &str, bytes: u64, start: Instant) {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // Quiet unless asked (`RUST_LOG=gfs_client=debug` shows each retried
+    // mutation and read, and why); on stderr, apart from the output.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match run(Args::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
