@@ -672,6 +672,59 @@ async fn a_stalled_replica_costs_a_reader_a_second_not_the_call_timeout() {
     );
 }
 
+/// A chunkserver that stalls (stopped: a hung disk, a paused VM) while
+/// still listed as live costs a writer seconds, not leases and timeouts.
+/// The first new chunk is placed on it as its primary (ties go to the
+/// lowest id); it does not take the chunk's version, so the chunk is
+/// granted again at once to another replica (no client was ever given
+/// the first lease, so nothing waits for it to expire), the server is
+/// placed on last for the next chunks, and the copy that brings the chunk
+/// back to three replicas does not go to it either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_chunkserver_costs_a_writer_seconds_not_a_lease() {
+    let cluster = Cluster::start(Spec {
+        // The masters keep listing the stopped server, and a lease lasts
+        // a minute, as by default.
+        chunkserver_timeout_ms: 60_000,
+        lease_ms: 60_000,
+        ..Spec::default()
+    })
+    .await
+    .expect("cluster");
+    let c = cluster.client();
+    let data = random_bytes(8 << 20, 43);
+    cluster.signal_server(0, libc::SIGSTOP).expect("stop");
+    let started = Instant::now();
+    let written = async {
+        let mut w = gfs_client::Writer::create(&c, "/f")
+            .await
+            .map_err(std::io::Error::other)?;
+        use tokio::io::AsyncWriteExt;
+        for part in data.chunks(256 << 10) {
+            w.write_all(part).await?;
+        }
+        w.close().await
+    }
+    .await;
+    let took = started.elapsed();
+    cluster.signal_server(0, libc::SIGCONT).expect("cont");
+    written.expect("write with a chunkserver stopped");
+    assert!(
+        took < Duration::from_secs(10),
+        "8 MiB took {took:?} with a chunkserver stopped"
+    );
+    let got = c.read_at("/f", 0, data.len() as u64).await.expect("read");
+    assert!(got[..] == data[..], "read back differs");
+    let stopped = cluster.servers[0].id;
+    for chunk in c.chunks("/f").await.expect("chunks") {
+        assert!(
+            chunk.replicas.iter().all(|r| r.node_id != stopped),
+            "chunk {} lists the stopped server: {chunk:?}",
+            chunk.index
+        );
+    }
+}
+
 /// R11 (chunkserver side): one chunkserver's disk fills up during
 /// ingestion. The write completes on the others, no chunk counts the full
 /// server as a replica unless it holds the whole chunk, and new chunks are

@@ -89,9 +89,13 @@ async fn grant(
     replication: usize,
     bump: bool,
 ) -> Result<Vec<NodeId>, Status> {
-    let (lease, create) = {
+    let (lease, create, was_unconfirmed) = {
         let a = node.state();
-        (a.state.lease(handle), a.state.pristine(handle))
+        (
+            a.state.lease(handle),
+            a.state.pristine(handle),
+            a.state.unconfirmed(handle),
+        )
     };
     // Grant to a live, up-to-date replica; the same primary as before
     // if it is still one (the lease is then extended, not re-granted).
@@ -139,23 +143,39 @@ async fn grant(
             },
         )
         .await?;
-    let Reply::Lease { lease, granted, .. } = granted else {
+    let Reply::Lease {
+        lease: new,
+        granted,
+        ..
+    } = granted
+    else {
         return Err(unexpected(granted));
     };
-    finish(node, handle, (lease, granted), &candidates, create).await
+    // Whether clients may hold a live lease of this primary's from before
+    // (a confirmed one, not expired): then the lease stays with it even
+    // if it does not take the new version.
+    let held = lease.is_some_and(|l| {
+        l.primary == new.primary
+            && !was_unconfirmed
+            && now_ms() < l.expires_at_ms + node.cfg.lease_grace_ms
+    });
+    finish(node, handle, (new, granted), &candidates, create, !held).await
 }
 
 /// The rest of a grant once its entry is applied (`GrantLease`, or
 /// `AddChunkLeased` for a new chunk): tells `candidates` the lease's
 /// version (creating the chunk there if `create`), and logs that they took
-/// it; returns the secondaries that did not (forgotten: stale from now
-/// on). Callers hold `Node::grants`.
+/// it; returns those that did not (forgotten: stale from now on) and are
+/// worth another round: the secondaries, and the primary too if `movable`
+/// (no client can hold an earlier lease of its that is still live).
+/// Callers hold `Node::grants`.
 pub async fn finish(
     node: &Node,
     handle: ChunkHandle,
     (lease, granted): (Lease, bool),
     candidates: &[NodeId],
     create: bool,
+    movable: bool,
 ) -> Result<Vec<NodeId>, Status> {
     let refused = if granted {
         let addrs: Vec<(NodeId, String)> = {
@@ -172,22 +192,32 @@ pub async fn finish(
         Vec::new()
     };
     {
-        let mut soft = node.soft();
+        let (mut soft, now) = (node.soft(), now_ms());
         for n in candidates {
             if refused.contains(n) {
-                // Left at the old version: stale from now on.
+                // Left at the old version: stale from now on. A server
+                // that did not answer may be stalled yet not declared
+                // dead: new chunks and their copies go elsewhere first,
+                // or the copy this chunk now needs could be ordered from
+                // the same server and hold the chunk's writers for the
+                // copy's whole timeout.
                 soft.forget(handle, *n);
+                soft.suspect(*n, now);
             } else {
                 soft.expect(handle, *n, lease.version);
             }
         }
     }
-    // Only a refusal by a secondary is worth another bump: the lease
-    // stays with its primary until it expires.
+    // A refusal by a secondary is worth another bump. One by the primary
+    // is too if no client was ever given a lease of its that may still
+    // be live: the next round grants to another replica at once (the
+    // log allows that while this grant is unconfirmed; a new chunk
+    // placed on a server that stalled would otherwise wait out the whole
+    // lease). Otherwise the lease stays with its primary until it expires.
     let again: Vec<NodeId> = refused
         .iter()
         .copied()
-        .filter(|n| *n != lease.primary)
+        .filter(|n| movable || *n != lease.primary)
         .collect();
     // Confirmed only when no other round follows: a secondary that did not
     // answer in time may still take this version late, and a client handed

@@ -222,7 +222,8 @@ impl MetaService {
                     }
                 }
                 let again =
-                    super::grant::finish(node, handle, (lease, true), &replicas, true).await?;
+                    super::grant::finish(node, handle, (lease, true), &replicas, true, true)
+                        .await?;
                 if !again.is_empty() {
                     let replication = usize::from(replication);
                     super::grant::grant_rounds(node, handle, lease.version, replication, true)
