@@ -1,5 +1,6 @@
 //! Where a new chunk's replicas go: live chunkservers only, never a full or
-//! draining one, one a writer lately found failed only after the others,
+//! draining one, a suspect one (a writer lately found it failed, or it
+//! went quiet) only after the others, whatever their racks,
 //! least used (by fraction of disk, in steps of 0.1 %) first, among
 //! equally full ones the one holding the fewest chunks, and spread across
 //! racks before any rack gets a second replica. Pure: the
@@ -18,8 +19,9 @@ pub struct ServerView {
     pub draining: bool,
     /// Replicas it holds or was just given.
     pub chunks: u64,
-    /// A writer lately reported it failed a mutation (it may be stalled
-    /// while it still heartbeats, or not declared dead yet).
+    /// A writer lately reported it failed a mutation, it did not take a
+    /// chunk's new version, or it went quiet (it may be stalled while it
+    /// still heartbeats, or not declared dead yet).
     pub suspect: bool,
 }
 
@@ -58,8 +60,10 @@ pub fn place(servers: &[ServerView], n: usize, min_free_bytes: u64) -> Vec<NodeI
         .collect();
     candidates.sort_by_key(|s| s.preference());
     let mut chosen: Vec<&ServerView> = Vec::with_capacity(n);
-    // First one per rack, then fill up from whatever is left.
-    for s in &candidates {
+    // First one per rack, then fill up from whatever is left. A suspect
+    // server does not count for its rack: a replica on it is likely
+    // lost, and a copy ordered to it holds the chunk's writers out.
+    for s in candidates.iter().filter(|s| !s.suspect) {
         if chosen.len() < n && !chosen.iter().any(|c| c.rack == s.rack) {
             chosen.push(s);
         }
@@ -73,8 +77,12 @@ pub fn place(servers: &[ServerView], n: usize, min_free_bytes: u64) -> Vec<NodeI
 }
 
 /// One more replica for a chunk already on `holders`: a live, not
-/// draining, not full server that is not a holder and not `excluded`, on a
-/// rack the holders do not use if there is one, preferred as `place` does.
+/// draining, not full, not suspect server that is not a holder and not
+/// `excluded`, on a rack the holders do not use if there is one, preferred
+/// as `place` does. Never a suspect one: the chunk's lease is revoked for
+/// the copy, and a copy to a stalled server holds the chunk's writers out
+/// for the copy's whole timeout; the chunk is better left short until
+/// another server can take it.
 pub fn place_one(
     servers: &[ServerView],
     holders: &[NodeId],
@@ -90,6 +98,7 @@ pub fn place_one(
         .iter()
         .filter(|s| s.eligible(min_free_bytes))
         .filter(|s| !holders.contains(&s.id) && !excluded(s.id))
+        .filter(|s| !s.suspect)
         .min_by_key(|s| (racks.contains(&s.rack.as_str()), s.preference()))
         .map(|s| s.id)
 }
@@ -212,6 +221,16 @@ mod tests {
         assert_eq!(ids(place(&servers, 3, 1)), [2, 3, 1], "if needed, still");
         let none = |_| false;
         assert_eq!(place_one(&servers, &[NodeId(3)], none, 1), Some(NodeId(2)));
+        // Even when the suspect one is alone on its rack: a copy for a
+        // chunk on r1 stays on r1 rather than go to a failing server.
+        let mut alone = s(3, "r2", 0);
+        alone.suspect = true;
+        let servers = [s(1, "r1", 50), s(2, "r1", 60), alone];
+        assert_eq!(ids(place(&servers, 2, 1)), [1, 2]);
+        assert_eq!(ids(place(&servers, 3, 1)), [1, 2, 3]);
+        assert_eq!(place_one(&servers, &[NodeId(1)], none, 1), Some(NodeId(2)));
+        // A copy never goes to a suspect server, even the only one left.
+        assert_eq!(place_one(&servers, &[NodeId(1), NodeId(2)], none, 1), None);
     }
 
     #[test]

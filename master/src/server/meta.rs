@@ -656,18 +656,30 @@ impl MasterMeta for MetaService {
         let version = version_of(node, handle, version);
         let lease = node.state().state.lease(handle);
         let replication = usize::from(f.replication);
+        let (unconfirmed, members) = {
+            let a = node.state();
+            let members = a.state.members(handle).map(<[NodeId]>::to_vec);
+            (a.state.unconfirmed(handle), members.unwrap_or_default())
+        };
         let (bump, live) = {
             // Forgetting the failed replicas and counting the rest in one
             // view: a heartbeat cannot bring one back in between.
             let mut soft = node.soft();
+            // Only a failed server that still counts at this version needs
+            // a new one: writers with mutations in flight each report it,
+            // and a bump for each (eight in 80 ms, seen) fails every other
+            // mutation in flight as stale.
+            let current = soft.replicas(handle, version, now, timeout);
+            let counted = failed
+                .iter()
+                .any(|n| members.contains(n) || current.iter().any(|s| s.id == *n));
             for n in &failed {
                 // It missed a mutation: it must not count as current even
                 // before the new version makes it stale.
                 soft.forget(handle, *n);
             }
             // An unconfirmed grant was never handed out: grant again.
-            let bump = lease.is_some_and(|l| l.version == version && !failed.is_empty())
-                || node.state().state.unconfirmed(handle);
+            let bump = lease.is_some_and(|l| l.version == version && counted) || unconfirmed;
             (bump, soft.replicas(handle, version, now, timeout).len())
         };
         if live < replication {
@@ -687,7 +699,16 @@ impl MasterMeta for MetaService {
             ));
         }
         super::grant::grant_rounds(node, handle, version, replication, bump).await?;
-        Ok(Response::new(self.chunk_info(r.index, handle)))
+        let info = self.chunk_info(r.index, handle);
+        tracing::debug!(
+            chunk = %handle,
+            ?failed,
+            version = info.version,
+            primary = info.primary,
+            replicas = ?info.replicas.iter().map(|r| r.node_id).collect::<Vec<_>>(),
+            "granted for a writer"
+        );
+        Ok(Response::new(info))
     }
     async fn report_length(
         &self,

@@ -27,12 +27,33 @@ pub struct Chunkserver {
     /// failed a mutation (heartbeats do not clear this: a stalled disk
     /// may leave the server heartbeating).
     pub suspect_until_ms: u64,
+    /// The usual time between this server's heartbeats (a moving
+    /// average; 0 until two arrived).
+    pub gap_ms: u64,
+}
+
+impl Chunkserver {
+    /// Whether nothing was heard from it for several of its usual
+    /// heartbeat gaps (and at least `QUIET_MIN_MS`): stopped, stalled or
+    /// cut off, though not declared dead yet. It is placed on last, like
+    /// a suspect: a copy ordered to a stalled server holds the chunk's
+    /// writers out for the copy's whole timeout.
+    fn quiet(&self, now_ms: u64) -> bool {
+        self.gap_ms > 0
+            && now_ms.saturating_sub(self.last_seen_ms)
+                > (QUIET_GAPS * self.gap_ms).max(QUIET_MIN_MS)
+    }
 }
 
 /// How long a server a writer reported failed is placed on only after the
 /// others: four default chunkserver timeouts, so a stalled one is
 /// declared dead (and dropped) long before it ends.
 pub const SUSPECT_FOR_MS: u64 = 60_000;
+
+/// A server silent for this many of its usual heartbeat gaps ...
+const QUIET_GAPS: u64 = 4;
+/// ... and at least this long is quiet (`Chunkserver::quiet`).
+const QUIET_MIN_MS: u64 = 1_000;
 
 /// One heartbeat, already validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,7 +106,15 @@ impl Soft {
             reported: false,
             placing: 0,
             suspect_until_ms: 0,
+            gap_ms: 0,
         });
+        if s.last_seen_ms > 0 {
+            let gap = now_ms.saturating_sub(s.last_seen_ms);
+            s.gap_ms = match s.gap_ms {
+                0 => gap,
+                g => (3 * g + gap) / 4,
+            };
+        }
         s.addr = b.addr;
         s.rack = b.rack;
         s.capacity_bytes = b.capacity_bytes;
@@ -262,7 +291,7 @@ impl Soft {
                 live: s.last_seen_ms + timeout_ms >= now_ms,
                 draining: s.draining || draining.contains(&s.id),
                 chunks: self.held.get(&s.id).map_or(0, |h| h.len() as u64) + s.placing,
-                suspect: now_ms < s.suspect_until_ms,
+                suspect: now_ms < s.suspect_until_ms || s.quiet(now_ms),
             })
             .collect();
         v.sort_by_key(|s| s.id);
@@ -347,6 +376,15 @@ mod tests {
         assert_eq!(one, 7);
     }
 
+    /// The servers placed on last at `now`.
+    fn suspect(s: &Soft, now: u64) -> Vec<u64> {
+        s.views(now, 1 << 40, &BTreeSet::new())
+            .iter()
+            .filter(|v| v.suspect)
+            .map(|v| v.id.0)
+            .collect()
+    }
+
     #[test]
     fn a_server_a_writer_reported_failed_stays_suspect_through_heartbeats() {
         let mut s = Soft::default();
@@ -354,18 +392,38 @@ mod tests {
         s.beat(beat(2, Some(Vec::new())), 0);
         s.suspect(NodeId(2), 100);
         s.suspect(NodeId(9), 100); // unknown: nothing to mark
-        let suspect = |s: &Soft, now| {
-            s.views(now, 1 << 40, &BTreeSet::new())
-                .iter()
-                .filter(|v| v.suspect)
-                .map(|v| v.id.0)
-                .collect::<Vec<_>>()
-        };
         assert_eq!(suspect(&s, 100), [2]);
         s.beat(beat(2, None), 200);
         assert_eq!(suspect(&s, 200), [2], "a heartbeat does not clear it");
-        assert_eq!(suspect(&s, 100 + SUSPECT_FOR_MS - 1), [2]);
-        assert!(suspect(&s, 100 + SUSPECT_FOR_MS).is_empty());
+        let end = 100 + SUSPECT_FOR_MS;
+        for id in [1, 2] {
+            s.beat(beat(id, None), end - 1);
+        }
+        assert_eq!(suspect(&s, end - 1), [2]);
+        assert!(suspect(&s, end).is_empty());
+    }
+
+    #[test]
+    fn a_server_silent_for_several_of_its_heartbeat_gaps_is_placed_last() {
+        let mut s = Soft::default();
+        for now in [0, 500, 1_000, 1_500] {
+            s.beat(beat(1, (now == 0).then(Vec::new)), now);
+        }
+        // Silent since 1500, beating every 500 ms: quiet after 2 s more.
+        s.beat(beat(2, Some(Vec::new())), 0);
+        assert!(suspect(&s, 3_500).is_empty());
+        assert_eq!(suspect(&s, 3_501), [1]);
+        // One heartbeat alone says nothing of its gap: server 2 is not.
+        assert_eq!(suspect(&s, 60_000), [1]);
+        // Heard from again: placed as before.
+        s.beat(beat(1, None), 4_000);
+        assert!(suspect(&s, 4_000).is_empty());
+        // A server beating every 100 ms is quiet after a second, not 400 ms.
+        for now in (10_000..=10_500).step_by(100) {
+            s.beat(beat(3, (now == 10_000).then(Vec::new)), now);
+        }
+        assert!(!suspect(&s, 11_500).contains(&3));
+        assert!(suspect(&s, 11_501).contains(&3));
     }
 
     #[test]
