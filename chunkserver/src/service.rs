@@ -572,14 +572,20 @@ impl ChunkService {
         Ok(())
     }
 
-    /// Forwards a mutation to every secondary at once; returns the node ids
-    /// that failed it, and whether one only lacked the pushed data.
-    async fn forward(&self, r: &MutateRequest, apply: ApplyRequest) -> (Vec<u64>, bool) {
+    /// Forwards a mutation to every secondary at once, but those that
+    /// failed one of the chunk's version already (`Missed`).
+    async fn forward(&self, r: &MutateRequest, apply: ApplyRequest, slot: &Slot) -> Forwarded {
+        let missed = Shared::lock(&slot.missed).at(r.version).to_vec();
         // Over the data plane: a framed request on a pooled connection
         // costs far fewer task hand-offs than a gRPC call (h2's connection
         // task on both sides).
         let mut calls = tokio::task::JoinSet::new();
+        let mut failed: Vec<u64> = Vec::new();
         for s in &r.secondaries {
+            if missed.contains(&s.node_id) {
+                failed.push(s.node_id);
+                continue;
+            }
             let (id, req, addr) = (s.node_id, apply.clone(), s.addr.clone());
             let pool = self.shared.data.clone();
             calls.spawn(async move {
@@ -589,23 +595,40 @@ impl ChunkService {
                 (id, res)
             });
         }
-        let (mut failed, mut missing) = (Vec::new(), false);
+        let (mut failing, mut missing, mut superseded) = (Vec::new(), false, false);
         while let Some(done) = calls.join_next().await {
             let Ok((id, res)) = done else { continue };
-            match res {
+            match res.map_err(|s| (gfs_proto::wire::detail_of(&s).kind(), s)) {
                 Ok(_) => {}
-                Err(s) if gfs_proto::wire::detail_of(&s).kind() == ErrorKind::DataMissing => {
-                    missing = true
-                }
-                Err(s) => {
+                Err((ErrorKind::DataMissing, _)) => missing = true,
+                Err((ErrorKind::NotPrimary, _)) => superseded = true,
+                Err((_, s)) => {
                     tracing::warn!(secondary = id, error = %s.message(), "secondary failed a mutation");
-                    failed.push(id);
+                    failing.push(id);
                 }
             }
         }
+        if !failing.is_empty() {
+            Shared::lock(&slot.missed).add(r.version, &failing);
+        }
+        failed.extend(failing);
         failed.sort_unstable();
-        (failed, missing)
+        Forwarded {
+            failed,
+            missing,
+            superseded,
+        }
     }
+}
+
+/// How the secondaries took a mutation.
+struct Forwarded {
+    /// Those that failed it.
+    failed: Vec<u64>,
+    /// Whether one only lacked the pushed data.
+    missing: bool,
+    /// Whether one holds a newer version of the chunk: the lease is over.
+    superseded: bool,
 }
 
 #[tonic::async_trait]
@@ -874,6 +897,18 @@ impl ChunkService {
         let (data, prepared) = incoming?;
         let _order = slot.order.lock().await;
         let info = sh.local(h, r.version, r.create).await?;
+        if info.version.0 > r.version {
+            // The masters granted a new version since the primary took
+            // this mutation: its lease is over, and this replica is not
+            // at fault (the primary must not report it failed).
+            return Err(error(
+                ErrorKind::NotPrimary,
+                format!(
+                    "chunk {h} is at version {} here, newer than the mutation's {}: the lease it came under is over",
+                    info.version.0, r.version
+                ),
+            ));
+        }
         let fence = fence_forwarded(info.version.0, r.version);
         sh.fence_by(fence, &info, r.version).await?;
         sh.submit_local(h, kind, (r.offset, &data[..], prepared))
@@ -923,7 +958,7 @@ impl ChunkService {
             out
         };
         let forwarded = async {
-            let out = self.forward(r, apply).await;
+            let out = self.forward(r, apply, slot).await;
             tracing::trace!(
                 serial = m.serial,
                 forward_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -931,7 +966,12 @@ impl ChunkService {
             );
             out
         };
-        let (local, (failed, missing)) = tokio::join!(here, forwarded);
+        let (local, forwarded) = tokio::join!(here, forwarded);
+        let Forwarded {
+            failed,
+            missing,
+            superseded,
+        } = forwarded;
         let length = match local {
             Ok(l) => l,
             Err(e) => {
@@ -946,6 +986,12 @@ impl ChunkService {
                 return Err(e);
             }
         };
+        if superseded {
+            return Err(error(
+                ErrorKind::StaleVersion,
+                format!("chunk {h} has a newer version at a secondary: ask the master again"),
+            ));
+        }
         if missing && failed.is_empty() {
             return Err(error(
                 ErrorKind::DataMissing,

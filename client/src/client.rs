@@ -257,6 +257,10 @@ impl Client {
         tracing::trace!(
             %path,
             index,
+            ?failed,
+            version = info.version,
+            primary = info.primary,
+            replicas = ?info.replicas.iter().map(|r| r.node_id).collect::<Vec<_>>(),
             ms = started.elapsed().as_secs_f64() * 1e3,
             "asked the masters for a writable chunk"
         );
@@ -343,6 +347,13 @@ impl Client {
         failed: &mut Vec<u64>,
         busy_pushes: &mut u32,
     ) -> Result<MutateReply, Attempt> {
+        // The turn first, then where to push: a piece that waited behind
+        // one stuck on a stalled replica would otherwise push along the
+        // chain it was given before that replica was versioned out, and
+        // each piece in flight cost the next a push timeout in turn.
+        if let Some(t) = &m.turn {
+            t.wait_for(m.offset).await;
+        }
         let info = self
             .writable(path, index, failed)
             .await
@@ -360,9 +371,6 @@ impl Client {
             )));
         };
         let chain: Vec<String> = info.replicas.iter().map(|r| r.addr.clone()).collect();
-        if let Some(t) = &m.turn {
-            t.wait_for(m.offset).await;
-        }
         let req = MutateRequest {
             handle: info.handle,
             version: info.version,
@@ -413,6 +421,14 @@ impl Client {
                     if let Some(r) = info.replicas.get(i) {
                         failed.push(r.node_id);
                     }
+                    tracing::debug!(
+                        %path,
+                        index,
+                        version = info.version,
+                        primary = info.primary,
+                        chain = ?info.replicas.iter().map(|r| r.node_id).collect::<Vec<_>>(),
+                        "push broke at replica {i}"
+                    );
                     return Err(Attempt::Retry(MasterError::new(
                         ErrorKind::Unavailable,
                         format!("push stopped at replica {i} of chunk {index}"),

@@ -38,6 +38,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tonic::Status;
 
+mod watch;
+
+use self::watch::Watched;
 use crate::wire::chunk::{PushHeader, PushReply, ReadHead, ReadRequest};
 use crate::wire::{
     ErrorDetail, ErrorKind, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, detail_of, error, status,
@@ -56,6 +59,14 @@ pub const PIECE_BYTES: usize = 512 * 1024;
 
 /// An idle pooled connection older than this is closed, not reused.
 const IDLE_REUSE: Duration = Duration::from_secs(30);
+
+/// A push fails once no byte of it moved for this long per server from
+/// its next hop to the end of the chain: each hop waits longer than the
+/// one after it, so the server next to a stalled one gives up on it first
+/// (and answers how far the data got) while those before it still wait.
+/// A healthy server takes a push into memory as it comes: seconds without
+/// a byte moving mean it stopped.
+pub const PUSH_STALL_PER_HOP: Duration = Duration::from_secs(2);
 
 /// Idle connections kept per server.
 const IDLE_PER_ADDR: usize = 16;
@@ -368,7 +379,7 @@ impl DataPool {
                 ),
             ));
         }
-        self.exchange(addr, timeout, async |s: &mut TcpStream| {
+        self.exchange(addr, (timeout, None), async |s: &mut Watched| {
             s.write_all(&encode_request(Op::Read, req)).await?;
             match read_reply::<ReadHead, _>(s).await? {
                 Ok(head) if head.data_bytes > req.length => Err(bad(format!(
@@ -388,7 +399,9 @@ impl DataPool {
 
     /// Pushes `total` bytes, arriving as pieces on `pieces`, to `addr`,
     /// which forwards them to `header.chain`. Ends the connection if
-    /// `pieces` closes early.
+    /// `pieces` closes early. Fails after `timeout`, or once nothing moved
+    /// for [`PUSH_STALL_PER_HOP`] per server of the chain from `addr` on
+    /// (time spent waiting for `pieces` not counted).
     pub async fn push(
         &self,
         addr: &str,
@@ -397,11 +410,18 @@ impl DataPool {
         timeout: Duration,
     ) -> Result<PushReply, Status> {
         let total = header.total_bytes;
-        self.exchange(addr, timeout, async |s: &mut TcpStream| {
+        let hops = u32::try_from(header.chain.len() + 1).unwrap_or(u32::MAX);
+        let stall = PUSH_STALL_PER_HOP.saturating_mul(hops);
+        self.exchange(addr, (timeout, Some(stall)), async |s: &mut Watched| {
             let mut head = encode_request(Op::Push, header);
             let mut sent = 0u64;
             let mut written = Ok(());
-            while let Some(p) = pieces.recv().await {
+            loop {
+                // Waiting for data of our own: the peer is not stalled.
+                s.watch().pause(true);
+                let next = pieces.recv().await;
+                s.watch().pause(false);
+                let Some(p) = next else { break };
                 // With the pieces already at hand: one write for all.
                 let mut at_hand = Pieces::default();
                 at_hand.push(p);
@@ -443,30 +463,45 @@ impl DataPool {
         timeout: Duration,
     ) -> Result<A, Status> {
         let head = encode_request(op, req);
-        self.exchange(addr, timeout, async |s: &mut TcpStream| {
+        self.exchange(addr, (timeout, None), async |s: &mut Watched| {
             s.write_all(&head).await?;
             read_reply::<A, _>(s).await
         })
         .await
     }
 
-    /// One request on a pooled connection, bounded by `timeout`: the
-    /// connection goes back to the pool only after a complete answer.
+    /// One request on a pooled connection, bounded by `timeout`, and with
+    /// `stall`, also by how long no byte may move while the caller is not
+    /// waiting for data of its own (`Watch::pause`): the connection goes
+    /// back to the pool only after a complete answer.
     async fn exchange<T>(
         &self,
         addr: &str,
-        timeout: Duration,
-        call: impl AsyncFnOnce(&mut TcpStream) -> io::Result<Result<T, ErrorDetail>>,
+        (timeout, stall): (Duration, Option<Duration>),
+        call: impl AsyncFnOnce(&mut Watched) -> io::Result<Result<T, ErrorDetail>>,
     ) -> Result<T, Status> {
-        let mut s = self.take(addr).await?;
-        let out = match tokio::time::timeout(timeout, call(&mut s)).await {
-            Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(d))) => Err(status(d)),
-            Ok(Err(e)) => Err(unavailable(addr, &e.to_string())),
-            Err(_) => Err(unavailable(addr, "no answer in time")),
+        let mut s = Watched::new(self.take(addr).await?);
+        let watch = s.watch().clone();
+        let stalled = async {
+            match stall {
+                Some(d) => watch.stalled(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let out = tokio::select! {
+            r = tokio::time::timeout(timeout, call(&mut s)) => match r {
+                Ok(Ok(Ok(v))) => Ok(v),
+                Ok(Ok(Err(d))) => Err(status(d)),
+                Ok(Err(e)) => Err(unavailable(addr, &e.to_string())),
+                Err(_) => Err(unavailable(addr, "no answer in time")),
+            },
+            () = stalled => Err(unavailable(
+                addr,
+                &format!("nothing moved for {:?}", stall.unwrap_or_default()),
+            )),
         };
         if out.is_ok() {
-            self.give_back(addr, s);
+            self.give_back(addr, s.into_inner());
         }
         out
     }

@@ -329,18 +329,45 @@ async fn s4_mutations_without_lease_or_version_and_bad_requests_are_refused() {
         kind: 77,
         ..Default::default()
     };
-    assert_eq!(
-        framed_kind(
-            pool.call::<_, gfs_proto::wire::chunk::ApplyReply>(
-                &other.addr,
-                Op::Apply,
-                &forwarded,
-                t
+    let apply = |req: gfs_proto::wire::chunk::ApplyRequest| {
+        let (pool, addr) = (&pool, other.addr.clone());
+        async move {
+            framed_kind(
+                pool.call::<_, gfs_proto::wire::chunk::ApplyReply>(&addr, Op::Apply, &req, t)
+                    .await,
             )
-            .await
-        ),
-        ErrorKind::InvalidArgument
-    );
+        }
+    };
+    assert_eq!(apply(forwarded).await, ErrorKind::InvalidArgument);
+    // A mutation forwarded at a version older than the secondary's: the
+    // masters granted a new one since, so the primary's lease is over
+    // (NotPrimary, which the primary passes on as StaleVersion instead of
+    // reporting the secondary failed); nothing is applied.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(bytes::Bytes::from_static(b"WORLD")).await.unwrap();
+    drop(tx);
+    let header = PushHeader {
+        data_id: 43,
+        total_bytes: 5,
+        chain: Vec::new(),
+    };
+    let pushed = pool.push(&other.addr, &header, rx, t).await.expect("push");
+    assert_eq!(pushed.stored, 1);
+    let late = gfs_proto::wire::chunk::ApplyRequest {
+        handle: chunk.handle,
+        version: chunk.version - 1,
+        kind: MutationKind::Write as i32,
+        offset: 0,
+        data_ids: vec![43],
+        length: 5,
+        serial: 1,
+        ..Default::default()
+    };
+    assert_eq!(apply(late).await, ErrorKind::NotPrimary);
+    let (data, _) = gfs_tests::read_replica(&other.addr, chunk.handle, chunk.version, 0, 5)
+        .await
+        .expect("read the secondary");
+    assert_eq!(&data[..], b"hello");
     // Nothing changed: the file still reads "hello".
     assert_eq!(&c.read_at("/f", 0, 100).await.expect("read")[..], b"hello");
 }
@@ -684,7 +711,7 @@ async fn a_stalled_replica_costs_a_reader_a_second_not_the_call_timeout() {
 async fn a_stalled_chunkserver_costs_a_writer_seconds_not_a_lease() {
     let cluster = Cluster::start(Spec {
         // The masters keep listing the stopped server, and a lease lasts
-        // a minute, as by default.
+        // longer than the write may take: nothing may wait one out.
         chunkserver_timeout_ms: 60_000,
         lease_ms: 60_000,
         ..Spec::default()
@@ -723,6 +750,53 @@ async fn a_stalled_chunkserver_costs_a_writer_seconds_not_a_lease() {
             chunk.index
         );
     }
+}
+
+/// A chunkserver that stalls in the middle of a large write, while it is
+/// the primary of the chunk written, its lease live: the writer waits out
+/// at most that lease and a few push timeouts, never one
+/// timeout per piece in flight (pieces waiting their turn to push take
+/// the chain the masters give after the stalled server was versioned
+/// out), and the file reads back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunkserver_stalling_mid_write_costs_at_most_a_lease() {
+    let cluster = Cluster::start(Spec {
+        // One chunk, already leased and written to when its server stops.
+        chunk_size_bytes: 64 << 20,
+        chunkserver_timeout_ms: 60_000,
+        lease_ms: 10_000,
+        ..Spec::default()
+    })
+    .await
+    .expect("cluster");
+    let c = cluster.client();
+    let data = random_bytes(24 << 20, 47);
+    let mut w = gfs_client::Writer::create(&c, "/f").await.expect("create");
+    use tokio::io::AsyncWriteExt;
+    let (first, rest) = data.split_at(4 << 20);
+    w.write_all(first).await.expect("write");
+    w.flush().await.expect("flush");
+    // The worst server to lose: the chunk's primary.
+    let chunk = c.chunks("/f").await.expect("chunks").remove(0);
+    let stopped = cluster.server_index(chunk.primary).expect("known");
+    cluster.signal_server(stopped, libc::SIGSTOP).expect("stop");
+    let started = Instant::now();
+    let written = async {
+        for part in rest.chunks(256 << 10) {
+            w.write_all(part).await?;
+        }
+        w.close().await
+    }
+    .await;
+    let took = started.elapsed();
+    cluster.signal_server(stopped, libc::SIGCONT).expect("cont");
+    written.expect("write with a chunkserver stopped");
+    assert!(
+        took < Duration::from_secs(30),
+        "20 MiB took {took:?} with the primary stopped"
+    );
+    let got = c.read_at("/f", 0, data.len() as u64).await.expect("read");
+    assert!(got[..] == data[..], "read back differs");
 }
 
 /// R11 (chunkserver side): one chunkserver's disk fills up during

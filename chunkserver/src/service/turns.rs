@@ -26,6 +26,49 @@ pub(super) struct Slot {
     pub(super) queued: tokio::sync::Notify,
     /// The last mutation processed here (pipelined rounds wait for it).
     pub(super) turn: Mutex<Turn>,
+    /// At the primary: the secondaries that failed a mutation of this
+    /// chunk at its current version.
+    pub(super) missed: Mutex<Missed>,
+}
+
+/// Secondaries that failed a mutation of a chunk at one version. One that
+/// missed a mutation is stale at that version whatever it answers later
+/// (its writer reports it and the masters version it out), so the
+/// primary sends it no more of the version's mutations: a stalled
+/// secondary costs the mutations in flight one peer timeout, not each of
+/// those queued behind them another.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Missed {
+    version: u64,
+    ids: Vec<u64>,
+}
+
+impl Missed {
+    /// Those that missed a mutation at `version`.
+    pub(super) fn at(&self, version: u64) -> &[u64] {
+        if self.version == version {
+            &self.ids
+        } else {
+            &[]
+        }
+    }
+
+    /// `ids` failed a mutation at `version` (those of another version are
+    /// forgotten: a new version was granted without them, or with them
+    /// back).
+    pub(super) fn add(&mut self, version: u64, ids: &[u64]) {
+        if self.version != version {
+            *self = Self {
+                version,
+                ids: Vec::new(),
+            };
+        }
+        for id in ids {
+            if !self.ids.contains(id) {
+                self.ids.push(*id);
+            }
+        }
+    }
 }
 
 /// Marks a mutation processed at this replica when dropped, however its
@@ -145,5 +188,19 @@ mod tests {
         // The one after it is not held up in turn.
         assert!(mutation(&slot, &log, 6, 5, Ok(())).await.unwrap().is_ok());
         assert_eq!(*Shared::lock(&log), vec![6]);
+    }
+
+    #[test]
+    fn secondaries_that_missed_a_mutation_are_known_only_at_its_version() {
+        let mut m = Missed::default();
+        assert_eq!(m.at(3), &[] as &[u64]);
+        m.add(3, &[4]);
+        m.add(3, &[2, 4]);
+        assert_eq!(m.at(3), &[4, 2]);
+        assert_eq!(m.at(4), &[] as &[u64]);
+        // A new version starts afresh.
+        m.add(5, &[1]);
+        assert_eq!(m.at(5), &[1]);
+        assert_eq!(m.at(3), &[] as &[u64]);
     }
 }
