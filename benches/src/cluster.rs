@@ -152,7 +152,7 @@ async fn read_file(c: &Client, path: &str, size: u64) -> Result<Duration> {
 }
 
 /// The local cluster the data-path benchmarks start: full-size chunks,
-/// leases and timeouts long enough for a loaded machine, data under `dir`.
+/// the masters' default leases and timeouts, data under `dir`.
 /// Its chunkservers all use the one disk under `dir`, so they share that
 /// disk's queue: 8 device I/Os in flight in all (the depth one server
 /// with a disk of its own has), 2 each. On the development VM's disk, four
@@ -163,7 +163,7 @@ pub fn bench_spec(dir: &std::path::Path) -> Spec {
     Spec {
         io_depth: Some((8 / chunkservers as u32).max(1)),
         chunk_size_bytes: gfs_proto::limits::DEFAULT_CHUNK_SIZE_BYTES,
-        lease_ms: 60_000,
+        lease_ms: 10_000,
         lease_grace_ms: 5_000,
         chunkserver_timeout_ms: 15_000,
         heartbeat_ms: 500,
