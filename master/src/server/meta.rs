@@ -656,23 +656,16 @@ impl MasterMeta for MetaService {
         let version = version_of(node, handle, version);
         let lease = node.state().state.lease(handle);
         let replication = usize::from(f.replication);
-        let (unconfirmed, members) = {
-            let a = node.state();
-            let members = a.state.members(handle).map(<[NodeId]>::to_vec);
-            (a.state.unconfirmed(handle), members.unwrap_or_default())
-        };
+        let unconfirmed = node.state().state.unconfirmed(handle);
         let (bump, live) = {
             // Forgetting the failed replicas and counting the rest in one
             // view: a heartbeat cannot bring one back in between.
             let mut soft = node.soft();
-            // Only a failed server that still counts at this version needs
-            // a new one: writers with mutations in flight each report it,
-            // and a bump for each (eight in 80 ms, seen) fails every other
-            // mutation in flight as stale.
-            let current = soft.replicas(handle, version, now, timeout);
+            // A report the grant of this version already dealt with needs
+            // no other (`Soft::was_left_out`).
             let counted = failed
                 .iter()
-                .any(|n| members.contains(n) || current.iter().any(|s| s.id == *n));
+                .any(|n| !soft.was_left_out(handle, version, *n));
             for n in &failed {
                 // It missed a mutation: it must not count as current even
                 // before the new version makes it stale.
@@ -699,6 +692,12 @@ impl MasterMeta for MetaService {
             ));
         }
         super::grant::grant_rounds(node, handle, version, replication, bump).await?;
+        if bump && !failed.is_empty() {
+            // The failed servers were forgotten before the grant, so none
+            // of its rounds counted them.
+            let now_at = version_of(node, handle, version);
+            node.soft().left_out(handle, now_at, &failed);
+        }
         let info = self.chunk_info(r.index, handle);
         tracing::debug!(
             chunk = %handle,
