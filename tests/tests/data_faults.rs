@@ -39,6 +39,22 @@ fn drop_caches() {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
 }
 
+/// Writes `data` through `w` in 256 KiB pieces, as an ingesting program
+/// would, and closes it.
+async fn write_in_pieces(mut w: gfs_client::Writer, data: &[u8]) -> std::io::Result<u64> {
+    use tokio::io::AsyncWriteExt;
+    for part in data.chunks(256 << 10) {
+        w.write_all(part).await?;
+    }
+    w.close().await
+}
+
+/// `path` reads back as `data`, whole.
+async fn assert_reads_back(c: &gfs_client::Client, path: &str, data: &[u8]) {
+    let got = c.read_at(path, 0, data.len() as u64).await.expect("read");
+    assert!(got[..] == data[..], "read back differs");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r9_corrupt_or_truncated_replicas_are_never_served() {
     // No re-replication: a fresh copy would make "every replica bad" moot.
@@ -722,17 +738,10 @@ async fn a_stalled_chunkserver_costs_a_writer_seconds_not_a_lease() {
     let data = random_bytes(8 << 20, 43);
     cluster.signal_server(0, libc::SIGSTOP).expect("stop");
     let started = Instant::now();
-    let written = async {
-        let mut w = gfs_client::Writer::create(&c, "/f")
-            .await
-            .map_err(std::io::Error::other)?;
-        use tokio::io::AsyncWriteExt;
-        for part in data.chunks(256 << 10) {
-            w.write_all(part).await?;
-        }
-        w.close().await
-    }
-    .await;
+    let written = match gfs_client::Writer::create(&c, "/f").await {
+        Ok(w) => write_in_pieces(w, &data).await,
+        Err(e) => Err(std::io::Error::other(e)),
+    };
     let took = started.elapsed();
     cluster.signal_server(0, libc::SIGCONT).expect("cont");
     written.expect("write with a chunkserver stopped");
@@ -740,8 +749,7 @@ async fn a_stalled_chunkserver_costs_a_writer_seconds_not_a_lease() {
         took < Duration::from_secs(10),
         "8 MiB took {took:?} with a chunkserver stopped"
     );
-    let got = c.read_at("/f", 0, data.len() as u64).await.expect("read");
-    assert!(got[..] == data[..], "read back differs");
+    assert_reads_back(&c, "/f", &data).await;
     let stopped = cluster.servers[0].id;
     for chunk in c.chunks("/f").await.expect("chunks") {
         assert!(
@@ -781,13 +789,7 @@ async fn a_chunkserver_stalling_mid_write_costs_at_most_a_lease() {
     let stopped = cluster.server_index(chunk.primary).expect("known");
     cluster.signal_server(stopped, libc::SIGSTOP).expect("stop");
     let started = Instant::now();
-    let written = async {
-        for part in rest.chunks(256 << 10) {
-            w.write_all(part).await?;
-        }
-        w.close().await
-    }
-    .await;
+    let written = write_in_pieces(w, rest).await;
     let took = started.elapsed();
     cluster.signal_server(stopped, libc::SIGCONT).expect("cont");
     written.expect("write with a chunkserver stopped");
@@ -795,8 +797,7 @@ async fn a_chunkserver_stalling_mid_write_costs_at_most_a_lease() {
         took < Duration::from_secs(30),
         "20 MiB took {took:?} with the primary stopped"
     );
-    let got = c.read_at("/f", 0, data.len() as u64).await.expect("read");
-    assert!(got[..] == data[..], "read back differs");
+    assert_reads_back(&c, "/f", &data).await;
 }
 
 /// R11 (chunkserver side): one chunkserver's disk fills up during
@@ -819,16 +820,11 @@ async fn r11_a_full_disk_on_a_chunkserver_costs_no_data() {
     .expect("cluster");
     let c = cluster.client();
     let data = random_bytes(10 << 20, 11);
-    let mut w = gfs_client::Writer::create(&c, "/big")
+    let w = gfs_client::Writer::create(&c, "/big")
         .await
         .expect("create");
-    use tokio::io::AsyncWriteExt;
-    for part in data.chunks(256 << 10) {
-        w.write_all(part).await.expect("write");
-    }
-    w.close().await.expect("close");
-    let got = c.read_at("/big", 0, data.len() as u64).await.expect("read");
-    assert!(got[..] == data[..], "read back differs");
+    write_in_pieces(w, &data).await.expect("write");
+    assert_reads_back(&c, "/big", &data).await;
     let full = cluster.servers[0].id;
     let chunks = c.chunks("/big").await.expect("chunks");
     for chunk in &chunks {

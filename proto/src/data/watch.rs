@@ -80,6 +80,12 @@ impl Watched {
     pub fn into_inner(self) -> TcpStream {
         self.s
     }
+
+    fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        if matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
+            self.watch.moved();
+        }
+    }
 }
 
 impl AsyncRead for Watched {
@@ -95,14 +101,6 @@ impl AsyncRead for Watched {
             this.watch.moved();
         }
         r
-    }
-}
-
-impl Watched {
-    fn wrote(&self, r: &Poll<io::Result<usize>>) {
-        if matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
-            self.watch.moved();
-        }
     }
 }
 
