@@ -216,6 +216,10 @@ impl Node {
             .await
     }
 
+    /// The soft state. Lock order: a caller holding both takes `state()`
+    /// first; none takes `state()` while holding this (a reader waiting
+    /// behind the applier's write lock would otherwise deadlock with a
+    /// reader of the state waiting for this).
     pub fn soft(&self) -> std::sync::MutexGuard<'_, Soft> {
         self.soft.lock().unwrap_or_else(|p| p.into_inner())
     }

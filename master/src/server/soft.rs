@@ -176,26 +176,30 @@ impl Soft {
     /// Drops one replica: its server no longer holds it, or it failed a
     /// mutation and is about to be stale.
     pub fn forget(&mut self, handle: ChunkHandle, id: NodeId) {
+        self.drop_location(handle, id);
+        if let Some(held) = self.held.get_mut(&id) {
+            held.remove(&handle);
+        }
+    }
+
+    /// Drops `id`'s replica from the chunk's locations; with the last one,
+    /// what the leader remembers of the chunk's failed replicas goes too
+    /// (a deleted chunk's last replica is collected: nothing stays behind
+    /// per chunk that ever had a writer report a failure).
+    fn drop_location(&mut self, handle: ChunkHandle, id: NodeId) {
         if let Some(locs) = self.locations.get_mut(&handle) {
             locs.retain(|l| l.node != id);
             if locs.is_empty() {
                 self.locations.remove(&handle);
+                self.left_out.remove(&handle);
             }
-        }
-        if let Some(held) = self.held.get_mut(&id) {
-            held.remove(&handle);
         }
     }
 
     fn replace_report(&mut self, id: NodeId, chunks: Vec<(ChunkHandle, ChunkVersion)>) {
         if let Some(old) = self.held.remove(&id) {
             for h in old {
-                if let Some(v) = self.locations.get_mut(&h) {
-                    v.retain(|l| l.node != id);
-                    if v.is_empty() {
-                        self.locations.remove(&h);
-                    }
-                }
+                self.drop_location(h, id);
             }
         }
         let mut held = BTreeSet::new();
@@ -434,6 +438,25 @@ mod tests {
         assert!(!s.was_left_out(h, ChunkVersion(4), NodeId(3)));
         assert!(!s.was_left_out(h, ChunkVersion(5), n), "a later version");
         assert!(!s.was_left_out(ChunkHandle(8), ChunkVersion(4), n));
+    }
+
+    #[test]
+    fn what_a_grant_left_out_goes_with_the_chunks_last_replica() {
+        let mut s = Soft::default();
+        let (h, v) = (ChunkHandle(7), ChunkVersion(4));
+        for id in [1, 3] {
+            s.beat(beat(id, Some(vec![(7, 4)])), 0);
+        }
+        s.left_out(h, v, &[NodeId(2)]);
+        // Collected from one server (heartbeat), then the other (report).
+        let mut gone = beat(1, None);
+        gone.removed = vec![h];
+        s.beat(gone, 10);
+        assert!(s.was_left_out(h, v, NodeId(2)), "a replica is left");
+        s.beat(beat(3, Some(Vec::new())), 20);
+        assert!(s.locations(h).is_empty());
+        assert!(!s.was_left_out(h, v, NodeId(2)));
+        assert!(s.left_out.is_empty());
     }
 
     #[test]
