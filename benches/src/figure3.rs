@@ -115,6 +115,12 @@ pub struct Round {
     /// A cluster on this host: the limit its CPUs set (`Limits::cpu_limit`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_limit_mb_s: Option<f64>,
+    /// Reads of a cluster on this host: the device's random 1 MiB read of
+    /// the read set (as `data_read_mb_s`) with every core kept busy the
+    /// share of the time this round kept them (`busy.cpu`; `load`), taken
+    /// right after it. What the disk gives while the CPUs work as they did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loaded_read_mb_s: Option<f64>,
     /// Indices into `limit_samples` of the ceilings taken just before and
     /// just after this measurement.
     pub samples: [usize; 2],
@@ -153,6 +159,12 @@ pub struct Point {
     pub cpu_limit_mb_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_efficiency: Option<f64>,
+    /// Reads of a cluster on this host: the median of the rounds' device
+    /// reads under their CPU load, and of their efficiencies against them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loaded_read_mb_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loaded_read_efficiency: Option<f64>,
     /// The median of each of the rounds' figures, and what that bounds.
     pub busy: Busy,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -196,6 +208,7 @@ struct Measured {
     after: usize,
     busy: Busy,
     servers: Vec<ServerBusy>,
+    loaded_read_mb_s: Option<f64>,
 }
 
 /// What the points are judged against.
@@ -245,6 +258,7 @@ fn judge(measured: &[Measured], samples: &[Limits], basis: Basis, r: u32) -> Vec
             efficiency: m.mb_s / limit_mb_s,
             new_blocks_limit_mb_s,
             cpu_limit_mb_s,
+            loaded_read_mb_s: m.loaded_read_mb_s,
             samples: [m.before, m.after],
             busy: m.busy,
             servers: m.servers.clone(),
@@ -266,6 +280,8 @@ fn judge(measured: &[Measured], samples: &[Limits], basis: Basis, r: u32) -> Vec
                 new_blocks_efficiency: None,
                 cpu_limit_mb_s: None,
                 cpu_efficiency: None,
+                loaded_read_mb_s: None,
+                loaded_read_efficiency: None,
                 busy: m.busy,
                 servers: Vec::new(),
                 bound: "unknown",
@@ -293,6 +309,9 @@ fn judge(measured: &[Measured], samples: &[Limits], basis: Basis, r: u32) -> Vec
         }
         if let Some((l, e)) = against(|r| r.cpu_limit_mb_s) {
             (p.cpu_limit_mb_s, p.cpu_efficiency) = (Some(l), Some(e));
+        }
+        if let Some((l, e)) = against(|r| r.loaded_read_mb_s) {
+            (p.loaded_read_mb_s, p.loaded_read_efficiency) = (Some(l), Some(e));
         }
         let all: Vec<Busy> = p.rounds.iter().map(|r| r.busy).collect();
         p.busy = median_busy(&all);
@@ -571,6 +590,16 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
                     )
                     .await?;
                     bar.set_message(format!("round {round}: {bench} N={n}: {got:.0} MB/s"));
+                    // The disk under the CPU load this read put on the cores.
+                    let loaded_read_mb_s = match busy.cpu {
+                        Some(share) if bench == "read" && !data.is_empty() => {
+                            let seed = samples.len() as u64;
+                            let read =
+                                || raw::read_spread(&data, a.limit_bytes, MIB as usize, seed);
+                            Some(crate::load::busy_at(share, read).0?)
+                        }
+                        _ => None,
+                    };
                     samples.push(measure(&data, samples.len() as u64)?);
                     fresh = true;
                     measured.push(Measured {
@@ -581,6 +610,7 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
                         after: samples.len() - 1,
                         busy,
                         servers,
+                        loaded_read_mb_s,
                     });
                     bar.inc(1);
                 }
@@ -703,6 +733,7 @@ pub fn print_figure3(f: &Figure3) {
         Some(hosts) => print_hosts(f, hosts),
         None => print_this_host(f),
     }
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.0}%", v * 100.0));
     let shared_host = f.results.iter().any(|p| p.cpu_limit_mb_s.is_some());
     if let (true, Some(line)) = (shared_host, cpu_costs(&f.limits, f.replication)) {
         println!("{line} (medians)");
@@ -735,7 +766,6 @@ pub fn print_figure3(f: &Figure3) {
                 )
             })
             .collect();
-        let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.0}%", v * 100.0));
         let bound = crate::busy::bound_where(p.bound, &p.bound_at);
         let disk = p.busy.disk.map_or("-".to_string(), |d| {
             format!(
@@ -763,6 +793,16 @@ pub fn print_figure3(f: &Figure3) {
         for sv in &p.servers {
             println!("{:>17} {}", "", server_line(sv));
         }
+    }
+    for p in f.results.iter().filter(|p| p.loaded_read_mb_s.is_some()) {
+        println!(
+            "read N={}: the device read the read set's chunk files (random 1 MiB) at {:.0} MB/s \
+             with every core kept {} busy, as the point kept them: the point is {} of that",
+            p.clients,
+            p.loaded_read_mb_s.unwrap_or(f64::NAN),
+            pct(p.busy.cpu),
+            pct(p.loaded_read_efficiency),
+        );
     }
     println!(
         "new files: writes and appends against the limit from the device's write into new \
@@ -829,6 +869,7 @@ mod tests {
             after,
             busy,
             servers: Vec::new(),
+            loaded_read_mb_s: None,
         }
     }
 
@@ -860,6 +901,7 @@ mod tests {
             efficiency: mb_s / limit_mb_s,
             new_blocks_limit_mb_s: Some(limit_mb_s * 0.75),
             cpu_limit_mb_s: Some(500.0),
+            loaded_read_mb_s: None,
             samples,
             busy,
             servers: Vec::new(),
@@ -882,6 +924,8 @@ mod tests {
                     cpu_limit_mb_s: Some(500.0),
                     cpu_efficiency: Some(320.0 / 500.0),
                     // The median round kept the CPUs busy.
+                    loaded_read_mb_s: None,
+                    loaded_read_efficiency: None,
                     busy: busy(0.95, 0.5),
                     servers: Vec::new(),
                     bound: "CPU",
@@ -902,6 +946,8 @@ mod tests {
                     new_blocks_efficiency: None,
                     cpu_limit_mb_s: Some(1500.0),
                     cpu_efficiency: Some(0.8),
+                    loaded_read_mb_s: None,
+                    loaded_read_efficiency: None,
                     busy: busy(0.4, 0.99),
                     servers: Vec::new(),
                     bound: "disk",
@@ -914,6 +960,48 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn reads_are_also_judged_against_the_disk_under_their_cpu_load() {
+        let samples = [
+            sample(1500.0, 4000.0, 9000.0),
+            sample(1500.0, 4000.0, 9000.0),
+        ];
+        let read = |mb_s, loaded| Measured {
+            loaded_read_mb_s: loaded,
+            ..measured("read", 4, (mb_s, busy(0.5, 0.95)), 0, 1)
+        };
+        let got = judge(
+            &[
+                read(3000.0, Some(3200.0)),
+                read(2900.0, Some(2900.0)),
+                read(3100.0, Some(3500.0)),
+            ],
+            &samples,
+            Basis::ThisHost { shared: true },
+            3,
+        );
+        let p = &got[0];
+        let loaded: Vec<_> = p.rounds.iter().map(|r| r.loaded_read_mb_s).collect();
+        assert_eq!(loaded, [Some(3200.0), Some(2900.0), Some(3500.0)]);
+        assert_eq!(p.loaded_read_mb_s, Some(3200.0));
+        // 3000 / 3200, 2900 / 2900, 3100 / 3500: the middle one.
+        assert_eq!(p.loaded_read_efficiency, Some(3000.0 / 3200.0));
+        assert_eq!(
+            p.efficiency,
+            3000.0 / 4000.0,
+            "the efficiency stays against the limit"
+        );
+        // A round without one (the counters did not move): none for the point.
+        let got = judge(
+            &[read(3000.0, Some(3200.0)), read(2900.0, None)],
+            &samples,
+            Basis::ThisHost { shared: true },
+            3,
+        );
+        assert_eq!(got[0].loaded_read_mb_s, None);
+        assert_eq!(got[0].loaded_read_efficiency, None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod failover;
 mod figure3;
 mod hosts;
 mod limits;
+mod load;
 mod meta;
 mod meta_memory;
 mod plot;
