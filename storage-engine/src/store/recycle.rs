@@ -6,7 +6,10 @@
 //! write into new blocks allocates them under the inode lock held
 //! exclusively, so io_uring hands it to a worker thread. On the development
 //! VM new blocks took ~2.0 GB/s against 2.3-2.5 GB/s of overwrites
-//! (BENCHMARKS.md, "What bounds append"). A chunk store in steady state
+//! (BENCHMARKS.md, "What bounds append"); on a later one 1.9-2.6 against
+//! 4.5-6.2, and there the cost was the virtual disk's first write of a
+//! block rather than ext4's (2026-12-03: unwritten extents over blocks
+//! written before took overwrite speed). Either way a chunk store in steady state
 //! deletes about as many chunks as it creates, so the data files of deleted
 //! full chunks wait in `recycle/` (at most `recycle_chunk_files` per
 //! directory) and a new chunk's data file is one of them, renamed.
