@@ -51,9 +51,12 @@ pub fn spawn(shared: Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
 
 async fn beat_forever(shared: Arc<Shared>, master: String) {
     let channel = match Endpoint::from_shared(format!("http://{master}")) {
+        // From this server's own address, as the masters connect from
+        // theirs: firewall rules can then tell servers apart on loopback.
         Ok(e) => e
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(5))
+            .local_address(Some(shared.cfg.listen.ip()))
             .connect_lazy(),
         Err(e) => {
             tracing::error!(%master, error = %e, "bad master address; not heartbeating to it");

@@ -32,9 +32,22 @@ pub fn chunk_client(
     chunk::chunkserver_client::ChunkserverClient<tonic::transport::Channel>,
     tonic::transport::Error,
 > {
+    chunk_client_from(addr, None)
+}
+
+/// As [`chunk_client`], connecting from `local` when set: a server's own
+/// address, so that firewall rules can tell servers apart on loopback.
+pub fn chunk_client_from(
+    addr: &str,
+    local: Option<std::net::IpAddr>,
+) -> Result<
+    chunk::chunkserver_client::ChunkserverClient<tonic::transport::Channel>,
+    tonic::transport::Error,
+> {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(std::time::Duration::from_secs(1))
         .tcp_nodelay(true)
+        .local_address(local)
         .connect_lazy();
     Ok(chunk::chunkserver_client::ChunkserverClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -249,9 +249,10 @@ impl Drop for MasterCluster {
     }
 }
 
-/// An nftables table dropping traffic between one master and the others,
-/// in both directions; removed on drop. Clients (other source addresses)
-/// still reach every master.
+/// An nftables table dropping traffic between two sets of servers (one
+/// master and the others; a chunkserver and the masters), in both
+/// directions; removed on drop. Clients (other source addresses) still
+/// reach every server.
 #[derive(Debug)]
 pub struct Partition {
     table: String,
@@ -275,16 +276,27 @@ impl Partition {
 
     /// Cuts master `i` off from the other masters of `c`.
     pub fn isolate(c: &MasterCluster, i: usize) -> anyhow::Result<Self> {
-        let ip = |m: &MasterProc| m.addr.split(':').next().unwrap_or_default().to_string();
-        let lone = ip(&c.masters[i]);
-        let others: Vec<String> = c
+        let others: Vec<&str> = c
             .masters
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != i)
-            .map(|(_, m)| ip(m))
+            .map(|(_, m)| m.addr.as_str())
             .collect();
-        let set = others.join(", ");
+        Self::between(&[c.masters[i].addr.as_str()], &others)
+    }
+
+    /// Cuts every address of `a` off from every address of `b` (both ways;
+    /// "ip:port" or "ip"). Each process connects from its own address, so
+    /// this cuts exactly the traffic between those processes.
+    pub fn between(a: &[&str], b: &[&str]) -> anyhow::Result<Self> {
+        let ips = |set: &[&str]| -> String {
+            set.iter()
+                .map(|x| x.split(':').next().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (a, b) = (ips(a), ips(b));
         let table = format!(
             "gfs_test_{}_{}",
             std::process::id(),
@@ -292,7 +304,7 @@ impl Partition {
         );
         let script = format!(
             "table ip {table} {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n  \
-             ip saddr {lone} ip daddr {{ {set} }} drop\n  ip saddr {{ {set} }} ip daddr {lone} drop\n }}\n}}\n"
+             ip saddr {{ {a} }} ip daddr {{ {b} }} drop\n  ip saddr {{ {b} }} ip daddr {{ {a} }} drop\n }}\n}}\n"
         );
         nft(&script)?;
         Ok(Self { table })

@@ -69,7 +69,7 @@ pub async fn run(
         raft: raft.clone(),
         applied,
         soft: Mutex::new(soft::Soft::default()),
-        chunkservers: versions::Chunkservers::default(),
+        chunkservers: versions::Chunkservers::from_address(cfg.listen.ip()),
         duties: duties::Duties::default(),
         reads: node::ReadRounds::default(),
         grants: tokio::sync::Mutex::new(()),

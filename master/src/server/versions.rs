@@ -19,19 +19,28 @@ const NOTIFY_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Bound on a local chunk copy (64 MiB on a slow disk).
 const COPY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One lazily connected channel per chunkserver address.
+/// One lazily connected channel per chunkserver address, each connecting
+/// from this master's own address (`local`), as its Raft channels do.
 #[derive(Debug, Default)]
 pub struct Chunkservers {
     conns: Mutex<HashMap<String, ChunkserverClient<Channel>>>,
+    local: Option<std::net::IpAddr>,
 }
 
 impl Chunkservers {
+    pub fn from_address(local: std::net::IpAddr) -> Self {
+        Self {
+            local: Some(local),
+            ..Self::default()
+        }
+    }
+
     fn client(&self, addr: &str) -> Option<ChunkserverClient<Channel>> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = conns.get(addr) {
             return Some(c.clone());
         }
-        let c = gfs_proto::wire::chunk_client(addr).ok()?;
+        let c = gfs_proto::wire::chunk_client_from(addr, self.local).ok()?;
         conns.insert(addr.to_string(), c.clone());
         Some(c)
     }
