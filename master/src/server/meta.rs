@@ -73,6 +73,22 @@ fn place_new(node: &Node, replication: u8, now: u64) -> Result<Vec<NodeId>, Stat
     let draining = node.state().state.draining().clone();
     let views = node.soft().views(now, timeout, &draining);
     let chosen = place(&views, usize::from(replication), node.cfg.min_free_bytes);
+    // A master started less than a chunkserver timeout ago (a leader
+    // killed and restarted, then elected again) may not have heard from
+    // every live server yet: too few is then "retry", not a chunk placed
+    // short of its replicas nor "no space" (a writer failed on that).
+    if chosen.len() < usize::from(replication)
+        && now < node.started_ms + node.cfg.chunkserver_timeout_ms
+    {
+        return Err(error(
+            ErrorKind::Unavailable,
+            format!(
+                "this master is still learning which chunkservers are live ({} of {replication} \
+                 replicas placeable); retry",
+                chosen.len()
+            ),
+        ));
+    }
     if chosen.is_empty() {
         return Err(error(
             ErrorKind::NoSpace,
