@@ -506,6 +506,12 @@ async fn r12_writers_survive_kills_of_the_master_leader() {
             );
         }
     }
+    cluster
+        .lock()
+        .await
+        .wait_healthy(Duration::from_secs(60))
+        .await
+        .expect("every chunk fully replicated after the kills");
 }
 
 /// R6: kill -9 of a secondary, then of the primary, in the middle of a
