@@ -512,6 +512,11 @@ async fn r12_writers_survive_kills_of_the_master_leader() {
         .wait_healthy(Duration::from_secs(60))
         .await
         .expect("every chunk fully replicated after the kills");
+    // Nothing placed twice by a leader that had not heard from everyone.
+    let cl = cluster.lock().await;
+    for h in cl.chunk_handles() {
+        assert_eq!(cl.chunk_replicas(h), 3, "replica files of chunk {h}");
+    }
 }
 
 /// R6: kill -9 of a secondary, then of the primary, in the middle of a
