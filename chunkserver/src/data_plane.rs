@@ -20,7 +20,7 @@ use gfs_proto::data::{
     self, MAGIC, Op, PIECE_BYTES, encode_ok, encode_status, read_request, write_with,
 };
 use gfs_proto::wire::chunk::chunkserver_server::Chunkserver;
-use gfs_proto::wire::chunk::{PushHeader, PushReply, ReadHead, ReadRequest};
+use gfs_proto::wire::chunk::{Empty, PushHeader, PushReply, ReadHead, ReadRequest};
 use gfs_proto::wire::{ErrorKind, detail_of, error};
 use gfs_storage_engine::Receiving;
 use prost::Message;
@@ -125,6 +125,11 @@ async fn serve(shared: &Arc<Shared>, mut s: TcpStream) {
             },
             Op::Apply => match decoded(&mut s, header, "forwarded mutation").await {
                 Ok(Some(r)) => answer(&mut s, service(shared).apply(Request::new(r)).await).await,
+                other => other.map(|_| false),
+            },
+            // Answered at once: this process is alive (`data::Probe`).
+            Op::Ping => match decoded::<Empty>(&mut s, header, "ping").await {
+                Ok(Some(_)) => s.write_all(&encode_ok(&Empty {})).await.map(|()| true),
                 other => other.map(|_| false),
             },
         };

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gfs_proto::data::{DataPool, Op, PIECE_BYTES};
+use gfs_proto::data::{DataPool, Op, PIECE_BYTES, PROBE};
 use gfs_proto::wire::chunk::chunkserver_server::Chunkserver;
 use gfs_proto::wire::chunk::{
     ApplyReply, ApplyRequest, CloneReply, CloneRequest, CopyLocalRequest, DeleteRequest, Empty,
@@ -589,8 +589,10 @@ impl ChunkService {
             let (id, req, addr) = (s.node_id, apply.clone(), s.addr.clone());
             let pool = self.shared.data.clone();
             calls.spawn(async move {
+                // As long as the secondary's disk takes, but not on a
+                // secondary that stopped answering at all.
                 let res = pool
-                    .call::<_, ApplyReply>(&addr, Op::Apply, &req, PEER_TIMEOUT)
+                    .call_probed::<_, ApplyReply>(&addr, Op::Apply, &req, (PEER_TIMEOUT, PROBE))
                     .await;
                 (id, res)
             });

@@ -71,6 +71,28 @@ pub const PUSH_STALL_PER_HOP: Duration = Duration::from_secs(2);
 /// Idle connections kept per server.
 const IDLE_PER_ADDR: usize = 16;
 
+/// How a call that may rightly wait long (a forwarded mutation waits for
+/// the peer's disk) finds out that the peer's process stopped answering
+/// (`DataPool::call_probed`): after `after` without an answer, the peer
+/// is pinged on a connection of its own, and `misses` pings in a row not
+/// answered within `wait` each fail the call. A stopped process (SIGSTOP,
+/// a frozen host) answers no ping, though its kernel still takes its
+/// connections; a live one with a slow disk answers at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub after: Duration,
+    pub wait: Duration,
+    pub misses: u32,
+}
+
+/// The probe of a forwarded mutation: a stopped secondary costs its
+/// writers about 3 s, not the whole peer timeout.
+pub const PROBE: Probe = Probe {
+    after: Duration::from_secs(1),
+    wait: Duration::from_secs(1),
+    misses: 2,
+};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Op {
@@ -82,6 +104,9 @@ pub enum Op {
     /// A primary's mutation forwarded to a secondary (`ApplyRequest`,
     /// `ApplyReply`).
     Apply = 4,
+    /// Whether the server's process answers at all (`Empty`, answered at
+    /// once; see [`Probe`]).
+    Ping = 5,
 }
 
 impl Op {
@@ -90,7 +115,7 @@ impl Op {
     /// control plane's message bound.
     pub fn max_header_bytes(self) -> usize {
         match self {
-            Op::Push | Op::Read => MAX_HEADER_BYTES,
+            Op::Push | Op::Read | Op::Ping => MAX_HEADER_BYTES,
             Op::Mutate | Op::Apply => MAX_MESSAGE_BYTES,
         }
     }
@@ -127,6 +152,7 @@ pub fn parse_request_prefix(p: &[u8; 9]) -> io::Result<(Op, usize)> {
         2 => Op::Read,
         3 => Op::Mutate,
         4 => Op::Apply,
+        5 => Op::Ping,
         other => return Err(bad(format!("unknown data-plane op {other}"))),
     };
     let len = u32::from_le_bytes([p[5], p[6], p[7], p[8]]) as usize;
@@ -470,6 +496,53 @@ impl DataPool {
         .await
     }
 
+    /// As [`call`](Self::call), but failed early if the server stops
+    /// answering pings meanwhile (`probe`).
+    pub async fn call_probed<Q: Message, A: Message + Default>(
+        &self,
+        addr: &str,
+        op: Op,
+        req: &Q,
+        (timeout, probe): (Duration, Probe),
+    ) -> Result<A, Status> {
+        let silent = async {
+            tokio::time::sleep(probe.after).await;
+            let mut missed = 0;
+            loop {
+                let started = Instant::now();
+                if self.ping(addr, probe.wait).await {
+                    missed = 0;
+                    tokio::time::sleep(probe.wait.saturating_sub(started.elapsed())).await;
+                } else {
+                    missed += 1;
+                    if missed >= probe.misses {
+                        return started.elapsed();
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            r = self.call(addr, op, req, timeout) => r,
+            waited = silent => Err(unavailable(
+                addr,
+                &format!(
+                    "no answer, nor to {} pings in a row (the last for {waited:?})",
+                    probe.misses
+                ),
+            )),
+        }
+    }
+
+    /// Whether the server at `addr` answers a ping within `wait`: any
+    /// answer, also a refusal (a server that does not know the op).
+    pub async fn ping(&self, addr: &str, wait: Duration) -> bool {
+        use crate::wire::chunk::Empty;
+        match self.call::<_, Empty>(addr, Op::Ping, &Empty {}, wait).await {
+            Ok(_) => true,
+            Err(s) => detail_of(&s).kind() != ErrorKind::Unavailable,
+        }
+    }
+
     /// One request on a pooled connection, bounded by `timeout`, and with
     /// `stall`, also by how long no byte may move while the caller is not
     /// waiting for data of its own (`Watch::pause`): the connection goes
@@ -703,6 +776,95 @@ mod tests {
         assert_eq!((&whole[..], whole.as_ptr()), (&b"0123456789"[..], start));
         let e = read_exact_into(&mut b, &mut whole, 1).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// A server that answers pings at once and every other request after
+    /// `delay`, with an empty reply.
+    async fn slow_server(delay: Duration) -> String {
+        use crate::wire::chunk::Empty;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    while let Ok(Some((op, _))) = read_request(&mut s).await {
+                        if op != Op::Ping {
+                            tokio::time::sleep(delay).await;
+                        }
+                        if s.write_all(&encode_ok(&Empty {})).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    const QUICK: Probe = Probe {
+        after: Duration::from_millis(50),
+        wait: Duration::from_millis(50),
+        misses: 2,
+    };
+
+    #[tokio::test]
+    async fn a_call_to_a_server_that_stopped_answering_fails_on_its_pings() {
+        use crate::wire::chunk::Empty;
+        // Bound, never accepting: its kernel takes connections and bytes,
+        // as a stopped process's does, and nothing answers.
+        let stopped = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = stopped.local_addr().unwrap().to_string();
+        let pool = DataPool::new();
+        let started = Instant::now();
+        let r = pool
+            .call_probed::<_, Empty>(
+                &addr,
+                Op::Apply,
+                &Empty {},
+                (Duration::from_secs(20), QUICK),
+            )
+            .await;
+        let e = r.unwrap_err();
+        assert_eq!(detail_of(&e).kind(), ErrorKind::Unavailable);
+        assert!(e.message().contains("2 pings in a row"), "{e:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not the whole timeout"
+        );
+        assert!(!pool.ping(&addr, Duration::from_millis(50)).await);
+    }
+
+    #[tokio::test]
+    async fn a_slow_answer_from_a_server_that_answers_pings_is_waited_for() {
+        use crate::wire::chunk::Empty;
+        let addr = slow_server(Duration::from_millis(400)).await;
+        let pool = DataPool::new();
+        let r = pool
+            .call_probed::<_, Empty>(
+                &addr,
+                Op::Apply,
+                &Empty {},
+                (Duration::from_secs(20), QUICK),
+            )
+            .await;
+        assert_eq!(r.unwrap(), Empty {}, "eight pings' worth of waiting");
+        assert!(pool.ping(&addr, Duration::from_secs(1)).await);
+        // A server that does not know the op refuses it: an answer too.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let old = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let refusal = encode_err(&ErrorDetail {
+                kind: ErrorKind::InvalidArgument as i32,
+                message: "unknown data-plane op 5".into(),
+                leader_id: 0,
+                leader_addr: String::new(),
+            });
+            let mut head = [0u8; 9];
+            s.read_exact(&mut head).await.unwrap();
+            s.write_all(&refusal).await.unwrap();
+        });
+        assert!(pool.ping(&old, Duration::from_secs(1)).await);
     }
 
     #[tokio::test]

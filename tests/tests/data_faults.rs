@@ -902,6 +902,49 @@ async fn a_chunkserver_stalling_mid_write_costs_at_most_a_lease() {
     assert_reads_back(&c, "/f", &data).await;
 }
 
+/// A secondary that stalls in the middle of a large write: the primary
+/// waits for a forwarded mutation as long as a disk may take, but pings a
+/// secondary that has not answered for a second and gives up on one that
+/// answers no ping either (`data::PROBE`), so the writer loses seconds,
+/// not the 10 s peer timeout, and the file reads back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_secondary_stalling_mid_write_costs_seconds_not_the_peer_timeout() {
+    let cluster = Cluster::start(Spec {
+        chunk_size_bytes: 64 << 20,
+        chunkserver_timeout_ms: 60_000,
+        lease_ms: 60_000,
+        ..Spec::default()
+    })
+    .await
+    .expect("cluster");
+    let c = cluster.client();
+    let data = random_bytes(60 << 20, 53);
+    let mut w = gfs_client::Writer::create(&c, "/f").await.expect("create");
+    use tokio::io::AsyncWriteExt;
+    let (first, rest) = data.split_at(4 << 20);
+    w.write_all(first).await.expect("write");
+    w.flush().await.expect("flush");
+    let chunk = c.chunks("/f").await.expect("chunks").remove(0);
+    let stopped = cluster
+        .server_index(gfs_tests::a_secondary(&chunk))
+        .expect("known");
+    // Stopped while mutations whose data it already took are in flight.
+    let rest = rest.to_vec();
+    let started = Instant::now();
+    let writer = tokio::spawn(async move { write_in_pieces(w, &rest).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cluster.signal_server(stopped, libc::SIGSTOP).expect("stop");
+    let written = writer.await.expect("writer");
+    let took = started.elapsed();
+    cluster.signal_server(stopped, libc::SIGCONT).expect("cont");
+    written.expect("write with a secondary stopped");
+    assert!(
+        took < Duration::from_secs(8),
+        "56 MiB took {took:?} with a secondary stopped"
+    );
+    assert_reads_back(&c, "/f", &data).await;
+}
+
 /// R11 (chunkserver side): one chunkserver's disk fills up during
 /// ingestion. The write completes on the others, no chunk counts the full
 /// server as a replica unless it holds the whole chunk, and new chunks are
