@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use gfs_proto::data::{DataPool, Op, Pieces};
+use gfs_proto::data::{DataPool, Op, PROBE, Pieces};
 use gfs_proto::wire::MAX_FRAME_BYTES;
 use gfs_proto::wire::chunk::{MutateReply, MutateRequest, PushHeader, ReadRequest};
 
@@ -173,10 +173,12 @@ impl ChunkPool {
     }
 
     /// A mutation at the chunk's primary, over the data plane (a framed
-    /// request costs fewer task hand-offs than a gRPC call).
+    /// request costs fewer task hand-offs than a gRPC call). A primary
+    /// that stops answering pings meanwhile fails it (`data::PROBE`): the
+    /// writer then waits for its lease to end, not for the call timeout.
     pub async fn mutate(&self, addr: &str, req: MutateRequest) -> Result<MutateReply, MasterError> {
         self.data
-            .call(addr, Op::Mutate, &req, CALL_TIMEOUT)
+            .call_probed(addr, Op::Mutate, &req, (CALL_TIMEOUT, PROBE))
             .await
             .map_err(|s| MasterError::from_status(&s))
     }

@@ -945,6 +945,45 @@ async fn a_secondary_stalling_mid_write_costs_seconds_not_the_peer_timeout() {
     assert_reads_back(&c, "/f", &data).await;
 }
 
+/// The chunk's primary stalls while mutations are in flight: the writer
+/// pings it once a mutation has waited a second, gives up on it when it
+/// answers no ping (`data::PROBE`), and then waits for its lease to end
+/// (4 s here), not for the 15 s call timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_stalling_mid_write_costs_its_lease_not_the_call_timeout() {
+    let cluster = Cluster::start(Spec {
+        chunk_size_bytes: 64 << 20,
+        chunkserver_timeout_ms: 60_000,
+        lease_ms: 4_000,
+        ..Spec::default()
+    })
+    .await
+    .expect("cluster");
+    let c = cluster.client();
+    let data = random_bytes(60 << 20, 59);
+    let mut w = gfs_client::Writer::create(&c, "/f").await.expect("create");
+    use tokio::io::AsyncWriteExt;
+    let (first, rest) = data.split_at(4 << 20);
+    w.write_all(first).await.expect("write");
+    w.flush().await.expect("flush");
+    let chunk = c.chunks("/f").await.expect("chunks").remove(0);
+    let stopped = cluster.server_index(chunk.primary).expect("known");
+    let rest = rest.to_vec();
+    let started = Instant::now();
+    let writer = tokio::spawn(async move { write_in_pieces(w, &rest).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cluster.signal_server(stopped, libc::SIGSTOP).expect("stop");
+    let written = writer.await.expect("writer");
+    let took = started.elapsed();
+    cluster.signal_server(stopped, libc::SIGCONT).expect("cont");
+    written.expect("write with the primary stopped");
+    assert!(
+        took < Duration::from_secs(12),
+        "56 MiB took {took:?} with the primary stopped"
+    );
+    assert_reads_back(&c, "/f", &data).await;
+}
+
 /// R11 (chunkserver side): one chunkserver's disk fills up during
 /// ingestion. The write completes on the others, no chunk counts the full
 /// server as a replica unless it holds the whole chunk, and new chunks are
