@@ -85,8 +85,10 @@ pub struct Probe {
     pub misses: u32,
 }
 
-/// The probe of a forwarded mutation: a stopped secondary costs its
-/// writers about 3 s, not the whole peer timeout.
+/// The probe of a mutation, at the client (of the primary) and at the
+/// primary (of each secondary it forwards to): a stopped secondary costs
+/// its writers about 3 s, not the 10 s peer timeout, and a stopped primary
+/// its lease, not the client's 15 s call timeout.
 pub const PROBE: Probe = Probe {
     after: Duration::from_secs(1),
     wait: Duration::from_secs(1),
