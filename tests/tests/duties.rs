@@ -208,6 +208,42 @@ async fn a_restart_within_the_grace_period_causes_no_clones() {
     assert_reads(&c, "/g", &data).await;
 }
 
+/// Every master killed and restarted while every chunk is fully
+/// replicated: the new leader hears from the chunkservers over its first
+/// heartbeats, and orders no copy meanwhile (it had: a chunk whose other
+/// replicas had not reported yet looked short; 2-4 needless clones of 48
+/// chunks, each revoking its chunk's lease first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarting_every_master_copies_nothing() {
+    let mut cluster = Cluster::start(Spec::default()).await.expect("cluster");
+    let c = cluster.client();
+    let data = write_file(&c, "/many", 48 * MIB, 5).await;
+    for i in 0..3 {
+        cluster.masters.kill(i).expect("kill");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..3 {
+        cluster.masters.restart(i).expect("restart");
+    }
+    cluster
+        .masters
+        .leader(Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    // Past the chunkserver timeout (2 s): the duties run again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = cluster
+        .wait_healthy(Duration::from_secs(20))
+        .await
+        .expect("healthy");
+    let clones = (r.clones_done, r.clones_in_flight, r.clones_failed);
+    assert_eq!(clones, (0, 0, 0), "clones done, in flight, failed");
+    for h in cluster.chunk_handles() {
+        assert_eq!(cluster.chunk_replicas(h), 3, "replica files of chunk {h}");
+    }
+    assert_reads(&c, "/many", &data).await;
+}
+
 /// The exit code of `gfs admin fsck` against the cluster.
 fn fsck_exit(cluster: &Cluster) -> Option<i32> {
     std::process::Command::new(gfs_tests::binary("gfs").expect("gfs binary"))

@@ -278,8 +278,7 @@ pub fn absent_members(node: &Node, handle: ChunkHandle, now: u64) -> Result<Vec<
 /// what chunkservers have reported to it since, so a replica it cannot
 /// place may only be late.
 pub fn still_learning(node: &Node, soft: &Soft, servers: &[NodeId], now: u64) -> bool {
-    now < node.started_ms + node.cfg.chunkserver_timeout_ms
-        && servers.iter().any(|n| !soft.has_reported(*n))
+    node.learning_servers(now) && servers.iter().any(|n| !soft.has_reported(*n))
 }
 
 /// The answer while `still_learning`: clients retry `Unavailable`.

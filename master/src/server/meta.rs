@@ -77,9 +77,7 @@ fn place_new(node: &Node, replication: u8, now: u64) -> Result<Vec<NodeId>, Stat
     // killed and restarted, then elected again) may not have heard from
     // every live server yet: too few is then "retry", not a chunk placed
     // short of its replicas nor "no space" (a writer failed on that).
-    if chosen.len() < usize::from(replication)
-        && now < node.started_ms + node.cfg.chunkserver_timeout_ms
-    {
+    if chosen.len() < usize::from(replication) && node.learning_servers(now) {
         return Err(error(
             ErrorKind::Unavailable,
             format!(

@@ -216,6 +216,14 @@ impl Node {
             .await
     }
 
+    /// Whether this master started less than a chunkserver timeout ago:
+    /// it may not have heard from every live chunkserver yet (locations
+    /// are soft state, learned from heartbeats), so what it does not know
+    /// of may only be late.
+    pub fn learning_servers(&self, now: u64) -> bool {
+        now < self.started_ms + self.cfg.chunkserver_timeout_ms
+    }
+
     /// The soft state. Lock order: a caller holding both takes `state()`
     /// first; none takes `state()` while holding this (a reader waiting
     /// behind the applier's write lock would otherwise deadlock with a
