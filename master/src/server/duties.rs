@@ -153,14 +153,16 @@ pub async fn run(node: Arc<Node>) {
             continue;
         }
         reclaim(&node).await;
-        super::grant::complete_unconfirmed(&node).await;
         // A chunk whose other replicas have not reported to a new master
         // yet looks short: no copies (each revoking a lease first) until
         // every live server has been heard from (all masters restarted:
-        // 2-4 needless clones of 48 chunks).
+        // 2-4 needless clones of 48 chunks), nor grants left unconfirmed
+        // completed without them (they would be versioned out). A writer
+        // of such a chunk completes its grant itself.
         if node.learning_servers(now_ms()) {
             continue;
         }
+        super::grant::complete_unconfirmed(&node).await;
         for order in plan(&node) {
             tokio::spawn(execute(node.clone(), order));
         }
