@@ -75,6 +75,16 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Whether the masters' answer to "where do I write chunk N" says to ask
+/// again: a lease held by a primary they cannot hand out yet, no leader or
+/// a master still learning where replicas are, no live replica for now.
+fn lookup_retryable(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::LeaseHeld | ErrorKind::Unavailable | ErrorKind::NoReplica
+    )
+}
+
 /// `NO_SPACE` answers one mutation takes before it fails with that error.
 const MAX_NO_SPACE_RETRIES: u32 = 6;
 
@@ -268,11 +278,25 @@ impl Client {
         Ok(info)
     }
 
-    /// Makes sure chunk `index` exists (chunks are added in order).
+    /// Makes sure chunk `index` exists (chunks are added in order), asking
+    /// again while the masters answer "retry" (a leader just elected, a
+    /// lease about to end) until the mutation deadline: a stream crossing
+    /// into its next chunk during a failover failed on the first such
+    /// answer.
     pub(crate) async fn ensure_chunk(&self, path: &str, index: u64) -> Result<()> {
-        self.writable(path, index, &mut Vec::new())
-            .await
-            .map(|_| ())
+        let deadline = Instant::now() + self.opts.mutation_deadline;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match self.writable(path, index, &mut Vec::new()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if lookup_retryable(e.kind) && Instant::now() < deadline => {
+                    tracing::debug!(%path, index, error = %e, "retrying a chunk's creation");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// One mutation of one chunk, retried until it is acknowledged by every
@@ -358,10 +382,8 @@ impl Client {
             .writable(path, index, failed)
             .await
             .map_err(|e| match e.kind {
-                ErrorKind::LeaseHeld
-                | ErrorKind::Unavailable
-                | ErrorKind::NoSpace
-                | ErrorKind::NoReplica => Attempt::Retry(e),
+                // No space counts towards `MAX_NO_SPACE_RETRIES`.
+                k if lookup_retryable(k) || k == ErrorKind::NoSpace => Attempt::Retry(e),
                 _ => Attempt::Fatal(e),
             })?;
         let Some(primary) = info.replicas.iter().find(|r| r.node_id == info.primary) else {
@@ -845,7 +867,28 @@ enum Attempt {
 
 #[cfg(test)]
 mod tests {
-    use super::next_chunk_due;
+    use super::{ErrorKind, lookup_retryable, next_chunk_due};
+
+    #[test]
+    fn a_chunk_lookup_is_asked_again_only_on_answers_that_say_retry() {
+        let again = [
+            ErrorKind::LeaseHeld,
+            ErrorKind::Unavailable,
+            ErrorKind::NoReplica,
+        ];
+        for k in again {
+            assert!(lookup_retryable(k), "{k:?}");
+        }
+        for k in [
+            ErrorKind::NoSpace,
+            ErrorKind::NotFound,
+            ErrorKind::InvalidArgument,
+            ErrorKind::IsADirectory,
+            ErrorKind::Internal,
+        ] {
+            assert!(!lookup_retryable(k), "{k:?}");
+        }
+    }
 
     #[test]
     fn the_next_chunk_is_due_once_less_than_a_largest_record_is_left() {
