@@ -809,23 +809,25 @@ mod tests {
         misses: 2,
     };
 
+    /// An `Apply` with an empty header, probed `QUICK`ly, within 20 s.
+    async fn probed_empty_call(
+        pool: &DataPool,
+        addr: &str,
+    ) -> Result<crate::wire::chunk::Empty, Status> {
+        let empty = crate::wire::chunk::Empty {};
+        let limits = (Duration::from_secs(20), QUICK);
+        pool.call_probed(addr, Op::Apply, &empty, limits).await
+    }
+
     #[tokio::test]
     async fn a_call_to_a_server_that_stopped_answering_fails_on_its_pings() {
-        use crate::wire::chunk::Empty;
         // Bound, never accepting: its kernel takes connections and bytes,
         // as a stopped process's does, and nothing answers.
         let stopped = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = stopped.local_addr().unwrap().to_string();
         let pool = DataPool::new();
         let started = Instant::now();
-        let r = pool
-            .call_probed::<_, Empty>(
-                &addr,
-                Op::Apply,
-                &Empty {},
-                (Duration::from_secs(20), QUICK),
-            )
-            .await;
+        let r = probed_empty_call(&pool, &addr).await;
         let e = r.unwrap_err();
         assert_eq!(detail_of(&e).kind(), ErrorKind::Unavailable);
         assert!(e.message().contains("2 pings in a row"), "{e:?}");
@@ -841,14 +843,7 @@ mod tests {
         use crate::wire::chunk::Empty;
         let addr = slow_server(Duration::from_millis(400)).await;
         let pool = DataPool::new();
-        let r = pool
-            .call_probed::<_, Empty>(
-                &addr,
-                Op::Apply,
-                &Empty {},
-                (Duration::from_secs(20), QUICK),
-            )
-            .await;
+        let r = probed_empty_call(&pool, &addr).await;
         assert_eq!(r.unwrap(), Empty {}, "eight pings' worth of waiting");
         assert!(pool.ping(&addr, Duration::from_secs(1)).await);
         // A server that does not know the op refuses it: an answer too.

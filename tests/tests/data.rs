@@ -408,6 +408,21 @@ async fn r8_appenders_survive_kills_of_a_secondary_and_a_primary() {
     check_records(&c, &acked).await;
 }
 
+/// Kills the master leader (kill -9, restarted as a follower) `times`
+/// times, 600 ms apart; how many kills there were.
+async fn kill_the_leader(cluster: Arc<tokio::sync::Mutex<Cluster>>, times: usize) -> usize {
+    let mut kills = 0;
+    for _ in 0..times {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut cl = cluster.lock().await;
+        if let Ok(l) = cl.masters.leader(Duration::from_secs(10)).await {
+            cl.masters.restart(l).expect("kill and restart the leader");
+            kills += 1;
+        }
+    }
+    kills
+}
+
 /// Ingestion through master failovers: the leader is killed (kill -9, then
 /// restarted as a follower) three times while 8 clients append to a file
 /// of 1 MiB chunks, so new chunks and lease grants keep coming during the
@@ -415,21 +430,7 @@ async fn r8_appenders_survive_kills_of_a_secondary_and_a_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn appenders_survive_kills_of_the_master_leader() {
     let (cluster, c, clients) = shared_log_cluster().await;
-    let killer = {
-        let cluster = cluster.clone();
-        tokio::spawn(async move {
-            let mut kills = 0;
-            for _ in 0..3 {
-                tokio::time::sleep(Duration::from_millis(600)).await;
-                let mut cl = cluster.lock().await;
-                if let Ok(l) = cl.masters.leader(Duration::from_secs(10)).await {
-                    cl.masters.restart(l).expect("kill and restart the leader");
-                    kills += 1;
-                }
-            }
-            kills
-        })
-    };
+    let killer = tokio::spawn(kill_the_leader(cluster.clone(), 3));
     let acked = append_with(clients, 40, 150_000, Duration::from_millis(20)).await;
     assert_eq!(killer.await.expect("killer"), 3);
     check_records(&c, &acked).await;
@@ -472,16 +473,7 @@ async fn r12_writers_survive_kills_of_the_master_leader() {
             })
         })
         .collect();
-    let mut kills = 0;
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        let mut cl = cluster.lock().await;
-        if let Ok(l) = cl.masters.leader(Duration::from_secs(10)).await {
-            cl.masters.restart(l).expect("kill and restart the leader");
-            kills += 1;
-        }
-    }
-    assert_eq!(kills, 3);
+    assert_eq!(kill_the_leader(cluster.clone(), 3).await, 3);
     // A leader again, then a little more writing under it.
     cluster
         .lock()

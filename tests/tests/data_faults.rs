@@ -902,33 +902,33 @@ async fn a_chunkserver_stalling_mid_write_costs_at_most_a_lease() {
     assert_reads_back(&c, "/f", &data).await;
 }
 
-/// A secondary that stalls in the middle of a large write: the primary
-/// waits for a forwarded mutation as long as a disk may take, but pings a
-/// secondary that has not answered for a second and gives up on one that
-/// answers no ping either (`data::PROBE`), so the writer loses seconds,
-/// not the 10 s peer timeout, and the file reads back whole.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_secondary_stalling_mid_write_costs_seconds_not_the_peer_timeout() {
+/// Writes 60 MiB into one 64 MiB chunk with `lease_ms` leases and stops
+/// the server `pick` names (of the chunk's first grant) 100 ms after the
+/// last 56 MiB started, while mutations whose data it took are in flight;
+/// checks the write succeeded and reads back whole. How long the 56 MiB
+/// took.
+async fn stall_mid_write(
+    lease_ms: u64,
+    pick: fn(&gfs_proto::wire::master::ChunkInfo) -> u64,
+    seed: u64,
+) -> Duration {
     let cluster = Cluster::start(Spec {
         chunk_size_bytes: 64 << 20,
         chunkserver_timeout_ms: 60_000,
-        lease_ms: 60_000,
+        lease_ms,
         ..Spec::default()
     })
     .await
     .expect("cluster");
     let c = cluster.client();
-    let data = random_bytes(60 << 20, 53);
+    let data = random_bytes(60 << 20, seed);
     let mut w = gfs_client::Writer::create(&c, "/f").await.expect("create");
     use tokio::io::AsyncWriteExt;
     let (first, rest) = data.split_at(4 << 20);
     w.write_all(first).await.expect("write");
     w.flush().await.expect("flush");
     let chunk = c.chunks("/f").await.expect("chunks").remove(0);
-    let stopped = cluster
-        .server_index(gfs_tests::a_secondary(&chunk))
-        .expect("known");
-    // Stopped while mutations whose data it already took are in flight.
+    let stopped = cluster.server_index(pick(&chunk)).expect("known");
     let rest = rest.to_vec();
     let started = Instant::now();
     let writer = tokio::spawn(async move { write_in_pieces(w, &rest).await });
@@ -937,12 +937,23 @@ async fn a_secondary_stalling_mid_write_costs_seconds_not_the_peer_timeout() {
     let written = writer.await.expect("writer");
     let took = started.elapsed();
     cluster.signal_server(stopped, libc::SIGCONT).expect("cont");
-    written.expect("write with a secondary stopped");
+    written.expect("write with a server stopped");
+    assert_reads_back(&c, "/f", &data).await;
+    took
+}
+
+/// A secondary that stalls in the middle of a large write: the primary
+/// waits for a forwarded mutation as long as a disk may take, but pings a
+/// secondary that has not answered for a second and gives up on one that
+/// answers no ping either (`data::PROBE`), so the writer loses seconds,
+/// not the 10 s peer timeout, and the file reads back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_secondary_stalling_mid_write_costs_seconds_not_the_peer_timeout() {
+    let took = stall_mid_write(60_000, gfs_tests::a_secondary, 53).await;
     assert!(
         took < Duration::from_secs(8),
         "56 MiB took {took:?} with a secondary stopped"
     );
-    assert_reads_back(&c, "/f", &data).await;
 }
 
 /// The chunk's primary stalls while mutations are in flight: the writer
@@ -951,37 +962,11 @@ async fn a_secondary_stalling_mid_write_costs_seconds_not_the_peer_timeout() {
 /// (4 s here), not for the 15 s call timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_primary_stalling_mid_write_costs_its_lease_not_the_call_timeout() {
-    let cluster = Cluster::start(Spec {
-        chunk_size_bytes: 64 << 20,
-        chunkserver_timeout_ms: 60_000,
-        lease_ms: 4_000,
-        ..Spec::default()
-    })
-    .await
-    .expect("cluster");
-    let c = cluster.client();
-    let data = random_bytes(60 << 20, 59);
-    let mut w = gfs_client::Writer::create(&c, "/f").await.expect("create");
-    use tokio::io::AsyncWriteExt;
-    let (first, rest) = data.split_at(4 << 20);
-    w.write_all(first).await.expect("write");
-    w.flush().await.expect("flush");
-    let chunk = c.chunks("/f").await.expect("chunks").remove(0);
-    let stopped = cluster.server_index(chunk.primary).expect("known");
-    let rest = rest.to_vec();
-    let started = Instant::now();
-    let writer = tokio::spawn(async move { write_in_pieces(w, &rest).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    cluster.signal_server(stopped, libc::SIGSTOP).expect("stop");
-    let written = writer.await.expect("writer");
-    let took = started.elapsed();
-    cluster.signal_server(stopped, libc::SIGCONT).expect("cont");
-    written.expect("write with the primary stopped");
+    let took = stall_mid_write(4_000, |c| c.primary, 59).await;
     assert!(
         took < Duration::from_secs(12),
         "56 MiB took {took:?} with the primary stopped"
     );
-    assert_reads_back(&c, "/f", &data).await;
 }
 
 /// R11 (chunkserver side): one chunkserver's disk fills up during
