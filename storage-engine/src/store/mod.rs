@@ -355,6 +355,13 @@ impl ChunkStore {
             .ok_or(StoreError::NotFound(handle))
     }
 
+    /// Every chunk the map holds now (deleted ones too, until their
+    /// removal ends), without holding the map's lock past the call.
+    fn every_chunk(&self) -> Vec<Arc<Chunk>> {
+        let map = self.inner.chunks.read().expect("chunk map lock");
+        map.values().cloned().collect()
+    }
+
     fn dir(&self, chunk: &Chunk) -> &Dir {
         &self.inner.dirs[chunk.dir]
     }
@@ -699,14 +706,7 @@ impl ChunkStore {
 
     /// Every chunk with its version and length, by handle.
     pub async fn list(&self) -> Vec<ChunkInfo> {
-        let chunks: Vec<Arc<Chunk>> = self
-            .inner
-            .chunks
-            .read()
-            .expect("chunk map lock")
-            .values()
-            .cloned()
-            .collect();
+        let chunks = self.every_chunk();
         let mut out = Vec::with_capacity(chunks.len());
         for c in chunks {
             let st = c.state.read().await;

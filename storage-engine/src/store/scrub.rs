@@ -8,21 +8,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::{Chunk, ChunkStore, CorruptChunk};
+use super::{ChunkStore, CorruptChunk};
 use crate::error::StoreError;
 
 impl ChunkStore {
     /// Verifies every chunk that saw no mutation for `idle`, reading at most
     /// `rate_bytes_per_s` (0: unthrottled). Returns the corrupt ones.
     pub async fn scrub_pass(&self, rate_bytes_per_s: u64, idle: Duration) -> Vec<CorruptChunk> {
-        let chunks: Vec<Arc<Chunk>> = self
-            .inner
-            .chunks
-            .read()
-            .expect("chunk map lock")
-            .values()
-            .cloned()
-            .collect();
+        let chunks = self.every_chunk();
         let started = Instant::now();
         let mut read = 0u64;
         let mut corrupt = Vec::new();
