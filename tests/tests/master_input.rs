@@ -129,6 +129,137 @@ async fn s1_malformed_protobuf_is_invalid_argument_and_the_master_stays_up() {
     assert_eq!(names, ["ok"]);
 }
 
+/// Every method a client or a peer master may call, but those that take
+/// an address (a heartbeat, adding a master): random bytes there could
+/// name a host, and the masters would call it.
+const RANDOM_TARGETS: [&str; 16] = [
+    "/gfs.master.v1.MasterMeta/Mkdir",
+    "/gfs.master.v1.MasterMeta/Create",
+    "/gfs.master.v1.MasterMeta/Stat",
+    "/gfs.master.v1.MasterMeta/List",
+    "/gfs.master.v1.MasterMeta/Rename",
+    "/gfs.master.v1.MasterMeta/Delete",
+    "/gfs.master.v1.MasterMeta/Undelete",
+    "/gfs.master.v1.MasterMeta/ListDeleted",
+    "/gfs.master.v1.MasterMeta/Snapshot",
+    "/gfs.master.v1.MasterMeta/SetPolicy",
+    "/gfs.master.v1.MasterMeta/Locate",
+    "/gfs.master.v1.MasterMeta/WriteChunk",
+    "/gfs.master.v1.MasterMeta/ReportLength",
+    "/gfs.master.v1.Raft/AppendEntries",
+    "/gfs.master.v1.Raft/Vote",
+    "/gfs.master.v1.Raft/InstallSnapshot",
+];
+
+/// A body shaped like protobuf (fields of random numbers and wire types,
+/// varints from the edges, strings that are sometimes paths) or plain
+/// random bytes.
+fn random_body(rng: &mut rand::rngs::StdRng) -> Vec<u8> {
+    use rand::Rng;
+    let mut b = Vec::new();
+    if rng.random_bool(0.3) {
+        let n = rng.random_range(0..256);
+        b.extend((0..n).map(|_| rng.random::<u8>()));
+        return b;
+    }
+    fn varint(b: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            b.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        b.push(v as u8);
+    }
+    for _ in 0..rng.random_range(1..6) {
+        // Mostly the low field numbers every request uses, in the wire
+        // types they have.
+        let field: u64 = if rng.random_bool(0.8) {
+            rng.random_range(1..5)
+        } else {
+            rng.random_range(1..16)
+        };
+        let wire: u64 = [0, 0, 0, 2, 2, 2, 2, 1, 5, 3, 7][rng.random_range(0..11)];
+        varint(&mut b, field << 3 | wire);
+        match wire {
+            0 => {
+                let v = match rng.random_range(0..4) {
+                    0 => 0,
+                    1 => u64::MAX,
+                    2 => rng.random_range(0..1000),
+                    _ => rng.random(),
+                };
+                varint(&mut b, v);
+            }
+            2 => {
+                let s: Vec<u8> = match rng.random_range(0..4) {
+                    0 | 1 => format!("/r{}/{}", rng.random_range(0..3), rng.random_range(0..5))
+                        .into_bytes(),
+                    2 => (0..rng.random_range(0..64)).map(|_| rng.random()).collect(),
+                    _ => Vec::new(),
+                };
+                // Sometimes a length that lies.
+                let len = if rng.random_bool(0.1) {
+                    rng.random::<u32>() as u64
+                } else {
+                    s.len() as u64
+                };
+                varint(&mut b, len);
+                b.extend(s);
+            }
+            1 => b.extend(rng.random::<u64>().to_le_bytes()),
+            5 => b.extend(rng.random::<u32>().to_le_bytes()),
+            _ => {}
+        }
+    }
+    b
+}
+
+/// S1 at random: seeded random bodies, shaped like protobuf or not, to
+/// every method but those that take an address. Whatever each answers,
+/// no master panics and the cluster still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s1_random_bodies_to_every_method_panic_no_master() {
+    use rand::SeedableRng;
+    let c = MasterCluster::start(3, Timings::default()).expect("start");
+    let ch = leader_channel(&c).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5331_7261_6e64);
+    let (mut refused, mut taken) = (0, 0);
+    for round in 0..100 {
+        for method in RANDOM_TARGETS {
+            let body = random_body(&mut rng);
+            let mut grpc = tonic::client::Grpc::new(ch.clone());
+            if grpc.ready().await.is_err() {
+                continue;
+            }
+            let call = grpc.unary(
+                tonic::Request::new(Bytes::from(body)),
+                method.parse().expect("method path"),
+                RawCodec,
+            );
+            match tokio::time::timeout(Duration::from_secs(5), call).await {
+                Ok(Ok(_)) => taken += 1,
+                Ok(Err(_)) => refused += 1,
+                Err(_) => panic!("{method} (round {round}) did not answer in 5 s"),
+            }
+        }
+    }
+    assert!(refused > 0 && taken > 0, "refused {refused}, taken {taken}");
+    // Still serving (a random vote may have cost the leader its term).
+    let cl = c.client();
+    cl.create("/after-random", 0)
+        .await
+        .expect("create after random bodies");
+    cl.stat("/after-random", false).await.expect("stat");
+    for i in 0..3 {
+        let log = c.log_text(i);
+        assert!(
+            !log.contains("panicked"),
+            "master {} panicked:\n{}",
+            i + 1,
+            c.log_tail(i)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_bad_paths_are_rejected_before_touching_state() {
     let c = MasterCluster::start(1, Timings::default()).expect("start");
