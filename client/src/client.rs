@@ -200,7 +200,11 @@ impl Client {
         let Some((index, chunk_len)) = self.last_with_data(path, r.chunks).await? else {
             return Ok(r.length);
         };
-        Ok(r.length.max(index * r.chunk_size_bytes + chunk_len))
+        // Saturating: both come from the network.
+        let replicas_end = index
+            .saturating_mul(r.chunk_size_bytes)
+            .saturating_add(chunk_len);
+        Ok(r.length.max(replicas_end))
     }
 
     /// The last of the file's first `chunks` chunks that holds data, and its
@@ -593,7 +597,8 @@ impl Client {
         };
         // Both bounds are whole sectors, so padding never crosses them.
         let max = (gfs_proto::limits::max_record_bytes(cs) as usize).min(MAX_FRAME_BYTES);
-        if record::framed_len(payload.len()) > max {
+        let framed_len = record::framed_len(payload.len());
+        if framed_len > max {
             return Err(MasterError::new(
                 ErrorKind::InvalidArgument,
                 format!(
@@ -627,6 +632,18 @@ impl Client {
             };
             let r = self.mutate_chunk(path, index, m).await?;
             if !r.chunk_full {
+                if r.offset
+                    .checked_add(framed_len as u64)
+                    .is_none_or(|end| end > cs)
+                {
+                    return Err(MasterError::new(
+                        ErrorKind::Internal,
+                        format!(
+                            "chunk {index} of {path}: the primary placed a record of {framed_len} bytes at {}, outside the {cs}-byte chunk",
+                            r.offset
+                        ),
+                    ));
+                }
                 self.append_index
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

@@ -452,6 +452,7 @@ impl MasterClient {
                 }
             })
             .await?;
+        check_chunk_size(reply.chunk_size_bytes)?;
         self.inner
             .chunk_size
             .store(reply.chunk_size_bytes, Ordering::Relaxed);
@@ -603,6 +604,22 @@ impl MasterClient {
     }
 }
 
+/// The chunk size a master answered, if it is one a cluster can have: a
+/// whole number of checksum blocks. Every offset the client computes
+/// divides by it; a zero would panic the caller.
+fn check_chunk_size(bytes: u64) -> Result<(), MasterError> {
+    let block = gfs_proto::limits::CHECKSUM_BLOCK_BYTES;
+    if bytes == 0 || !bytes.is_multiple_of(block) {
+        return Err(MasterError::new(
+            ErrorKind::Internal,
+            format!(
+                "the masters answered a chunk size of {bytes} bytes, not a multiple of {block}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use gfs_proto::wire::{ErrorDetail, error, status};
@@ -620,6 +637,20 @@ mod tests {
             leader_id: u64::from(!hint.is_empty()),
             leader_addr: hint.into(),
         })
+    }
+
+    #[test]
+    fn chunk_sizes_no_cluster_has_are_refused() {
+        for bad in [0, 1, 4096, 64 * 1024 + 1] {
+            assert_eq!(
+                check_chunk_size(bad).map_err(|e| e.kind),
+                Err(ErrorKind::Internal),
+                "{bad}"
+            );
+        }
+        for good in [64 * 1024, 1 << 20, 64 << 20] {
+            assert!(check_chunk_size(good).is_ok(), "{good}");
+        }
     }
 
     #[test]
