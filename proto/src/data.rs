@@ -864,6 +864,135 @@ mod tests {
         assert!(pool.ping(&old, Duration::from_secs(1)).await);
     }
 
+    /// splitmix64: a seeded stream of random words, for the random peer.
+    struct Words(u64);
+
+    impl Words {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+
+        fn bytes(&mut self, n: usize) -> Vec<u8> {
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    /// A random answer: a good or unknown status, a length that may lie,
+    /// a header of random bytes or a read's head claiming any amount of
+    /// data, and fewer or more bytes than it said.
+    fn random_answer(w: &mut Words) -> Vec<u8> {
+        let status = match w.below(4) {
+            0 | 1 => OK,
+            2 => FAILED,
+            _ => w.next() as u8,
+        };
+        let mut header = if w.below(2) == 0 {
+            ReadHead {
+                chunk_length: w.next() >> w.below(64),
+                data_bytes: w.next() >> w.below(64),
+            }
+            .encode_to_vec()
+        } else {
+            let n = w.below(64) as usize;
+            w.bytes(n)
+        };
+        let len = match w.below(5) {
+            0 => w.next() as u32,
+            1 => (header.len() as u32).saturating_add(w.below(8) as u32),
+            _ => header.len() as u32,
+        };
+        header.truncate(len as usize);
+        let mut b = vec![status];
+        b.extend_from_slice(&len.to_le_bytes());
+        b.extend(header);
+        let n = w.below(8192) as usize;
+        b.extend(w.bytes(n));
+        b
+    }
+
+    /// A peer that reads whatever comes and answers each connection with
+    /// `random_answer`, seeded per connection, then hangs up.
+    async fn random_peer() -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut seed = 0x7261_6e64_6f6d_u64;
+            while let Ok((mut s, _)) = l.accept().await {
+                seed += 1;
+                tokio::spawn(async move {
+                    let mut w = Words(seed);
+                    let mut sink = [0u8; 4096];
+                    let _ = tokio::time::timeout(Duration::from_millis(5), s.read(&mut sink)).await;
+                    let _ = s.write_all(&random_answer(&mut w)).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// What any peer answers reaches the caller as a value or an error,
+    /// in bounded time: never a panic, a hang or a read past the request.
+    #[tokio::test]
+    async fn random_answers_from_a_peer_are_values_or_errors() {
+        use crate::wire::chunk::{ApplyReply, ApplyRequest};
+        let addr = random_peer().await;
+        let pool = DataPool::new();
+        let wait = Duration::from_secs(2);
+        let mut failed = 0;
+        for i in 0..300u64 {
+            let started = Instant::now();
+            let ok = match i % 4 {
+                0 => {
+                    let req = ReadRequest {
+                        handle: i,
+                        version: 1,
+                        offset: 0,
+                        length: 4096,
+                    };
+                    match pool.read(&addr, &req, wait).await {
+                        Ok((data, _)) => {
+                            assert!(data.len() <= 4096, "a read returned {} bytes", data.len());
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                }
+                1 => pool
+                    .call::<_, ApplyReply>(&addr, Op::Apply, &ApplyRequest::default(), wait)
+                    .await
+                    .is_ok(),
+                2 => pool.ping(&addr, wait).await,
+                _ => {
+                    let (tx, rx) = mpsc::channel(1);
+                    tx.send(Bytes::from_static(&[7u8; 512])).await.unwrap();
+                    drop(tx);
+                    let h = PushHeader {
+                        data_id: i + 1,
+                        total_bytes: 512,
+                        chain: Vec::new(),
+                    };
+                    pool.push(&addr, &h, rx, wait).await.is_ok()
+                }
+            };
+            failed += usize::from(!ok);
+            assert!(
+                started.elapsed() < wait * 2,
+                "call {i} took {:?}",
+                started.elapsed()
+            );
+        }
+        eprintln!("random answers: {failed} of 300 calls failed");
+        assert!(failed > 0, "every random answer was taken");
+    }
+
     #[tokio::test]
     async fn requests_end_cleanly_only_between_requests() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
