@@ -10,6 +10,8 @@
 //! - [`history`]: a workload of create / rename / stat / delete whose every
 //!   result is predicted exactly, so a lost acknowledged mutation, a stale
 //!   read or a duplicated execution fails the test.
+//! - [`raw`]: gRPC calls with any bytes as the message, and seeded random
+//!   bodies, for the bad-input suites.
 //!
 //! The storage engine's own suites live beside the engine in
 //! `storage-engine/tests/`.
@@ -17,6 +19,7 @@
 pub mod cluster;
 pub mod history;
 pub mod masters;
+pub mod raw;
 
 /// Sends `sig` to a child we spawned and have not reaped.
 pub fn signal(child: Option<&std::process::Child>, sig: i32) -> anyhow::Result<()> {

@@ -12,6 +12,7 @@ use gfs_proto::wire::chunk::{MutateRequest, MutationKind, PushHeader};
 use gfs_proto::wire::detail_of;
 use gfs_tests::cluster::{Cluster, Spec};
 use gfs_tests::random_bytes;
+use gfs_tests::raw::{random_body, raw_unary};
 
 fn chunk_file(c: &Cluster, server: usize, handle: u64) -> std::path::PathBuf {
     c.servers[server]
@@ -1237,4 +1238,80 @@ async fn a_mutation_ahead_of_its_data_waits_for_it_and_no_longer() {
         waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
         "waited {waited:?}"
     );
+}
+
+/// The chunkserver's gRPC methods that name no other server (a mutation
+/// names its secondaries, a clone its source: random bytes there could
+/// name a host the server would call).
+const CHUNKSERVER_RANDOM_TARGETS: [&str; 6] = [
+    "/gfs.chunk.v1.Chunkserver/Apply",
+    "/gfs.chunk.v1.Chunkserver/Delete",
+    "/gfs.chunk.v1.Chunkserver/Revoke",
+    "/gfs.chunk.v1.Chunkserver/CopyLocal",
+    "/gfs.chunk.v1.Chunkserver/SetVersion",
+    "/gfs.chunk.v1.Chunkserver/Counters",
+];
+
+/// S1 at random on a chunkserver's control plane: seeded random bodies,
+/// shaped like protobuf or not, to every method that names no other
+/// server. Whatever each answers, no chunkserver panics and the cluster
+/// still writes and reads a file back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s1_random_bodies_to_a_chunkservers_methods_panic_none() {
+    use rand::SeedableRng;
+    let cluster = Cluster::start(Spec {
+        chunkservers: 3,
+        ..Spec::default()
+    })
+    .await
+    .expect("cluster");
+    let c = cluster.client();
+    let data = random_bytes(3 << 20, 43);
+    c.create("/before", 3).await.expect("create");
+    c.write_at("/before", 0, &data).await.expect("write");
+    let ch = tonic::transport::Channel::from_shared(format!("http://{}", cluster.servers[0].addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x6373_7261_6e64);
+    let (mut refused, mut taken) = (0, 0);
+    for _ in 0..150 {
+        for method in CHUNKSERVER_RANDOM_TARGETS {
+            let call = raw_unary(ch.clone(), method, random_body(&mut rng));
+            // An apply may wait for data or its turn up to the peer
+            // timeout; that is an answer in time too.
+            match tokio::time::timeout(Duration::from_millis(300), call).await {
+                Ok(Ok(_)) => taken += 1,
+                Ok(Err(_)) | Err(_) => refused += 1,
+            }
+        }
+    }
+    assert!(refused > 0 && taken > 0, "refused {refused}, taken {taken}");
+    // Random deletes and versions may have hit the file's chunks on this
+    // server: the file is read from the replicas that still hold it.
+    assert_eq!(
+        c.read_at("/before", 0, data.len() as u64)
+            .await
+            .expect("read after random bodies"),
+        data
+    );
+    let more = random_bytes(1 << 20, 44);
+    c.create("/after", 3).await.expect("create after");
+    c.write_at("/after", 0, &more).await.expect("write after");
+    assert_eq!(
+        c.read_at("/after", 0, more.len() as u64)
+            .await
+            .expect("read"),
+        more
+    );
+    for i in 0..cluster.servers.len() {
+        let log = std::fs::read_to_string(&cluster.servers[i].log).unwrap_or_default();
+        assert!(
+            !log.contains("panicked"),
+            "chunkserver {} panicked:\n{}",
+            i + 1,
+            cluster.server_log(i)
+        );
+    }
 }
