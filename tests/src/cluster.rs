@@ -343,6 +343,11 @@ impl Cluster {
         self.servers.iter().position(|s| s.id == id)
     }
 
+    /// Chunkserver `i`'s whole log.
+    pub fn server_log_text(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.servers[i].log).unwrap_or_default()
+    }
+
     pub fn server_log(&self, i: usize) -> String {
         crate::tail(&self.servers[i].log, 30)
     }

@@ -5,7 +5,9 @@
 use bytes::{Buf, BufMut, Bytes};
 use rand::Rng;
 use rand::rngs::StdRng;
+use std::time::Duration;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
 use tonic::transport::Channel;
 
 /// Sends bytes as they are, to reach the server's decoder with anything.
@@ -116,4 +118,40 @@ pub fn random_body(rng: &mut StdRng) -> Vec<u8> {
         }
     }
     b
+}
+
+/// How a server took a spray of random bodies.
+#[derive(Debug, Default)]
+pub struct Sprayed {
+    /// Calls answered with a value.
+    pub taken: usize,
+    /// Calls answered with an error.
+    pub refused: usize,
+    /// Calls not answered within the wait: method and round.
+    pub late: Vec<(String, usize)>,
+}
+
+/// `rounds` rounds of one `random_body` (seeded by `seed`) to each of
+/// `methods` over `ch`, each call given `wait` to answer.
+pub async fn spray(
+    ch: &Channel,
+    methods: &[&str],
+    rounds: usize,
+    seed: u64,
+    wait: Duration,
+) -> Sprayed {
+    use rand::SeedableRng;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = Sprayed::default();
+    for round in 0..rounds {
+        for method in methods {
+            let call = raw_unary(ch.clone(), method, random_body(&mut rng));
+            match tokio::time::timeout(wait, call).await {
+                Ok(Ok(_)) => out.taken += 1,
+                Ok(Err(_)) => out.refused += 1,
+                Err(_) => out.late.push((method.to_string(), round)),
+            }
+        }
+    }
+    out
 }

@@ -10,7 +10,7 @@ use gfs_proto::wire::master::master_chunkserver_client::MasterChunkserverClient;
 use gfs_proto::wire::master::{ChunkReport, HeartbeatRequest};
 use gfs_proto::wire::{ErrorKind, detail_of};
 use gfs_tests::masters::{MasterCluster, Timings};
-use gfs_tests::raw::{random_body, raw_unary};
+use gfs_tests::raw::{Sprayed, raw_unary, spray};
 use tonic::transport::Channel;
 
 async fn raw_call(ch: Channel, method: &str, body: Vec<u8>) -> tonic::Status {
@@ -115,20 +115,16 @@ const RANDOM_TARGETS: [&str; 16] = [
 /// no master panics and the cluster still serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s1_random_bodies_to_every_method_panic_no_master() {
-    use rand::SeedableRng;
     let c = MasterCluster::start(3, Timings::default()).expect("start");
     let ch = leader_channel(&c).await;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5331_7261_6e64);
-    let (mut refused, mut taken) = (0, 0);
-    for round in 0..100 {
-        for method in RANDOM_TARGETS {
-            let call = raw_unary(ch.clone(), method, random_body(&mut rng));
-            match tokio::time::timeout(Duration::from_secs(5), call).await {
-                Ok(Ok(_)) => taken += 1,
-                Ok(Err(_)) => refused += 1,
-                Err(_) => panic!("{method} (round {round}) did not answer in 5 s"),
-            }
-        }
+    let wait = Duration::from_secs(5);
+    let Sprayed {
+        taken,
+        refused,
+        late,
+    } = spray(&ch, &RANDOM_TARGETS, 100, 0x5331_7261_6e64, wait).await;
+    if let Some((method, round)) = late.first() {
+        panic!("{method} (round {round}) did not answer in 5 s");
     }
     assert!(refused > 0 && taken > 0, "refused {refused}, taken {taken}");
     // Still serving (a random vote may have cost the leader its term).
