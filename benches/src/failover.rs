@@ -58,11 +58,10 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 pub async fn run(args: &FailoverArgs) -> Result<FailoverReport> {
     let timings = Timings {
-        extra_args: Vec::new(),
         heartbeat_ms: Some(args.heartbeat_ms),
         election_min_ms: Some(args.election_min_ms),
         election_max_ms: Some(args.election_max_ms),
-        snapshot_every: None,
+        ..Timings::default()
     };
     let mut cluster = MasterCluster::start(3, timings)?;
     cluster.leader(Duration::from_secs(20)).await?;

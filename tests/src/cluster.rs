@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use gfs_client::{Client, ClientOptions, MasterOptions};
 
+use crate::disk::SmallDisk;
 use crate::masters::{MasterCluster, Timings, cluster_ip, free_port};
 
 #[derive(Clone, Debug)]
@@ -82,8 +83,8 @@ pub struct Cluster {
     pub servers: Vec<ServerProc>,
     pub spec: Spec,
     bin: PathBuf,
-    /// tmpfs mounts to undo, before the directory holding them goes.
-    mounts: Vec<PathBuf>,
+    /// tmpfs mounts, undone before the directory holding them goes.
+    mounts: Vec<SmallDisk>,
     _dir: tempfile::TempDir,
 }
 
@@ -141,20 +142,7 @@ impl Cluster {
         }
         let mut mounts = Vec::new();
         for (i, bytes) in &spec.small_disks {
-            let d = &servers[*i].data_dir;
-            std::fs::create_dir_all(d)?;
-            let ok = std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-                .arg(d)
-                .status()
-                .context("running mount")?
-                .success();
-            anyhow::ensure!(
-                ok,
-                "mounting a tmpfs on {} failed (root needed)",
-                d.display()
-            );
-            mounts.push(d.clone());
+            mounts.push(SmallDisk::mount(&servers[*i].data_dir, *bytes)?);
         }
         let mut c = Self {
             masters,
@@ -400,11 +388,6 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
-        for m in &self.mounts {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(m)
-                .status();
-        }
+        self.mounts.clear();
     }
 }

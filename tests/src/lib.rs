@@ -7,6 +7,8 @@
 //!   restart and wipe one, wait for a leader; every child is ended when the
 //!   harness is dropped (also on a failing test) and dies with the test
 //!   process (`PR_SET_PDEATHSIG`).
+//! - [`disk`]: a small tmpfs on a server's data directory, to fill up and
+//!   free again (R11).
 //! - [`history`]: a workload of create / rename / stat / delete whose every
 //!   result is predicted exactly, so a lost acknowledged mutation, a stale
 //!   read or a duplicated execution fails the test.
@@ -17,6 +19,7 @@
 //! `storage-engine/tests/`.
 
 pub mod cluster;
+pub mod disk;
 pub mod history;
 pub mod masters;
 pub mod raw;

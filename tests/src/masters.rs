@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use gfs_client::{MasterClient, MasterOptions};
 
+use crate::disk::SmallDisk;
+
 pub(crate) static CLUSTERS: AtomicU32 = AtomicU32::new(0);
 
-/// Raft timings of the harness: the binary's defaults unless a test asks.
+/// Raft timings of the harness (the binary's defaults unless a test asks),
+/// and what else a test wants of every master.
 #[derive(Clone, Debug, Default)]
 pub struct Timings {
     pub heartbeat_ms: Option<u64>,
@@ -20,6 +23,9 @@ pub struct Timings {
     pub snapshot_every: Option<u64>,
     /// More flags for every master (chunk size, lease timings, ...).
     pub extra_args: Vec<String>,
+    /// Masters whose data directory is a tmpfs of this many bytes (a
+    /// small disk that fills up: [`MasterCluster::disk`]); needs root.
+    pub small_disks: Vec<(usize, u64)>,
 }
 
 #[derive(Debug)]
@@ -37,6 +43,8 @@ pub struct MasterCluster {
     pub masters: Vec<MasterProc>,
     bin: PathBuf,
     timings: Timings,
+    /// The small disks, by master; unmounted before `_dir` goes.
+    disks: Vec<(usize, SmallDisk)>,
     _dir: tempfile::TempDir,
 }
 
@@ -73,10 +81,15 @@ impl MasterCluster {
                 stopped: false,
             });
         }
+        let mut disks = Vec::new();
+        for (i, bytes) in &timings.small_disks {
+            disks.push((*i, SmallDisk::mount(&masters[*i].data_dir, *bytes)?));
+        }
         let mut c = Self {
             masters,
             bin: crate::binary("gfs-master")?,
             timings,
+            disks,
             _dir: dir,
         };
         for i in 0..n {
@@ -191,6 +204,11 @@ impl MasterCluster {
         self.spawn(i)
     }
 
+    /// Master `i`'s small disk, if `Timings::small_disks` gave it one.
+    pub fn disk(&self, i: usize) -> Option<&SmallDisk> {
+        self.disks.iter().find(|(j, _)| *j == i).map(|(_, d)| d)
+    }
+
     pub fn is_running(&self, i: usize) -> bool {
         self.masters[i].child.is_some()
     }
@@ -246,6 +264,7 @@ impl Drop for MasterCluster {
                 let _ = c.wait();
             }
         }
+        self.disks.clear();
     }
 }
 
