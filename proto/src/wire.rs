@@ -97,9 +97,15 @@ pub fn error(kind: ErrorKind, message: impl Into<String>) -> Status {
     })
 }
 
+/// How tonic begins the message of a status it made from an HTTP/2 error.
+const H2_ERROR: &str = "h2 protocol error";
+
 /// What a status says, whether a gfs server sent it or the transport made it
 /// up (a refused connection, a deadline): the latter become `Unavailable`
-/// (or `InvalidArgument` for a request the peer could not decode).
+/// (or `InvalidArgument` for a request the peer could not decode). An
+/// HTTP/2 error of the connection (tonic calls it `INTERNAL`, e.g. a call
+/// caught by a server's shutdown) says nothing of the request: it is
+/// `Unavailable` too, so the caller tries again or elsewhere.
 pub fn detail_of(s: &Status) -> ErrorDetail {
     if let Ok(d) = ErrorDetail::decode(s.details())
         && d.kind() != ErrorKind::Unspecified
@@ -107,6 +113,7 @@ pub fn detail_of(s: &Status) -> ErrorDetail {
         return d;
     }
     let kind = match s.code() {
+        Code::Internal if s.message().starts_with(H2_ERROR) => ErrorKind::Unavailable,
         Code::InvalidArgument => ErrorKind::InvalidArgument,
         Code::NotFound => ErrorKind::NotFound,
         Code::AlreadyExists => ErrorKind::AlreadyExists,
@@ -125,6 +132,19 @@ pub fn detail_of(s: &Status) -> ErrorDetail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transport_errors_are_unavailable_and_a_servers_internal_stays() {
+        let h2 = Status::internal("h2 protocol error: http2 error");
+        assert_eq!(detail_of(&h2).kind(), ErrorKind::Unavailable);
+        assert_eq!(detail_of(&h2).message, "h2 protocol error: http2 error");
+        let ours = error(ErrorKind::Internal, "h2 protocol error, said the server");
+        assert_eq!(detail_of(&ours).kind(), ErrorKind::Internal);
+        let bare = Status::internal("failed to decode the reply");
+        assert_eq!(detail_of(&bare).kind(), ErrorKind::Internal);
+        let refused = Status::unavailable("tcp connect error");
+        assert_eq!(detail_of(&refused).kind(), ErrorKind::Unavailable);
+    }
 
     #[test]
     fn details_round_trip_with_matching_codes() {
