@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use gfs_proto::wire::ErrorKind;
+use gfs_tests::disk::SmallDisk;
 use gfs_tests::history::Workload;
 use gfs_tests::masters::{MasterCluster, Partition, Timings};
 
@@ -266,4 +267,185 @@ async fn sigterm_hands_leadership_over() {
         .await
         .expect("create after hand-over");
     cl.stat("/before", false).await.expect("nothing lost");
+}
+
+/// How long a master whose disk filled up may take to serve again once
+/// space frees (it starts again from its store every 4 s at most).
+const RECOVERY: Duration = Duration::from_secs(30);
+
+/// Masters on small disks (R11): a tmpfs of 64 MiB each.
+fn on_small_disks() -> Option<MasterCluster> {
+    if !SmallDisk::available() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return None;
+    }
+    let c = MasterCluster::start(
+        3,
+        Timings {
+            small_disks: (0..3).map(|i| (i, 64 << 20)).collect(),
+            ..Timings::default()
+        },
+    )
+    .expect("start masters");
+    Some(c)
+}
+
+/// Keeps master `i`'s disk full for `hold` (a restarting master frees
+/// some space as its store recovers: taken back at once), and waits until
+/// the master says, in its answers, that it is out of service for want of
+/// space.
+async fn hold_full(c: &MasterCluster, i: usize, hold: Duration) {
+    let disk = c.disk(i).expect("a small disk");
+    let start = std::time::Instant::now();
+    let mut said = None;
+    while start.elapsed() < hold || said.is_none() {
+        disk.fill().expect("fill");
+        if said.is_none()
+            && let Err(e) = c.client_of(i).status_of(0).await
+            && e.message.contains("out of service")
+        {
+            said = Some(e);
+        }
+        assert!(
+            start.elapsed() < hold + RECOVERY,
+            "master {} never said it was out of service:\n{}",
+            i + 1,
+            c.log_tail(i)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let e = said.expect("checked above");
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    assert!(e.message.contains("No space left on device"), "{e}");
+}
+
+/// Waits until master `i` serves again (leads, or follows the leader
+/// with everything the leader had applied when this was called).
+async fn rejoined(c: &MasterCluster, i: usize) {
+    let leader = c.leader(LEADER_WAIT).await.expect("a leader");
+    let target = c
+        .client_of(leader)
+        .status_of(0)
+        .await
+        .expect("status")
+        .applied_index;
+    let start = std::time::Instant::now();
+    loop {
+        let s = c.client_of(i).status_of(0).await;
+        if let Ok(s) = &s
+            && s.state == if i == leader { "leader" } else { "follower" }
+            && s.leader_id == c.masters[leader].id
+            && s.applied_index >= target
+        {
+            return;
+        }
+        assert!(
+            start.elapsed() < RECOVERY,
+            "master {} not back {RECOVERY:?} after space freed: {s:?}\n{}",
+            i + 1,
+            c.log_tail(i)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn assert_no_panic(c: &MasterCluster) {
+    for i in 0..c.masters.len() {
+        assert!(c.is_running(i), "master {} exited", i + 1);
+        let log = c.log_text(i);
+        assert!(
+            !log.contains("panicked"),
+            "master {} panicked:\n{log}",
+            i + 1
+        );
+    }
+}
+
+/// R11 (master side): the leader's disk fills up under load. The other
+/// two go on (a new leader; the workload sees no error and loses nothing),
+/// the full master stays up and answers that it is out of service and
+/// why, and once space frees it rejoins by itself and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_a_full_disk_on_the_leader_costs_nothing() {
+    let Some(c) = on_small_disks() else { return };
+    let full = c.leader(LEADER_WAIT).await.expect("a leader");
+    let w = workload(&c, "/r11");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    hold_full(&c, full, Duration::from_secs(3)).await;
+    let new = c.leader(LEADER_WAIT).await.expect("a new leader");
+    assert_ne!(new, full, "the full master still leads");
+    c.disk(full).unwrap().free().expect("free");
+    rejoined(&c, full).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = w.finish().await;
+    assert_clean(&c, &report);
+    assert_no_panic(&c);
+}
+
+/// R11, every master's disk full: a mutation fails in bounded time with
+/// an error that says why, nothing acknowledged before is lost, and once
+/// space frees the cluster serves again by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_every_master_disk_full_is_a_clear_error_then_heals() {
+    let Some(c) = on_small_disks() else { return };
+    c.leader(LEADER_WAIT).await.expect("a leader");
+    let cl = c.client();
+    cl.mkdir("/before", true).await.expect("mkdir");
+    cl.mkdir("/during", true).await.expect("mkdir");
+    for i in 0..20 {
+        cl.create(&format!("/before/{i}"), 0).await.expect("create");
+    }
+    for i in 0..3 {
+        c.disk(i).unwrap().fill().expect("fill");
+    }
+    let impatient = gfs_client::MasterClient::new(
+        &c.addrs(),
+        gfs_client::MasterOptions {
+            deadline: Duration::from_secs(10),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let mut i = 0;
+    let e = loop {
+        // The first creates may still fit in what a store had in hand.
+        for d in 0..3 {
+            c.disk(d).unwrap().fill().expect("fill");
+        }
+        match impatient.create(&format!("/during/{i}"), 0).await {
+            Ok(()) => i += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "creates still succeed on full disks"
+        );
+    };
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    assert!(
+        e.message.contains("out of service") && e.message.contains("No space left on device"),
+        "an error that does not say why: {e}"
+    );
+    for d in 0..3 {
+        c.disk(d).unwrap().free().expect("free");
+    }
+    let start = std::time::Instant::now();
+    while let Err(e) = cl.create("/after", 0).await {
+        assert!(
+            start.elapsed() < RECOVERY,
+            "no create {RECOVERY:?} after space freed: {e}"
+        );
+    }
+    let listed = cl.list("/before").await.expect("list");
+    assert_eq!(listed.len(), 20, "{listed:?}");
+    for j in 0..i {
+        cl.stat(&format!("/during/{j}"), false)
+            .await
+            .expect("an acknowledged create");
+    }
+    for d in 0..3 {
+        rejoined(&c, d).await;
+    }
+    assert_no_panic(&c);
 }

@@ -11,6 +11,7 @@ pub mod grant;
 pub mod meta;
 pub mod network;
 pub mod node;
+mod outage;
 pub mod soft;
 pub mod versions;
 
@@ -25,6 +26,8 @@ use gfs_proto::wire::master::master_chunkserver_server::MasterChunkserverServer;
 use gfs_proto::wire::master::master_meta_server::MasterMetaServer;
 use gfs_proto::wire::master::raft_server::RaftServer;
 use openraft::{BasicNode, Raft, SnapshotPolicy};
+
+use crate::store::TypeConfig;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
@@ -47,21 +50,133 @@ fn raft_config(cfg: &MasterConfig) -> Result<openraft::Config, String> {
     c.validate().map_err(|e| e.to_string())
 }
 
-/// Opens the store, starts Raft and serves every service on `listener`
-/// until `shutdown` resolves; then, if this master leads, hands leadership
-/// to another voter before stopping.
+/// The first wait out of service after a run of the master ended with its
+/// store failing, doubled after every start that failed again, up to
+/// [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(4);
+
+/// How long a stopping server may take to finish the calls in flight.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// How one start of the master ended.
+enum Ended {
+    /// `shutdown` resolved.
+    Stopped,
+    /// The store failed under Raft (a full disk, an I/O error): Raft has
+    /// stopped, and the services with it.
+    StoreFailed(String),
+}
+
+/// Serves this master on `listener` until `shutdown` resolves; then, if it
+/// leads, hands leadership to another voter before stopping.
+///
+/// A store that fails once the master has started (a full disk, an I/O
+/// error: R11) stops Raft, and a stopped Raft would leave a master that
+/// answers but never serves again. Instead the master closes its services,
+/// answers every call with `UNAVAILABLE` naming the failure (`outage`),
+/// and starts again from its store every [`RETRY_MIN`] to [`RETRY_MAX`],
+/// as a restarted process would: the log on disk and the leader bring it
+/// back up to date, so space freed on a full disk is all it takes. A start
+/// that fails before the master ever served (a bad directory, a store it
+/// cannot open) is returned as an error.
 pub async fn run(
     cfg: MasterConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut listener = Some(listener);
+    let mut served = false;
+    let mut retry = RETRY_MIN;
+    loop {
+        let l = match listener.take() {
+            Some(l) => l,
+            None => bind(cfg.listen).await?,
+        };
+        let started = tokio::time::Instant::now();
+        let why = match serve(&cfg, l, shutdown.as_mut(), &mut served).await {
+            Ok(Ended::Stopped) => return Ok(()),
+            Ok(Ended::StoreFailed(why)) => why,
+            Err(e) if served => e,
+            Err(e) => return Err(e),
+        };
+        // A start that held for a while earns a quick retry; one that
+        // failed again at once (the disk is still full) a longer wait.
+        if started.elapsed() > RETRY_MAX * 2 {
+            retry = RETRY_MIN;
+        }
+        let why = format!("master {} is out of service: {why}", cfg.id);
+        tracing::error!("{why}; starting again from its store in {retry:?}");
+        if outage::refuse_for(cfg.listen, &why, retry, shutdown.as_mut()).await? {
+            return Ok(());
+        }
+        retry = (retry * 2).min(RETRY_MAX);
+    }
+}
+
+/// Binds `addr`, waiting a little for a server of this process that just
+/// stopped to let go of it.
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, String> {
+    let mut tries = 0;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(format!("binding {addr}: {e}")),
+        }
+    }
+}
+
+/// Waits for a server told to stop to finish the calls in flight, for
+/// [`STOP_WAIT`] at most; then drops it with its connections.
+async fn stop_server<E: std::fmt::Display>(
+    server: &mut tokio::task::JoinHandle<Result<(), E>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(STOP_WAIT, &mut *server).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(format!("server: {e}")),
+        Ok(Err(e)) => Err(format!("server task: {e}")),
+        Err(_) => {
+            server.abort();
+            let _ = (&mut *server).await;
+            Ok(())
+        }
+    }
+}
+
+/// The reason Raft stopped, once it has.
+async fn raft_stopped(raft: &Raft<TypeConfig>) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(e) = &metrics.borrow_and_update().running_state {
+            return e.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "Raft stopped".into();
+        }
+    }
+}
+
+/// One start of the master: opens the store, starts Raft and serves every
+/// service on `listener` until `shutdown` resolves or the store fails.
+/// `served` is set once the services are up.
+async fn serve(
+    cfg: &MasterConfig,
+    listener: TcpListener,
+    shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + ?Sized)>,
+    served: &mut bool,
+) -> Result<Ended, String> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| format!("creating {}: {e}", cfg.data_dir.display()))?;
     let (log, sm) = crate::store::open(&cfg.data_dir.join("raft"), cfg.chunk_size_bytes)
         .map_err(|e| format!("opening the master store: {e}"))?;
     let applied = sm.applied();
     let net = network::Network::new(Some(cfg.listen.ip()));
-    let raft = Raft::new(cfg.id, Arc::new(raft_config(&cfg)?), net, log, sm)
+    let raft = Raft::new(cfg.id, Arc::new(raft_config(cfg)?), net, log, sm)
         .await
         .map_err(|e| format!("starting raft: {e}"))?;
     let node = Arc::new(Node {
@@ -76,7 +191,10 @@ pub async fn run(
         proposer: batch::Proposer::start(raft.clone()),
         started_ms: node::now_ms(),
     });
-    bootstrap(&node).await?;
+    if let Err(e) = bootstrap(&node).await {
+        let _ = raft.shutdown().await;
+        return Err(e);
+    }
     let background = tokio::spawn(duties::run(node.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -109,25 +227,32 @@ pub async fn run(
                 let _ = stop_rx.await;
             },
         );
-    let server = tokio::spawn(serve);
+    let mut server = tokio::spawn(serve);
+    *served = true;
     tracing::info!(id = cfg.id, listen = %cfg.listen, "master serving");
-    shutdown.await;
-    tracing::info!("shutting down");
-    if node.is_leader()
-        && let Some(target) = admin::successor(&node)
-    {
-        match admin::hand_over(&node, target, Duration::from_secs(5)).await {
-            Ok(()) => tracing::info!(to = target, "leadership handed over"),
-            Err(e) => tracing::warn!("leadership hand-over failed: {}", e.message()),
+    let ended = tokio::select! {
+        () = shutdown => Ended::Stopped,
+        why = raft_stopped(&raft) => Ended::StoreFailed(why),
+    };
+    if let Ended::Stopped = ended {
+        tracing::info!("shutting down");
+        if node.is_leader()
+            && let Some(target) = admin::successor(&node)
+        {
+            match admin::hand_over(&node, target, Duration::from_secs(5)).await {
+                Ok(()) => tracing::info!(to = target, "leadership handed over"),
+                Err(e) => tracing::warn!("leadership hand-over failed: {}", e.message()),
+            }
         }
     }
     background.abort();
+    let _ = background.await;
     let _ = stop_tx.send(());
+    let stopped = stop_server(&mut server).await;
     let _ = raft.shutdown().await;
-    match server.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("server: {e}")),
-        Err(e) => Err(format!("server task: {e}")),
+    match ended {
+        Ended::Stopped => stopped.map(|()| Ended::Stopped),
+        failed => Ok(failed),
     }
 }
 
