@@ -270,8 +270,9 @@ impl Drop for MasterCluster {
 
 /// An nftables table dropping traffic between two sets of servers (one
 /// master and the others; a chunkserver and the masters), in both
-/// directions; removed on drop. Clients (other source addresses) still
-/// reach every server.
+/// directions, all of it or some at random; removed on drop. Clients
+/// (other source addresses) still reach every server, but for
+/// [`Partition::lossy_around`].
 #[derive(Debug)]
 pub struct Partition {
     table: String,
@@ -309,25 +310,72 @@ impl Partition {
     /// "ip:port" or "ip"). Each process connects from its own address, so
     /// this cuts exactly the traffic between those processes.
     pub fn between(a: &[&str], b: &[&str]) -> anyhow::Result<Self> {
-        let ips = |set: &[&str]| -> String {
-            set.iter()
-                .map(|x| x.split(':').next().unwrap_or_default())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        Self::rule(a, b, "drop")
+    }
+
+    /// Drops `percent` of the packets between `a` and `b` (both ways), at
+    /// random: a lossy link, where TCP retransmits and every call runs late
+    /// now and then.
+    pub fn lossy(a: &[&str], b: &[&str], percent: u32) -> anyhow::Result<Self> {
+        anyhow::ensure!(percent <= 100, "{percent} % of the packets");
+        Self::rule(a, b, &format!("numgen random mod 100 < {percent} drop"))
+    }
+
+    /// Drops `percent` of the packets to or from any address of `a`, at
+    /// random, whoever the other end is (clients, masters, each other).
+    pub fn lossy_around(a: &[&str], percent: u32) -> anyhow::Result<Self> {
+        anyhow::ensure!(percent <= 100, "{percent} % of the packets");
+        let a = ips(a);
+        let drop = format!("numgen random mod 100 < {percent} drop");
+        Self::install(&format!(
+            "ip saddr {{ {a} }} {drop}\n  ip daddr {{ {a} }} {drop}"
+        ))
+    }
+
+    /// Drops the calls from the addresses of `from` to the servers `to`
+    /// ("ip:port": packets to that port), while calls the other way (a
+    /// chunkserver's heartbeats to the masters) and their answers pass.
+    pub fn calls(from: &[&str], to: &[&str]) -> anyhow::Result<Self> {
+        let from = ips(from);
+        let rules: Vec<String> = to
+            .iter()
+            .map(|addr| {
+                let (ip, port) = addr.rsplit_once(':').unwrap_or((addr, "0"));
+                format!("ip saddr {{ {from} }} ip daddr {ip} tcp dport {port} drop")
+            })
+            .collect();
+        Self::install(&rules.join("\n  "))
+    }
+
+    fn rule(a: &[&str], b: &[&str], verdict: &str) -> anyhow::Result<Self> {
         let (a, b) = (ips(a), ips(b));
+        Self::install(&format!(
+            "ip saddr {{ {a} }} ip daddr {{ {b} }} {verdict}\n  \
+             ip saddr {{ {b} }} ip daddr {{ {a} }} {verdict}"
+        ))
+    }
+
+    /// A table of its own with `rules` in an input chain.
+    fn install(rules: &str) -> anyhow::Result<Self> {
         let table = format!(
             "gfs_test_{}_{}",
             std::process::id(),
             PARTITIONS.fetch_add(1, Ordering::Relaxed)
         );
-        let script = format!(
-            "table ip {table} {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n  \
-             ip saddr {{ {a} }} ip daddr {{ {b} }} drop\n  ip saddr {{ {b} }} ip daddr {{ {a} }} drop\n }}\n}}\n"
-        );
-        nft(&script)?;
+        nft(&format!(
+            "table ip {table} {{\n chain input {{\n  \
+             type filter hook input priority -10; policy accept;\n  {rules}\n }}\n}}\n"
+        ))?;
         Ok(Self { table })
     }
+}
+
+/// The IP addresses of "ip:port"s (or "ip"s), as an nftables set's body.
+fn ips(set: &[&str]) -> String {
+    set.iter()
+        .map(|x| x.split(':').next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn nft(script: &str) -> anyhow::Result<()> {
