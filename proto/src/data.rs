@@ -68,6 +68,12 @@ const IDLE_REUSE: Duration = Duration::from_secs(30);
 /// a byte moving mean it stopped.
 pub const PUSH_STALL_PER_HOP: Duration = Duration::from_secs(2);
 
+/// How long a new connection may take: past the kernel's first SYN
+/// retransmission (after 1 s), so one lost SYN or SYN-ACK on a lossy
+/// link costs a second, not the mutation (a dead host's kernel answers
+/// no SYN and costs this much; a killed process's answers at once).
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(2_500);
+
 /// Idle connections kept per server.
 const IDLE_PER_ADDR: usize = 16;
 
@@ -358,7 +364,7 @@ impl DataPool {
                 return Ok(s);
             }
         }
-        let s = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
+        let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| unavailable(addr, "connecting timed out"))?
             .map_err(|e| unavailable(addr, &e.to_string()))?;

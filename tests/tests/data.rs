@@ -408,6 +408,54 @@ async fn r8_appenders_survive_kills_of_a_secondary_and_a_primary() {
     check_records(&c, &acked).await;
 }
 
+/// Lossy links: nftables drops 5 % of the packets to or from every
+/// chunkserver, at random (the clients' calls, the chain's pushes, the
+/// primaries' forwards, heartbeats), while 8 clients append records and
+/// one writes a file. TCP retransmits and calls run late; every
+/// acknowledged record is read back exactly once, the file reads back
+/// whole, and once the links heal every chunk is fully replicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lossy_links_around_the_chunkservers_lose_nothing() {
+    use gfs_tests::masters::Partition;
+    if !Partition::available() {
+        eprintln!("skipped: needs root and nft (scripts/setup installs nftables)");
+        return;
+    }
+    let (cluster, c, clients) = shared_log_cluster().await;
+    let servers: Vec<String> = cluster
+        .lock()
+        .await
+        .servers
+        .iter()
+        .map(|s| s.addr.clone())
+        .collect();
+    let servers: Vec<&str> = servers.iter().map(String::as_str).collect();
+    let loss = Partition::lossy_around(&servers, 5).expect("nft");
+    let data = random_bytes(6 << 20, 41);
+    let writer = {
+        let (c, data) = (c.clone(), data.clone());
+        tokio::spawn(async move {
+            let mut w = Writer::create(&c, "/file").await.expect("create");
+            w.write_all(&data).await.expect("write");
+            w.close().await.expect("close")
+        })
+    };
+    let acked = append_with(clients, 20, 150_000, Duration::from_millis(20)).await;
+    assert_eq!(writer.await.expect("writer"), data.len() as u64);
+    drop(loss);
+    check_records(&c, &acked).await;
+    assert!(
+        read_all(&c, "/file").await == data,
+        "the file reads back otherwise"
+    );
+    cluster
+        .lock()
+        .await
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .expect("fully replicated after the heal");
+}
+
 /// Kills the master leader (kill -9, restarted as a follower) `times`
 /// times, 600 ms apart; how many kills there were.
 async fn kill_the_leader(cluster: Arc<tokio::sync::Mutex<Cluster>>, times: usize) -> usize {
