@@ -646,6 +646,101 @@ async fn a_version_bump_without_a_later_write_keeps_the_chunk_readable() {
     assert!(got[..] == data[..]);
 }
 
+/// Every replica misses a grant's new version: the masters' calls to the
+/// chunkservers are dropped (their heartbeats still pass) while a writer's
+/// report of a failed secondary makes the leader grant the chunk again.
+/// The grant stays unconfirmed and the replicas that did not take it stay
+/// the chunk's, so once the calls pass again the grant completes and the
+/// chunk reads and writes, its data intact. (They were forgotten: the
+/// chunk then had no replica at all until every server's next full
+/// report, which a running master never asks for.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_that_miss_every_new_version_stay_the_chunks() {
+    use gfs_tests::masters::Partition;
+    if !Partition::available() {
+        eprintln!("skipped: needs root and nft (scripts/setup installs nftables)");
+        return;
+    }
+    let cluster = Cluster::start(Spec::default()).await.expect("cluster");
+    let c = cluster.client();
+    let data = random_bytes(300_000, 5);
+    c.create("/f", 0).await.expect("create");
+    c.write_at("/f", 0, &data).await.expect("write");
+    let chunk = c.chunks("/f").await.expect("chunks").remove(0);
+    let masters = cluster.masters.addrs();
+    let masters: Vec<&str> = masters.iter().map(String::as_str).collect();
+    let servers: Vec<&str> = cluster.servers.iter().map(|s| s.addr.as_str()).collect();
+    let cut = Partition::calls(&masters, &servers).expect("nft");
+    let impatient = gfs_client::MasterClient::new(
+        &cluster.masters.addrs(),
+        gfs_client::MasterOptions {
+            // One attempt, waited for to its end: every round of the grant.
+            deadline: Duration::from_secs(1),
+            attempt_timeout: Duration::from_secs(20),
+            ..Default::default()
+        },
+    )
+    .expect("addrs");
+    let e = impatient
+        .write_chunk("/f", 0, &[gfs_tests::a_secondary(&chunk)])
+        .await
+        .expect_err("no replica can take a new version");
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    drop(cut);
+    let start = std::time::Instant::now();
+    let fresh = cluster.client();
+    loop {
+        match fresh.read_at("/f", 0, data.len() as u64).await {
+            Ok(got) => {
+                assert!(got[..] == data[..], "the chunk reads back otherwise");
+                break;
+            }
+            Err(e) => assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the chunk is still unreadable 20 s after the calls pass again: {e}; {:?}",
+                c.chunks("/f").await
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.write_at("/f", 0, &data[..1000])
+        .await
+        .expect("a write after");
+}
+
+/// A writer that reports every replica of a chunk failed (each failed one
+/// of its mutations, as on a lossy network): they still hold every
+/// acknowledged mutation, and with no other replica they stay the
+/// chunk's, at a new version. (They were forgotten, and the chunk had no
+/// replica left.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_report_of_every_replica_failed_keeps_them_the_chunks() {
+    let cluster = Cluster::start(Spec::default()).await.expect("cluster");
+    let c = cluster.client();
+    let data = random_bytes(200_000, 6);
+    c.create("/f", 0).await.expect("create");
+    c.write_at("/f", 0, &data).await.expect("write");
+    let chunk = c.chunks("/f").await.expect("chunks").remove(0);
+    let all: Vec<u64> = chunk.replicas.iter().map(|r| r.node_id).collect();
+    let bumped = c
+        .master()
+        .write_chunk("/f", 0, &all)
+        .await
+        .expect("a grant over the failed replicas");
+    assert!(bumped.version > chunk.version, "{bumped:?}");
+    let mut kept: Vec<u64> = bumped.replicas.iter().map(|r| r.node_id).collect();
+    kept.sort_unstable();
+    let mut all = all;
+    all.sort_unstable();
+    assert_eq!(kept, all, "{bumped:?}");
+    let got = cluster
+        .client()
+        .read_at("/f", 0, data.len() as u64)
+        .await
+        .expect("read");
+    assert!(got[..] == data[..]);
+}
+
 /// A leader killed after logging a lease grant but before any replica
 /// took the new version: every replica is one version behind the chunk
 /// table. The next leader completes the grant over them, so the chunk
@@ -976,8 +1071,7 @@ async fn a_primary_stalling_mid_write_costs_its_lease_not_the_call_timeout() {
 /// placed elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r11_a_full_disk_on_a_chunkserver_costs_no_data() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !gfs_tests::disk::SmallDisk::available() {
         eprintln!("skipped: mounting a small tmpfs needs root");
         return;
     }
@@ -1035,8 +1129,7 @@ async fn r11_a_full_disk_on_a_chunkserver_costs_no_data() {
 /// clone is not sent another for 10 s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r11_every_disk_full_is_a_clear_error() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !gfs_tests::disk::SmallDisk::available() {
         eprintln!("skipped: mounting a small tmpfs needs root");
         return;
     }

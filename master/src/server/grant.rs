@@ -191,17 +191,27 @@ pub async fn finish(
     } else {
         Vec::new()
     };
+    // With no candidate at the new version, the grant stays unconfirmed
+    // and the replicas at the version before are still the chunk's (no
+    // mutation was acknowledged at the new one): forgotten, the chunk
+    // would have none, and a lossy network (every `SetVersion` lost or
+    // late) would leave it unreadable and unwritable until each server's
+    // next full report. They are kept, for the next round or the duty
+    // that completes unconfirmed grants.
+    let took = candidates.iter().any(|n| !refused.contains(n));
     {
         let (mut soft, now) = (node.soft(), now_ms());
         for n in candidates {
             if refused.contains(n) {
-                // Left at the old version: stale from now on. A server
-                // that did not answer may be stalled yet not declared
-                // dead: new chunks and their copies go elsewhere first,
-                // or the copy this chunk now needs could be ordered from
-                // the same server and hold the chunk's writers for the
-                // copy's whole timeout.
-                soft.forget(handle, *n);
+                // Left at the old version: stale from now on, if another
+                // took the new one. A server that did not answer may be
+                // stalled yet not declared dead: new chunks and their
+                // copies go elsewhere first, or the copy this chunk now
+                // needs could be ordered from the same server and hold
+                // the chunk's writers for the copy's whole timeout.
+                if took {
+                    soft.forget(handle, *n);
+                }
                 soft.suspect(*n, now);
             } else {
                 soft.expect(handle, *n, lease.version);
@@ -223,7 +233,7 @@ pub async fn finish(
     // answer in time may still take this version late, and a client handed
     // this lease before the next bump could have mutations acknowledged
     // without it, which it would then pass for current with.
-    if granted && again.is_empty() && candidates.iter().any(|n| !refused.contains(n)) {
+    if granted && again.is_empty() && took {
         let confirm = Command::ConfirmVersion {
             handle,
             version: lease.version,

@@ -680,7 +680,23 @@ impl MasterMeta for MetaService {
             let counted = failed
                 .iter()
                 .any(|n| !soft.was_left_out(handle, version, *n));
-            for n in &failed {
+            // A failed replica still holds every acknowledged mutation (one
+            // is acknowledged only once every replica applied it, and a
+            // replica applies a chunk's mutations in order): it is left
+            // out of the next version only if another replica can carry
+            // it. With none left (a lossy network can fail every replica
+            // in turn), forgetting them would leave the chunk none at all
+            // until each server's next full report.
+            let floor = if unconfirmed {
+                ChunkVersion(version.0.saturating_sub(1))
+            } else {
+                version
+            };
+            let others = soft
+                .replicas(handle, floor, now, timeout)
+                .iter()
+                .any(|s| !failed.contains(&s.id));
+            for n in failed.iter().filter(|_| others) {
                 // It missed a mutation: it must not count as current even
                 // before the new version makes it stale.
                 soft.forget(handle, *n);
