@@ -451,7 +451,10 @@ async fn lossy_links_around_the_chunkservers_lose_nothing() {
     cluster
         .lock()
         .await
-        .wait_healthy(Duration::from_secs(30))
+        // Servers a writer reported failed during the loss are suspect for
+        // 60 s (`SUSPECT_FOR_MS`) and get no copies meanwhile; when every
+        // server that could take a short chunk's copy is one, it waits.
+        .wait_healthy(Duration::from_secs(90))
         .await
         .expect("fully replicated after the heal");
 }
