@@ -28,6 +28,8 @@ pub struct Spec {
     /// Chunkservers whose data directory is a tmpfs of this many bytes
     /// (a small disk that fills up); needs root.
     pub small_disks: Vec<(usize, u64)>,
+    /// The same for masters (`MasterCluster::disk`).
+    pub small_master_disks: Vec<(usize, u64)>,
     /// Masters give no new chunk to a server with less free space.
     pub min_free_bytes: u64,
     /// The leader's duties: grace before re-replicating a dead server's
@@ -56,6 +58,7 @@ impl Default for Spec {
             heartbeat_ms: 200,
             base_dir: None,
             small_disks: Vec::new(),
+            small_master_disks: Vec::new(),
             min_free_bytes: 0,
             rereplication_grace_ms: 1_000,
             clones_per_server: 2,
@@ -119,6 +122,7 @@ impl Cluster {
                 election_min_ms: Some(600),
                 election_max_ms: Some(1200),
                 extra_args,
+                small_disks: spec.small_master_disks.clone(),
                 ..Timings::default()
             },
         )?;

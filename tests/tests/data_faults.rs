@@ -1117,6 +1117,71 @@ async fn r11_a_full_disk_on_a_chunkserver_costs_no_data() {
     );
 }
 
+/// R11 (master side) during ingestion: the master leader's disk is full
+/// when a client starts writing a file of 24 chunks (each a grant and a
+/// version confirmation in the log), and kept full. The other two masters go on; the write ends
+/// without an error and reads back equal; once space frees the full
+/// master serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r11_a_full_disk_on_the_master_leader_mid_ingestion_costs_nothing() {
+    if !gfs_tests::disk::SmallDisk::available() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let cluster = Cluster::start(Spec {
+        small_master_disks: (0..3).map(|i| (i, 64 << 20)).collect(),
+        ..Spec::default()
+    })
+    .await
+    .expect("cluster");
+    let c = cluster.client();
+    let m = &cluster.masters;
+    let full = m.leader(Duration::from_secs(10)).await.expect("a leader");
+    let disk = m.disk(full).expect("a small disk");
+    disk.fill().expect("fill");
+    let data = random_bytes(24 << 20, 12);
+    let writer = {
+        let (c, data) = (c.clone(), data.clone());
+        tokio::spawn(async move {
+            let w = gfs_client::Writer::create(&c, "/big")
+                .await
+                .expect("create");
+            write_in_pieces(w, &data).await
+        })
+    };
+    // Kept full while the write goes on: a restarting store frees a little.
+    let start = Instant::now();
+    while !writer.is_finished() && start.elapsed() < Duration::from_secs(60) {
+        disk.fill().expect("fill");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let written = writer.await.expect("join").expect("the write");
+    assert_eq!(written, data.len() as u64);
+    assert!(
+        m.log_text(full).contains("No space left on device"),
+        "the leader's store never failed: the test filled nothing"
+    );
+    disk.free().expect("free");
+    assert_reads_back(&c, "/big", &data).await;
+    let start = Instant::now();
+    let serving =
+        |s: &gfs_proto::wire::master::StatusReply| s.state == "leader" || s.state == "follower";
+    while !m
+        .client_of(full)
+        .status_of(0)
+        .await
+        .is_ok_and(|s| serving(&s))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "master {} not back 30 s after space freed:\n{}",
+            full + 1,
+            m.log_tail(full)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// R11, every disk full: the writer gets a clear `NO_SPACE` error in
 /// bounded time, not a retry loop to its deadline.
 ///

@@ -322,19 +322,21 @@ async fn hold_full(c: &MasterCluster, i: usize, hold: Duration) {
 /// Waits until master `i` serves again (leads, or follows the leader
 /// with everything the leader had applied when this was called).
 async fn rejoined(c: &MasterCluster, i: usize) {
-    let leader = c.leader(LEADER_WAIT).await.expect("a leader");
+    let first = c.leader(LEADER_WAIT).await.expect("a leader");
     let target = c
-        .client_of(leader)
+        .client_of(first)
         .status_of(0)
         .await
         .expect("status")
         .applied_index;
     let start = std::time::Instant::now();
     loop {
+        // Masters that all came back at once may still change leader.
+        let leader = c.leader(Duration::from_secs(1)).await;
         let s = c.client_of(i).status_of(0).await;
-        if let Ok(s) = &s
-            && s.state == if i == leader { "leader" } else { "follower" }
-            && s.leader_id == c.masters[leader].id
+        if let (Ok(leader), Ok(s)) = (&leader, &s)
+            && s.state == if i == *leader { "leader" } else { "follower" }
+            && s.leader_id == c.masters[*leader].id
             && s.applied_index >= target
         {
             return;

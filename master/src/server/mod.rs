@@ -26,10 +26,10 @@ use gfs_proto::wire::master::master_chunkserver_server::MasterChunkserverServer;
 use gfs_proto::wire::master::master_meta_server::MasterMetaServer;
 use gfs_proto::wire::master::raft_server::RaftServer;
 use openraft::{BasicNode, Raft, SnapshotPolicy};
-
-use crate::store::TypeConfig;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
+
+use crate::store::TypeConfig;
 
 pub use config::MasterConfig;
 pub use node::Node;
