@@ -82,7 +82,8 @@ pub fn place(servers: &[ServerView], n: usize, min_free_bytes: u64) -> Vec<NodeI
 /// as `place` does. Never a suspect one: the chunk's lease is revoked for
 /// the copy, and a copy to a stalled server holds the chunk's writers out
 /// for the copy's whole timeout; the chunk is better left short until
-/// another server can take it.
+/// another server can take it (unless it is down to its last replica:
+/// `repair::assign` then asks again with every server trusted).
 pub fn place_one(
     servers: &[ServerView],
     holders: &[NodeId],

@@ -148,12 +148,17 @@ pub fn assign(
         else {
             continue;
         };
-        let Some(dest) = place_one(
-            servers,
-            &n.holders,
-            |id| load(busy, id) >= per_server,
-            min_free_bytes,
-        ) else {
+        let excluded = |id| load(busy, id) >= per_server;
+        let dest = place_one(servers, &n.holders, excluded, min_free_bytes).or_else(|| {
+            // A chunk down to its last replica goes to a suspect server
+            // rather than wait out its suspicion (60 s): its data first,
+            // its writers (held out while a copy to a stalled server
+            // times out) second.
+            (n.counting <= 1)
+                .then(|| place_one(&trusted(servers), &n.holders, excluded, min_free_bytes))
+                .flatten()
+        });
+        let Some(dest) = dest else {
             continue;
         };
         *busy.entry(source).or_default() += 1;
@@ -167,6 +172,17 @@ pub fn assign(
         });
     }
     orders
+}
+
+/// `servers` with no suspicion held against any.
+fn trusted(servers: &[ServerView]) -> Vec<ServerView> {
+    servers
+        .iter()
+        .map(|s| ServerView {
+            suspect: false,
+            ..s.clone()
+        })
+        .collect()
 }
 
 /// Servers further apart than this in disk use (millionths) are
@@ -382,6 +398,40 @@ mod tests {
         prioritize(&mut needs);
         let order: Vec<u64> = needs.iter().map(|n| n.handle.0).collect();
         assert_eq!(order, [13, 11, 12, 10]);
+    }
+
+    #[test]
+    fn only_a_chunk_down_to_its_last_replica_is_copied_to_a_suspect_server() {
+        let mut suspect = server(3, "b");
+        suspect.suspect = true;
+        let servers = [server(1, "a"), server(2, "a"), suspect];
+        let need = |handle: u64, on: &[u64]| Need {
+            handle: ChunkHandle(handle),
+            version: ChunkVersion(1),
+            counting: on.len(),
+            wanted: 3,
+            blocked: false,
+            leased: false,
+            sources: on.iter().map(|n| NodeId(*n)).collect(),
+            holders: on.iter().map(|n| NodeId(*n)).collect(),
+        };
+        // Two replicas: it waits for the suspicion to end.
+        let orders = assign(&[need(1, &[1, 2])], &servers, &mut HashMap::new(), 2, 1);
+        assert_eq!(orders, []);
+        // One: its copy goes to the suspect server, as a last resort only.
+        let orders = assign(&[need(2, &[1])], &servers, &mut HashMap::new(), 2, 1);
+        assert_eq!(orders.iter().map(|o| o.dest.0).collect::<Vec<_>>(), [2]);
+        let orders = assign(
+            &[need(3, &[1, 2])],
+            &servers[..2],
+            &mut HashMap::new(),
+            2,
+            1,
+        );
+        assert_eq!(orders, []);
+        let alone = [server(1, "a"), servers[2].clone()];
+        let orders = assign(&[need(4, &[1])], &alone, &mut HashMap::new(), 2, 1);
+        assert_eq!(orders.iter().map(|o| o.dest.0).collect::<Vec<_>>(), [3]);
     }
 
     #[test]
