@@ -400,12 +400,9 @@ mod tests {
         assert_eq!(order, [13, 11, 12, 10]);
     }
 
-    #[test]
-    fn only_a_chunk_down_to_its_last_replica_is_copied_to_a_suspect_server() {
-        let mut suspect = server(3, "b");
-        suspect.suspect = true;
-        let servers = [server(1, "a"), server(2, "a"), suspect];
-        let need = |handle: u64, on: &[u64]| Need {
+    /// A chunk short of replicas on servers `on` (each a source).
+    fn need_on(handle: u64, on: &[u64]) -> Need {
+        Need {
             handle: ChunkHandle(handle),
             version: ChunkVersion(1),
             counting: on.len(),
@@ -414,15 +411,22 @@ mod tests {
             leased: false,
             sources: on.iter().map(|n| NodeId(*n)).collect(),
             holders: on.iter().map(|n| NodeId(*n)).collect(),
-        };
+        }
+    }
+
+    #[test]
+    fn only_a_chunk_down_to_its_last_replica_is_copied_to_a_suspect_server() {
+        let mut suspect = server(3, "b");
+        suspect.suspect = true;
+        let servers = [server(1, "a"), server(2, "a"), suspect];
         // Two replicas: it waits for the suspicion to end.
-        let orders = assign(&[need(1, &[1, 2])], &servers, &mut HashMap::new(), 2, 1);
+        let orders = assign(&[need_on(1, &[1, 2])], &servers, &mut HashMap::new(), 2, 1);
         assert_eq!(orders, []);
         // One: its copy goes to the suspect server, as a last resort only.
-        let orders = assign(&[need(2, &[1])], &servers, &mut HashMap::new(), 2, 1);
+        let orders = assign(&[need_on(2, &[1])], &servers, &mut HashMap::new(), 2, 1);
         assert_eq!(orders.iter().map(|o| o.dest.0).collect::<Vec<_>>(), [2]);
         let orders = assign(
-            &[need(3, &[1, 2])],
+            &[need_on(3, &[1, 2])],
             &servers[..2],
             &mut HashMap::new(),
             2,
@@ -430,7 +434,7 @@ mod tests {
         );
         assert_eq!(orders, []);
         let alone = [server(1, "a"), servers[2].clone()];
-        let orders = assign(&[need(4, &[1])], &alone, &mut HashMap::new(), 2, 1);
+        let orders = assign(&[need_on(4, &[1])], &alone, &mut HashMap::new(), 2, 1);
         assert_eq!(orders.iter().map(|o| o.dest.0).collect::<Vec<_>>(), [3]);
     }
 
@@ -443,17 +447,11 @@ mod tests {
             server(4, "c"),
             server(5, "c"),
         ];
-        let need = |handle: u64, on: &[u64]| Need {
-            handle: ChunkHandle(handle),
-            version: ChunkVersion(1),
-            counting: on.len(),
-            wanted: 3,
-            blocked: false,
-            leased: false,
-            sources: on.iter().map(|n| NodeId(*n)).collect(),
-            holders: on.iter().map(|n| NodeId(*n)).collect(),
-        };
-        let needs = [need(1, &[1, 3]), need(2, &[1, 3]), need(3, &[1, 3])];
+        let needs = [
+            need_on(1, &[1, 3]),
+            need_on(2, &[1, 3]),
+            need_on(3, &[1, 3]),
+        ];
         let mut busy = HashMap::new();
         let orders = assign(&needs, &servers, &mut busy, 1, 1);
         // First: source 1 (ties by id), destination on the unused rack c.
