@@ -459,6 +459,43 @@ async fn lossy_links_around_the_chunkservers_lose_nothing() {
         .expect("fully replicated after the heal");
 }
 
+/// R11 during record appends: one chunkserver's disk (a 3 MiB tmpfs) fills
+/// up under 8 appenders. The full server fails its mutations (as primary
+/// it gives up its lease; as secondary it is versioned out), the appends
+/// go on elsewhere, every acknowledged record is read back exactly once,
+/// and the chunks end fully replicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r11_appends_onto_a_filling_disk_lose_nothing() {
+    if !gfs_tests::disk::SmallDisk::available() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let cluster = Cluster::start(Spec {
+        small_disks: vec![(0, 3 << 20)],
+        ..Spec::default()
+    })
+    .await
+    .expect("cluster");
+    let c = cluster.client();
+    c.create("/log", 0).await.expect("create");
+    let clients = (0..8).map(|_| cluster.client()).collect();
+    let acked = append_with(clients, 30, 150_000, Duration::from_millis(5)).await;
+    let failed = (0..cluster.servers.len()).any(|i| {
+        let log = cluster.server_log_text(i);
+        log.contains("gave up the lease after a local failure")
+            || log.contains("secondary failed a mutation")
+    });
+    assert!(
+        failed,
+        "the small disk never failed a mutation: the test filled nothing"
+    );
+    check_records(&c, &acked).await;
+    cluster
+        .wait_healthy(Duration::from_secs(60))
+        .await
+        .expect("fully replicated");
+}
+
 /// Kills the master leader (kill -9, restarted as a follower) `times`
 /// times, 600 ms apart; how many kills there were.
 async fn kill_the_leader(cluster: Arc<tokio::sync::Mutex<Cluster>>, times: usize) -> usize {
