@@ -56,6 +56,9 @@ fn raft_config(cfg: &MasterConfig) -> Result<openraft::Config, String> {
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(4);
 
+/// How often an unchanged reason for being out of service is logged.
+const SAY_AGAIN: Duration = Duration::from_secs(60);
+
 /// How long a stopping server may take to finish the calls in flight.
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
@@ -89,6 +92,7 @@ pub async fn run(
     let mut listener = Some(listener);
     let mut served = false;
     let mut retry = RETRY_MIN;
+    let mut said: Option<(String, tokio::time::Instant)> = None;
     loop {
         let l = match listener.take() {
             Some(l) => l,
@@ -107,7 +111,14 @@ pub async fn run(
             retry = RETRY_MIN;
         }
         let why = format!("master {} is out of service: {why}", cfg.id);
-        tracing::error!("{why}; starting again from its store in {retry:?}");
+        // Once a minute while nothing changes, not at every retry.
+        if said
+            .as_ref()
+            .is_none_or(|(w, at)| *w != why || at.elapsed() >= SAY_AGAIN)
+        {
+            tracing::error!("{why}; starting again from its store every {RETRY_MAX:?} at most");
+            said = Some((why.clone(), tokio::time::Instant::now()));
+        }
         if outage::refuse_for(cfg.listen, &why, retry, shutdown.as_mut()).await? {
             return Ok(());
         }
