@@ -164,6 +164,17 @@ impl Cluster {
         Ok(c)
     }
 
+    /// A cluster with small disks (`Spec::small_disks`,
+    /// `Spec::small_master_disks`), or `None` (the test skipped, and says
+    /// so) where tmpfs cannot be mounted (not root).
+    pub async fn on_small_disks(spec: Spec) -> Option<Self> {
+        if !SmallDisk::available() {
+            eprintln!("skipped: mounting a small tmpfs needs root");
+            return None;
+        }
+        Some(Self::start(spec).await.expect("cluster"))
+    }
+
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let s = &mut self.servers[i];
         let mut args: Vec<String> = vec![

@@ -466,16 +466,14 @@ async fn lossy_links_around_the_chunkservers_lose_nothing() {
 /// and the chunks end fully replicated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r11_appends_onto_a_filling_disk_lose_nothing() {
-    if !gfs_tests::disk::SmallDisk::available() {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
-    let cluster = Cluster::start(Spec {
+    let Some(cluster) = Cluster::on_small_disks(Spec {
         small_disks: vec![(0, 3 << 20)],
         ..Spec::default()
     })
     .await
-    .expect("cluster");
+    else {
+        return;
+    };
     let c = cluster.client();
     c.create("/log", 0).await.expect("create");
     let clients = (0..8).map(|_| cluster.client()).collect();

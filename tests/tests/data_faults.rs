@@ -1071,17 +1071,15 @@ async fn a_primary_stalling_mid_write_costs_its_lease_not_the_call_timeout() {
 /// placed elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r11_a_full_disk_on_a_chunkserver_costs_no_data() {
-    if !gfs_tests::disk::SmallDisk::available() {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
-    let cluster = Cluster::start(Spec {
+    let Some(cluster) = Cluster::on_small_disks(Spec {
         small_disks: vec![(0, 2 << 20)],
         min_free_bytes: 1 << 20,
         ..Spec::default()
     })
     .await
-    .expect("cluster");
+    else {
+        return;
+    };
     let c = cluster.client();
     let data = random_bytes(10 << 20, 11);
     let w = gfs_client::Writer::create(&c, "/big")
@@ -1119,21 +1117,19 @@ async fn r11_a_full_disk_on_a_chunkserver_costs_no_data() {
 
 /// R11 (master side) during ingestion: the master leader's disk is full
 /// when a client starts writing a file of 24 chunks (each a grant and a
-/// version confirmation in the log), and kept full. The other two masters go on; the write ends
-/// without an error and reads back equal; once space frees the full
-/// master serves again.
+/// version confirmation in the log), and kept full. The other two masters
+/// go on; the write ends without an error and reads back equal; once
+/// space frees the full master serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r11_a_full_disk_on_the_master_leader_mid_ingestion_costs_nothing() {
-    if !gfs_tests::disk::SmallDisk::available() {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
-    let cluster = Cluster::start(Spec {
+    let Some(cluster) = Cluster::on_small_disks(Spec {
         small_master_disks: (0..3).map(|i| (i, 64 << 20)).collect(),
         ..Spec::default()
     })
     .await
-    .expect("cluster");
+    else {
+        return;
+    };
     let c = cluster.client();
     let m = &cluster.masters;
     let full = m.leader(Duration::from_secs(10)).await.expect("a leader");
@@ -1194,16 +1190,14 @@ async fn r11_a_full_disk_on_the_master_leader_mid_ingestion_costs_nothing() {
 /// clone is not sent another for 10 s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r11_every_disk_full_is_a_clear_error() {
-    if !gfs_tests::disk::SmallDisk::available() {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
-    let cluster = Cluster::start(Spec {
+    let Some(cluster) = Cluster::on_small_disks(Spec {
         small_disks: (0..4).map(|i| (i, 3 << 20)).collect(),
         ..Spec::default()
     })
     .await
-    .expect("cluster");
+    else {
+        return;
+    };
     let c = cluster.client();
     c.create("/big", 0).await.expect("create");
     let start = Instant::now();
