@@ -10,7 +10,7 @@ use gfs_proto::wire::master::master_chunkserver_client::MasterChunkserverClient;
 use gfs_proto::wire::master::{ChunkReport, HeartbeatReply, HeartbeatRequest};
 use tonic::transport::Endpoint;
 
-use crate::service::{HeldLease, Shared, now_ms};
+use crate::service::{HeldLease, Shared};
 
 /// A primary asks to extend a lease while it saw a mutation this recently
 /// (a writer streams mutations milliseconds apart). Once a chunk is idle
@@ -73,9 +73,13 @@ async fn beat_forever(shared: Arc<Shared>, master: String) {
         ticker.tick().await;
         let (req, upto) = request(&shared, acked).await;
         let req_relinquish = req.relinquish.clone();
+        let asked = std::time::Instant::now();
         match client.heartbeat(req).await {
             Ok(reply) => {
                 let reply = reply.into_inner();
+                if reply.leader {
+                    shared.leader_clock.learn(asked, reply.now_ms);
+                }
                 acked = (!reply.want_full_report).then_some(upto);
                 if reply.leader && !req_relinquish.is_empty() {
                     shared
@@ -96,7 +100,7 @@ async fn beat_forever(shared: Arc<Shared>, master: String) {
 /// The next heartbeat: a full report if the master has none from us (or
 /// fell behind the change log), else the changes since its last answer.
 async fn request(shared: &Shared, acked: Option<u64>) -> (HeartbeatRequest, u64) {
-    let now = now_ms();
+    let now = shared.lease_now();
     let delta = acked.and_then(|seq| {
         shared
             .changes
@@ -188,7 +192,7 @@ async fn handle_reply(shared: &Shared, reply: HeartbeatReply) {
         let mut leases = shared.leases.lock().unwrap_or_else(|p| p.into_inner());
         for h in &reply.extended {
             if let Some(l) = leases.get_mut(&ChunkHandle(*h)) {
-                l.extend_to(reply.lease_expires_ms, now_ms());
+                l.extend_to(reply.lease_expires_ms, shared.lease_now());
             }
         }
     }

@@ -9,6 +9,7 @@
 //!   `service::turns` holds each mutation at a replica until its turn;
 //! - [`clone`]: copying a chunk from a peer for re-replication;
 //! - [`heartbeat`]: one loop per master;
+//! - [`leader_clock`]: the leader's clock, which leases are timed by;
 //! - [`host`]: the kernel's counters of the server's host, on request;
 //! - pure decisions, tested by exact output: [`order`] (version fencing,
 //!   record placement, deduplication), [`buffer`] (pushed data awaiting its
@@ -25,6 +26,7 @@ pub mod config;
 pub mod data_plane;
 pub mod heartbeat;
 pub mod host;
+pub mod leader_clock;
 pub mod order;
 pub mod pieces;
 pub mod service;

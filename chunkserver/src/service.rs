@@ -43,7 +43,9 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// What this server knows of a lease it holds as primary.
+/// What this server knows of a lease it holds as primary. Every time in
+/// it is the leader's clock's, as this server estimates it
+/// (`Shared::lease_now`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HeldLease {
     pub expires_ms: u64,
@@ -139,6 +141,8 @@ pub struct Shared {
     pub arrivals: crate::arrivals::Arrivals,
     /// Names this process in the serials it gives mutations as a primary.
     run: u64,
+    /// The leader's clock, which leases are stamped and timed by.
+    pub leader_clock: crate::leader_clock::LeaderClock,
 }
 
 impl Shared {
@@ -160,6 +164,7 @@ impl Shared {
             cloning: Cloning::default(),
             arrivals: crate::arrivals::Arrivals::default(),
             run: rand::random::<u64>() | 1,
+            leader_clock: Default::default(),
         })
     }
 
@@ -456,6 +461,11 @@ impl Shared {
         Ok(len)
     }
 
+    /// Now, as leases are timed: by the leader's clock (`leader_clock`).
+    pub fn lease_now(&self) -> u64 {
+        self.leader_clock.now_ms()
+    }
+
     fn held_lease(
         &self,
         h: ChunkHandle,
@@ -728,12 +738,12 @@ impl ChunkService {
             MutationKind::Append => self.check_size(0, r.length)?,
             _ => self.check_size(r.offset, r.length)?,
         }
-        sh.held_lease(h, r.lease_expires_ms, r.version, now_ms())?;
+        sh.held_lease(h, r.lease_expires_ms, r.version, sh.lease_now())?;
         let data = sh
             .data_arriving(&[r.data_id], r.length, PEER_TIMEOUT)
             .await?;
         // The lease again, as of now: the data may have been a while coming.
-        let now = now_ms();
+        let now = sh.lease_now();
         sh.held_lease(h, r.lease_expires_ms, r.version, now)?;
         let slot = sh.ordered(h);
         if kind == MutationKind::Append {

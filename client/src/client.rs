@@ -69,12 +69,6 @@ pub(crate) fn replica_failed(kind: ErrorKind) -> bool {
     )
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Whether the masters' answer to "where do I write chunk N" says to ask
 /// again: a lease held by a primary they cannot hand out yet, no leader or
 /// a master still learning where replicas are, no live replica for now.
@@ -112,7 +106,8 @@ fn next_chunk_due(chunk_size: u64, length: u64) -> bool {
     chunk_size.saturating_sub(length) < chunk_size / 4
 }
 
-/// A cached lease is used only with this much of it left.
+/// A cached lease is used only with this much of it left (by this
+/// client's monotonic clock since the masters answered: `MasterClient::cached`).
 const LEASE_MARGIN_MS: u64 = 2_000;
 
 impl Client {
@@ -262,7 +257,7 @@ impl Client {
         if failed.is_empty()
             && let Some(c) = self.master.cached(path, index)
             && c.primary != 0
-            && c.lease_expires_ms > now_ms() + LEASE_MARGIN_MS
+            && c.lease_left_ms > LEASE_MARGIN_MS
         {
             return Ok(c);
         }

@@ -438,6 +438,9 @@ impl MasterClient {
         first: u64,
         count: u32,
     ) -> Result<LocateReply, MasterError> {
+        // Before asking: a lease's time left counts from no later than the
+        // masters' answer.
+        let asked = Instant::now();
         let reply = self
             .call(|mut c| {
                 let path = path.to_string();
@@ -456,10 +459,9 @@ impl MasterClient {
         self.inner
             .chunk_size
             .store(reply.chunk_size_bytes, Ordering::Relaxed);
-        let now = Instant::now();
         let mut cache = self.cache();
         for c in &reply.found {
-            cache.insert((path.to_string(), c.index), (c.clone(), now));
+            cache.insert((path.to_string(), c.index), (c.clone(), asked));
         }
         drop(cache);
         Ok(reply)
@@ -475,12 +477,18 @@ impl MasterClient {
         self.inner.client_id
     }
 
-    /// A cached location of chunk `index`, if fresh.
+    /// A cached location of chunk `index`, if fresh, with its
+    /// `lease_left_ms` counted down by the time it has been cached (this
+    /// client's monotonic clock: its wall clock may disagree with the
+    /// masters', which stamp `lease_expires_ms`).
     pub fn cached(&self, path: &str, index: u64) -> Option<ChunkInfo> {
         self.cache()
             .get(&(path.to_string(), index))
             .filter(|(_, at)| at.elapsed() < self.inner.opts.location_ttl)
-            .map(|(c, _)| c.clone())
+            .map(|(c, at)| ChunkInfo {
+                lease_left_ms: lease_left(c.lease_left_ms, at.elapsed()),
+                ..c.clone()
+            })
     }
 
     /// Drops the cached location of one chunk (after a replica error).
@@ -510,6 +518,7 @@ impl MasterClient {
         index: u64,
         failed: &[u64],
     ) -> Result<ChunkInfo, MasterError> {
+        let asked = Instant::now();
         let info = self
             .mutate(|mut c, session| {
                 let path = path.to_string();
@@ -526,7 +535,7 @@ impl MasterClient {
             })
             .await?;
         self.cache()
-            .insert((path.to_string(), index), (info.clone(), Instant::now()));
+            .insert((path.to_string(), index), (info.clone(), asked));
         Ok(info)
     }
 
@@ -604,6 +613,12 @@ impl MasterClient {
     }
 }
 
+/// What is left of a lease that had `left_ms` to run when its answer was
+/// asked for, `since` then.
+fn lease_left(left_ms: u64, since: Duration) -> u64 {
+    left_ms.saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The chunk size a master answered, if it is one a cluster can have: a
 /// whole number of checksum blocks. Every offset the client computes
 /// divides by it; a zero would panic the caller.
@@ -628,6 +643,14 @@ mod tests {
 
     fn addrs() -> Vec<String> {
         vec!["a:1".into(), "b:1".into(), "c:1".into()]
+    }
+
+    #[test]
+    fn a_cached_lease_counts_down_by_this_clients_own_clock() {
+        assert_eq!(lease_left(3_000, Duration::from_millis(0)), 3_000);
+        assert_eq!(lease_left(3_000, Duration::from_millis(1_250)), 1_750);
+        assert_eq!(lease_left(3_000, Duration::from_secs(60)), 0);
+        assert_eq!(lease_left(0, Duration::from_secs(1)), 0);
     }
 
     fn not_leader(hint: &str) -> Status {

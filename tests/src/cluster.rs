@@ -44,6 +44,9 @@ pub struct Spec {
     pub push_buffers: Vec<(usize, u64)>,
     /// Device I/Os in flight per chunkserver (default: the store's, 8).
     pub io_depth: Option<u32>,
+    /// Chunkservers whose wall clock reads this many seconds ahead
+    /// (behind if negative), with libfaketime (`clock::skewed`).
+    pub skewed_clocks: Vec<(usize, i64)>,
 }
 
 impl Default for Spec {
@@ -67,6 +70,7 @@ impl Default for Spec {
             repair_interval_ms: 200,
             push_buffers: Vec::new(),
             io_depth: None,
+            skewed_clocks: Vec::new(),
         }
     }
 }
@@ -199,7 +203,13 @@ impl Cluster {
         if let Some(d) = self.spec.io_depth {
             args.extend(["--io-depth".into(), d.to_string()]);
         }
-        s.child = Some(crate::spawn_child(&self.bin, &args, &s.log, "info")?);
+        let env = match self.spec.skewed_clocks.iter().find(|(j, _)| *j == i) {
+            Some((_, secs)) => crate::clock::skewed(*secs),
+            None => Vec::new(),
+        };
+        s.child = Some(crate::spawn_child_with(
+            &self.bin, &args, &s.log, "info", &env,
+        )?);
         Ok(())
     }
 

@@ -18,6 +18,7 @@
 //! The storage engine's own suites live beside the engine in
 //! `storage-engine/tests/`.
 
+pub mod clock;
 pub mod cluster;
 pub mod disk;
 pub mod history;
@@ -74,6 +75,18 @@ pub fn spawn_child(
     log: &std::path::Path,
     rust_log: &str,
 ) -> anyhow::Result<std::process::Child> {
+    spawn_child_with(bin, args, log, rust_log, &[])
+}
+
+/// As [`spawn_child`], with `env` added to the child's environment (a
+/// clock skewed by libfaketime: `clock::skewed`).
+pub fn spawn_child_with(
+    bin: &std::path::Path,
+    args: &[String],
+    log: &std::path::Path,
+    rust_log: &str,
+    env: &[(String, String)],
+) -> anyhow::Result<std::process::Child> {
     use anyhow::Context;
     use std::os::unix::process::CommandExt;
     // A profiling aid: `GFS_KEEP_LOGS=<dir>` sends the output to a file of
@@ -94,6 +107,7 @@ pub fn spawn_child(
     let mut cmd = std::process::Command::new(bin);
     cmd.args(args)
         .env("RUST_LOG", &rust_log)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
@@ -133,6 +147,28 @@ pub fn a_secondary(chunk: &gfs_proto::wire::master::ChunkInfo) -> u64 {
         .find(|r| r.node_id != chunk.primary)
         .expect("a secondary")
         .node_id
+}
+
+/// Pushes `data` in one piece under `data_id` to the chunkserver at
+/// `chain[0]` and down the rest of the chain, as a client would.
+pub async fn push_data(
+    pool: &gfs_proto::data::DataPool,
+    chain: &[String],
+    data_id: u64,
+    data: bytes::Bytes,
+) -> Result<gfs_proto::wire::chunk::PushReply, tonic::Status> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let header = gfs_proto::wire::chunk::PushHeader {
+        data_id,
+        total_bytes: data.len() as u64,
+        chain: chain.get(1..).unwrap_or_default().to_vec(),
+    };
+    // The channel holds the one piece: the send never waits.
+    let _ = tx.send(data).await;
+    drop(tx);
+    let first = chain.first().map_or("", String::as_str);
+    pool.push(first, &header, rx, std::time::Duration::from_secs(20))
+        .await
 }
 
 /// Reads a piece of one replica directly over the data plane, as a client

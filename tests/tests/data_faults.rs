@@ -383,16 +383,8 @@ async fn s4_mutations_without_lease_or_version_and_bad_requests_are_refused() {
     data_plane_refuses_bad_input(&primary.addr).await;
     // With the data pushed: an old version is refused (fencing).
     let pool = DataPool::new();
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(bytes::Bytes::from_static(b"HELLO")).await.unwrap();
-    drop(tx);
-    let header = PushHeader {
-        data_id: 42,
-        total_bytes: 5,
-        chain: Vec::new(),
-    };
-    let pushed = pool
-        .push(&primary.addr, &header, rx, Duration::from_secs(5))
+    let hello = bytes::Bytes::from_static(b"HELLO");
+    let pushed = gfs_tests::push_data(&pool, std::slice::from_ref(&primary.addr), 42, hello)
         .await
         .expect("push");
     assert_eq!(pushed.stored, 1);
@@ -462,15 +454,10 @@ async fn s4_mutations_without_lease_or_version_and_bad_requests_are_refused() {
     // masters granted a new one since, so the primary's lease is over
     // (NotPrimary, which the primary passes on as StaleVersion instead of
     // reporting the secondary failed); nothing is applied.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(bytes::Bytes::from_static(b"WORLD")).await.unwrap();
-    drop(tx);
-    let header = PushHeader {
-        data_id: 43,
-        total_bytes: 5,
-        chain: Vec::new(),
-    };
-    let pushed = pool.push(&other.addr, &header, rx, t).await.expect("push");
+    let world = bytes::Bytes::from_static(b"WORLD");
+    let pushed = gfs_tests::push_data(&pool, std::slice::from_ref(&other.addr), 43, world)
+        .await
+        .expect("push");
     assert_eq!(pushed.stored, 1);
     let late = gfs_proto::wire::chunk::ApplyRequest {
         handle: chunk.handle,
@@ -1344,15 +1331,7 @@ async fn a_mutation_ahead_of_its_data_waits_for_it_and_no_longer() {
     let chain: Vec<String> = chunk.replicas.iter().map(|r| r.addr.clone()).collect();
     let push = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tx.send(frame.clone()).await.unwrap();
-        drop(tx);
-        let header = PushHeader {
-            data_id: 0xfeed,
-            total_bytes: frame.len() as u64,
-            chain: chain[1..].to_vec(),
-        };
-        pool.push(&chain[0], &header, rx, t).await
+        gfs_tests::push_data(&pool, &chain, 0xfeed, frame.clone()).await
     };
     let early = mutate(0xfeed);
     let call = pool.call::<_, MutateReply>(&primary.addr, Op::Mutate, &early, t);

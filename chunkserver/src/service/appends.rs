@@ -12,7 +12,7 @@ use gfs_proto::wire::{ErrorKind, error};
 use tokio::sync::oneshot;
 use tonic::Status;
 
-use super::{ChunkService, Ordered, Planned, Shared, Slot, now_ms};
+use super::{ChunkService, Ordered, Planned, Shared, Slot};
 use crate::buffer::Parts;
 use crate::order::{Placed, plan_appends};
 
@@ -188,7 +188,7 @@ impl ChunkService {
     /// that cannot go (a revoked lease, a refused version) are answered now.
     async fn plan_round(&self, batch: Vec<Queued>, order: &mut Ordered) -> Option<Round> {
         let sh = &self.shared;
-        let now = now_ms();
+        let now = sh.lease_now();
         // A revocation may have come while these waited for their turn.
         let mut held = Vec::with_capacity(batch.len());
         for q in batch {

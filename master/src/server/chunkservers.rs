@@ -98,6 +98,7 @@ impl MasterChunkserver for ChunkserverService {
             extended: Vec::new(),
             lease_expires_ms: 0,
             delete_chunks: Vec::new(),
+            now_ms: 0,
         };
         if reply.leader && !r.relinquish.is_empty() {
             let cmd = Command::ReleaseLeases {
@@ -123,6 +124,10 @@ impl MasterChunkserver for ChunkserverService {
                 reply.lease_expires_ms = stamped + duration_ms;
             }
         }
+        // Last: no later than the answer leaves, so a chunkserver's
+        // estimate of this clock (`now_ms` plus the time since it asked)
+        // is never behind it.
+        reply.now_ms = now_ms();
         Ok(Response::new(reply))
     }
 }

@@ -291,6 +291,7 @@ impl MetaService {
             replicas,
             primary,
             lease_expires_ms,
+            lease_left_ms: lease_expires_ms.saturating_sub(now),
         }
     }
 }
