@@ -22,6 +22,15 @@ pub fn available() -> bool {
     library().is_some()
 }
 
+/// The environment of process `i` of a set where `skews` names some by
+/// index with their skew in seconds: none for the others.
+pub fn skewed_env(skews: &[(usize, i64)], i: usize) -> Vec<(String, String)> {
+    match skews.iter().find(|(j, _)| *j == i) {
+        Some((_, secs)) => skewed(*secs),
+        None => Vec::new(),
+    }
+}
+
 /// The environment of a process whose wall clock reads `secs` seconds
 /// ahead of the real one (behind if negative); none without libfaketime
 /// (`available`).

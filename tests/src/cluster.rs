@@ -47,6 +47,8 @@ pub struct Spec {
     /// Chunkservers whose wall clock reads this many seconds ahead
     /// (behind if negative), with libfaketime (`clock::skewed`).
     pub skewed_clocks: Vec<(usize, i64)>,
+    /// The same for masters.
+    pub skewed_master_clocks: Vec<(usize, i64)>,
 }
 
 impl Default for Spec {
@@ -71,6 +73,7 @@ impl Default for Spec {
             push_buffers: Vec::new(),
             io_depth: None,
             skewed_clocks: Vec::new(),
+            skewed_master_clocks: Vec::new(),
         }
     }
 }
@@ -127,6 +130,7 @@ impl Cluster {
                 election_max_ms: Some(1200),
                 extra_args,
                 small_disks: spec.small_master_disks.clone(),
+                skewed_clocks: spec.skewed_master_clocks.clone(),
                 ..Timings::default()
             },
         )?;
@@ -203,10 +207,7 @@ impl Cluster {
         if let Some(d) = self.spec.io_depth {
             args.extend(["--io-depth".into(), d.to_string()]);
         }
-        let env = match self.spec.skewed_clocks.iter().find(|(j, _)| *j == i) {
-            Some((_, secs)) => crate::clock::skewed(*secs),
-            None => Vec::new(),
-        };
+        let env = crate::clock::skewed_env(&self.spec.skewed_clocks, i);
         s.child = Some(crate::spawn_child_with(
             &self.bin, &args, &s.log, "info", &env,
         )?);

@@ -26,6 +26,9 @@ pub struct Timings {
     /// Masters whose data directory is a tmpfs of this many bytes (a
     /// small disk that fills up: [`MasterCluster::disk`]); needs root.
     pub small_disks: Vec<(usize, u64)>,
+    /// Masters whose wall clock reads this many seconds ahead (behind if
+    /// negative), with libfaketime (`clock::skewed`).
+    pub skewed_clocks: Vec<(usize, i64)>,
 }
 
 #[derive(Debug)]
@@ -149,11 +152,13 @@ impl MasterCluster {
             }
         }
         args.extend(t.extra_args.iter().cloned());
-        m.child = Some(crate::spawn_child(
+        let env = crate::clock::skewed_env(&t.skewed_clocks, i);
+        m.child = Some(crate::spawn_child_with(
             &self.bin,
             &args,
             &m.log,
             "info,openraft=warn",
+            &env,
         )?);
         m.stopped = false;
         Ok(())
@@ -211,6 +216,28 @@ impl MasterCluster {
 
     pub fn is_running(&self, i: usize) -> bool {
         self.masters[i].child.is_some()
+    }
+
+    /// Makes master `i` the leader: the leader is asked to hand over to
+    /// it (`TransferLeader`) until it leads, for up to 30 s.
+    pub async fn make_leader(&self, i: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let l = self.leader(Duration::from_secs(10)).await?;
+            if l == i {
+                return Ok(());
+            }
+            let to = self.masters[i].id;
+            let asked = self
+                .client()
+                .admin(l)
+                .transfer_leader(gfs_proto::wire::master::TransferLeaderRequest { to })
+                .await;
+            if Instant::now() > deadline {
+                bail!("master {i} does not lead 30 s on: {asked:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// The index of the master every running, unstopped master agrees

@@ -1,5 +1,5 @@
-//! Clocks that disagree: chunkservers and clients whose wall clock is
-//! skewed against the masters' (libfaketime). Leases are stamped by the
+//! Clocks that disagree: chunkservers, clients and master leaders whose
+//! wall clock is skewed against the others' (libfaketime). Leases are stamped by the
 //! leader's clock; a primary times them by its estimate of that clock
 //! (`gfs_chunkserver::leader_clock`), a client by its monotonic clock, so
 //! neither wall clock matters.
@@ -94,6 +94,43 @@ async fn chunkservers_whose_clocks_disagree_take_writes_and_appends() {
         seen += 1;
     }
     assert_eq!(seen, acked.len(), "every acknowledged record exactly once");
+}
+
+/// A master leader whose clock is 30 s behind the chunkservers', then
+/// one 30 s ahead: the leases each grants (stamped by its clock) are
+/// honoured, so a write of new chunks goes through at once under each.
+/// Before, under the one behind, every lease it granted had expired by the
+/// chunkservers' clocks and the write failed after its 40 s deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_from_master_leaders_whose_clocks_disagree_are_honoured() {
+    if !clock::available() {
+        eprintln!("skipped: needs libfaketime (scripts/setup installs it)");
+        return;
+    }
+    let cluster = Cluster::start(Spec {
+        skewed_master_clocks: vec![(0, -30), (1, 30)],
+        ..Spec::default()
+    })
+    .await
+    .expect("cluster");
+    let c = cluster.client();
+    for (leader, path) in [(0, "/behind"), (1, "/ahead")] {
+        cluster
+            .masters
+            .make_leader(leader)
+            .await
+            .expect("hand over");
+        c.create(path, 0).await.expect("create");
+        let data = random_bytes((3 << 20) + 7, leader as u64);
+        tokio::time::timeout(Duration::from_secs(15), c.write_at(path, 0, &data))
+            .await
+            .unwrap_or_else(|_| panic!("writing {path} took over 15 s"))
+            .expect("write");
+        let led = cluster.masters.leader(Duration::from_secs(10)).await;
+        assert_eq!(led.expect("a leader"), leader, "the write ran under it");
+        let got = c.read_at(path, 0, data.len() as u64).await.expect("read");
+        assert!(got[..] == data[..], "{path} reads back other bytes");
+    }
 }
 
 /// `gfs` with its wall clock 45 s ahead of the masters' puts a file, and

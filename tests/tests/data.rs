@@ -855,3 +855,47 @@ async fn the_command_lines_append_keeps_order_or_pipelines() {
     let zero = gfs(&cluster, &["append", "/x", file, "--in-flight", "0"]);
     assert!(!zero.status.success());
 }
+
+/// Ingestion while leadership moves among masters whose clocks are 30 s
+/// ahead, 30 s behind and right: each in turn is made leader and then
+/// killed (-9, restarted) while it leads, so the next inherits the leases
+/// it stamped. Leases are stamped by whichever leads and the chunkservers
+/// time them by its clock (`leader_clock`): no append fails and every
+/// acknowledged record is read back exactly once. (Masters must agree
+/// within the lease grace only for how soon a dead primary's chunk gets
+/// another.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appenders_survive_master_leaders_whose_clocks_disagree() {
+    if !gfs_tests::clock::available() {
+        eprintln!("skipped: needs libfaketime (scripts/setup installs it)");
+        return;
+    }
+    let cluster = Cluster::start(Spec {
+        skewed_master_clocks: vec![(0, 30), (1, -30)],
+        ..Spec::default()
+    })
+    .await
+    .expect("cluster");
+    let c = cluster.client();
+    c.create("/log", 0).await.expect("create");
+    let clients = (0..8).map(|_| cluster.client()).collect();
+    let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
+    let hand_over = {
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            for target in [1, 0, 2, 1, 0] {
+                let made = cluster.lock().await.masters.make_leader(target).await;
+                made.expect("a skewed master leads");
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                let mut cl = cluster.lock().await;
+                cl.masters.kill(target).expect("kill the leader");
+                let next = cl.masters.leader(Duration::from_secs(10)).await;
+                assert_ne!(next.expect("a new leader"), target);
+                cl.masters.restart(target).expect("restart it");
+            }
+        })
+    };
+    let acked = append_with(clients, 200, 150_000, Duration::from_millis(20)).await;
+    hand_over.await.expect("hand-over");
+    check_records(&c, &acked).await;
+}
