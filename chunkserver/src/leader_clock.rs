@@ -36,28 +36,45 @@ impl Reading {
     }
 }
 
+/// What this server knows of the leader's clock.
+#[derive(Clone, Copy, Debug, Default)]
+enum Known {
+    /// No leader has answered yet.
+    #[default]
+    Nothing,
+    /// A leader answered without its clock (a master of a version before
+    /// `now_ms`, during an upgrade): its clock is taken to be this
+    /// server's wall clock, as those versions did.
+    Unsaid,
+    Read(Reading),
+}
+
 /// The latest reading of the leader's clock.
 #[derive(Debug, Default)]
 pub struct LeaderClock {
-    latest: std::sync::Mutex<Option<Reading>>,
+    latest: std::sync::Mutex<Known>,
 }
 
 impl LeaderClock {
     /// Takes a leader's answer to a heartbeat sent at `asked`, whose clock
-    /// read `leader_ms` (0: a master that does not say, which is ignored).
+    /// read `leader_ms` (0: a master that does not say).
     pub fn learn(&self, asked: Instant, leader_ms: u64) {
-        if leader_ms == 0 {
-            return;
-        }
-        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(Reading { asked, leader_ms });
+        let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        *latest = match leader_ms {
+            0 => Known::Unsaid,
+            _ => Known::Read(Reading { asked, leader_ms }),
+        };
     }
 
-    /// The leader's clock now, as leases are timed here; this server's
-    /// wall clock until a leader has answered (no lease is held before).
+    /// The leader's clock now, as leases are timed here. Until a leader
+    /// has answered (a server just started, with a client's lease still
+    /// cached from before) it is unknown and every lease is taken to be
+    /// over: `u64::MAX`.
     pub fn now_ms(&self) -> u64 {
         match *self.latest.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(r) => r.leader_ms_at(Instant::now()),
-            None => crate::service::now_ms(),
+            Known::Read(r) => r.leader_ms_at(Instant::now()),
+            Known::Unsaid => crate::service::now_ms(),
+            Known::Nothing => u64::MAX,
         }
     }
 }
@@ -102,14 +119,22 @@ mod tests {
     }
 
     #[test]
-    fn a_master_that_does_not_say_its_time_changes_nothing() {
+    fn before_any_leader_answered_every_lease_is_over() {
+        assert_eq!(LeaderClock::default().now_ms(), u64::MAX);
+    }
+
+    #[test]
+    fn a_leader_that_does_not_say_its_clock_is_taken_to_share_ours() {
         let c = LeaderClock::default();
-        let t0 = Instant::now();
-        c.learn(t0, 0);
-        assert!(c.latest.lock().unwrap().is_none());
-        c.learn(t0, 42);
-        c.learn(t0, 0);
-        assert_eq!(c.latest.lock().unwrap().unwrap().leader_ms, 42);
+        c.learn(Instant::now(), 0);
+        let (before, got) = (crate::service::now_ms(), c.now_ms());
+        assert!(
+            (before..before + 60_000).contains(&got),
+            "{got} against {before}"
+        );
+        // One that says wins again.
+        c.learn(Instant::now(), 42);
+        assert!((42..42 + 60_000).contains(&c.now_ms()));
     }
 
     #[test]
