@@ -58,6 +58,19 @@ pub async fn run(
         quarantined = report.quarantined.len(),
         "chunk store recovered"
     );
+    serve(cfg, store, listener, shutdown).await
+}
+
+/// Serves `store` (opened and recovered) on `listener` and heartbeats
+/// until `shutdown`. The tests' harness runs a chunkserver this way over
+/// a store whose disk misbehaves on command
+/// (`ChunkStore::open_with_faults`).
+pub async fn serve(
+    cfg: ChunkserverConfig,
+    store: ChunkStore,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
     let shared = Shared::new(cfg, store);
     let beats = heartbeat::spawn(shared.clone());
     let svc = ChunkserverServer::new(ChunkService {

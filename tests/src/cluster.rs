@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use gfs_client::{Client, ClientOptions, MasterOptions};
 
 use crate::disk::SmallDisk;
+use crate::faulty::{FaultyServer, Joining};
 use crate::masters::{MasterCluster, Timings, cluster_ip, free_port};
 
 #[derive(Clone, Debug)]
@@ -93,6 +94,9 @@ pub struct Cluster {
     pub servers: Vec<ServerProc>,
     pub spec: Spec,
     bin: PathBuf,
+    /// Chunkservers in this process whose disk misbehaves on command
+    /// (`add_faulty_server`), after the others in ids and addresses.
+    pub faulty: Vec<FaultyServer>,
     /// tmpfs mounts, undone before the directory holding them goes.
     mounts: Vec<SmallDisk>,
     _dir: tempfile::TempDir,
@@ -161,6 +165,7 @@ impl Cluster {
             servers,
             spec,
             bin: crate::binary("gfs-chunkserver")?,
+            faulty: Vec::new(),
             mounts,
             _dir: dir,
         };
@@ -212,6 +217,30 @@ impl Cluster {
             &self.bin, &args, &s.log, "info", &env,
         )?);
         Ok(())
+    }
+
+    /// Adds a chunkserver running in this process over a store whose
+    /// disk misbehaves on command ([`FaultyServer`]), and waits until the
+    /// leader counts it; its index in `faulty`.
+    pub async fn add_faulty_server(&mut self) -> anyhow::Result<usize> {
+        let first: std::net::SocketAddr = self.servers[0].addr.parse()?;
+        let std::net::IpAddr::V4(ip) = first.ip() else {
+            bail!("the chunkservers are not on IPv4 loopback");
+        };
+        let n = self.servers.len() + self.faulty.len();
+        let [a, b, c, d] = ip.octets();
+        let server = FaultyServer::start(Joining {
+            id: n as u64 + 1,
+            ip: Ipv4Addr::new(a, b, c, d + n as u8),
+            rack: format!("rack-{}", n % 2),
+            masters: self.masters.addrs(),
+            chunk_size_bytes: self.spec.chunk_size_bytes,
+            heartbeat_ms: self.spec.heartbeat_ms,
+        })
+        .await?;
+        self.faulty.push(server);
+        self.wait_servers(n + 1, Duration::from_secs(20)).await?;
+        Ok(self.faulty.len() - 1)
     }
 
     /// Until the leader counts `n` live chunkservers.

@@ -21,6 +21,7 @@
 pub mod clock;
 pub mod cluster;
 pub mod disk;
+pub mod faulty;
 pub mod history;
 pub mod masters;
 pub mod raw;

@@ -1442,3 +1442,118 @@ async fn s1_random_bodies_to_a_chunkservers_methods_panic_none() {
         );
     }
 }
+
+/// Three chunkservers and a fourth in this process whose disk misbehaves
+/// on command (`Cluster::add_faulty_server`), with an 8 MiB file written
+/// while it was well (so it holds replicas of most of its chunks): the
+/// cluster, the faulty server's index, a client, the file's bytes.
+async fn cluster_with_a_faulty_disk() -> (Cluster, usize, gfs_client::Client, Vec<u8>) {
+    let mut cluster = Cluster::start(Spec {
+        chunkservers: 3,
+        ..Spec::default()
+    })
+    .await
+    .expect("cluster");
+    let f = cluster.add_faulty_server().await.expect("faulty server");
+    let c = cluster.client();
+    c.create("/before", 0).await.expect("create");
+    let before = random_bytes(8 << 20, 1);
+    c.write_at("/before", 0, &before)
+        .await
+        .expect("write before");
+    (cluster, f, c, before)
+}
+
+/// Two writers of 8 MiB files each, started at once: the time each took.
+async fn two_writers(cluster: &Cluster) -> Vec<(String, Vec<u8>, Duration)> {
+    let writers: Vec<_> = (0..2u64)
+        .map(|w| {
+            let c = cluster.client();
+            tokio::spawn(async move {
+                let path = format!("/w{w}");
+                c.create(&path, 0).await.expect("create");
+                let data = random_bytes(8 << 20, 10 + w);
+                let t = Instant::now();
+                c.write_at(&path, 0, &data).await.expect("write");
+                (path, data, t.elapsed())
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for w in writers {
+        out.push(w.await.expect("writer"));
+    }
+    out
+}
+
+/// Whether `path` reads back as `data`.
+async fn reads_back(c: &gfs_client::Client, path: &str, data: &[u8]) -> bool {
+    let got = c.read_at(path, 0, data.len() as u64).await.expect("read");
+    got[..] == data[..]
+}
+
+/// A gray failure: one server's disk stops completing writes while the
+/// server itself stays well, heartbeating and answering pings, so the
+/// masters go on counting it live. Writers get past it by the data path's
+/// timeouts (a secondary's forward, 10 s; a call to a primary, 15 s), well
+/// inside their 120 s deadline; it is versioned out of their chunks, which
+/// are copied back to full replication elsewhere; a file written after
+/// gets no replica on it (a server reported failed is placed last); every
+/// file reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disk_that_stops_completing_writes_is_worked_around() {
+    let (cluster, f, c, before) = cluster_with_a_faulty_disk().await;
+    let hung = cluster.faulty[f].id;
+    cluster.faulty[f].faults.arm(|x| x.hold_write = u32::MAX);
+    for (path, data, took) in two_writers(&cluster).await {
+        assert!(took < Duration::from_secs(45), "{path} took {took:?}");
+        assert!(
+            reads_back(&c, &path, &data).await,
+            "{path} reads back other bytes"
+        );
+    }
+    assert!(
+        reads_back(&c, "/before", &before).await,
+        "/before reads back other bytes"
+    );
+    c.create("/after", 0).await.expect("create");
+    let after = random_bytes(4 << 20, 3);
+    c.write_at("/after", 0, &after).await.expect("write after");
+    for ch in c.chunks("/after").await.expect("chunks") {
+        let on: Vec<u64> = ch.replicas.iter().map(|r| r.node_id).collect();
+        assert!(
+            !on.contains(&hung),
+            "chunk {} of /after placed on the hung server: {on:?}",
+            ch.index
+        );
+    }
+    cluster
+        .wait_healthy(Duration::from_secs(60))
+        .await
+        .expect("back to full replication");
+}
+
+/// A disk that fails every write with EIO, then every read too: writers
+/// get past it at once (it is versioned out), and every file reads back
+/// right from the other replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disk_that_fails_with_eio_is_worked_around() {
+    let (cluster, f, c, before) = cluster_with_a_faulty_disk().await;
+    cluster.faulty[f].faults.arm(|x| x.write_eio = u32::MAX);
+    for (path, data, took) in two_writers(&cluster).await {
+        assert!(took < Duration::from_secs(30), "{path} took {took:?}");
+        assert!(
+            reads_back(&c, &path, &data).await,
+            "{path} reads back other bytes"
+        );
+    }
+    cluster.faulty[f].faults.arm(|x| x.read_eio = u32::MAX);
+    assert!(
+        reads_back(&c, "/before", &before).await,
+        "/before reads back other bytes"
+    );
+    cluster
+        .wait_healthy(Duration::from_secs(60))
+        .await
+        .expect("back to full replication");
+}
