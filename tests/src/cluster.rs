@@ -282,6 +282,25 @@ impl Cluster {
         Ok(())
     }
 
+    /// A crash of the whole cluster: `kill -9` to every master and
+    /// chunkserver process before any is reaped, then each started again
+    /// on its own data directory.
+    pub fn crash_and_restart(&mut self) -> anyhow::Result<()> {
+        self.masters.signal_kill_all()?;
+        for s in &self.servers {
+            if s.child.is_some() {
+                crate::signal(s.child.as_ref(), libc::SIGKILL)?;
+            }
+        }
+        for i in 0..self.masters.masters.len() {
+            self.masters.restart(i)?;
+        }
+        for i in 0..self.servers.len() {
+            self.restart_server(i)?;
+        }
+        Ok(())
+    }
+
     /// Sends `sig` (SIGSTOP, SIGCONT) to chunkserver `i`.
     pub fn signal_server(&self, i: usize, sig: i32) -> anyhow::Result<()> {
         crate::signal(self.servers[i].child.as_ref(), sig)

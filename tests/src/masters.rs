@@ -168,6 +168,17 @@ impl MasterCluster {
         crate::signal(self.masters[i].child.as_ref(), sig)
     }
 
+    /// Sends `kill -9` to every running master without reaping any (they
+    /// die together); `kill` or `restart` reaps them.
+    pub fn signal_kill_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.masters.len() {
+            if self.is_running(i) {
+                self.signal(i, libc::SIGKILL)?;
+            }
+        }
+        Ok(())
+    }
+
     /// `kill -9` master `i` and reap it.
     pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
         if let Some(mut c) = self.masters[i].child.take() {
