@@ -20,7 +20,7 @@ use gfs_proto::data::{
     self, MAGIC, Op, PIECE_BYTES, encode_ok, encode_status, read_request, write_with,
 };
 use gfs_proto::wire::chunk::chunkserver_server::Chunkserver;
-use gfs_proto::wire::chunk::{Empty, PushHeader, PushReply, ReadHead, ReadRequest};
+use gfs_proto::wire::chunk::{Empty, PingReply, PushHeader, PushReply, ReadHead, ReadRequest};
 use gfs_proto::wire::{ErrorKind, detail_of, error};
 use gfs_storage_engine::Receiving;
 use prost::Message;
@@ -127,9 +127,16 @@ async fn serve(shared: &Arc<Shared>, mut s: TcpStream) {
                 Ok(Some(r)) => answer(&mut s, service(shared).apply(Request::new(r)).await).await,
                 other => other.map(|_| false),
             },
-            // Answered at once: this process is alive (`data::Probe`).
+            // Answered at once: this process is alive, and whether its
+            // disks still complete I/O (`data::Probe`).
             Op::Ping => match decoded::<Empty>(&mut s, header, "ping").await {
-                Ok(Some(_)) => s.write_all(&encode_ok(&Empty {})).await.map(|()| true),
+                Ok(Some(_)) => {
+                    let stalled = sh.store.stalled_for().as_millis();
+                    let reply = PingReply {
+                        disk_stalled_ms: u64::try_from(stalled).unwrap_or(u64::MAX),
+                    };
+                    s.write_all(&encode_ok(&reply)).await.map(|()| true)
+                }
                 other => other.map(|_| false),
             },
         };

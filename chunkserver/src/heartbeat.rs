@@ -101,6 +101,7 @@ async fn beat_forever(shared: Arc<Shared>, master: String) {
 /// fell behind the change log), else the changes since its last answer.
 async fn request(shared: &Shared, acked: Option<u64>) -> (HeartbeatRequest, u64) {
     let now = shared.lease_now();
+    shared.give_up_leases_if_disks_stalled(now);
     let delta = acked.and_then(|seq| {
         shared
             .changes

@@ -525,6 +525,33 @@ impl Shared {
         Self::lock(&self.relinquished).push(h);
         tracing::warn!(chunk = %h, "gave up the lease after a local failure");
     }
+
+    /// Gives up every lease held (`relinquish`) while the disks have
+    /// completed no I/O for `PROBE.disk_stalled`: the leader then chooses
+    /// other primaries at once, where it would wait out the leases of a
+    /// primary it still hears from (the mutations held on this disk fail
+    /// at their callers' probes, which see the same stall).
+    pub(crate) fn give_up_leases_if_disks_stalled(&self, now: u64) {
+        let stalled = self.store.stalled_for();
+        if stalled < gfs_proto::data::PROBE.disk_stalled {
+            return;
+        }
+        let held: Vec<ChunkHandle> = Self::lock(&self.leases)
+            .iter()
+            .filter(|(_, l)| l.expires_ms > now)
+            .map(|(h, _)| *h)
+            .collect();
+        if !held.is_empty() {
+            tracing::warn!(
+                ?stalled,
+                leases = held.len(),
+                "the disks completed no I/O for too long; giving up every lease"
+            );
+        }
+        for h in held {
+            self.relinquish(h);
+        }
+    }
 }
 
 /// Maps an engine error to what the caller should do.

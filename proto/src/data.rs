@@ -41,7 +41,7 @@ use tonic::Status;
 mod watch;
 
 use self::watch::Watched;
-use crate::wire::chunk::{PushHeader, PushReply, ReadHead, ReadRequest};
+use crate::wire::chunk::{PingReply, PushHeader, PushReply, ReadHead, ReadRequest};
 use crate::wire::{
     ErrorDetail, ErrorKind, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, detail_of, error, status,
 };
@@ -83,12 +83,17 @@ const IDLE_PER_ADDR: usize = 16;
 /// is pinged on a connection of its own, and `misses` pings in a row not
 /// answered within `wait` each fail the call. A stopped process (SIGSTOP,
 /// a frozen host) answers no ping, though its kernel still takes its
-/// connections; a live one with a slow disk answers at once.
+/// connections; a live one with a slow disk answers at once. Its answer
+/// says how long its oldest outstanding disk I/O has waited: past
+/// `disk_stalled` the call fails at once, as for a stopped process (a
+/// disk that stopped completing I/O under a server that is otherwise well
+/// held its writers for the whole call timeout).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Probe {
     pub after: Duration,
     pub wait: Duration,
     pub misses: u32,
+    pub disk_stalled: Duration,
 }
 
 /// The probe of a mutation, at the client (of the primary) and at the
@@ -99,6 +104,10 @@ pub const PROBE: Probe = Probe {
     after: Duration::from_secs(1),
     wait: Duration::from_secs(1),
     misses: 2,
+    // A device I/O takes milliseconds, a queue of them on a slow disk
+    // under load well under a second; none completing for this long is a
+    // hung device.
+    disk_stalled: Duration::from_secs(3),
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -518,36 +527,53 @@ impl DataPool {
             let mut missed = 0;
             loop {
                 let started = Instant::now();
-                if self.ping(addr, probe.wait).await {
-                    missed = 0;
-                    tokio::time::sleep(probe.wait.saturating_sub(started.elapsed())).await;
-                } else {
-                    missed += 1;
-                    if missed >= probe.misses {
-                        return started.elapsed();
+                match self.ping_reply(addr, probe.wait).await {
+                    Some(r) if Duration::from_millis(r.disk_stalled_ms) >= probe.disk_stalled => {
+                        return format!(
+                            "no answer, and its disks have completed no I/O for {:?}",
+                            Duration::from_millis(r.disk_stalled_ms)
+                        );
+                    }
+                    Some(_) => {
+                        missed = 0;
+                        tokio::time::sleep(probe.wait.saturating_sub(started.elapsed())).await;
+                    }
+                    None => {
+                        missed += 1;
+                        if missed >= probe.misses {
+                            return format!(
+                                "no answer, nor to {} pings in a row (the last for {:?})",
+                                probe.misses,
+                                started.elapsed()
+                            );
+                        }
                     }
                 }
             }
         };
         tokio::select! {
             r = self.call(addr, op, req, timeout) => r,
-            waited = silent => Err(unavailable(
-                addr,
-                &format!(
-                    "no answer, nor to {} pings in a row (the last for {waited:?})",
-                    probe.misses
-                ),
-            )),
+            why = silent => Err(unavailable(addr, &why)),
         }
     }
 
     /// Whether the server at `addr` answers a ping within `wait`: any
     /// answer, also a refusal (a server that does not know the op).
     pub async fn ping(&self, addr: &str, wait: Duration) -> bool {
+        self.ping_reply(addr, wait).await.is_some()
+    }
+
+    /// The answer to a ping within `wait`, if any (a refusal answers as
+    /// nothing outstanding).
+    pub async fn ping_reply(&self, addr: &str, wait: Duration) -> Option<PingReply> {
         use crate::wire::chunk::Empty;
-        match self.call::<_, Empty>(addr, Op::Ping, &Empty {}, wait).await {
-            Ok(_) => true,
-            Err(s) => detail_of(&s).kind() != ErrorKind::Unavailable,
+        match self
+            .call::<_, PingReply>(addr, Op::Ping, &Empty {}, wait)
+            .await
+        {
+            Ok(r) => Some(r),
+            Err(s) if detail_of(&s).kind() != ErrorKind::Unavailable => Some(PingReply::default()),
+            Err(_) => None,
         }
     }
 
@@ -789,6 +815,12 @@ mod tests {
     /// A server that answers pings at once and every other request after
     /// `delay`, with an empty reply.
     async fn slow_server(delay: Duration) -> String {
+        slow_disk_server(delay, 0).await
+    }
+
+    /// As `slow_server`, its pings saying its disks have completed no I/O
+    /// for `stalled_ms`.
+    async fn slow_disk_server(delay: Duration, stalled_ms: u64) -> String {
         use crate::wire::chunk::Empty;
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
@@ -796,10 +828,15 @@ mod tests {
             while let Ok((mut s, _)) = l.accept().await {
                 tokio::spawn(async move {
                     while let Ok(Some((op, _))) = read_request(&mut s).await {
-                        if op != Op::Ping {
+                        let answer = if op == Op::Ping {
+                            encode_ok(&PingReply {
+                                disk_stalled_ms: stalled_ms,
+                            })
+                        } else {
                             tokio::time::sleep(delay).await;
-                        }
-                        if s.write_all(&encode_ok(&Empty {})).await.is_err() {
+                            encode_ok(&Empty {})
+                        };
+                        if s.write_all(&answer).await.is_err() {
                             return;
                         }
                     }
@@ -813,6 +850,7 @@ mod tests {
         after: Duration::from_millis(50),
         wait: Duration::from_millis(50),
         misses: 2,
+        disk_stalled: Duration::from_millis(500),
     };
 
     /// An `Apply` with an empty header, probed `QUICK`ly, within 20 s.
@@ -842,6 +880,28 @@ mod tests {
             "not the whole timeout"
         );
         assert!(!pool.ping(&addr, Duration::from_millis(50)).await);
+    }
+
+    #[tokio::test]
+    async fn a_call_to_a_server_whose_disk_stopped_fails_on_its_ping() {
+        // Alive, but its disks have completed nothing for 60 s.
+        let addr = slow_disk_server(Duration::from_secs(30), 60_000).await;
+        let pool = DataPool::new();
+        let started = Instant::now();
+        let e = probed_empty_call(&pool, &addr).await.unwrap_err();
+        assert_eq!(detail_of(&e).kind(), ErrorKind::Unavailable);
+        assert!(e.message().contains("completed no I/O for 60s"), "{e:?}");
+        assert!(started.elapsed() < Duration::from_secs(10), "not the call");
+        // A disk behind by less than `disk_stalled` is only slow: waited.
+        let addr = slow_disk_server(Duration::from_millis(300), 100).await;
+        assert!(probed_empty_call(&pool, &addr).await.is_ok());
+        let r = pool.ping_reply(&addr, Duration::from_secs(1)).await;
+        assert_eq!(
+            r,
+            Some(PingReply {
+                disk_stalled_ms: 100
+            })
+        );
     }
 
     #[tokio::test]

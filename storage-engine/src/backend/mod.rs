@@ -14,6 +14,7 @@
 
 pub mod faulty;
 pub mod portable;
+pub mod timed;
 pub mod uring;
 
 use std::fs::File;

@@ -19,12 +19,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gfs_proto::{ChunkHandle, ChunkVersion};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::faulty::{FaultSwitch, FaultyBackend};
+use crate::backend::timed::{Outstanding, TimedBackend};
 use crate::backend::{IoBackend, IoOp};
 use crate::buf::{AlignedBuf, Arena, BufPool, IoSlice};
 use crate::config::{StoreConfig, StoreConfigFile};
@@ -127,6 +128,8 @@ struct Inner {
     /// other half.
     receiving: Arc<Semaphore>,
     epoch: Instant,
+    /// Every directory's I/O submitted and not completed (`stalled_for`).
+    outstanding: Arc<Outstanding>,
 }
 
 #[derive(Debug)]
@@ -307,6 +310,7 @@ impl ChunkStore {
             .registered_buffers
             .then(|| Arena::new(config.buffer_memory_bytes as usize));
         let mut dirs = Vec::new();
+        let outstanding = Arc::new(Outstanding::default());
         for (i, root) in config.dirs.iter().enumerate() {
             let (cfg, root, arena) = (config.clone(), root.clone(), arena.clone());
             let (dir, reason) = blocking(move || files::prepare_dir(&cfg, i, root, arena)).await?;
@@ -314,6 +318,7 @@ impl ChunkStore {
                 Some(switch) => Box::new(FaultyBackend::new(dir.backend, switch.clone())),
                 None => dir.backend,
             };
+            let backend = Box::new(TimedBackend::new(backend, outstanding.clone()));
             let dir = Dir { backend, ..dir };
             tracing::info!(dir = %dir.root.display(), backend = dir.backend.name(), direct_io = dir.direct, %reason, "chunk store directory opened");
             report
@@ -335,6 +340,7 @@ impl ChunkStore {
             created: tokio::sync::Notify::new(),
             pool: BufPool::new(keep, arena),
             epoch: Instant::now(),
+            outstanding,
         });
         let store = ChunkStore { inner };
         for i in 0..store.inner.dirs.len() {
@@ -346,6 +352,13 @@ impl ChunkStore {
 
     pub fn config(&self) -> &StoreConfig {
         &self.inner.config
+    }
+
+    /// How long the oldest I/O the disks have not completed has waited
+    /// (zero with none outstanding): a disk that stopped completing I/O
+    /// while this process is well.
+    pub fn stalled_for(&self) -> Duration {
+        self.inner.outstanding.oldest_at(Instant::now())
     }
 
     fn chunk(&self, handle: ChunkHandle) -> Result<Arc<Chunk>> {
