@@ -144,6 +144,7 @@ async fn request(shared: &Shared, acked: Option<u64>) -> (HeartbeatRequest, u64)
         changed: Vec::new(),
         removed: Vec::new(),
         relinquish,
+        disk_stalled_ms: u64::try_from(shared.store.stalled_for().as_millis()).unwrap_or(u64::MAX),
     };
     let upto = match delta {
         Some(d) => {

@@ -16,6 +16,8 @@ pub struct FaultyServer {
     pub addr: String,
     /// Arm faults here; they hit the server's next disk operations.
     pub faults: FaultSwitch,
+    /// The server's store, shared with it: I/O of the test's own.
+    pub store: ChunkStore,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
 }
@@ -56,11 +58,12 @@ impl FaultyServer {
             .context("opening the store")?;
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = store.clone();
         tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            if let Err(e) = gfs_chunkserver::serve(cfg, store, listener, shutdown).await {
+            if let Err(e) = gfs_chunkserver::serve(cfg, served, listener, shutdown).await {
                 tracing::warn!(error = %e, "the in-process chunkserver stopped");
             }
         });
@@ -68,6 +71,7 @@ impl FaultyServer {
             id: j.id,
             addr: listen.to_string(),
             faults,
+            store,
             stop: Some(stop),
             _dir: dir,
         })

@@ -551,6 +551,7 @@ async fn leases_survive_a_leader_kill() {
             changed: Vec::new(),
             removed: Vec::new(),
             relinquish: Vec::new(),
+            disk_stalled_ms: 0,
         }
     };
     let r = ms
@@ -1538,6 +1539,52 @@ async fn a_disk_that_stops_completing_writes_is_worked_around() {
         .wait_healthy(Duration::from_secs(60))
         .await
         .expect("back to full replication");
+}
+
+/// A server whose disks stop completing I/O says so in its heartbeats,
+/// and the masters place new chunks on it last before any writer has
+/// met the stall: here the stall comes from a write of the test's own,
+/// straight to the server's store, which nobody reports. Four new chunks
+/// the masters place then get no replica on it (without the heartbeat's
+/// figure, chunk 1 went to it in both runs tried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_whose_disks_stall_is_placed_on_last_before_any_writer_meets_it() {
+    let (cluster, f, c, _) = cluster_with_a_faulty_disk().await;
+    let server = &cluster.faulty[f];
+    server.faults.arm(|x| x.hold_write = u32::MAX);
+    let store = server.store.clone();
+    // Held until the server is healed when the test ends.
+    let held = tokio::spawn(async move {
+        let h = gfs_proto::ChunkHandle(0xd15c);
+        let _ = store.create(h, gfs_proto::ChunkVersion(1)).await;
+        let _ = store.write_at(h, 0, &[7u8; 4096]).await;
+    });
+    // Past the stall bound (3 s) and a few heartbeats.
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    assert!(
+        server.store.stalled_for() >= Duration::from_secs(3),
+        "the disk stalled"
+    );
+    // Where the masters place four new chunks (no data written: a write
+    // would get past the server on its own, by the probe).
+    c.create("/after", 0).await.expect("create");
+    for index in 0..4 {
+        let ch = c.master().write_chunk("/after", index, &[]).await;
+        let on: Vec<u64> = ch
+            .expect("a new chunk")
+            .replicas
+            .iter()
+            .map(|r| r.node_id)
+            .collect();
+        assert!(
+            !on.contains(&server.id),
+            "chunk {index} placed on the stalled server: {on:?}"
+        );
+    }
+    let data = random_bytes(4 << 20, 5);
+    c.write_at("/after", 0, &data).await.expect("write");
+    assert!(reads_back(&c, "/after", &data).await);
+    drop(held);
 }
 
 /// A disk that fails every write with EIO, then every read too: writers

@@ -209,6 +209,7 @@ fn beat(id: u64, addr: &str, chunks: &[(u64, u64)], extend: &[u64]) -> Heartbeat
         changed: Vec::new(),
         removed: Vec::new(),
         relinquish: Vec::new(),
+        disk_stalled_ms: 0,
     }
 }
 

@@ -2,6 +2,7 @@
 //! starts with a warm location map); only the leader extends leases.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use gfs_proto::wire::master::master_chunkserver_server::MasterChunkserver;
 use gfs_proto::wire::master::{HeartbeatReply, HeartbeatRequest};
@@ -69,6 +70,7 @@ impl MasterChunkserver for ChunkserverService {
         validate(&r)?;
         let node = &self.node;
         let id = NodeId(r.node_id);
+        let stalled = Duration::from_millis(r.disk_stalled_ms);
         let beat = Beat {
             id,
             addr: r.addr,
@@ -89,7 +91,16 @@ impl MasterChunkserver for ChunkserverService {
                 .collect(),
             removed: r.removed.iter().map(|h| ChunkHandle(*h)).collect(),
         };
-        let want_full_report = node.soft().beat(beat, now_ms());
+        let want_full_report = {
+            let (mut soft, now) = (node.soft(), now_ms());
+            let owed = soft.beat(beat, now);
+            if stalled >= gfs_proto::data::PROBE.disk_stalled {
+                // Heartbeating, but its disks have stopped: placed on last,
+                // as a server a writer reported failed (before any has).
+                soft.suspect(id, now);
+            }
+            owed
+        };
         let (leader_id, _) = node.leader_hint();
         let mut reply = HeartbeatReply {
             leader: leader_id == node.cfg.id,

@@ -335,8 +335,9 @@ impl Soft {
     }
 
     /// A writer reported `id` failed a mutation at `now_ms`, or it did not
-    /// take a chunk's new version: new chunks and copies go elsewhere
-    /// first for `SUSPECT_FOR_MS`.
+    /// take a chunk's new version, or its heartbeat says its disks have
+    /// stopped completing I/O: new chunks and copies go elsewhere first
+    /// for `SUSPECT_FOR_MS`.
     pub fn suspect(&mut self, id: NodeId, now_ms: u64) {
         if let Some(s) = self.servers.get_mut(&id) {
             s.suspect_until_ms = now_ms.saturating_add(SUSPECT_FOR_MS);
