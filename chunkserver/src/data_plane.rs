@@ -20,7 +20,9 @@ use gfs_proto::data::{
     self, MAGIC, Op, PIECE_BYTES, encode_ok, encode_status, read_request, write_with,
 };
 use gfs_proto::wire::chunk::chunkserver_server::Chunkserver;
-use gfs_proto::wire::chunk::{Empty, PingReply, PushHeader, PushReply, ReadHead, ReadRequest};
+use gfs_proto::wire::chunk::{
+    PingReply, PingRequest, PushHeader, PushReply, ReadHead, ReadRequest,
+};
 use gfs_proto::wire::{ErrorKind, detail_of, error};
 use gfs_storage_engine::Receiving;
 use prost::Message;
@@ -129,9 +131,13 @@ async fn serve(shared: &Arc<Shared>, mut s: TcpStream) {
             },
             // Answered at once: this process is alive, and whether its
             // disks still complete I/O (`data::Probe`).
-            Op::Ping => match decoded::<Empty>(&mut s, header, "ping").await {
-                Ok(Some(_)) => {
-                    let stalled = sh.store.stalled_for().as_millis();
+            Op::Ping => match decoded::<PingRequest>(&mut s, header, "ping").await {
+                Ok(Some(p)) => {
+                    let stalled = match p.handle {
+                        0 => sh.store.stalled_for(),
+                        h => sh.store.stalled_for_chunk(gfs_proto::ChunkHandle(h)),
+                    }
+                    .as_millis();
                     let reply = PingReply {
                         disk_stalled_ms: u64::try_from(stalled).unwrap_or(u64::MAX),
                     };

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gfs_proto::data::{DataPool, Op, PIECE_BYTES, PROBE};
+use gfs_proto::data::{DataPool, Op, PIECE_BYTES, PROBE, probe_of};
 use gfs_proto::wire::chunk::chunkserver_server::Chunkserver;
 use gfs_proto::wire::chunk::{
     ApplyReply, ApplyRequest, CloneReply, CloneRequest, CopyLocalRequest, DeleteRequest, Empty,
@@ -526,26 +526,28 @@ impl Shared {
         tracing::warn!(chunk = %h, "gave up the lease after a local failure");
     }
 
-    /// Gives up every lease held (`relinquish`) while the disks have
+    /// Gives up every lease held (`relinquish`) on a chunk whose disk has
     /// completed no I/O for `PROBE.disk_stalled`: the leader then chooses
     /// other primaries at once, where it would wait out the leases of a
-    /// primary it still hears from (the mutations held on this disk fail
-    /// at their callers' probes, which see the same stall).
+    /// primary it still hears from (the mutations held on that disk fail
+    /// at their callers' probes, which see the same stall). Chunks on the
+    /// other disks keep theirs.
     pub(crate) fn give_up_leases_if_disks_stalled(&self, now: u64) {
         let stalled = self.store.stalled_for();
-        if stalled < gfs_proto::data::PROBE.disk_stalled {
+        if stalled < PROBE.disk_stalled {
             return;
         }
         let held: Vec<ChunkHandle> = Self::lock(&self.leases)
             .iter()
             .filter(|(_, l)| l.expires_ms > now)
             .map(|(h, _)| *h)
+            .filter(|h| self.store.stalled_for_chunk(*h) >= PROBE.disk_stalled)
             .collect();
         if !held.is_empty() {
             tracing::warn!(
                 ?stalled,
                 leases = held.len(),
-                "the disks completed no I/O for too long; giving up every lease"
+                "a disk completed no I/O for too long; giving up the leases of its chunks"
             );
         }
         for h in held {
@@ -629,7 +631,12 @@ impl ChunkService {
                 // As long as the secondary's disk takes, but not on a
                 // secondary that stopped answering at all.
                 let res = pool
-                    .call_probed::<_, ApplyReply>(&addr, Op::Apply, &req, (PEER_TIMEOUT, PROBE))
+                    .call_probed::<_, ApplyReply>(
+                        &addr,
+                        Op::Apply,
+                        &req,
+                        (PEER_TIMEOUT, probe_of(req.handle)),
+                    )
                     .await;
                 (id, res)
             });

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use gfs_proto::data::{DataPool, Op, PROBE, Pieces};
+use gfs_proto::data::{DataPool, Op, Pieces, probe_of};
 use gfs_proto::wire::MAX_FRAME_BYTES;
 use gfs_proto::wire::chunk::{MutateReply, MutateRequest, PushHeader, ReadRequest};
 
@@ -178,7 +178,7 @@ impl ChunkPool {
     /// writer then waits for its lease to end, not for the call timeout.
     pub async fn mutate(&self, addr: &str, req: MutateRequest) -> Result<MutateReply, MasterError> {
         self.data
-            .call_probed(addr, Op::Mutate, &req, (CALL_TIMEOUT, PROBE))
+            .call_probed(addr, Op::Mutate, &req, (CALL_TIMEOUT, probe_of(req.handle)))
             .await
             .map_err(|s| MasterError::from_status(&s))
     }

@@ -41,7 +41,7 @@ use tonic::Status;
 mod watch;
 
 use self::watch::Watched;
-use crate::wire::chunk::{PingReply, PushHeader, PushReply, ReadHead, ReadRequest};
+use crate::wire::chunk::{PingReply, PingRequest, PushHeader, PushReply, ReadHead, ReadRequest};
 use crate::wire::{
     ErrorDetail, ErrorKind, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, detail_of, error, status,
 };
@@ -94,6 +94,10 @@ pub struct Probe {
     pub wait: Duration,
     pub misses: u32,
     pub disk_stalled: Duration,
+    /// The chunk the call is about: the peer answers for the disk holding
+    /// it (0: any of its disks), so one hung disk of several holds only
+    /// its own chunks' calls.
+    pub chunk: u64,
 }
 
 /// The probe of a mutation, at the client (of the primary) and at the
@@ -108,7 +112,16 @@ pub const PROBE: Probe = Probe {
     // under load well under a second; none completing for this long is a
     // hung device.
     disk_stalled: Duration::from_secs(3),
+    chunk: 0,
 };
+
+/// [`PROBE`] of a call about chunk `handle`.
+pub fn probe_of(handle: u64) -> Probe {
+    Probe {
+        chunk: handle,
+        ..PROBE
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -527,7 +540,7 @@ impl DataPool {
             let mut missed = 0;
             loop {
                 let started = Instant::now();
-                match self.ping_reply(addr, probe.wait).await {
+                match self.ping_about(addr, probe.wait, probe.chunk).await {
                     Some(r) if Duration::from_millis(r.disk_stalled_ms) >= probe.disk_stalled => {
                         return format!(
                             "no answer, and its disks have completed no I/O for {:?}",
@@ -560,17 +573,15 @@ impl DataPool {
     /// Whether the server at `addr` answers a ping within `wait`: any
     /// answer, also a refusal (a server that does not know the op).
     pub async fn ping(&self, addr: &str, wait: Duration) -> bool {
-        self.ping_reply(addr, wait).await.is_some()
+        self.ping_about(addr, wait, 0).await.is_some()
     }
 
-    /// The answer to a ping within `wait`, if any (a refusal answers as
-    /// nothing outstanding).
-    pub async fn ping_reply(&self, addr: &str, wait: Duration) -> Option<PingReply> {
-        use crate::wire::chunk::Empty;
-        match self
-            .call::<_, PingReply>(addr, Op::Ping, &Empty {}, wait)
-            .await
-        {
+    /// The answer to a ping about the disk holding chunk `handle` (0: any
+    /// disk) within `wait`, if any (a refusal answers as nothing
+    /// outstanding).
+    pub async fn ping_about(&self, addr: &str, wait: Duration, handle: u64) -> Option<PingReply> {
+        let req = PingRequest { handle };
+        match self.call::<_, PingReply>(addr, Op::Ping, &req, wait).await {
             Ok(r) => Some(r),
             Err(s) if detail_of(&s).kind() != ErrorKind::Unavailable => Some(PingReply::default()),
             Err(_) => None,
@@ -851,6 +862,7 @@ mod tests {
         wait: Duration::from_millis(50),
         misses: 2,
         disk_stalled: Duration::from_millis(500),
+        chunk: 0,
     };
 
     /// An `Apply` with an empty header, probed `QUICK`ly, within 20 s.
@@ -895,7 +907,7 @@ mod tests {
         // A disk behind by less than `disk_stalled` is only slow: waited.
         let addr = slow_disk_server(Duration::from_millis(300), 100).await;
         assert!(probed_empty_call(&pool, &addr).await.is_ok());
-        let r = pool.ping_reply(&addr, Duration::from_secs(1)).await;
+        let r = pool.ping_about(&addr, Duration::from_secs(1), 7).await;
         assert_eq!(
             r,
             Some(PingReply {

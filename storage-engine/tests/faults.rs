@@ -547,3 +547,50 @@ async fn random_damage_to_chunk_files_never_yields_other_bytes() {
         }
     }
 }
+
+/// A directory whose disk stops completing I/O shows in
+/// `stalled_for_chunk` for its own chunks only, and in `stalled_for`
+/// (the whole store); both go back to zero once the I/O completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_directory_shows_for_its_own_chunks_only() {
+    let hs = Harness::new(Kind::Faulty);
+    let second = hs.root().with_file_name("d1");
+    let mut cfg = hs.config();
+    cfg.dirs.push(second);
+    let (store, _) = ChunkStore::open_with_faults(cfg, hs.faults.clone())
+        .await
+        .expect("store opens");
+    // Chunks spread: the second goes to the directory with fewer bytes.
+    store.create(h(1), v(1)).await.expect("create 1");
+    store
+        .append(h(1), &pattern(1, 65_536))
+        .await
+        .expect("append 1");
+    store.create(h(2), v(1)).await.expect("create 2");
+    store
+        .append(h(2), &pattern(2, 4_096))
+        .await
+        .expect("append 2");
+    assert_eq!(store.stalled_for(), Duration::ZERO);
+    hs.faults.arm(|f| f.hold_write = 1);
+    let held = {
+        let store = store.clone();
+        tokio::spawn(async move { store.append(h(1), &pattern(3, 65_536)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(store.stalled_for_chunk(h(1)) >= Duration::from_millis(250));
+    assert_eq!(
+        store.stalled_for_chunk(h(2)),
+        Duration::ZERO,
+        "the other disk"
+    );
+    assert_eq!(
+        store.stalled_for_chunk(h(9)),
+        Duration::ZERO,
+        "no such chunk"
+    );
+    assert!(store.stalled_for() >= Duration::from_millis(250));
+    hs.faults.release();
+    held.await.expect("task").expect("the held append lands");
+    assert_eq!(store.stalled_for(), Duration::ZERO);
+}

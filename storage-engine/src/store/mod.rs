@@ -128,8 +128,9 @@ struct Inner {
     /// other half.
     receiving: Arc<Semaphore>,
     epoch: Instant,
-    /// Every directory's I/O submitted and not completed (`stalled_for`).
-    outstanding: Arc<Outstanding>,
+    /// Each directory's I/O submitted and not completed, by directory
+    /// (`stalled_for`).
+    outstanding: Vec<Arc<Outstanding>>,
 }
 
 #[derive(Debug)]
@@ -310,7 +311,7 @@ impl ChunkStore {
             .registered_buffers
             .then(|| Arena::new(config.buffer_memory_bytes as usize));
         let mut dirs = Vec::new();
-        let outstanding = Arc::new(Outstanding::default());
+        let mut outstanding = Vec::new();
         for (i, root) in config.dirs.iter().enumerate() {
             let (cfg, root, arena) = (config.clone(), root.clone(), arena.clone());
             let (dir, reason) = blocking(move || files::prepare_dir(&cfg, i, root, arena)).await?;
@@ -318,7 +319,8 @@ impl ChunkStore {
                 Some(switch) => Box::new(FaultyBackend::new(dir.backend, switch.clone())),
                 None => dir.backend,
             };
-            let backend = Box::new(TimedBackend::new(backend, outstanding.clone()));
+            outstanding.push(Arc::new(Outstanding::default()));
+            let backend = Box::new(TimedBackend::new(backend, outstanding[i].clone()));
             let dir = Dir { backend, ..dir };
             tracing::info!(dir = %dir.root.display(), backend = dir.backend.name(), direct_io = dir.direct, %reason, "chunk store directory opened");
             report
@@ -358,7 +360,19 @@ impl ChunkStore {
     /// (zero with none outstanding): a disk that stopped completing I/O
     /// while this process is well.
     pub fn stalled_for(&self) -> Duration {
-        self.inner.outstanding.oldest_at(Instant::now())
+        let now = Instant::now();
+        let each = self.inner.outstanding.iter().map(|o| o.oldest_at(now));
+        each.max().unwrap_or_default()
+    }
+
+    /// As `stalled_for`, for the directory holding `handle` only (zero for
+    /// a chunk not here): one hung disk of several holds only its own
+    /// chunks' mutations.
+    pub fn stalled_for_chunk(&self, handle: ChunkHandle) -> Duration {
+        match self.chunk(handle) {
+            Ok(c) => self.inner.outstanding[c.dir].oldest_at(Instant::now()),
+            Err(_) => Duration::ZERO,
+        }
     }
 
     fn chunk(&self, handle: ChunkHandle) -> Result<Arc<Chunk>> {
