@@ -101,7 +101,8 @@ async fn beat_forever(shared: Arc<Shared>, master: String) {
 /// fell behind the change log), else the changes since its last answer.
 async fn request(shared: &Shared, acked: Option<u64>) -> (HeartbeatRequest, u64) {
     let now = shared.lease_now();
-    shared.give_up_leases_if_disks_stalled(now);
+    let stalled = shared.store.stalled_for();
+    shared.give_up_leases_if_disks_stalled(now, stalled);
     let delta = acked.and_then(|seq| {
         shared
             .changes
@@ -144,7 +145,7 @@ async fn request(shared: &Shared, acked: Option<u64>) -> (HeartbeatRequest, u64)
         changed: Vec::new(),
         removed: Vec::new(),
         relinquish,
-        disk_stalled_ms: u64::try_from(shared.store.stalled_for().as_millis()).unwrap_or(u64::MAX),
+        disk_stalled_ms: u64::try_from(stalled.as_millis()).unwrap_or(u64::MAX),
     };
     let upto = match delta {
         Some(d) => {

@@ -532,8 +532,8 @@ impl Shared {
     /// primary it still hears from (the mutations held on that disk fail
     /// at their callers' probes, which see the same stall). Chunks on the
     /// other disks keep theirs.
-    pub(crate) fn give_up_leases_if_disks_stalled(&self, now: u64) {
-        let stalled = self.store.stalled_for();
+    /// `stalled`: the store's `stalled_for`, the worst disk's.
+    pub(crate) fn give_up_leases_if_disks_stalled(&self, now: u64, stalled: Duration) {
         if stalled < PROBE.disk_stalled {
             return;
         }

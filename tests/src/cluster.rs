@@ -188,6 +188,17 @@ impl Cluster {
         Some(Self::start(spec).await.expect("cluster"))
     }
 
+    /// A cluster with skewed clocks (`Spec::skewed_clocks`,
+    /// `Spec::skewed_master_clocks`), or `None` (the test skipped, and
+    /// says so) where libfaketime is not installed.
+    pub async fn on_skewed_clocks(spec: Spec) -> Option<Self> {
+        if !crate::clock::available() {
+            eprintln!("skipped: needs libfaketime (scripts/setup installs it)");
+            return None;
+        }
+        Some(Self::start(spec).await.expect("cluster"))
+    }
+
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let s = &mut self.servers[i];
         let mut args: Vec<String> = vec![

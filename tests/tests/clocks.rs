@@ -18,18 +18,13 @@ use gfs_tests::cluster::{Cluster, Spec};
 use gfs_tests::random_bytes;
 
 /// A cluster whose chunkservers' clocks are skewed by `skews` (seconds,
-/// one per server from the first), or `None`, the test skipped, where
-/// libfaketime is not installed.
+/// one per server from the first), or `None` without libfaketime.
 async fn skewed_cluster(skews: &[i64]) -> Option<Cluster> {
-    if !clock::available() {
-        eprintln!("skipped: needs libfaketime (scripts/setup installs it)");
-        return None;
-    }
-    let spec = Spec {
+    Cluster::on_skewed_clocks(Spec {
         skewed_clocks: skews.iter().copied().enumerate().collect(),
         ..Spec::default()
-    };
-    Some(Cluster::start(spec).await.expect("cluster"))
+    })
+    .await
 }
 
 /// Three of four chunkservers' clocks 30 s ahead, 30 s behind and 90 s
@@ -103,16 +98,14 @@ async fn chunkservers_whose_clocks_disagree_take_writes_and_appends() {
 /// chunkservers' clocks and the write failed after its 40 s deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leases_from_master_leaders_whose_clocks_disagree_are_honoured() {
-    if !clock::available() {
-        eprintln!("skipped: needs libfaketime (scripts/setup installs it)");
-        return;
-    }
-    let cluster = Cluster::start(Spec {
+    let Some(cluster) = Cluster::on_skewed_clocks(Spec {
         skewed_master_clocks: vec![(0, -30), (1, 30)],
         ..Spec::default()
     })
     .await
-    .expect("cluster");
+    else {
+        return;
+    };
     let c = cluster.client();
     for (leader, path) in [(0, "/behind"), (1, "/ahead")] {
         cluster

@@ -364,22 +364,25 @@ async fn records_that_did_not_fit_leave_no_data_behind() {
     );
 }
 
-/// A default cluster holding an empty `/log`, shared with a task that
-/// kills its processes; a client, and 8 appending clients.
-async fn shared_log_cluster() -> (
-    std::sync::Arc<tokio::sync::Mutex<Cluster>>,
+/// A cluster holding an empty `/log`, shared with a task that kills its
+/// processes; a client, and 8 appending clients.
+type SharedLog = (
+    Arc<tokio::sync::Mutex<Cluster>>,
     gfs_client::Client,
     Vec<gfs_client::Client>,
-) {
-    let cluster = Cluster::start(Spec::default()).await.expect("cluster");
+);
+
+/// A default cluster as a [`SharedLog`].
+async fn shared_log_cluster() -> SharedLog {
+    shared_log(Cluster::start(Spec::default()).await.expect("cluster")).await
+}
+
+/// `cluster` with `/log` created, as a [`SharedLog`].
+async fn shared_log(cluster: Cluster) -> SharedLog {
     let c = cluster.client();
     c.create("/log", 0).await.expect("create");
     let clients = (0..8).map(|_| cluster.client()).collect();
-    (
-        std::sync::Arc::new(tokio::sync::Mutex::new(cluster)),
-        c,
-        clients,
-    )
+    (Arc::new(tokio::sync::Mutex::new(cluster)), c, clients)
 }
 
 /// R8 (record-append half): kill -9 a secondary, then a primary, while 8
@@ -884,20 +887,15 @@ async fn the_command_lines_append_keeps_order_or_pipelines() {
 /// another.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn appenders_survive_master_leaders_whose_clocks_disagree() {
-    if !gfs_tests::clock::available() {
-        eprintln!("skipped: needs libfaketime (scripts/setup installs it)");
-        return;
-    }
-    let cluster = Cluster::start(Spec {
+    let Some(cluster) = Cluster::on_skewed_clocks(Spec {
         skewed_master_clocks: vec![(0, 30), (1, -30)],
         ..Spec::default()
     })
     .await
-    .expect("cluster");
-    let c = cluster.client();
-    c.create("/log", 0).await.expect("create");
-    let clients = (0..8).map(|_| cluster.client()).collect();
-    let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
+    else {
+        return;
+    };
+    let (cluster, c, clients) = shared_log(cluster).await;
     let hand_over = {
         let cluster = cluster.clone();
         tokio::spawn(async move {
