@@ -12,7 +12,8 @@ use gfs_client::{Client, ClientOptions, MasterOptions};
 
 use crate::disk::SmallDisk;
 use crate::faulty::{FaultyServer, Joining};
-use crate::masters::{MasterCluster, Timings, cluster_ip, free_port};
+use crate::link::{Link, Reached, Shape};
+use crate::masters::{MasterCluster, Timings, cluster_ip};
 
 #[derive(Clone, Debug)]
 pub struct Spec {
@@ -50,6 +51,11 @@ pub struct Spec {
     pub skewed_clocks: Vec<(usize, i64)>,
     /// The same for masters.
     pub skewed_master_clocks: Vec<(usize, i64)>,
+    /// Chunkservers reached only across a link of this shape (a delay, a
+    /// bandwidth: `link::Link`; `Cluster::link` changes it).
+    pub links: Vec<(usize, Shape)>,
+    /// The same for masters (`MasterCluster::link`).
+    pub master_links: Vec<(usize, Shape)>,
 }
 
 impl Default for Spec {
@@ -75,6 +81,8 @@ impl Default for Spec {
             io_depth: None,
             skewed_clocks: Vec::new(),
             skewed_master_clocks: Vec::new(),
+            links: Vec::new(),
+            master_links: Vec::new(),
         }
     }
 }
@@ -82,7 +90,9 @@ impl Default for Spec {
 #[derive(Debug)]
 pub struct ServerProc {
     pub id: u64,
+    /// Where clients and peers reach it (its link's, if it has one).
     pub addr: String,
+    reached: Reached,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -135,6 +145,7 @@ impl Cluster {
                 extra_args,
                 small_disks: spec.small_master_disks.clone(),
                 skewed_clocks: spec.skewed_master_clocks.clone(),
+                links: spec.master_links.clone(),
                 ..Timings::default()
             },
         )?;
@@ -148,9 +159,12 @@ impl Cluster {
         let mut servers = Vec::new();
         for i in 0..spec.chunkservers {
             let ip = Ipv4Addr::new(127, a, b, c + 1 + i as u8);
+            let shape = spec.links.iter().find(|(j, _)| *j == i).map(|l| l.1);
+            let reached = Reached::at(ip, shape)?;
             servers.push(ServerProc {
                 id: i as u64 + 1,
-                addr: format!("{ip}:{}", free_port(ip)?),
+                addr: reached.addr.clone(),
+                reached,
                 data_dir: dir.path().join(format!("cs{}", i + 1)),
                 log: dir.path().join(format!("cs{}.log", i + 1)),
                 child: None,
@@ -205,6 +219,8 @@ impl Cluster {
             "--id".into(),
             s.id.to_string(),
             "--listen".into(),
+            s.reached.listen.clone(),
+            "--advertise".into(),
             s.addr.clone(),
             "--data-dir".into(),
             s.data_dir.display().to_string(),
@@ -409,6 +425,11 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The link in front of chunkserver `i` (`Spec::links`).
+    pub fn link(&self, i: usize) -> &Link {
+        self.servers[i].reached.link()
     }
 
     /// The index of the chunkserver with node id `id`.

@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod disk;
 pub mod faulty;
 pub mod history;
+pub mod link;
 pub mod masters;
 pub mod raw;
 

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use gfs_client::{MasterClient, MasterOptions};
 
 use crate::disk::SmallDisk;
+use crate::link::{Link, Reached, Shape};
 
 pub(crate) static CLUSTERS: AtomicU32 = AtomicU32::new(0);
 
@@ -29,12 +30,18 @@ pub struct Timings {
     /// Masters whose wall clock reads this many seconds ahead (behind if
     /// negative), with libfaketime (`clock::skewed`).
     pub skewed_clocks: Vec<(usize, i64)>,
+    /// Masters reached only across a link of this shape (`link::Link`),
+    /// by peers, clients and chunkservers alike.
+    pub links: Vec<(usize, Shape)>,
 }
 
 #[derive(Debug)]
 pub struct MasterProc {
     pub id: u64,
+    /// Where peers, clients and chunkservers reach it (its link's, if it
+    /// has one).
     pub addr: String,
+    reached: Reached,
     pub data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -74,10 +81,12 @@ impl MasterCluster {
         let mut masters = Vec::new();
         for i in 0..n {
             let ip = Ipv4Addr::new(127, a, b, c + 1 + i as u8);
-            let port = free_port(ip)?;
+            let shape = timings.links.iter().find(|(j, _)| *j == i).map(|l| l.1);
+            let reached = Reached::at(ip, shape)?;
             masters.push(MasterProc {
                 id: i as u64 + 1,
-                addr: format!("{ip}:{port}"),
+                addr: reached.addr.clone(),
+                reached,
                 data_dir: dir.path().join(format!("m{}", i + 1)),
                 log: dir.path().join(format!("m{}.log", i + 1)),
                 child: None,
@@ -131,7 +140,7 @@ impl MasterCluster {
             "--id".into(),
             m.id.to_string(),
             "--listen".into(),
-            m.addr.clone(),
+            m.reached.listen.clone(),
             "--data-dir".into(),
             m.data_dir.display().to_string(),
         ];
@@ -221,6 +230,11 @@ impl MasterCluster {
     }
 
     /// Master `i`'s small disk, if `Timings::small_disks` gave it one.
+    /// The link in front of master `i` (`Timings::links`).
+    pub fn link(&self, i: usize) -> &Link {
+        self.masters[i].reached.link()
+    }
+
     pub fn disk(&self, i: usize) -> Option<&SmallDisk> {
         self.disks.iter().find(|(j, _)| *j == i).map(|(_, d)| d)
     }
