@@ -219,7 +219,10 @@ impl AsyncWrite for Writer {
             return Poll::Ready(Ok(()));
         }
         if !self.tx.is_closed() {
-            ready!(self.poll_send_pending(cx))?;
+            if let Err(e) = ready!(self.poll_send_pending(cx)) {
+                // The driver stopped: its error says why.
+                return self.poll_driver(cx).map(|r| r.and(Err(e)));
+            }
             self.tx.close();
         }
         self.poll_driver(cx).map_ok(|_| ())

@@ -1135,3 +1135,24 @@ async fn a_limping_link_into_a_chunkserver_costs_no_error() {
 async fn a_link_carrying_nothing_into_a_live_chunkserver_costs_no_error() {
     ingest_past_a_bad_link(Shape::rate(0)).await;
 }
+
+/// A writer whose file went away (deleted under it) says why when
+/// closed, not only that it stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_writer_says_why_when_closed() {
+    let cluster = Cluster::start(Spec::default()).await.expect("cluster");
+    let c = cluster.client();
+    let mut w = Writer::create(&c, "/gone").await.expect("create");
+    c.delete("/gone", false).await.expect("delete");
+    // A whole piece goes to the writer's chunk task, which fails; the
+    // rest waits in the writer for the close.
+    w.write_all(&random_bytes((1 << 20) + 100, 5))
+        .await
+        .expect("taken");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let e = w.close().await.expect_err("/gone cannot be written");
+    assert!(
+        !e.to_string().contains("stopped after an error"),
+        "the close said only that the writer stopped: {e}"
+    );
+}
