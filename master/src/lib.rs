@@ -26,6 +26,7 @@
 
 pub mod placement;
 pub mod repair;
+pub mod runtime;
 pub mod server;
 pub mod state;
 pub mod store;

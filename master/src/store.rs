@@ -53,7 +53,7 @@ openraft::declare_raft_types!(
         Node = BasicNode,
         Entry = Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = crate::runtime::Runtime,
 );
 
 type NodeId = u64;

@@ -131,11 +131,13 @@ impl Cluster {
         .iter()
         .flat_map(|(f, v)| [f.to_string(), v.to_string()])
         .collect();
-        // Raft timings with more slack than the binary's: openraft 0.9 cuts
-        // every AppendEntries at the heartbeat interval, and with several
-        // clusters plus chunk copies on one disk a follower's fsync can
-        // exceed the default 50 ms for long enough to stall commits (see
-        // the master issue's note). The failover suites keep the defaults.
+        // Raft timings with more slack than the binary's, from before the
+        // floor on openraft's timeouts (`gfs_master::runtime`): openraft
+        // 0.9 cut every AppendEntries at the heartbeat interval, and with
+        // several clusters plus chunk copies on one disk a follower's
+        // fsync exceeded it for long enough to stall commits (see the
+        // master issue's note). Kept: the data suites have not been run
+        // on the defaults since. The failover suites keep the defaults.
         let masters = MasterCluster::start(
             spec.masters,
             Timings {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use gfs_proto::wire::ErrorKind;
 use gfs_tests::disk::SmallDisk;
 use gfs_tests::history::Workload;
+use gfs_tests::link::Shape;
 use gfs_tests::masters::{MasterCluster, Partition, Timings};
 
 const LEADER_WAIT: Duration = Duration::from_secs(10);
@@ -458,6 +459,40 @@ async fn r11_every_master_disk_full_is_a_clear_error_then_heals() {
         rejoined(&c, d).await;
     }
     assert_no_panic(&c);
+}
+
+/// Round trips between the masters longer than their heartbeat interval
+/// (30 ms by default): a link delaying 25 ms each way in front of every
+/// master (`link::Link`), so each Raft call, client call and read's
+/// confirmation costs 50 ms or more, while the leader is killed three
+/// times. Every reply stays as predicted and work goes on. (Before the
+/// floor on openraft's timeouts, `gfs_master::runtime`, every
+/// AppendEntries was cut at 30 ms: the leader stayed the leader and
+/// committed nothing; 3 operations were answered in 8 s, the rest failed
+/// after their 30 s deadline.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trips_longer_than_a_heartbeat_between_masters_cost_nothing() {
+    let links = (0..3).map(|i| (i, Shape::delay_ms(25))).collect();
+    let mut c = MasterCluster::start(
+        3,
+        Timings {
+            links,
+            ..Timings::default()
+        },
+    )
+    .expect("start masters");
+    c.leader(LEADER_WAIT).await.expect("a leader");
+    let w = workload(&c, "/far");
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let l = c.leader(LEADER_WAIT).await.expect("a leader");
+        c.kill(l).expect("kill leader");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        c.restart(l).expect("restart");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let report = w.finish().await;
+    assert_clean(&c, &report);
 }
 
 /// Lossy links between the masters: nftables drops 10 % of the packets

@@ -147,7 +147,10 @@ impl PeerClient {
         };
         let client = self.client.as_mut().map_err(|e| unreachable(e))?;
         let mut request = Request::new(encode(req));
-        request.set_timeout(option.hard_ttl());
+        // As openraft's own timeout round the call: at least the floor
+        // (`runtime`), or a round trip longer than a heartbeat interval
+        // failed every AppendEntries.
+        request.set_timeout(crate::runtime::floored(option.hard_ttl()));
         let reply = match kind {
             "append" => client.append_entries(request).await,
             "vote" => client.vote(request).await,
