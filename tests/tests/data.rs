@@ -1156,3 +1156,63 @@ async fn a_failed_writer_says_why_when_closed() {
         "the close said only that the writer stopped: {e}"
     );
 }
+
+/// The way in to the master leader cut, its way out working (a link in
+/// front of it carrying nothing: its AppendEntries still reach the
+/// followers and their answers come back, so Raft keeps it leader, while
+/// no client or chunkserver reaches it). The leader, hearing no
+/// chunkserver while a follower does, hands over (`gfs_master::server::reach`):
+/// a create succeeds within 15 s of the cut and another master leads;
+/// once healed, the cluster is healthy and takes writes. (Before, every
+/// create failed at its 30 s deadline for as long as the cut lasted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_leader_nobody_reaches_hands_over() {
+    let spec = Spec {
+        master_links: (0..3).map(|i| (i, Shape::default())).collect(),
+        ..Spec::default()
+    };
+    let cluster = Cluster::start(spec).await.expect("cluster");
+    let c = cluster.client();
+    c.create("/a", 0).await.expect("create");
+    let data = random_bytes(3 << 20, 1);
+    c.write_at("/a", 0, &data).await.expect("write");
+    let old = cluster
+        .masters
+        .leader(Duration::from_secs(5))
+        .await
+        .expect("leader");
+    cluster.masters.link(old).set(Shape::rate(0));
+    let cut = std::time::Instant::now();
+    let created = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut i = 0;
+        while let Err(e) = c.create(&format!("/during{i}"), 0).await {
+            eprintln!("create {i} failed after {:?}: {e}", cut.elapsed());
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(
+        created.is_ok(),
+        "no create succeeded within 15 s of the cut"
+    );
+    eprintln!("a create succeeded {:?} after the cut", cut.elapsed());
+    assert!(
+        read_all(&c, "/a").await == data,
+        "read back otherwise during the cut"
+    );
+    cluster.masters.link(old).set(Shape::default());
+    let new = cluster
+        .masters
+        .leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    cluster
+        .wait_healthy(Duration::from_secs(60))
+        .await
+        .expect("healthy after the heal");
+    c.write_at("/a", 0, &random_bytes(3 << 20, 2))
+        .await
+        .expect("a write after the heal");
+    eprintln!("leader {old} before the cut, {new} after the heal");
+}

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gfs_proto::wire::master::master_admin_client::MasterAdminClient;
 use gfs_proto::wire::master::master_admin_server::MasterAdmin;
 use gfs_proto::wire::master::raft_client::RaftClient;
 use gfs_proto::wire::master::{
@@ -80,9 +81,20 @@ pub async fn hand_over(node: &Node, target: u64, wait: Duration) -> Result<(), S
     tokio::time::sleep(lease).await;
     let ch =
         channel(&addr, Some(node.cfg.listen.ip())).map_err(|e| error(ErrorKind::Internal, e))?;
-    let mut client = RaftClient::new(ch);
+    let mut client = RaftClient::new(ch.clone());
+    let mut target_status = MasterAdminClient::new(ch);
     let mut metrics = node.raft.metrics();
     loop {
+        // A leader whose way in is cut (`reach`) never hears its successor:
+        // asked again, the successor would elect itself again.
+        let asked =
+            tokio::time::timeout(Duration::from_millis(300), target_status.status(Empty {}));
+        if let Ok(Ok(r)) = asked.await
+            && r.get_ref().state == "leader"
+        {
+            node.raft.runtime_config().heartbeat(true);
+            return Ok(());
+        }
         let _ = client.elect(Empty {}).await;
         let elected = tokio::time::timeout(Duration::from_millis(300), async {
             loop {

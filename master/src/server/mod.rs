@@ -12,6 +12,7 @@ pub mod meta;
 pub mod network;
 pub mod node;
 mod outage;
+pub mod reach;
 pub mod soft;
 pub mod versions;
 
@@ -207,6 +208,7 @@ async fn serve(
         return Err(e);
     }
     let background = tokio::spawn(duties::run(node.clone()));
+    let reach = tokio::spawn(reach::run(node.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serve = tonic::transport::Server::builder()
@@ -258,6 +260,8 @@ async fn serve(
     }
     background.abort();
     let _ = background.await;
+    reach.abort();
+    let _ = reach.await;
     let _ = stop_tx.send(());
     let stopped = stop_server(&mut server).await;
     let _ = raft.shutdown().await;

@@ -344,6 +344,11 @@ impl Soft {
         }
     }
 
+    /// The newest heartbeat from any server (`None`: no server known).
+    pub fn newest_heartbeat_ms(&self) -> Option<u64> {
+        self.servers.values().map(|s| s.last_seen_ms).max()
+    }
+
     pub fn live_count(&self, now_ms: u64, timeout_ms: u64) -> usize {
         self.servers
             .values()

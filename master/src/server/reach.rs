@@ -1,0 +1,207 @@
+//! A leader that no chunkserver reaches hands its leadership to a master
+//! they do reach.
+//!
+//! Raft keeps a leader as long as its own messages reach the followers.
+//! Cut the way in to it (a firewall on its port, a one-way fault of its
+//! network) while its way out still works, and it stays leader: its
+//! AppendEntries still arrive and their answers come back on its own
+//! connections, while no client and no chunkserver can reach it. Clients
+//! told by the followers to go to it waited out their whole deadline
+//! ("no master answered within 30s"), for as long as the fault lasted.
+//!
+//! Every chunkserver heartbeats every master, so the masters can tell: a
+//! leader that has heard no chunkserver for a chunkserver timeout, while a
+//! follower has, asks that follower to take over (`admin::hand_over`). A
+//! cluster with no chunkserver up, or one that no master hears, changes
+//! nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gfs_proto::wire::master::Empty;
+use gfs_proto::wire::master::master_admin_client::MasterAdminClient;
+
+use super::network::channel;
+use super::node::{Node, now_ms};
+
+/// How often a master checks.
+const EVERY: Duration = Duration::from_secs(1);
+/// How long a follower's answer may take.
+const ASK_TIMEOUT: Duration = Duration::from_secs(1);
+/// After a hand-over, how long before the next one.
+const AGAIN_AFTER: Duration = Duration::from_secs(10);
+/// How long a hand-over may take.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether a leader since `leader_since_ms` has heard no chunkserver for
+/// `timeout_ms` at `now_ms`, its newest heartbeat from any server being
+/// `newest_ms` (`None`: it knows of no server, and so misses none).
+pub fn unreached(
+    now_ms: u64,
+    leader_since_ms: u64,
+    newest_ms: Option<u64>,
+    timeout_ms: u64,
+) -> bool {
+    let Some(newest) = newest_ms else {
+        return false;
+    };
+    now_ms.saturating_sub(newest.max(leader_since_ms)) >= timeout_ms
+}
+
+/// What a follower answered: its id, the chunkservers it counts live, the
+/// leader it follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub id: u64,
+    pub live: u64,
+    pub leader: u64,
+}
+
+/// The master `me` hands over to, from the followers' answers: the one
+/// that hears the most chunkservers, if any hears one, and only while
+/// every one that answered still follows `me` (one that follows another
+/// says `me` is a leader of the past: stopped a while, say, and not told
+/// yet; handing over would only unseat the real one).
+pub fn successor(me: u64, answers: &[Answer]) -> Option<u64> {
+    if answers.iter().any(|a| a.leader != me) {
+        return None;
+    }
+    answers
+        .iter()
+        .filter(|a| a.live > 0)
+        .max_by_key(|a| (a.live, std::cmp::Reverse(a.id)))
+        .map(|a| a.id)
+}
+
+/// Checks every [`EVERY`] until the task is dropped.
+pub async fn run(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leader_since = None;
+    loop {
+        tick.tick().await;
+        if !node.is_leader() {
+            leader_since = None;
+            continue;
+        }
+        let now = now_ms();
+        let since = *leader_since.get_or_insert(now);
+        let newest = node.soft().newest_heartbeat_ms();
+        let timeout = node.cfg.chunkserver_timeout_ms;
+        if !unreached(now, since, newest, timeout) {
+            continue;
+        }
+        let answers = ask_followers(&node).await;
+        let Some(to) = successor(node.cfg.id, &answers) else {
+            continue;
+        };
+        tracing::warn!(
+            silent_ms = now.saturating_sub(newest.unwrap_or(0).max(since)),
+            to,
+            ?answers,
+            "no chunkserver has reached this leader while a follower hears them: handing over"
+        );
+        match super::admin::hand_over(&node, to, HAND_OVER_WAIT).await {
+            Ok(()) => tracing::info!(to, "handed over"),
+            Err(e) => tracing::warn!(to, error = %e.message(), "hand-over failed"),
+        }
+        tokio::time::sleep(AGAIN_AFTER).await;
+        leader_since = None;
+    }
+}
+
+/// What each other voter that answers says.
+async fn ask_followers(node: &Node) -> Vec<Answer> {
+    let peers: Vec<(u64, String)> = {
+        let m = node.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        membership
+            .voter_ids()
+            .filter(|id| *id != node.cfg.id)
+            .filter_map(|id| Some((id, membership.get_node(&id)?.addr.clone())))
+            .collect()
+    };
+    let mut answers = Vec::new();
+    for (id, addr) in peers {
+        let Ok(ch) = channel(&addr, Some(node.cfg.listen.ip())) else {
+            continue;
+        };
+        let mut admin = MasterAdminClient::new(ch);
+        if let Ok(Ok(r)) = tokio::time::timeout(ASK_TIMEOUT, admin.status(Empty {})).await {
+            let r = r.into_inner();
+            answers.push(Answer {
+                id,
+                live: r.chunkservers,
+                leader: r.leader_id,
+            });
+        }
+    }
+    answers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_is_unreached_once_no_server_was_heard_for_a_timeout_of_its_leading() {
+        // Heard 2 s ago, timeout 3 s: reached.
+        assert!(!unreached(10_000, 0, Some(8_000), 3_000));
+        assert!(unreached(11_000, 0, Some(8_000), 3_000));
+        // Just elected: a timeout of its own leading first, whatever it
+        // heard as a follower.
+        assert!(!unreached(11_000, 9_000, Some(1_000), 3_000));
+        assert!(unreached(12_000, 9_000, Some(1_000), 3_000));
+        // No server known: nothing missed.
+        assert!(!unreached(u64::MAX, 0, None, 3_000));
+    }
+
+    #[test]
+    fn the_successor_is_the_follower_hearing_the_most_servers() {
+        let a = |id, live| Answer {
+            id,
+            live,
+            leader: 1,
+        };
+        assert_eq!(successor(1, &[a(2, 4), a(3, 3)]), Some(2));
+        assert_eq!(successor(1, &[a(2, 0), a(3, 3)]), Some(3));
+        assert_eq!(
+            successor(1, &[a(2, 3), a(3, 3)]),
+            Some(2),
+            "ties: the lower id"
+        );
+        assert_eq!(
+            successor(1, &[a(2, 0), a(3, 0)]),
+            None,
+            "nobody hears a server"
+        );
+        assert_eq!(successor(1, &[]), None, "nobody answered");
+        assert_eq!(successor(1, &[a(3, 3)]), Some(3), "one answered");
+    }
+
+    #[test]
+    fn a_leader_its_followers_no_longer_follow_hands_nothing_over() {
+        let follows = |leader| Answer {
+            id: 2,
+            live: 4,
+            leader,
+        };
+        assert_eq!(successor(1, &[follows(1)]), Some(2));
+        assert_eq!(successor(1, &[follows(3)]), None);
+        assert_eq!(
+            successor(
+                1,
+                &[
+                    follows(1),
+                    Answer {
+                        id: 3,
+                        live: 4,
+                        leader: 3
+                    }
+                ]
+            ),
+            None
+        );
+        assert_eq!(successor(1, &[follows(0)]), None, "following nobody yet");
+    }
+}
