@@ -313,10 +313,10 @@ impl Client {
         let data_id = rand::random::<u64>() | 1;
         let mut last: MasterError;
         let mut no_space = 0;
-        let mut busy_pushes = 0;
+        let mut tries = Tries::default();
         loop {
             last = match self
-                .mutate_once(path, index, &m, data_id, &mut failed, &mut busy_pushes)
+                .mutate_once(path, index, &m, data_id, &mut failed, &mut tries)
                 .await
             {
                 Ok(r) => return Ok(r),
@@ -368,7 +368,7 @@ impl Client {
         m: &Mutation,
         data_id: u64,
         failed: &mut Vec<u64>,
-        busy_pushes: &mut u32,
+        tries: &mut Tries,
     ) -> Result<MutateReply, Attempt> {
         // The turn first, then where to push: a piece that waited behind
         // one stuck on a stalled replica would otherwise push along the
@@ -417,9 +417,18 @@ impl Client {
         // takes it once its own copy is in (waiting for it there), not
         // after the whole chain acknowledged the push.
         let early = m.kind == MutationKind::Append;
+        let chain_ids: Vec<u64> = info.replicas.iter().map(|r| r.node_id).collect();
+        // Data every replica of the chain holds from an attempt before is
+        // not pushed again: a push that outlasted its lease was otherwise
+        // pushed again under each new one, and outlasted each.
+        let held = chain_ids.iter().all(|n| tries.holders.contains(n));
         let started = Instant::now();
         let push = async {
-            let pushed = self.pool.push(&chain, data_id, m.data.clone()).await;
+            let pushed = if held {
+                Ok(())
+            } else {
+                self.pool.push(&chain, data_id, m.data.clone()).await
+            };
             (pushed, started.elapsed())
         };
         let ((pushed, push_took), sent) = if early {
@@ -431,6 +440,13 @@ impl Client {
         // A mutation every replica applied stands, whatever the push's
         // answer said; otherwise a failed push is what to report.
         let applied = matches!(&sent, Some(Ok(r)) if r.failed.is_empty());
+        match &pushed {
+            Ok(()) => tries.holders.clone_from(&chain_ids),
+            Err(PushError::Broken(i) | PushError::Busy(i)) => {
+                tries.holders = chain_ids[..(*i).min(chain_ids.len())].to_vec();
+            }
+            Err(PushError::Other(_)) => {}
+        }
         if !applied {
             match pushed {
                 Ok(()) => {
@@ -458,8 +474,8 @@ impl Client {
                 Err(PushError::Busy(i)) => {
                     // A replica out of buffer space is not a failed one; only
                     // one that stays so, attempt after attempt, is reported.
-                    *busy_pushes += 1;
-                    if *busy_pushes >= MAX_BUSY_PUSHES
+                    tries.busy_pushes += 1;
+                    if tries.busy_pushes >= MAX_BUSY_PUSHES
                         && let Some(r) = info.replicas.get(i)
                     {
                         failed.push(r.node_id);
@@ -489,6 +505,15 @@ impl Client {
             total_ms = started.elapsed().as_secs_f64() * 1e3,
             "mutation"
         );
+        // A replica lost the data (restarted, or it expired there), or some
+        // applied the mutation, and so dropped it, while others failed it.
+        let dropped = match &mutated {
+            Err(e) => e.kind == ErrorKind::DataMissing,
+            Ok(r) => !r.failed.is_empty(),
+        };
+        if dropped {
+            tries.holders.clear();
+        }
         match mutated {
             Ok(r) if r.failed.is_empty() => Ok(r),
             Ok(r) => {
@@ -870,6 +895,15 @@ impl PushTurn {
             later
         });
     }
+}
+
+/// What one mutation's attempts have learned so far.
+#[derive(Debug, Default)]
+struct Tries {
+    /// Pushes answered BUSY.
+    busy_pushes: u32,
+    /// The servers known to hold the mutation's pushed data.
+    holders: Vec<u64>,
 }
 
 enum Attempt {

@@ -1208,3 +1208,27 @@ async fn a_master_leader_nobody_reaches_hands_over() {
         .expect("a write after the heal");
     eprintln!("leader {old} before the cut, {new} after the heal");
 }
+
+/// A push that outlasts the lease it was sent under: every chunk goes
+/// through a link of 700 KB/s into one of three chunkservers, so pushing
+/// a 1 MiB piece takes about 1.5 s, past the 1 s lease. The mutation then
+/// finds the lease over; the retry under a new lease reuses the data every
+/// replica already holds instead of pushing it again (which took as long
+/// and met the same end, until the writer's 40 s deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_push_longer_than_a_lease_is_not_pushed_again() {
+    let spec = Spec {
+        chunkservers: 3,
+        lease_ms: 1_000,
+        links: vec![(0, Shape::rate(700_000))],
+        ..Spec::default()
+    };
+    let cluster = Cluster::start(spec).await.expect("cluster");
+    let c = cluster.client();
+    let data = random_bytes(2 << 20, 7);
+    let started = std::time::Instant::now();
+    c.create("/slow", 0).await.expect("create");
+    c.write_at("/slow", 0, &data).await.expect("write");
+    eprintln!("written in {:?}", started.elapsed());
+    assert!(read_all(&c, "/slow").await == data, "read back otherwise");
+}
