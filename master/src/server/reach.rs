@@ -11,9 +11,9 @@
 //!
 //! Every chunkserver heartbeats every master, so the masters can tell: a
 //! leader that has heard no chunkserver for a chunkserver timeout, while a
-//! follower has, asks that follower to take over (`admin::hand_over`). A
-//! cluster with no chunkserver up, or one that no master hears, changes
-//! nothing.
+//! follower has (asked twice, [`confirm_after`] apart), asks that follower
+//! to take over (`admin::hand_over`). A cluster with no chunkserver up, or
+//! one that no master hears, changes nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +32,16 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 const AGAIN_AFTER: Duration = Duration::from_secs(10);
 /// How long a hand-over may take.
 const HAND_OVER_WAIT: Duration = Duration::from_secs(5);
+
+/// How long after a first answer naming a successor the followers are
+/// asked again, given the longest usual gap between a server's
+/// heartbeats: every server falling silent at once (all down, or cut off
+/// from every master) leaves a follower that heard their last heartbeats
+/// up to a gap later than the leader counting them live for that much
+/// longer. Asked again two gaps later, it counts them too.
+pub fn confirm_after(longest_gap_ms: u64) -> Duration {
+    Duration::from_millis(longest_gap_ms.saturating_mul(2).max(1_000))
+}
 
 /// Whether a leader since `leader_since_ms` has heard no chunkserver for
 /// `timeout_ms` at `now_ms`, its newest heartbeat from any server being
@@ -89,6 +99,15 @@ pub async fn run(node: Arc<Node>) {
         let newest = node.soft().newest_heartbeat_ms();
         let timeout = node.cfg.chunkserver_timeout_ms;
         if !unreached(now, since, newest, timeout) {
+            continue;
+        }
+        if successor(node.cfg.id, &ask_followers(&node).await).is_none() {
+            continue;
+        }
+        let gap = node.soft().longest_gap_ms();
+        tokio::time::sleep(confirm_after(gap)).await;
+        let newest = node.soft().newest_heartbeat_ms();
+        if !node.is_leader() || !unreached(now_ms(), since, newest, timeout) {
             continue;
         }
         let answers = ask_followers(&node).await;
@@ -177,6 +196,14 @@ mod tests {
         );
         assert_eq!(successor(1, &[]), None, "nobody answered");
         assert_eq!(successor(1, &[a(3, 3)]), Some(3), "one answered");
+    }
+
+    #[test]
+    fn followers_are_asked_again_two_heartbeat_gaps_later() {
+        assert_eq!(confirm_after(0), Duration::from_secs(1));
+        assert_eq!(confirm_after(200), Duration::from_secs(1));
+        assert_eq!(confirm_after(1_000), Duration::from_secs(2));
+        assert_eq!(confirm_after(u64::MAX), Duration::from_millis(u64::MAX));
     }
 
     #[test]

@@ -349,6 +349,12 @@ impl Soft {
         self.servers.values().map(|s| s.last_seen_ms).max()
     }
 
+    /// The longest usual time between one server's heartbeats (0 until
+    /// some server sent two).
+    pub fn longest_gap_ms(&self) -> u64 {
+        self.servers.values().map(|s| s.gap_ms).max().unwrap_or(0)
+    }
+
     pub fn live_count(&self, now_ms: u64, timeout_ms: u64) -> usize {
         self.servers
             .values()
