@@ -106,8 +106,8 @@ pub async fn run(node: Arc<Node>) {
         }
         let gap = node.soft().longest_gap_ms();
         tokio::time::sleep(confirm_after(gap)).await;
-        let newest = node.soft().newest_heartbeat_ms();
-        if !node.is_leader() || !unreached(now_ms(), since, newest, timeout) {
+        let (now, newest) = (now_ms(), node.soft().newest_heartbeat_ms());
+        if !node.is_leader() || !unreached(now, since, newest, timeout) {
             continue;
         }
         let answers = ask_followers(&node).await;
