@@ -643,6 +643,25 @@ async fn r12_writers_survive_kills_of_the_master_leader() {
     }
 }
 
+/// Writes `data` to a new file at `path` in 256 KiB pieces, `pause`
+/// apart, in a task of its own: how many bytes it wrote.
+fn paced_writer(
+    c: &gfs_client::Client,
+    path: &str,
+    data: Arc<Vec<u8>>,
+    pause: Duration,
+) -> tokio::task::JoinHandle<u64> {
+    let (c, path) = (c.clone(), path.to_string());
+    tokio::spawn(async move {
+        let mut w = Writer::create(&c, &path).await.expect("create");
+        for part in data.chunks(256 << 10) {
+            w.write_all(part).await.expect("write");
+            tokio::time::sleep(pause).await;
+        }
+        w.close().await.expect("close")
+    })
+}
+
 /// R6: kill -9 of a secondary, then of the primary, in the middle of a
 /// streaming write; the writer only sees a delay, and the file reads back
 /// whole.
@@ -651,17 +670,7 @@ async fn r6_kill_of_a_secondary_and_of_a_primary_mid_write() {
     let mut cluster = Cluster::start(Spec::default()).await.expect("cluster");
     let c = cluster.client();
     let data = Arc::new(random_bytes(12 << 20, 6));
-    let writer = {
-        let (c, data) = (c.clone(), data.clone());
-        tokio::spawn(async move {
-            let mut w = Writer::create(&c, "/ingest").await.expect("create");
-            for part in data.chunks(256 << 10) {
-                w.write_all(part).await.expect("write");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            w.close().await.expect("close")
-        })
-    };
+    let writer = paced_writer(&c, "/ingest", data.clone(), Duration::from_millis(5));
     // Let the first chunk get a lease, then kill one of its secondaries.
     let chunk0 = loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1082,18 +1091,8 @@ async fn ingest_past_a_bad_link(shape: Shape) {
     let before = random_bytes(4 << 20, 43);
     c.create("/before", 0).await.expect("create");
     c.write_at("/before", 0, &before).await.expect("write");
-    let data = random_bytes(8 << 20, 42);
-    let writer = {
-        let (c, data) = (c.clone(), data.clone());
-        tokio::spawn(async move {
-            let mut w = Writer::create(&c, "/file").await.expect("create");
-            for part in data.chunks(256 << 10) {
-                w.write_all(part).await.expect("write");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            w.close().await.expect("close")
-        })
-    };
+    let data = Arc::new(random_bytes(8 << 20, 42));
+    let writer = paced_writer(&c, "/file", data.clone(), Duration::from_millis(20));
     let reader = {
         let (c, cluster) = (c.clone(), cluster.clone());
         tokio::spawn(async move {
@@ -1110,6 +1109,7 @@ async fn ingest_past_a_bad_link(shape: Shape) {
     let acked = append_with(clients, 20, 150_000, Duration::from_millis(40)).await;
     assert_eq!(writer.await.expect("writer"), data.len() as u64);
     reader.await.expect("reader");
+    let data = Arc::unwrap_or_clone(data);
     Ingested { data, acked }.check(&c).await;
 }
 

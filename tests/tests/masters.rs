@@ -49,19 +49,25 @@ fn workload(c: &MasterCluster, root: &str) -> Workload {
     Workload::start(c.client(), checker, 3, root)
 }
 
+/// Three times: after `apart`, kill -9 the leader, and restart it 400 ms
+/// later.
+async fn kill_the_leader_three_times(c: &mut MasterCluster, apart: Duration) {
+    for _ in 0..3 {
+        tokio::time::sleep(apart).await;
+        let l = c.leader(LEADER_WAIT).await.expect("a leader");
+        c.kill(l).expect("kill leader");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        c.restart(l).expect("restart");
+    }
+}
+
 /// R2: kill -9 the leader three times under load; every reply stays
 /// exactly as predicted and nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r2_kill_the_leader_repeatedly() {
     let mut c = start().await;
     let w = workload(&c, "/r2");
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        let l = c.leader(LEADER_WAIT).await.expect("a leader");
-        c.kill(l).expect("kill leader");
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        c.restart(l).expect("restart");
-    }
+    kill_the_leader_three_times(&mut c, Duration::from_millis(800)).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let report = w.finish().await;
     assert_clean(&c, &report);
@@ -483,13 +489,7 @@ async fn round_trips_longer_than_a_heartbeat_between_masters_cost_nothing() {
     .expect("start masters");
     c.leader(LEADER_WAIT).await.expect("a leader");
     let w = workload(&c, "/far");
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        let l = c.leader(LEADER_WAIT).await.expect("a leader");
-        c.kill(l).expect("kill leader");
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        c.restart(l).expect("restart");
-    }
+    kill_the_leader_three_times(&mut c, Duration::from_millis(1000)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let report = w.finish().await;
     assert_clean(&c, &report);
