@@ -13,7 +13,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use gfs_proto::data::{
@@ -282,20 +282,24 @@ async fn push(sh: &Shared, s: &mut TcpStream, h: PushHeader) -> io::Result<bool>
     let received = receiving.and_then(Receiving::finish);
     sh.store_pushed(h.data_id, parts, received, total);
     drop(arriving);
-    let (below, busy) = match downstream {
+    let held = Instant::now();
+    // The lags of the hops below, this server's to the next first.
+    let (below, busy, lag_us) = match downstream {
         Some(task) => match task.await {
-            Ok(Ok(r)) => (r.stored, r.busy),
+            Ok(Ok(r)) => (r.stored, r.busy, r.lag_us),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e.message(), "push down the chain failed");
-                (0, detail_of(&e).kind() == ErrorKind::Busy)
+                (0, detail_of(&e).kind() == ErrorKind::Busy, Vec::new())
             }
-            Err(_) => (0, false),
+            Err(_) => (0, false, Vec::new()),
         },
-        None => (0, false),
+        None => (0, false, Vec::new()),
     };
     let reply = PushReply {
         stored: 1 + below,
         busy,
+        waited_us: u64::try_from(held.elapsed().as_micros()).unwrap_or(u64::MAX),
+        lag_us,
     };
     s.write_all(&data::encode_ok(&reply)).await?;
     Ok(true)
@@ -404,6 +408,8 @@ mod tests {
             .collect();
         let reply = push_to(&a_addr, std::slice::from_ref(&b_addr), 7, &data).await;
         assert_eq!(reply.stored, 2);
+        // One lag per hop: the pusher's to a, then a's to b.
+        assert_eq!(reply.lag_us.len(), 2, "{reply:?}");
         for sh in [&a, &b] {
             let parts = sh.data(&[7], data.len() as u64).expect("buffered");
             assert_eq!(parts.concat(), data);
@@ -420,6 +426,7 @@ mod tests {
         assert!(!held.is_empty());
         let reply = push_to(&a_addr, &[], 8, &data[..5000]).await;
         assert_eq!(reply.stored, 1);
+        assert_eq!((reply.lag_us.len(), reply.waited_us), (1, 0), "{reply:?}");
         let parts = a.data(&[8], 5000).expect("buffered");
         assert_eq!(parts.concat(), &data[..5000]);
         assert!(

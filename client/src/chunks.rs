@@ -11,7 +11,9 @@ use bytes::{Buf, BytesMut};
 use gfs_proto::data::{DataPool, Op, Pieces, probe_of};
 use gfs_proto::wire::MAX_FRAME_BYTES;
 use gfs_proto::wire::chunk::{MutateReply, MutateRequest, PushHeader, ReadRequest};
+use gfs_proto::wire::master::Replica;
 
+use crate::limping;
 use crate::master::MasterError;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -129,7 +131,8 @@ pub enum PushError {
 }
 
 impl ChunkPool {
-    /// Pushes `data` to `chain[0]`, which forwards it down the rest.
+    /// Pushes `data` to `chain[0]`, which forwards it down the rest;
+    /// records how long each hop held it up (`limping`).
     pub async fn push(
         &self,
         chain: &[String],
@@ -154,6 +157,8 @@ impl ChunkPool {
             Ok(r) => {
                 let stored = r.stored as usize;
                 if stored >= chain.len() {
+                    tracing::trace!(?chain, lag_us = ?r.lag_us, "pushed");
+                    limping::shared().record(chain, &r.lag_us, Instant::now());
                     Ok(())
                 } else if r.busy {
                     Err(PushError::Busy(stored))
@@ -306,6 +311,14 @@ impl ChunkPool {
                 None => {}
             }
         }
+    }
+
+    /// The node id of the limping server (`limping`) among `replicas` of
+    /// chunk `handle`, if it was not reported for it yet.
+    pub fn limping_to_report(&self, handle: u64, replicas: &[Replica]) -> Option<u64> {
+        let addrs: Vec<String> = replicas.iter().map(|r| r.addr.clone()).collect();
+        let addr = limping::shared().to_report(handle, &addrs, Instant::now())?;
+        replicas.iter().find(|r| r.addr == addr).map(|r| r.node_id)
     }
 
     /// Marks `addr` as failed lately (see `FAILED_READS_LAST_FOR`).

@@ -14,6 +14,7 @@ use gfs_proto::record::{self, RecordId};
 use gfs_proto::wire::chunk::{MutateReply, MutateRequest, MutationKind, ReadRequest, Replica};
 use gfs_proto::wire::master::{ChunkInfo, FileInfo};
 use gfs_proto::wire::{ErrorKind, MAX_FRAME_BYTES};
+use rand::seq::SliceRandom;
 
 use crate::chunks::{ChunkPool, PushError};
 use crate::master::{MasterClient, MasterError, MasterOptions};
@@ -253,13 +254,18 @@ impl Client {
     /// Write access to chunk `index`: the cached lease if enough of it is
     /// left, else the masters (which add the chunk if it is the next one,
     /// and give it a new version without `failed`).
+    /// A limping replica (`limping`) of the cached chunk is reported as
+    /// failed, once per chunk.
     async fn writable(&self, path: &str, index: u64, failed: &mut Vec<u64>) -> Result<ChunkInfo> {
-        if failed.is_empty()
-            && let Some(c) = self.master.cached(path, index)
-            && c.primary != 0
-            && c.lease_left_ms > LEASE_MARGIN_MS
-        {
-            return Ok(c);
+        if let Some(c) = self.master.cached(path, index) {
+            if let Some(id) = self.pool.limping_to_report(c.handle, &c.replicas)
+                && !failed.contains(&id)
+            {
+                failed.push(id);
+            }
+            if failed.is_empty() && c.primary != 0 && c.lease_left_ms > LEASE_MARGIN_MS {
+                return Ok(c);
+            }
         }
         let started = Instant::now();
         let info = self.master.write_chunk(path, index, failed).await?;
@@ -391,7 +397,12 @@ impl Client {
                 format!("chunk {index} of {path} has no live primary yet"),
             )));
         };
-        let chain: Vec<String> = info.replicas.iter().map(|r| r.addr.clone()).collect();
+        // The chain in an order of its own each time, so that a limping
+        // server is not first in every chain, where its hop (the client's
+        // own) is not counted against it (`limping`).
+        let mut order = info.replicas.clone();
+        order.shuffle(&mut rand::rng());
+        let chain: Vec<String> = order.iter().map(|r| r.addr.clone()).collect();
         let req = MutateRequest {
             handle: info.handle,
             version: info.version,
@@ -417,7 +428,7 @@ impl Client {
         // takes it once its own copy is in (waiting for it there), not
         // after the whole chain acknowledged the push.
         let early = m.kind == MutationKind::Append;
-        let chain_ids: Vec<u64> = info.replicas.iter().map(|r| r.node_id).collect();
+        let chain_ids: Vec<u64> = order.iter().map(|r| r.node_id).collect();
         // Data every replica of the chain holds from an attempt before is
         // not pushed again: a push that outlasted its lease was otherwise
         // pushed again under each new one, and outlasted each.
@@ -455,15 +466,15 @@ impl Client {
                     }
                 }
                 Err(PushError::Broken(i)) => {
-                    if let Some(r) = info.replicas.get(i) {
-                        failed.push(r.node_id);
+                    if let Some(id) = chain_ids.get(i) {
+                        failed.push(*id);
                     }
                     tracing::debug!(
                         %path,
                         index,
                         version = info.version,
                         primary = info.primary,
-                        chain = ?info.replicas.iter().map(|r| r.node_id).collect::<Vec<_>>(),
+                        chain = ?chain_ids,
                         "push broke at replica {i}"
                     );
                     return Err(Attempt::Retry(MasterError::new(
@@ -476,9 +487,9 @@ impl Client {
                     // one that stays so, attempt after attempt, is reported.
                     tries.busy_pushes += 1;
                     if tries.busy_pushes >= MAX_BUSY_PUSHES
-                        && let Some(r) = info.replicas.get(i)
+                        && let Some(id) = chain_ids.get(i)
                     {
-                        failed.push(r.node_id);
+                        failed.push(*id);
                     }
                     return Err(Attempt::Retry(MasterError::new(
                         ErrorKind::Busy,

@@ -12,6 +12,7 @@
 
 pub mod chunks;
 pub mod client;
+pub mod limping;
 pub mod master;
 mod seen;
 pub mod stream;

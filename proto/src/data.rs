@@ -457,7 +457,8 @@ impl DataPool {
     /// which forwards them to `header.chain`. Ends the connection if
     /// `pieces` closes early. Fails after `timeout`, or once nothing moved
     /// for [`PUSH_STALL_PER_HOP`] per server of the chain from `addr` on
-    /// (time spent waiting for `pieces` not counted).
+    /// (time spent waiting for `pieces` not counted). The reply's
+    /// `lag_us` starts with this hop's lag.
     pub async fn push(
         &self,
         addr: &str,
@@ -499,10 +500,19 @@ impl DataPool {
             if written.is_ok() && !head.is_empty() {
                 s.write_all(&head).await?;
             }
+            // Every byte is with the kernel: from here to the answer is
+            // this hop's lag, less what the server then waited for the
+            // servers after it.
+            let last_write = Instant::now();
             // A server that refused the header answers and closes: its
             // answer says more than the failed write.
             match read_reply::<PushReply, _>(s).await {
-                Ok(r) => Ok(r),
+                Ok(Ok(mut r)) => {
+                    let took = u64::try_from(last_write.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    r.lag_us.insert(0, took.saturating_sub(r.waited_us));
+                    Ok(Ok(r))
+                }
+                Ok(Err(d)) => Ok(Err(d)),
                 Err(e) => written.and(Err(e)),
             }
         })

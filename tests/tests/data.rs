@@ -1128,6 +1128,53 @@ async fn a_link_carrying_nothing_into_a_live_chunkserver_costs_no_error() {
     ingest_past_a_bad_link(Shape::rate(0)).await;
 }
 
+/// A limping chunkserver (everything to it crosses 200 KB/s; it stores
+/// every push, answers and heartbeats) is found by the hops of the pushes
+/// through it (`gfs_client::limping`), reported by the appenders and left
+/// out of the chains: the last chunks of the log have no replica on it.
+/// (Before, it stayed in the chains of three chunks in four, every append
+/// through it at its pace.) Every record reads back once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_limping_chunkserver_is_left_out_of_the_chains() {
+    let spec = Spec {
+        links: (0..4).map(|i| (i, Shape::default())).collect(),
+        ..Spec::default()
+    };
+    let (cluster, c, clients) = shared_log(Cluster::start(spec).await.expect("cluster")).await;
+    let limp = {
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            cluster.lock().await.link(0).set(Shape::rate(200_000));
+        })
+    };
+    let t0 = std::time::Instant::now();
+    let acked = append_with(clients, 60, 32_000, Duration::ZERO).await;
+    eprintln!("appended in {:?}", t0.elapsed());
+    limp.await.expect("limp");
+    check_records(&c, &acked).await;
+    let chunks = c.master().locate_file("/log", 0, u32::MAX).await;
+    let cluster = cluster.lock().await;
+    let holders: Vec<Vec<usize>> = chunks
+        .expect("locate")
+        .found
+        .iter()
+        .map(|ch| {
+            ch.replicas
+                .iter()
+                .filter_map(|r| cluster.server_index(r.node_id))
+                .collect()
+        })
+        .collect();
+    eprintln!("holders by chunk: {holders:?}");
+    assert!(holders.len() >= 6, "{} chunks", holders.len());
+    let last = &holders[holders.len() - 3..];
+    assert!(
+        last.iter().all(|h| !h.contains(&0)),
+        "the limping server holds one of the last chunks: {holders:?}"
+    );
+}
+
 /// A writer whose file went away (deleted under it) says why when
 /// closed, not only that it stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
