@@ -329,16 +329,20 @@ impl ChunkPool {
 
     /// The order to try `addrs` (one chunk's replicas) for a read:
     /// [`least_loaded_first`] by what this client's reads found, equal
-    /// ones from `start`.
+    /// ones from `start`; a limping server (`limping`) goes last, as one
+    /// that failed a read does.
     pub fn read_order(&self, addrs: &[&str], start: usize) -> Vec<usize> {
         let now = Instant::now();
+        let limping = limping::shared().limping(now);
         let loads: Vec<(bool, u32)> = {
             let r = self.reading.lock().unwrap_or_else(|p| p.into_inner());
             addrs
                 .iter()
                 .map(|a| {
-                    r.get(*a)
-                        .map_or((false, 0), |l| (l.failed_lately(now), l.in_flight))
+                    let (failed, in_flight) = r
+                        .get(*a)
+                        .map_or((false, 0), |l| (l.failed_lately(now), l.in_flight));
+                    (failed || limping.as_deref() == Some(*a), in_flight)
                 })
                 .collect()
         };
@@ -388,6 +392,25 @@ mod tests {
             pool.reading.lock().unwrap().is_empty(),
             "no entry left behind"
         );
+    }
+
+    #[test]
+    fn a_limping_server_is_read_last() {
+        let pool = ChunkPool::default();
+        let [a, b, c, d] = ["10.9.9.1:1", "10.9.9.2:1", "10.9.9.3:1", "10.9.9.4:1"];
+        assert_eq!(pool.read_order(&[a, b], 0), [0, 1]);
+        {
+            let mut hops = limping::shared();
+            let chain = |s: [&str; 3]| s.map(String::from);
+            for _ in 0..4 {
+                let now = Instant::now();
+                hops.record(&chain([c, a, b]), &[5_000, 900_000, 3_000], now);
+                hops.record(&chain([d, a, c]), &[5_000, 900_000, 3_000], now);
+                hops.record(&chain([b, c, d]), &[5_000, 3_000, 3_000], now);
+            }
+        }
+        assert_eq!(pool.read_order(&[a, b], 0), [1, 0]);
+        assert_eq!(pool.read_order(&[b, a, c], 0), [0, 2, 1]);
     }
 
     #[test]

@@ -255,10 +255,12 @@ impl Client {
     /// left, else the masters (which add the chunk if it is the next one,
     /// and give it a new version without `failed`).
     /// A limping replica (`limping`) of the cached chunk is reported as
-    /// failed, once per chunk.
+    /// failed, once per chunk, while two others would be left: a slow
+    /// replica is better than one copy of the data.
     async fn writable(&self, path: &str, index: u64, failed: &mut Vec<u64>) -> Result<ChunkInfo> {
         if let Some(c) = self.master.cached(path, index) {
-            if let Some(id) = self.pool.limping_to_report(c.handle, &c.replicas)
+            if c.replicas.len() > 2
+                && let Some(id) = self.pool.limping_to_report(c.handle, &c.replicas)
                 && !failed.contains(&id)
             {
                 failed.push(id);

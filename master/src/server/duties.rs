@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gfs_proto::wire::chunk::{CloneRequest, RevokeRequest};
+use gfs_proto::wire::chunk::CloneRequest;
 use gfs_proto::wire::master::DeleteChunk;
 use gfs_proto::{ChunkHandle, NodeId};
 
@@ -273,43 +273,10 @@ fn plan(node: &Node) -> Vec<CloneOrder> {
     orders
 }
 
-/// Takes the lease on the order's chunk back: the primary stops (after
-/// the mutation in progress) and the log drops the lease. A primary that
-/// cannot be reached keeps it until it expires; the order is dropped and
-/// planned again later.
-async fn revoke(node: &Node, o: &CloneOrder) -> Result<(), String> {
-    let now = now_ms();
-    let Some(lease) = node.state().state.lease(o.handle) else {
-        return Ok(());
-    };
-    if now >= lease.expires_at_ms + node.cfg.lease_grace_ms {
-        return Ok(());
-    }
-    let addr = node
-        .soft()
-        .server(lease.primary)
-        .map(|s| s.addr.clone())
-        .ok_or("the primary is unknown")?;
-    let req = RevokeRequest {
-        handle: o.handle.0,
-        version: lease.version.0,
-    };
-    node.chunkservers.revoke(&addr, req).await?;
-    let cmd = Command::ReleaseLeases {
-        primary: lease.primary,
-        handles: vec![o.handle],
-    };
-    node.propose(0, 0, cmd)
-        .await
-        .map_err(|e| e.message().to_string())?;
-    tracing::info!(chunk = %o.handle, primary = %lease.primary, "lease revoked for re-replication");
-    Ok(())
-}
-
 /// Sends one clone order and records its outcome.
 async fn execute(node: Arc<Node>, o: CloneOrder) {
     if o.revoke
-        && let Err(e) = revoke(&node, &o).await
+        && let Err(e) = super::grant::revoke_lease(&node, o.handle, "re-replication").await
     {
         tracing::info!(chunk = %o.handle, error = %e, "could not revoke the lease; cloning later");
         lock(&node.duties.in_flight).remove(&o.handle);

@@ -13,6 +13,7 @@
 //! version before as current, and grants again over them (at once, from
 //! its duties, so readers are not left without replicas).
 
+use gfs_proto::wire::chunk::RevokeRequest;
 use gfs_proto::wire::{ErrorKind, error};
 use gfs_proto::{ChunkHandle, ChunkVersion, NodeId};
 
@@ -287,6 +288,38 @@ pub fn absent_members(node: &Node, handle: ChunkHandle, now: u64) -> Result<Vec<
 /// soft state: a master restarted just before it was elected knows only
 /// what chunkservers have reported to it since, so a replica it cannot
 /// place may only be late.
+/// Takes the lease on `handle` back (for `why`): the primary stops
+/// (after the mutation in progress) and the log drops the lease. A
+/// primary that cannot be reached keeps it until it expires.
+pub async fn revoke_lease(node: &Node, handle: ChunkHandle, why: &str) -> Result<(), String> {
+    let now = now_ms();
+    let Some(lease) = node.state().state.lease(handle) else {
+        return Ok(());
+    };
+    if now >= lease.expires_at_ms + node.cfg.lease_grace_ms {
+        return Ok(());
+    }
+    let addr = node
+        .soft()
+        .server(lease.primary)
+        .map(|s| s.addr.clone())
+        .ok_or("the primary is unknown")?;
+    let req = RevokeRequest {
+        handle: handle.0,
+        version: lease.version.0,
+    };
+    node.chunkservers.revoke(&addr, req).await?;
+    let cmd = Command::ReleaseLeases {
+        primary: lease.primary,
+        handles: vec![handle],
+    };
+    node.propose(0, 0, cmd)
+        .await
+        .map_err(|e| e.message().to_string())?;
+    tracing::info!(chunk = %handle, primary = %lease.primary, "lease revoked for {why}");
+    Ok(())
+}
+
 pub fn still_learning(node: &Node, soft: &Soft, servers: &[NodeId], now: u64) -> bool {
     node.learning_servers(now) && servers.iter().any(|n| !soft.has_reported(*n))
 }

@@ -662,6 +662,23 @@ impl MasterMeta for MetaService {
             }
             return Ok(Response::new(info));
         }
+        // A reported primary that still heartbeats (a writer found it
+        // limping: `gfs_client::limping`) is asked to give its lease up,
+        // so the next is granted now rather than once its lease and the
+        // grace period ran out, which a primary still taking mutations
+        // keeps extending. One that does not answer keeps it.
+        let reported_primary = node
+            .state()
+            .state
+            .lease(handle)
+            .filter(|l| l.expires_at_ms + node.cfg.lease_grace_ms > now)
+            .map(|l| l.primary)
+            .filter(|p| failed.contains(p) && node.soft().heard_lately(*p, now));
+        if let Some(p) = reported_primary
+            && let Err(e) = super::grant::revoke_lease(node, handle, "a writer's report").await
+        {
+            tracing::info!(chunk = %handle, primary = %p, error = %e, "could not revoke a reported primary's lease");
+        }
         // One lease decision at a time: two clients reporting different
         // failed replicas must not each pick candidates from a view the
         // other is changing, or a replica left out of one's bump could be

@@ -269,6 +269,12 @@ impl Soft {
             .is_some_and(|s| s.last_seen_ms + timeout_ms >= now_ms)
     }
 
+    /// Whether server `id` heartbeats as usual (it is known and not
+    /// quiet).
+    pub fn heard_lately(&self, id: NodeId, now_ms: u64) -> bool {
+        self.servers.get(&id).is_some_and(|s| !s.quiet(now_ms))
+    }
+
     pub fn server(&self, id: NodeId) -> Option<&Chunkserver> {
         self.servers.get(&id)
     }
