@@ -722,6 +722,11 @@ impl Chunkserver for ChunkService {
             l.relinquished_up_to = l.relinquished_up_to.max(l.expires_ms);
             l.expires_ms = 0;
         }
+        // The next heartbeat says so too: this answer may never reach the
+        // leader (a mutation held on a hung disk holds it up past the
+        // leader's wait), and with the lease ended here the disk's stall
+        // would no longer give it up (`give_up_leases_if_disks_stalled`).
+        Shared::lock(&sh.relinquished).push(h);
         // Wait out the mutation being applied, if any: once this returns,
         // nothing more is applied under the revoked lease.
         let slot = sh.ordered(h);

@@ -333,16 +333,23 @@ impl ChunkPool {
     /// that failed a read does.
     pub fn read_order(&self, addrs: &[&str], start: usize) -> Vec<usize> {
         let now = Instant::now();
-        let limping = limping::shared().limping(now);
+        let limping: Vec<bool> = {
+            let hops = limping::shared();
+            addrs
+                .iter()
+                .map(|a| hops.is_limping(&(*a).to_string(), now))
+                .collect()
+        };
         let loads: Vec<(bool, u32)> = {
             let r = self.reading.lock().unwrap_or_else(|p| p.into_inner());
             addrs
                 .iter()
-                .map(|a| {
+                .zip(limping)
+                .map(|(a, limping)| {
                     let (failed, in_flight) = r
                         .get(*a)
                         .map_or((false, 0), |l| (l.failed_lately(now), l.in_flight));
-                    (failed || limping.as_deref() == Some(*a), in_flight)
+                    (failed || limping, in_flight)
                 })
                 .collect()
         };

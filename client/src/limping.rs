@@ -15,9 +15,8 @@
 //! comparison, not a rate floor, so a busy network or a loaded host, which
 //! slows every hop, convicts nobody. A hop sent by a server found
 //! limping, or by the one being judged, says nothing of its receiver (a
-//! limping NIC is slow both ways). A judgement convicts at most one
-//! server, the slowest that passes, and a chunk reports at most one.
-//! Writers push along a chain in an order of their own each time
+//! limping NIC is slow both ways), so servers are judged one at a time,
+//! the slowest first. Writers push along a chain in an order of their own each time
 //! (`Client`): a client whose own link is the slow one then slows a
 //! third of every server's hops, not most of one server's.
 //!
@@ -27,9 +26,12 @@
 //! pushed through a 200 KB/s link 31 times in 17 s between them).
 //!
 //! The writer reports a limping server as failed with its next mutation of
-//! each chunk whose chain holds it (once per chunk): the masters give the
-//! chunk a new version without it and place new chunks elsewhere for a
-//! while; re-replication brings the chunk back to its replication factor.
+//! each chunk whose chain holds it (once per chunk, while two other
+//! replicas remain): the masters give the chunk a new version without it
+//! (taking its lease back first if it is the primary) and place new chunks
+//! elsewhere for a while; re-replication brings the chunk back to its
+//! replication factor.
+//!
 //! [`Hops`] is pure: the caller passes the time.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -107,20 +109,24 @@ impl<K: Clone + Eq + Hash + Ord + Debug> Hops<K> {
         self.judge(now);
     }
 
-    /// The server now limping, if one is (the last one found).
-    pub fn limping(&self, now: Instant) -> Option<K> {
+    /// Whether `id` is limping now.
+    pub fn is_limping(&self, id: &K, now: Instant) -> bool {
         self.limping
-            .iter()
-            .filter(|(_, at)| now.saturating_duration_since(**at) < LIMPING_FOR)
-            .max_by_key(|(_, at)| **at)
-            .map(|(id, _)| id.clone())
+            .get(id)
+            .is_some_and(|at| now.saturating_duration_since(*at) < LIMPING_FOR)
     }
 
-    /// The limping server among `replicas` of chunk `handle` not yet
-    /// reported for it; it counts as reported from here on.
+    /// The first limping server among `replicas` of chunk `handle` not
+    /// yet reported for it; it counts as reported from here on.
     pub fn to_report(&mut self, handle: u64, replicas: &[K], now: Instant) -> Option<K> {
-        let id = self.limping(now).filter(|id| replicas.contains(id))?;
-        self.reported.insert((handle, id.clone())).then_some(id)
+        let id = replicas
+            .iter()
+            .find(|id| {
+                self.is_limping(id, now) && !self.reported.contains(&(handle, (*id).clone()))
+            })?
+            .clone();
+        self.reported.insert((handle, id.clone()));
+        Some(id)
     }
 
     fn judge(&mut self, now: Instant) {
@@ -137,21 +143,42 @@ impl<K: Clone + Eq + Hash + Ord + Debug> Hops<K> {
             }
         }
         self.into.retain(|_, hops| !hops.is_empty());
+        // One at a time, the slowest first: the hops each sent say nothing
+        // once it is found limping.
+        let mut judged = HashSet::new();
+        while let Some((id, its)) = self.slowest_limping(&judged) {
+            if !self.limping.contains_key(&id) {
+                tracing::warn!(
+                    server = ?id,
+                    median_ms = its.as_secs_f64() * 1e3,
+                    "a chunkserver's hops hold pushes up far longer than the others': reporting it with the next mutation of each chunk it holds"
+                );
+            }
+            self.limping.insert(id.clone(), now);
+            judged.insert(id);
+        }
+    }
+
+    /// The slowest server not in `judged` whose hops find it limping, and
+    /// the median of its hops.
+    fn slowest_limping(&self, judged: &HashSet<K>) -> Option<(K, Duration)> {
+        let limping = &self.limping;
         // Hops sent by a limping server, or by the one being judged, say
         // nothing of their receivers.
-        let telling = |hops: &VecDeque<Hop<K>>, judged: Option<&K>| -> Vec<Hop<K>> {
+        let telling = |hops: &VecDeque<Hop<K>>, judging: Option<&K>| -> Vec<Hop<K>> {
             hops.iter()
                 .filter(|h| {
                     h.from
                         .as_ref()
-                        .is_none_or(|f| !limping.contains_key(f) && Some(f) != judged)
+                        .is_none_or(|f| !limping.contains_key(f) && Some(f) != judging)
                 })
                 .cloned()
                 .collect()
         };
-        let mut suspects: Vec<(Duration, K)> = self
+        let mut suspects: Vec<(Duration, &K)> = self
             .into
             .iter()
+            .filter(|(id, _)| !judged.contains(*id))
             .map(|(id, hops)| (telling(hops, None), id))
             .filter(|(h, _)| h.len() >= MIN_HOPS)
             .filter(|(h, _)| {
@@ -163,31 +190,24 @@ impl<K: Clone + Eq + Hash + Ord + Debug> Hops<K> {
                     .collect();
                 slow.len() >= 2
             })
-            .map(|(h, id)| (median(h.iter().map(|h| h.lag).collect()), id.clone()))
+            .map(|(h, id)| (median(h.iter().map(|h| h.lag).collect()), id))
             .collect();
         suspects.sort_unstable_by(|a, b| b.cmp(a));
-        // The slowest first; the others' hops compared against its, less
-        // the ones it sent.
-        for (its, id) in suspects.into_iter().take_while(|(m, _)| *m >= FLOOR) {
-            let others: Vec<Duration> = self
-                .into
-                .iter()
-                .filter(|(other, _)| **other != id)
-                .flat_map(|(_, hops)| telling(hops, Some(&id)))
-                .map(|h| h.lag)
-                .collect();
-            if others.len() >= MIN_HOPS && its >= median(others).saturating_mul(RATIO) {
-                if !self.limping.contains_key(&id) {
-                    tracing::warn!(
-                        server = ?id,
-                        median_ms = its.as_secs_f64() * 1e3,
-                        "a chunkserver's hops hold pushes up far longer than the others': reporting it with the next mutation of each chunk it holds"
-                    );
-                }
-                self.limping.insert(id, now);
-                return;
-            }
-        }
+        // The others' hops compared against its, less the ones it sent.
+        suspects
+            .into_iter()
+            .take_while(|(m, _)| *m >= FLOOR)
+            .find(|(its, id)| {
+                let others: Vec<Duration> = self
+                    .into
+                    .iter()
+                    .filter(|(other, _)| other != id)
+                    .flat_map(|(_, hops)| telling(hops, Some(id)))
+                    .map(|h| h.lag)
+                    .collect();
+                others.len() >= MIN_HOPS && *its >= median(others).saturating_mul(RATIO)
+            })
+            .map(|(its, id)| (id.clone(), its))
     }
 }
 
@@ -213,6 +233,20 @@ mod tests {
         h.record(chain, &us, t0 + Duration::from_millis(at_ms));
     }
 
+    const NONE: [u64; 0] = [];
+
+    /// The servers limping at `now`, least first.
+    fn limping(h: &Hops<u64>, now: Instant) -> Vec<u64> {
+        let mut v: Vec<u64> = h
+            .into
+            .keys()
+            .copied()
+            .filter(|id| h.is_limping(id, now))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     fn at(t0: Instant, ms: u64) -> Instant {
         t0 + Duration::from_millis(ms)
     }
@@ -224,9 +258,9 @@ mod tests {
         push(&mut h, t0, 0, &[1, 2, 3], &[900, 3]);
         push(&mut h, t0, 1, &[3, 2, 4], &[1200, 2]);
         push(&mut h, t0, 2, &[4, 1, 2], &[2, 700]);
-        assert_eq!(h.limping(at(t0, 2)), None, "three hops convict nobody");
+        assert_eq!(limping(&h, at(t0, 2)), NONE, "three hops convict nobody");
         push(&mut h, t0, 3, &[3, 2, 1], &[800, 4]);
-        assert_eq!(h.limping(at(t0, 3)), Some(2));
+        assert_eq!(limping(&h, at(t0, 3)), [2]);
         // Reported once per chunk, only for chunks it holds.
         let now = at(t0, 6);
         assert_eq!(h.to_report(7, &[1, 3, 4], now), None);
@@ -236,8 +270,8 @@ mod tests {
         // It stays limping for a while after the hops that convicted it,
         // then its chunks are no longer reported.
         let end = at(t0, 3) + LIMPING_FOR;
-        assert_eq!(h.limping(end - Duration::from_millis(1)), Some(2));
-        assert_eq!(h.limping(end), None);
+        assert_eq!(limping(&h, end - Duration::from_millis(1)), [2]);
+        assert_eq!(limping(&h, end), NONE);
         assert_eq!(h.to_report(9, &[2, 3, 4], end), None);
     }
 
@@ -256,8 +290,8 @@ mod tests {
     #[test]
     fn a_server_is_limping_only_at_the_floor_and_ratio_and_from_two_senders() {
         let now = Instant::now() + Duration::from_secs(1);
-        assert_eq!(one_slower(250).limping(now), Some(2));
-        assert_eq!(one_slower(249).limping(now), None, "below the floor");
+        assert_eq!(limping(&one_slower(250), now), [2]);
+        assert_eq!(limping(&one_slower(249), now), NONE, "below the floor");
         // A loaded host: every hop slow, one slower but not ten times.
         let t0 = Instant::now();
         let mut h: Hops<u64> = Hops::default();
@@ -265,14 +299,14 @@ mod tests {
             push(&mut h, t0, i, &[1, 2, 3], &[900, 400]);
             push(&mut h, t0, i, &[3, 4, 1], &[300, 500]);
         }
-        assert_eq!(h.limping(now), None);
+        assert_eq!(limping(&h, now), NONE);
         // Slow only from one sender: that sender's way out, not 2's in.
         let mut h: Hops<u64> = Hops::default();
         for i in 0..6 {
             push(&mut h, t0, i, &[1, 2, 3], &[900, 3]);
             push(&mut h, t0, i, &[3, 4, 1], &[2, 3]);
         }
-        assert_eq!(h.limping(now), None);
+        assert_eq!(limping(&h, now), NONE);
     }
 
     #[test]
@@ -285,13 +319,13 @@ mod tests {
         for i in 0..15 {
             h.record(&orders[i % 3], &[2_000_000, 3000, 3000], at(t0, i as u64));
         }
-        assert_eq!(h.limping(at(t0, 15)), None);
+        assert_eq!(limping(&h, at(t0, 15)), NONE);
         // Always to 1 first: slow hops into 1 from one sender only.
         let mut h: Hops<u64> = Hops::default();
         for i in 0..8 {
             h.record(&[1, 2, 3], &[2_000_000, 3000, 3000], at(t0, i));
         }
-        assert_eq!(h.limping(at(t0, 8)), None);
+        assert_eq!(limping(&h, at(t0, 8)), NONE);
     }
 
     #[test]
@@ -306,29 +340,48 @@ mod tests {
             push(&mut h, t0, i * 10 + 5, &[4, 1, 3], &[2, 3]);
         }
         let now = at(t0, 60);
-        assert_eq!(h.limping(now), Some(2));
+        assert_eq!(limping(&h, now), [2]);
         // Out of the chains (no more hops into it), its old hops out still
         // do not convict 1 or 4.
         for i in 0..6 {
             push(&mut h, t0, 100 + i * 10, &[1, 3, 4], &[3, 2]);
         }
         let now = at(t0, 160);
-        assert_eq!(h.limping(now), Some(2));
+        assert_eq!(limping(&h, now), [2]);
         assert_eq!(h.to_report(5, &[1, 3, 4], now), None);
+    }
+
+    #[test]
+    fn two_limping_servers_are_both_found() {
+        let t0 = Instant::now();
+        let mut h = Hops::default();
+        for i in 0..4 {
+            push(&mut h, t0, i, &[1, 2, 5], &[900, 3]);
+            push(&mut h, t0, i, &[3, 2, 4], &[1200, 2]);
+            push(&mut h, t0, i, &[1, 5, 3], &[2, 600]);
+            push(&mut h, t0, i, &[4, 3, 1], &[700, 2]);
+            push(&mut h, t0, i, &[1, 4, 5], &[3, 2]);
+        }
+        assert_eq!(limping(&h, at(t0, 4)), [2, 3]);
+        // One each per chunk, its first limping replica first.
+        let now = at(t0, 4);
+        assert_eq!(h.to_report(1, &[3, 2, 4], now), Some(3));
+        assert_eq!(h.to_report(1, &[3, 2, 4], now), Some(2));
+        assert_eq!(h.to_report(1, &[3, 2, 4], now), None);
     }
 
     #[test]
     fn old_hops_say_nothing() {
         let t0 = Instant::now();
         let mut h = one_slower(900);
-        assert_eq!(h.limping(at(t0, 10)), Some(2));
+        assert_eq!(limping(&h, at(t0, 10)), [2]);
         // Long after: the old slow hops have aged out; new ones are fast.
         let late = (WINDOW + LIMPING_FOR).as_millis() as u64 + 100;
         for i in 0..4 {
             push(&mut h, t0, late + i, &[1, 2, 3], &[2, 3]);
             push(&mut h, t0, late + i, &[3, 2, 4], &[2, 3]);
         }
-        assert_eq!(h.limping(at(t0, late + 4)), None);
+        assert_eq!(limping(&h, at(t0, late + 4)), NONE);
         let hops = h.into.values().flatten();
         assert!(hops.into_iter().all(|h| h.at >= at(t0, late)), "aged out");
     }

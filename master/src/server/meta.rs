@@ -664,9 +664,11 @@ impl MasterMeta for MetaService {
         }
         // A reported primary that still heartbeats (a writer found it
         // limping: `gfs_client::limping`) is asked to give its lease up,
-        // so the next is granted now rather than once its lease and the
-        // grace period ran out, which a primary still taking mutations
-        // keeps extending. One that does not answer keeps it.
+        // so the next is granted once it did rather than once its lease
+        // and the grace period ran out, which a primary still taking
+        // mutations keeps extending. In the background: one whose disk
+        // hangs may not answer (and gives its leases up by itself), and
+        // the writer, told `LeaseHeld` meanwhile, retries.
         let reported_primary = node
             .state()
             .state
@@ -675,9 +677,23 @@ impl MasterMeta for MetaService {
             .map(|l| l.primary)
             .filter(|p| failed.contains(p) && node.soft().heard_lately(*p, now));
         if let Some(p) = reported_primary
-            && let Err(e) = super::grant::revoke_lease(node, handle, "a writer's report").await
+            && node
+                .revoking
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(handle)
         {
-            tracing::info!(chunk = %handle, primary = %p, error = %e, "could not revoke a reported primary's lease");
+            let node = node.clone();
+            tokio::spawn(async move {
+                if let Err(e) = super::grant::revoke_lease(&node, handle, "a writer's report").await
+                {
+                    tracing::info!(chunk = %handle, primary = %p, error = %e, "could not revoke a reported primary's lease");
+                }
+                node.revoking
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&handle);
+            });
         }
         // One lease decision at a time: two clients reporting different
         // failed replicas must not each pick candidates from a view the

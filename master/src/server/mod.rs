@@ -200,6 +200,7 @@ async fn serve(
         duties: duties::Duties::default(),
         reads: node::ReadRounds::default(),
         grants: tokio::sync::Mutex::new(()),
+        revoking: Mutex::default(),
         proposer: batch::Proposer::start(raft.clone()),
         started_ms: node::now_ms(),
     });

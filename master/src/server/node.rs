@@ -27,6 +27,9 @@ pub struct Node {
     pub reads: ReadRounds,
     /// Held while a lease is granted and its new version handed out.
     pub grants: tokio::sync::Mutex<()>,
+    /// Chunks whose lease is being taken back from a primary a writer
+    /// reported (`MetaService::write_chunk`).
+    pub revoking: Mutex<std::collections::HashSet<gfs_proto::ChunkHandle>>,
     /// Every proposal goes through here, batched with concurrent ones.
     pub proposer: super::batch::Proposer,
     /// When this process started (its chunk locations are complete once
