@@ -254,6 +254,7 @@ impl Client {
     /// Write access to chunk `index`: the cached lease if enough of it is
     /// left, else the masters (which add the chunk if it is the next one,
     /// and give it a new version without `failed`).
+    ///
     /// A limping replica (`limping`) of the cached chunk is reported as
     /// failed, once per chunk, while two others would be left: a slow
     /// replica is better than one copy of the data.

@@ -283,11 +283,6 @@ pub fn absent_members(node: &Node, handle: ChunkHandle, now: u64) -> Result<Vec<
     Ok(absent)
 }
 
-/// Whether this master, started less than a chunkserver timeout ago, has
-/// yet to hear a full chunk report from one of `servers`. Locations are
-/// soft state: a master restarted just before it was elected knows only
-/// what chunkservers have reported to it since, so a replica it cannot
-/// place may only be late.
 /// Takes the lease on `handle` back (for `why`): the primary stops
 /// (after the mutation in progress) and the log drops the lease. A
 /// primary that cannot be reached keeps it until it expires.
@@ -320,6 +315,11 @@ pub async fn revoke_lease(node: &Node, handle: ChunkHandle, why: &str) -> Result
     Ok(())
 }
 
+/// Whether this master, started less than a chunkserver timeout ago, has
+/// yet to hear a full chunk report from one of `servers`. Locations are
+/// soft state: a master restarted just before it was elected knows only
+/// what chunkservers have reported to it since, so a replica it cannot
+/// place may only be late.
 pub fn still_learning(node: &Node, soft: &Soft, servers: &[NodeId], now: u64) -> bool {
     node.learning_servers(now) && servers.iter().any(|n| !soft.has_reported(*n))
 }
