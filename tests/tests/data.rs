@@ -1215,11 +1215,16 @@ async fn a_failed_writer_says_why_when_closed() {
 /// chunkserver while a follower does, hands over (`gfs_master::server::reach`):
 /// a create succeeds within 15 s of the cut and another master leads;
 /// once healed, the cluster is healthy and takes writes. (Before, every
-/// create failed at its 30 s deadline for as long as the cut lasted.)
+/// create failed at its 30 s deadline for as long as the cut lasted.) On
+/// the binary's chunkserver timings (15 s timeout, 500 ms heartbeats):
+/// the leader asks after 4 s of silence, not a timeout (a create 6.1 s
+/// after the cut; 17.3 s when it waited for a timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_master_leader_nobody_reaches_hands_over() {
     let spec = Spec {
         master_links: (0..3).map(|i| (i, Shape::default())).collect(),
+        chunkserver_timeout_ms: 15_000,
+        heartbeat_ms: 500,
         ..Spec::default()
     };
     let cluster = Cluster::start(spec).await.expect("cluster");

@@ -178,6 +178,16 @@ impl MasterAdmin for AdminService {
             ServerState::Learner => "learner",
             ServerState::Shutdown => "shutdown",
         };
+        // One lock of the soft state, taken and dropped here: a guard
+        // taken inside the struct below would live to its end.
+        let (live, heard_ms_ago) = {
+            let soft = node.soft();
+            let now = now_ms();
+            (
+                soft.live_count(now, node.cfg.chunkserver_timeout_ms) as u64,
+                soft.newest_heartbeat_ms().map(|at| now.saturating_sub(at)),
+            )
+        };
         Ok(Response::new(StatusReply {
             id: node.cfg.id,
             leader_id,
@@ -186,15 +196,13 @@ impl MasterAdmin for AdminService {
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
             members,
-            chunkservers: node
-                .soft()
-                .live_count(now_ms(), node.cfg.chunkserver_timeout_ms)
-                as u64,
+            chunkservers: live,
             files,
             chunks,
             state: state.to_string(),
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             draining,
+            heard_ms_ago,
         }))
     }
 

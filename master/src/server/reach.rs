@@ -10,10 +10,13 @@
 //! ("no master answered within 30s"), for as long as the fault lasted.
 //!
 //! Every chunkserver heartbeats every master, so the masters can tell: a
-//! leader that has heard no chunkserver for a chunkserver timeout, while a
-//! follower has (asked twice, [`confirm_after`] apart), asks that follower
-//! to take over (`admin::hand_over`). A cluster with no chunkserver up, or
-//! one that no master hears, changes nothing.
+//! leader that has heard no chunkserver for eight of their usual heartbeat
+//! gaps ([`ask_after_ms`], 4 s with the default 500 ms heartbeats), while
+//! a follower has heard one since (asked twice, [`confirm_after`] apart,
+//! each time having heard one at least that much more lately than the
+//! leader: [`Silence`]), asks that follower to take over
+//! (`admin::hand_over`). A cluster with no chunkserver up, or one that no
+//! master hears, changes nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +46,14 @@ pub fn confirm_after(longest_gap_ms: u64) -> Duration {
     Duration::from_millis(longest_gap_ms.saturating_mul(2).max(1_000))
 }
 
+/// How long a leader must have heard no chunkserver before it asks its
+/// followers, given the longest usual gap between a server's heartbeats:
+/// eight gaps, at least 4 s (a loaded host delays heartbeats; a needless
+/// hand-over costs an election), at most the chunkserver timeout.
+pub fn ask_after_ms(longest_gap_ms: u64, timeout_ms: u64) -> u64 {
+    longest_gap_ms.saturating_mul(8).max(4_000).min(timeout_ms)
+}
+
 /// Whether a leader since `leader_since_ms` has heard no chunkserver for
 /// `timeout_ms` at `now_ms`, its newest heartbeat from any server being
 /// `newest_ms` (`None`: it knows of no server, and so misses none).
@@ -59,26 +70,52 @@ pub fn unreached(
 }
 
 /// What a follower answered: its id, the chunkservers it counts live, the
-/// leader it follows.
+/// leader it follows, how long ago it heard a chunkserver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Answer {
     pub id: u64,
     pub live: u64,
     pub leader: u64,
+    pub heard_ms_ago: Option<u64>,
 }
 
-/// The master `me` hands over to, from the followers' answers: the one
-/// that hears the most chunkservers, if any hears one, and only while
-/// every one that answered still follows `me` (one that follows another
-/// says `me` is a leader of the past: stopped a while, say, and not told
-/// yet; handing over would only unseat the real one).
-pub fn successor(me: u64, answers: &[Answer]) -> Option<u64> {
+/// How long the leader has heard no chunkserver, and what a follower must
+/// have heard to take over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Silence {
+    pub ms: u64,
+    /// The chunkserver timeout: a silence this long needs only a follower
+    /// that counts some server live.
+    pub timeout_ms: u64,
+    /// Shorter ones need a follower that heard a server at least this much
+    /// more lately than the leader did: when every server falls silent at
+    /// once, each master's last heartbeat is within a gap of the others'
+    /// ([`confirm_after`]).
+    pub margin_ms: u64,
+}
+
+impl Silence {
+    fn heard_by(&self, a: &Answer) -> bool {
+        a.live > 0
+            && (self.ms >= self.timeout_ms
+                || a.heard_ms_ago
+                    .is_some_and(|h| self.ms.saturating_sub(h) >= self.margin_ms))
+    }
+}
+
+/// The master `me` hands over to, from the followers' answers, after
+/// `silence`: the one that hears the most chunkservers, among those that
+/// heard one the leader did not ([`Silence`]), and only while every one
+/// that answered still follows `me` (one that follows another says `me`
+/// is a leader of the past: stopped a while, say, and not told yet;
+/// handing over would only unseat the real one).
+pub fn successor(me: u64, answers: &[Answer], silence: Silence) -> Option<u64> {
     if answers.iter().any(|a| a.leader != me) {
         return None;
     }
     answers
         .iter()
-        .filter(|a| a.live > 0)
+        .filter(|a| silence.heard_by(a))
         .max_by_key(|a| (a.live, std::cmp::Reverse(a.id)))
         .map(|a| a.id)
 }
@@ -97,21 +134,28 @@ pub async fn run(node: Arc<Node>) {
         let now = now_ms();
         let since = *leader_since.get_or_insert(now);
         let newest = node.soft().newest_heartbeat_ms();
-        let timeout = node.cfg.chunkserver_timeout_ms;
-        if !unreached(now, since, newest, timeout) {
-            continue;
-        }
-        if successor(node.cfg.id, &ask_followers(&node).await).is_none() {
-            continue;
-        }
         let gap = node.soft().longest_gap_ms();
+        let timeout = node.cfg.chunkserver_timeout_ms;
+        let after = ask_after_ms(gap, timeout);
+        if !unreached(now, since, newest, after) {
+            continue;
+        }
+        let silence = |now: u64, newest: Option<u64>| Silence {
+            ms: now.saturating_sub(newest.unwrap_or(0).max(since)),
+            timeout_ms: timeout,
+            margin_ms: u64::try_from(confirm_after(gap).as_millis()).unwrap_or(u64::MAX),
+        };
+        let first = ask_followers(&node).await;
+        if successor(node.cfg.id, &first, silence(now, newest)).is_none() {
+            continue;
+        }
         tokio::time::sleep(confirm_after(gap)).await;
         let (now, newest) = (now_ms(), node.soft().newest_heartbeat_ms());
-        if !node.is_leader() || !unreached(now, since, newest, timeout) {
+        if !node.is_leader() || !unreached(now, since, newest, after) {
             continue;
         }
         let answers = ask_followers(&node).await;
-        let Some(to) = successor(node.cfg.id, &answers) else {
+        let Some(to) = successor(node.cfg.id, &answers, silence(now, newest)) else {
             continue;
         };
         tracing::warn!(
@@ -152,6 +196,7 @@ async fn ask_followers(node: &Node) -> Vec<Answer> {
                 id,
                 live: r.chunkservers,
                 leader: r.leader_id,
+                heard_ms_ago: r.heard_ms_ago,
             });
         }
     }
@@ -175,27 +220,66 @@ mod tests {
         assert!(!unreached(u64::MAX, 0, None, 3_000));
     }
 
-    #[test]
-    fn the_successor_is_the_follower_hearing_the_most_servers() {
-        let a = |id, live| Answer {
+    /// Heard 200 ms ago, after a 5 s silence of the leader's: fresh.
+    const LONG: Silence = Silence {
+        ms: 5_000,
+        timeout_ms: 15_000,
+        margin_ms: 1_000,
+    };
+
+    fn answer(id: u64, live: u64, leader: u64) -> Answer {
+        Answer {
             id,
             live,
-            leader: 1,
-        };
-        assert_eq!(successor(1, &[a(2, 4), a(3, 3)]), Some(2));
-        assert_eq!(successor(1, &[a(2, 0), a(3, 3)]), Some(3));
+            leader,
+            heard_ms_ago: Some(200),
+        }
+    }
+
+    #[test]
+    fn the_leader_asks_after_eight_heartbeat_gaps_at_least_4_s_at_most_a_timeout() {
+        assert_eq!(ask_after_ms(500, 15_000), 4_000);
+        assert_eq!(ask_after_ms(0, 15_000), 4_000);
+        assert_eq!(ask_after_ms(1_000, 15_000), 8_000);
+        assert_eq!(ask_after_ms(200, 2_000), 2_000);
+        assert_eq!(ask_after_ms(u64::MAX, 15_000), 15_000);
+    }
+
+    #[test]
+    fn the_successor_is_the_follower_hearing_the_most_servers() {
+        let a = |id, live| answer(id, live, 1);
+        assert_eq!(successor(1, &[a(2, 4), a(3, 3)], LONG), Some(2));
+        assert_eq!(successor(1, &[a(2, 0), a(3, 3)], LONG), Some(3));
         assert_eq!(
-            successor(1, &[a(2, 3), a(3, 3)]),
+            successor(1, &[a(2, 3), a(3, 3)], LONG),
             Some(2),
             "ties: the lower id"
         );
         assert_eq!(
-            successor(1, &[a(2, 0), a(3, 0)]),
+            successor(1, &[a(2, 0), a(3, 0)], LONG),
             None,
             "nobody hears a server"
         );
-        assert_eq!(successor(1, &[]), None, "nobody answered");
-        assert_eq!(successor(1, &[a(3, 3)]), Some(3), "one answered");
+        assert_eq!(successor(1, &[], LONG), None, "nobody answered");
+        assert_eq!(successor(1, &[a(3, 3)], LONG), Some(3), "one answered");
+    }
+
+    #[test]
+    fn before_a_timeout_only_a_follower_that_heard_a_server_since_takes_over() {
+        let heard = |ago| Answer {
+            heard_ms_ago: ago,
+            ..answer(2, 4, 1)
+        };
+        // Every server fell silent at once: the follower heard its last
+        // heartbeat at most a gap after the leader did.
+        assert_eq!(successor(1, &[heard(Some(4_600))], LONG), None);
+        assert_eq!(successor(1, &[heard(Some(4_001))], LONG), None);
+        assert_eq!(successor(1, &[heard(Some(4_000))], LONG), Some(2));
+        assert_eq!(successor(1, &[heard(None)], LONG), None, "says nothing");
+        // Past a timeout, counting servers live is enough.
+        let timed_out = Silence { ms: 15_000, ..LONG };
+        assert_eq!(successor(1, &[heard(None)], timed_out), Some(2));
+        assert_eq!(successor(1, &[heard(Some(14_500))], timed_out), Some(2));
     }
 
     #[test]
@@ -208,27 +292,14 @@ mod tests {
 
     #[test]
     fn a_leader_its_followers_no_longer_follow_hands_nothing_over() {
-        let follows = |leader| Answer {
-            id: 2,
-            live: 4,
-            leader,
-        };
-        assert_eq!(successor(1, &[follows(1)]), Some(2));
-        assert_eq!(successor(1, &[follows(3)]), None);
+        let follows = |leader| answer(2, 4, leader);
+        assert_eq!(successor(1, &[follows(1)], LONG), Some(2));
+        assert_eq!(successor(1, &[follows(3)], LONG), None);
+        assert_eq!(successor(1, &[follows(1), answer(3, 4, 3)], LONG), None);
         assert_eq!(
-            successor(
-                1,
-                &[
-                    follows(1),
-                    Answer {
-                        id: 3,
-                        live: 4,
-                        leader: 3
-                    }
-                ]
-            ),
-            None
+            successor(1, &[follows(0)], LONG),
+            None,
+            "following nobody yet"
         );
-        assert_eq!(successor(1, &[follows(0)]), None, "following nobody yet");
     }
 }
