@@ -220,13 +220,14 @@ mod tests {
         assert!(!unreached(u64::MAX, 0, None, 3_000));
     }
 
-    /// Heard 200 ms ago, after a 5 s silence of the leader's: fresh.
+    /// A leader silent for 5 s (a 15 s timeout, a 1 s margin).
     const LONG: Silence = Silence {
         ms: 5_000,
         timeout_ms: 15_000,
         margin_ms: 1_000,
     };
 
+    /// A follower that heard a server 200 ms ago.
     fn answer(id: u64, live: u64, leader: u64) -> Answer {
         Answer {
             id,
