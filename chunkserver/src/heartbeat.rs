@@ -145,7 +145,10 @@ async fn request(shared: &Shared, acked: Option<u64>) -> (HeartbeatRequest, u64)
         changed: Vec::new(),
         removed: Vec::new(),
         relinquish,
-        disk_stalled_ms: u64::try_from(stalled.as_millis()).unwrap_or(u64::MAX),
+        // Whether it can take new chunks: one hung disk of several gives
+        // up its own chunks' leases (above); new ones go to the others.
+        disk_stalled_ms: u64::try_from(shared.store.stalled_for_new_chunks().as_millis())
+            .unwrap_or(u64::MAX),
     };
     let upto = match delta {
         Some(d) => {

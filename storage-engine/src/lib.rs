@@ -45,5 +45,5 @@ pub use config::{BackendKind, StoreConfig, StoreConfigFile};
 pub use error::{Result, StoreError};
 pub use store::{
     ChunkInfo, ChunkStore, CorruptChunk, DiskUsage, Landing, Prepared, Received, Receiving,
-    RecoveryReport,
+    RecoveryReport, STALLED_DIR,
 };

@@ -550,9 +550,11 @@ async fn random_damage_to_chunk_files_never_yields_other_bytes() {
 
 /// A directory whose disk stops completing I/O shows in
 /// `stalled_for_chunk` for its own chunks only, and in `stalled_for`
-/// (the whole store); both go back to zero once the I/O completes.
+/// (the whole store); both go back to zero once the I/O completes. New
+/// chunks go to the other directory, though the stalled one holds fewer
+/// bytes, and the store says it can take them (`stalled_for_new_chunks`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_directory_shows_for_its_own_chunks_only() {
+async fn a_stalled_directory_shows_for_its_own_chunks_only_and_gets_no_new_ones() {
     let hs = Harness::new(Kind::Faulty);
     let second = hs.root().with_file_name("d1");
     let mut cfg = hs.config();
@@ -572,15 +574,16 @@ async fn a_stalled_directory_shows_for_its_own_chunks_only() {
         .await
         .expect("append 2");
     assert_eq!(store.stalled_for(), Duration::ZERO);
+    // The disk of chunk 2, which new chunks would go to, stops.
     hs.faults.arm(|f| f.hold_write = 1);
     let held = {
         let store = store.clone();
-        tokio::spawn(async move { store.append(h(1), &pattern(3, 65_536)).await })
+        tokio::spawn(async move { store.append(h(2), &pattern(3, 4_096)).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(store.stalled_for_chunk(h(1)) >= Duration::from_millis(250));
+    tokio::time::sleep(gfs_storage_engine::STALLED_DIR + Duration::from_millis(200)).await;
+    assert!(store.stalled_for_chunk(h(2)) >= gfs_storage_engine::STALLED_DIR);
     assert_eq!(
-        store.stalled_for_chunk(h(2)),
+        store.stalled_for_chunk(h(1)),
         Duration::ZERO,
         "the other disk"
     );
@@ -589,7 +592,18 @@ async fn a_stalled_directory_shows_for_its_own_chunks_only() {
         Duration::ZERO,
         "no such chunk"
     );
-    assert!(store.stalled_for() >= Duration::from_millis(250));
+    assert!(store.stalled_for() >= gfs_storage_engine::STALLED_DIR);
+    assert_eq!(store.stalled_for_new_chunks(), Duration::ZERO);
+    store.create(h(3), v(1)).await.expect("create 3");
+    store
+        .append(h(3), &pattern(4, 4_096))
+        .await
+        .expect("append 3");
+    assert_eq!(
+        store.stalled_for_chunk(h(3)),
+        Duration::ZERO,
+        "chunk 3 went to the stalled disk"
+    );
     hs.faults.release();
     held.await.expect("task").expect("the held append lands");
     assert_eq!(store.stalled_for(), Duration::ZERO);

@@ -47,6 +47,10 @@ mod scrub;
 const STORE_MARKER: &str = "STORE";
 const CHUNKS: &str = "chunks";
 const QUARANTINE: &str = "quarantine";
+/// A directory whose disk has left an I/O undone this long gets new chunks
+/// only when every other has too (`pick_dir`): no device I/O takes a
+/// second on a well disk, and a false alarm costs only the choice.
+pub const STALLED_DIR: Duration = Duration::from_secs(1);
 
 /// One chunk as `list` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -365,6 +369,19 @@ impl ChunkStore {
         each.max().unwrap_or_default()
     }
 
+    /// As `stalled_for`, for the directory a new chunk would go to (the
+    /// least stalled writable one, `pick_dir`): whether this store can take
+    /// new chunks, where one hung disk of several would make `stalled_for`
+    /// say no.
+    pub fn stalled_for_new_chunks(&self) -> Duration {
+        let now = Instant::now();
+        let dirs = self.inner.dirs.iter().zip(&self.inner.outstanding);
+        dirs.filter(|(d, _)| d.check_writable().is_ok())
+            .map(|(_, o)| o.oldest_at(now))
+            .min()
+            .unwrap_or_else(|| self.stalled_for())
+    }
+
     /// As `stalled_for`, for the directory holding `handle` only (zero for
     /// a chunk not here): one hung disk of several holds only its own
     /// chunks' mutations.
@@ -632,9 +649,15 @@ impl ChunkStore {
     /// The writable directory with the most free space, counted in whole
     /// GiB; among directories with as much (the same filesystem, or disks
     /// within a GiB of each other), the one holding the fewest chunk bytes,
-    /// so chunks spread.
+    /// so chunks spread. A directory whose disk has left an I/O undone for
+    /// [`STALLED_DIR`] comes after every other: a hung disk of several
+    /// would otherwise take new chunks (and hold their writers) as long as
+    /// it had the most room.
     fn pick_dir(&self) -> Result<usize> {
-        let mut best: Option<(usize, (u64, std::cmp::Reverse<u64>))> = None;
+        let now = Instant::now();
+        // Well first, then free GiB, then fewest chunk bytes.
+        type Rank = (bool, u64, std::cmp::Reverse<u64>);
+        let mut best: Option<(usize, Rank)> = None;
         let mut refusal = None;
         for (i, d) in self.inner.dirs.iter().enumerate() {
             if let Err(e) = d.check_writable() {
@@ -642,7 +665,9 @@ impl ChunkStore {
                 continue;
             }
             let free = eio::disk_space(&d.root).map_or(0, |(free, _)| free) + self.pooled_bytes(d);
+            let well = self.inner.outstanding[i].oldest_at(now) < STALLED_DIR;
             let key = (
+                well,
                 free >> 30,
                 std::cmp::Reverse(d.used_bytes.load(Ordering::Relaxed)),
             );
