@@ -316,8 +316,8 @@ impl ChunkPool {
     /// The node id of the limping server (`limping`) among `replicas` of
     /// chunk `handle`, if it was not reported for it yet.
     pub fn limping_to_report(&self, handle: u64, replicas: &[Replica]) -> Option<u64> {
-        let addrs: Vec<String> = replicas.iter().map(|r| r.addr.clone()).collect();
-        let addr = limping::shared().to_report(handle, &addrs, Instant::now())?;
+        let addrs = replicas.iter().map(|r| &r.addr);
+        let addr = limping::shared().to_report(handle, addrs, Instant::now())?;
         replicas.iter().find(|r| r.addr == addr).map(|r| r.node_id)
     }
 
@@ -335,10 +335,7 @@ impl ChunkPool {
         let now = Instant::now();
         let limping: Vec<bool> = {
             let hops = limping::shared();
-            addrs
-                .iter()
-                .map(|a| hops.is_limping(&(*a).to_string(), now))
-                .collect()
+            addrs.iter().map(|a| hops.is_limping(*a, now)).collect()
         };
         let loads: Vec<(bool, u32)> = {
             let r = self.reading.lock().unwrap_or_else(|p| p.into_inner());

@@ -110,7 +110,11 @@ impl<K: Clone + Eq + Hash + Ord + Debug> Hops<K> {
     }
 
     /// Whether `id` is limping now.
-    pub fn is_limping(&self, id: &K, now: Instant) -> bool {
+    pub fn is_limping<Q>(&self, id: &Q, now: Instant) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.limping
             .get(id)
             .is_some_and(|at| now.saturating_duration_since(*at) < LIMPING_FOR)
@@ -118,9 +122,17 @@ impl<K: Clone + Eq + Hash + Ord + Debug> Hops<K> {
 
     /// The first limping server among `replicas` of chunk `handle` not
     /// yet reported for it; it counts as reported from here on.
-    pub fn to_report(&mut self, handle: u64, replicas: &[K], now: Instant) -> Option<K> {
+    pub fn to_report<'a>(
+        &mut self,
+        handle: u64,
+        replicas: impl IntoIterator<Item = &'a K>,
+        now: Instant,
+    ) -> Option<K>
+    where
+        K: 'a,
+    {
         let id = replicas
-            .iter()
+            .into_iter()
             .find(|id| {
                 self.is_limping(id, now) && !self.reported.contains(&(handle, (*id).clone()))
             })?
