@@ -43,6 +43,8 @@ pub struct ConfigFile {
     /// Appends of one chunk on the disk at once (default 2; 1 writes
     /// them one at a time, each waiting for the one before).
     pub appends_ahead: Option<u32>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); none if unset.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -57,6 +59,7 @@ pub struct ChunkserverConfig {
     pub buffer_bytes: u64,
     pub buffer_ttl_ms: u64,
     pub store: StoreConfigFile,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -89,6 +92,7 @@ impl ConfigFile {
             recycle_chunk_files,
             io_depth,
             appends_ahead,
+            metrics_listen,
         } = self;
         let id = id.ok_or(ConfigError::Missing("id"))?;
         if id == 0 {
@@ -160,6 +164,7 @@ impl ConfigFile {
             buffer_bytes,
             buffer_ttl_ms: buffer_ttl_ms.unwrap_or(60_000),
             store,
+            metrics_listen,
         })
     }
 }
@@ -181,12 +186,14 @@ mod tests {
             recycle_chunk_files = 0
             io_depth = 2
             appends_ahead = 3
+            metrics_listen = "127.0.0.4:9100"
             "#,
         )
         .unwrap()
         .validate()
         .unwrap();
         assert_eq!(c.advertise, "127.0.0.4:7100");
+        assert_eq!(c.metrics_listen, "127.0.0.4:9100".parse().ok());
         assert_eq!(c.store.recycle_chunk_files, 0);
         assert_eq!(c.store.io_depth, 2);
         assert_eq!(c.store.appends_ahead, 3);

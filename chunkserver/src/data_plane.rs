@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::Request;
 
+use crate::metrics::DataOp;
 use crate::pieces::PiecePool;
 use crate::service::{ChunkService, MAX_CHAIN, PEER_TIMEOUT, Shared, invalid};
 
@@ -112,6 +113,13 @@ async fn serve(shared: &Arc<Shared>, mut s: TcpStream) {
                 return;
             }
         };
+        sh.traffic.request(match op {
+            Op::Read => DataOp::Read,
+            Op::Push => DataOp::Push,
+            Op::Mutate => DataOp::Mutate,
+            Op::Apply => DataOp::Apply,
+            Op::Ping => DataOp::Ping,
+        });
         let keep = match op {
             Op::Read => match decoded(&mut s, header, "read").await {
                 Ok(Some(req)) => read(sh, &mut s, req).await,
@@ -122,11 +130,17 @@ async fn serve(shared: &Arc<Shared>, mut s: TcpStream) {
                 other => other.map(|_| false),
             },
             Op::Mutate => match decoded(&mut s, header, "mutation").await {
-                Ok(Some(r)) => answer(&mut s, service(shared).mutate(Request::new(r)).await).await,
+                Ok(Some(r)) => {
+                    let out = service(shared).mutate(Request::new(r)).await;
+                    answer(sh, DataOp::Mutate, &mut s, out).await
+                }
                 other => other.map(|_| false),
             },
             Op::Apply => match decoded(&mut s, header, "forwarded mutation").await {
-                Ok(Some(r)) => answer(&mut s, service(shared).apply(Request::new(r)).await).await,
+                Ok(Some(r)) => {
+                    let out = service(shared).apply(Request::new(r)).await;
+                    answer(sh, DataOp::Apply, &mut s, out).await
+                }
                 other => other.map(|_| false),
             },
             // Answered at once: this process is alive, and whether its
@@ -179,12 +193,17 @@ fn service(shared: &Arc<Shared>) -> ChunkService {
 /// Sends a control call's answer, as its gRPC twin would have; the
 /// connection stays usable.
 async fn answer<M: Message>(
+    sh: &Shared,
+    op: DataOp,
     s: &mut TcpStream,
     out: Result<tonic::Response<M>, tonic::Status>,
 ) -> io::Result<bool> {
     match out {
         Ok(reply) => s.write_all(&encode_ok(&reply.into_inner())).await?,
-        Err(e) => s.write_all(&encode_status(&e)).await?,
+        Err(e) => {
+            sh.traffic.failed(op);
+            s.write_all(&encode_status(&e)).await?
+        }
     }
     Ok(true)
 }
@@ -201,6 +220,7 @@ async fn read(sh: &Shared, s: &mut TcpStream, req: ReadRequest) -> io::Result<bo
                 data_bytes: bytes as u64,
             };
             write_with(s, encode_ok(&head), data).await?;
+            sh.traffic.read(bytes as u64);
             tracing::trace!(
                 bytes,
                 read_ms = read.as_secs_f64() * 1e3,
@@ -208,7 +228,10 @@ async fn read(sh: &Shared, s: &mut TcpStream, req: ReadRequest) -> io::Result<bo
                 "read"
             );
         }
-        Err(e) => s.write_all(&encode_status(&e)).await?,
+        Err(e) => {
+            sh.traffic.failed(DataOp::Read);
+            s.write_all(&encode_status(&e)).await?
+        }
     }
     Ok(true)
 }
@@ -220,6 +243,7 @@ async fn push(sh: &Shared, s: &mut TcpStream, h: PushHeader) -> io::Result<bool>
     let max = sh.cfg.store.max_request_bytes;
     if h.data_id == 0 || total > max || h.chain.len() > MAX_CHAIN {
         // The payload that follows is not read: answer and close.
+        sh.traffic.failed(DataOp::Push);
         let e = invalid(format!(
             "a push needs a nonzero data id, at most {max} bytes and {MAX_CHAIN} servers; got {total} bytes and {} servers",
             h.chain.len()
@@ -228,6 +252,7 @@ async fn push(sh: &Shared, s: &mut TcpStream, h: PushHeader) -> io::Result<bool>
         return Ok(false);
     }
     if let Err(full) = sh.reserve(total) {
+        sh.traffic.busy();
         // Read and drop the data so the connection stays in step.
         drain(s, total).await?;
         s.write_all(&encode_status(&error(ErrorKind::Busy, full.to_string())))
@@ -267,10 +292,12 @@ async fn push(sh: &Shared, s: &mut TcpStream, h: PushHeader) -> io::Result<bool>
             }
             Ok(Err(e)) => {
                 sh.release(total);
+                sh.traffic.failed(DataOp::Push);
                 return Err(e);
             }
             Err(_) => {
                 sh.release(total);
+                sh.traffic.failed(DataOp::Push);
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "push stalled mid-data",
@@ -279,6 +306,7 @@ async fn push(sh: &Shared, s: &mut TcpStream, h: PushHeader) -> io::Result<bool>
         }
     }
     drop(tx);
+    sh.traffic.pushed(total);
     let received = receiving.and_then(Receiving::finish);
     sh.store_pushed(h.data_id, parts, received, total);
     drop(arriving);

@@ -11,6 +11,7 @@
 //! - [`heartbeat`]: one loop per master;
 //! - [`leader_clock`]: the leader's clock, which leases are timed by;
 //! - [`host`]: the kernel's counters of the server's host, on request;
+//! - [`metrics`]: Prometheus metrics (`--metrics-listen`);
 //! - pure decisions, tested by exact output: [`order`] (version fencing,
 //!   record placement, deduplication), [`buffer`] (pushed data awaiting its
 //!   mutation), [`changes`] (incremental chunk reports);
@@ -27,11 +28,13 @@ pub mod data_plane;
 pub mod heartbeat;
 pub mod host;
 pub mod leader_clock;
+pub mod metrics;
 pub mod order;
 pub mod pieces;
 pub mod service;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use gfs_proto::wire::MAX_MESSAGE_BYTES;
 use gfs_proto::wire::chunk::chunkserver_server::ChunkserverServer;
@@ -71,7 +74,20 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    let metrics_at = cfg.metrics_listen;
     let shared = Shared::new(cfg, store);
+    let (registry, calls) = metrics::registry(&shared);
+    let metrics = match metrics_at {
+        Some(at) => {
+            let l = gfs_proto::metrics::bind(at).await?;
+            tracing::info!(addr = %at, "serving metrics");
+            Some(tokio::spawn(gfs_proto::metrics::serve(
+                l,
+                Arc::new(registry),
+            )))
+        }
+        None => None,
+    };
     let beats = heartbeat::spawn(shared.clone());
     let svc = ChunkserverServer::new(ChunkService {
         shared: shared.clone(),
@@ -84,11 +100,15 @@ pub async fn serve(
     let acceptor = tokio::spawn(data_plane::accept(shared.clone(), listener, grpc_tx));
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(calls)
         .add_service(svc)
         .serve_with_incoming_shutdown(ReceiverStream::new(grpc_rx), shutdown)
         .await
         .map_err(|e| format!("serving: {e}"));
     acceptor.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     for b in beats {
         b.abort();
     }

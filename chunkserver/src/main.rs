@@ -15,7 +15,8 @@ use gfs_storage_engine::BackendKind;
 /// or put the same settings in a TOML file (`id`, `listen`, `advertise`,
 /// `data_dirs`, `rack`, `masters`, `heartbeat_ms`, `chunk_size_bytes`,
 /// `buffer_bytes`, `buffer_ttl_ms`, `backend`, `direct_io`,
-/// `recycle_chunk_files`, `io_depth`, `appends_ahead`) and pass `--config`. Flags win.
+/// `recycle_chunk_files`, `io_depth`, `appends_ahead`, `metrics_listen`) and
+/// pass `--config`. Flags win.
 #[derive(Debug, Parser)]
 #[command(name = "gfs-chunkserver", version, verbatim_doc_comment)]
 struct Args {
@@ -61,6 +62,9 @@ struct Args {
     /// only after the one before it landed).
     #[arg(long)]
     appends_ahead: Option<u32>,
+    /// Serve Prometheus metrics on this address (`GET /metrics`).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -104,6 +108,7 @@ fn start(a: Args) -> Result<(), String> {
     f.recycle_chunk_files = a.recycle_chunk_files.or(f.recycle_chunk_files);
     f.io_depth = a.io_depth.or(f.io_depth);
     f.appends_ahead = a.appends_ahead.or(f.appends_ahead);
+    f.metrics_listen = a.metrics_listen.or(f.metrics_listen);
     if let Some(b) = a.backend {
         f.backend = Some(match b.as_str() {
             "auto" => BackendKind::Auto,

@@ -143,6 +143,8 @@ pub struct Shared {
     run: u64,
     /// The leader's clock, which leases are stamped and timed by.
     pub leader_clock: crate::leader_clock::LeaderClock,
+    /// The data plane's requests and bytes (`metrics`).
+    pub traffic: crate::metrics::Traffic,
 }
 
 impl Shared {
@@ -165,6 +167,7 @@ impl Shared {
             arrivals: crate::arrivals::Arrivals::default(),
             run: rand::random::<u64>() | 1,
             leader_clock: Default::default(),
+            traffic: Default::default(),
         })
     }
 
@@ -464,6 +467,17 @@ impl Shared {
     /// Now, as leases are timed: by the leader's clock (`leader_clock`).
     pub fn lease_now(&self) -> u64 {
         self.leader_clock.now_ms()
+    }
+
+    /// Leases held that have not expired at `now` (`lease_now`).
+    pub fn leases_held(&self, now: u64) -> usize {
+        let leases = Self::lock(&self.leases);
+        leases.values().filter(|l| l.expires_ms > now).count()
+    }
+
+    /// Bytes the push buffer holds or has reserved for pushes arriving.
+    pub fn buffer_used(&self) -> u64 {
+        Self::lock(&self.buffer).used()
     }
 
     fn held_lease(

@@ -16,7 +16,8 @@ use gfs_master::server::config::{ConfigFile, parse_peer};
 ///   (the same with --id 2 --listen 127.0.0.1:7002 --data-dir m2, and 3)
 ///
 /// or put the same settings in a TOML file (`id`, `listen`, `data_dir`,
-/// `[peers]`, `[raft]`, `[chunks]`, `[duties]`) and pass `--config`. Flags win.
+/// `metrics_listen`, `[peers]`, `[raft]`, `[chunks]`, `[duties]`) and pass
+/// `--config`. Flags win.
 #[derive(Debug, Parser)]
 #[command(name = "gfs-master", version, verbatim_doc_comment)]
 struct Args {
@@ -82,6 +83,9 @@ struct Args {
     /// Most replica deletions one heartbeat reply asks for.
     #[arg(long)]
     deletes_per_heartbeat: Option<usize>,
+    /// Serve Prometheus metrics on this address (`GET /metrics`).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -113,6 +117,7 @@ fn start(a: Args) -> Result<(), String> {
     file.id = a.id.or(file.id);
     file.listen = a.listen.or(file.listen);
     file.data_dir = a.data_dir.or(file.data_dir);
+    file.metrics_listen = a.metrics_listen.or(file.metrics_listen);
     if !a.peers.is_empty() {
         file.peers = a.peers.into_iter().collect();
     }

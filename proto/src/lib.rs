@@ -13,6 +13,8 @@
 //! - [`limits`]: chunk and block sizes, request bounds;
 //! - [`crc`]: CRC-32C, the one implementation every checksum uses.
 //!
+//! - [`metrics`]: the servers' Prometheus `/metrics` endpoint, gRPC call
+//!   counts, values read from a server's state when scraped;
 //! - [`data`]: the chunkservers' data plane, framed TCP for pushes and
 //!   reads, and its client side;
 //! - [`wire`]: the generated tonic code of `proto/master.proto` (client
@@ -23,6 +25,7 @@ pub mod codec;
 pub mod crc;
 pub mod data;
 pub mod limits;
+pub mod metrics;
 pub mod path;
 pub mod record;
 pub mod types;

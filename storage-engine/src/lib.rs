@@ -44,6 +44,6 @@ pub use backend::faulty::{FaultSwitch, Faults};
 pub use config::{BackendKind, StoreConfig, StoreConfigFile};
 pub use error::{Result, StoreError};
 pub use store::{
-    ChunkInfo, ChunkStore, CorruptChunk, DiskUsage, Landing, Prepared, Received, Receiving,
+    ChunkInfo, ChunkStore, CorruptChunk, DirIo, DiskUsage, Landing, Prepared, Received, Receiving,
     RecoveryReport, STALLED_DIR,
 };

@@ -93,6 +93,8 @@ pub struct ServerProc {
     /// Where clients and peers reach it (its link's, if it has one).
     pub addr: String,
     reached: Reached,
+    /// Where it serves Prometheus metrics (`--metrics-listen`).
+    pub metrics: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -164,6 +166,7 @@ impl Cluster {
                 id: i as u64 + 1,
                 addr: reached.addr.clone(),
                 reached,
+                metrics: format!("{ip}:{}", crate::masters::free_port(ip)?),
                 data_dir: dir.path().join(format!("cs{}", i + 1)),
                 log: dir.path().join(format!("cs{}.log", i + 1)),
                 child: None,
@@ -231,6 +234,8 @@ impl Cluster {
             self.spec.chunk_size_bytes.to_string(),
             "--heartbeat-ms".into(),
             self.spec.heartbeat_ms.to_string(),
+            "--metrics-listen".into(),
+            s.metrics.clone(),
         ];
         if let Some((_, bytes)) = self.spec.push_buffers.iter().find(|(j, _)| *j == i) {
             args.extend(["--buffer-bytes".into(), bytes.to_string()]);

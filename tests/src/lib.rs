@@ -14,6 +14,8 @@
 //!   read or a duplicated execution fails the test.
 //! - [`raw`]: gRPC calls with any bytes as the message, and seeded random
 //!   bodies, for the bad-input suites.
+//! - [`metrics`]: a server's Prometheus metrics, scraped and summed (every
+//!   process the harness starts serves them).
 //!
 //! The storage engine's own suites live beside the engine in
 //! `storage-engine/tests/`.
@@ -25,6 +27,7 @@ pub mod faulty;
 pub mod history;
 pub mod link;
 pub mod masters;
+pub mod metrics;
 pub mod raw;
 
 /// Sends `sig` to a child we spawned and have not reaped.

@@ -42,6 +42,8 @@ pub struct MasterProc {
     /// has one).
     pub addr: String,
     reached: Reached,
+    /// Where it serves Prometheus metrics (`--metrics-listen`).
+    pub metrics: String,
     pub data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -87,6 +89,7 @@ impl MasterCluster {
                 id: i as u64 + 1,
                 addr: reached.addr.clone(),
                 reached,
+                metrics: format!("{ip}:{}", free_port(ip)?),
                 data_dir: dir.path().join(format!("m{}", i + 1)),
                 log: dir.path().join(format!("m{}.log", i + 1)),
                 child: None,
@@ -143,6 +146,8 @@ impl MasterCluster {
             m.reached.listen.clone(),
             "--data-dir".into(),
             m.data_dir.display().to_string(),
+            "--metrics-listen".into(),
+            m.metrics.clone(),
         ];
         for p in &peers {
             args.push("--peer".into());

@@ -8,6 +8,7 @@ use std::time::Duration;
 use gfs_client::{Reader, RecordReader, Writer};
 use gfs_tests::cluster::{Cluster, Spec};
 use gfs_tests::link::Shape;
+use gfs_tests::metrics::{scrape, sum};
 use gfs_tests::random_bytes;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -115,6 +116,102 @@ async fn put_and_get_of_multi_chunk_files_round_trip() {
         read_all(&c, "/data/whole").await == want,
         "read back differs"
     );
+}
+
+/// Every master and chunkserver serves Prometheus metrics that follow
+/// the cluster's state and the work done: one leader among the masters,
+/// the chunkservers it knows, the bytes pushed, written and read, the
+/// gRPC calls by method and status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_server_serves_metrics_that_follow_the_work() {
+    let cluster = Cluster::start(Spec::default()).await.expect("cluster");
+    let c = cluster.client();
+    let data = random_bytes(3 << 20, 31);
+    let mut w = Writer::create(&c, "/m").await.expect("create");
+    w.write_all(&data).await.expect("write");
+    assert_eq!(w.close().await.expect("close"), data.len() as u64);
+    assert!(read_all(&c, "/m").await == data, "read back differs");
+    let missing = c.stat("/no/such/file").await.expect_err("not there");
+    assert_eq!(
+        missing.kind,
+        gfs_proto::wire::ErrorKind::NotFound,
+        "{missing}"
+    );
+
+    let mut leaders = Vec::new();
+    let mut terms = Vec::new();
+    for (i, m) in cluster.masters.masters.iter().enumerate() {
+        // A follower applies the last entries a little after the leader.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let text = loop {
+            let text = scrape(&m.metrics).await.expect("scrape a master");
+            if sum(&text, "gfs_master_chunks", &[]) >= 3.0 || std::time::Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(sum(&text, "gfs_master_serving", &[]), 1.0, "{text}");
+        // The root and the file.
+        assert_eq!(
+            sum(&text, "gfs_master_namespace_entries", &[]),
+            2.0,
+            "{text}"
+        );
+        assert!(sum(&text, "gfs_master_chunks", &[]) >= 3.0, "{text}");
+        terms.push(sum(&text, "gfs_master_raft_term", &[]));
+        if sum(&text, "gfs_master_raft_leader", &[]) == 1.0 {
+            leaders.push(i);
+            assert_eq!(
+                sum(&text, "gfs_master_chunkservers_live", &[]),
+                4.0,
+                "{text}"
+            );
+            let create = [
+                ("method", "/gfs.master.v1.MasterMeta/Create"),
+                ("code", "OK"),
+            ];
+            assert!(sum(&text, "gfs_grpc_calls_total", &create) >= 1.0, "{text}");
+            let stat = [
+                ("method", "/gfs.master.v1.MasterMeta/Stat"),
+                ("code", "NotFound"),
+            ];
+            assert!(sum(&text, "gfs_grpc_calls_total", &stat) >= 1.0, "{text}");
+            let heartbeats = [("method", "/gfs.master.v1.MasterChunkserver/Heartbeat")];
+            assert!(sum(&text, "gfs_grpc_call_seconds_count", &heartbeats) >= 4.0);
+        }
+    }
+    assert_eq!(leaders.len(), 1, "leaders: {leaders:?}");
+    assert!(
+        terms.iter().all(|t| *t == terms[0] && *t >= 1.0),
+        "{terms:?}"
+    );
+
+    let mut texts = Vec::new();
+    for s in &cluster.servers {
+        texts.push(scrape(&s.metrics).await.expect("scrape a chunkserver"));
+    }
+    let total = |name: &str, with: &[(&str, &str)]| -> f64 {
+        texts.iter().map(|t| sum(t, name, with)).sum()
+    };
+    let bytes = data.len() as f64;
+    // Three chunks, three replicas each (a writer may make the next
+    // chunk ahead).
+    assert!(total("gfs_chunkserver_chunks", &[]) >= 9.0);
+    // Every replica received the data and wrote it to its disk.
+    assert!(total("gfs_chunkserver_pushed_bytes_total", &[]) >= 3.0 * bytes);
+    let written = [("op", "write")];
+    assert!(total("gfs_chunkserver_disk_bytes_total", &written) >= 3.0 * bytes);
+    assert!(total("gfs_chunkserver_disk_ios_total", &written) >= 3.0 * 3.0);
+    assert!(total("gfs_chunkserver_read_bytes_total", &[]) >= bytes);
+    let reads = [("op", "read")];
+    assert!(total("gfs_chunkserver_data_requests_total", &reads) >= 1.0);
+    assert!(total("gfs_chunkserver_disk_bytes_total", &reads) >= bytes);
+    assert_eq!(total("gfs_chunkserver_disk_io_errors_total", &[]), 0.0);
+    assert_eq!(total("gfs_chunkserver_checksum_failures_total", &[]), 0.0);
+    for t in &texts {
+        assert_eq!(sum(t, "gfs_chunkserver_disk_writable", &[]), 1.0, "{t}");
+        assert!(sum(t, "gfs_chunkserver_disk_free_bytes", &[]) > 0.0, "{t}");
+    }
 }
 
 /// Each client (its own id, caches and append position) appends `per`

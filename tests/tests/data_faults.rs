@@ -11,6 +11,7 @@ use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::chunk::{MutateRequest, MutationKind, PushHeader};
 use gfs_proto::wire::detail_of;
 use gfs_tests::cluster::{Cluster, Spec};
+use gfs_tests::metrics::{scrape, sum};
 use gfs_tests::random_bytes;
 use gfs_tests::raw::spray;
 
@@ -115,6 +116,15 @@ async fn r9_corrupt_or_truncated_replicas_are_never_served() {
         ),
         "{e}"
     );
+    // The server whose replica failed its checksum says so in its metrics.
+    let m = scrape(&cluster.servers[idx[2]].metrics)
+        .await
+        .expect("scrape");
+    assert!(
+        sum(&m, "gfs_chunkserver_checksum_failures_total", &[]) >= 1.0,
+        "{m}"
+    );
+    assert!(sum(&m, "gfs_chunkserver_data_failures_total", &[("op", "read")]) >= 1.0);
     // The corrupt replicas were quarantined and the masters no longer list
     // them.
     let deadline = Instant::now() + Duration::from_secs(10);

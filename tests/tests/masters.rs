@@ -11,6 +11,7 @@ use gfs_tests::disk::SmallDisk;
 use gfs_tests::history::Workload;
 use gfs_tests::link::Shape;
 use gfs_tests::masters::{MasterCluster, Partition, Timings};
+use gfs_tests::metrics::{scrape, sum};
 
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 
@@ -389,10 +390,28 @@ async fn r11_a_full_disk_on_the_leader_costs_nothing() {
     let w = workload(&c, "/r11");
     tokio::time::sleep(Duration::from_millis(500)).await;
     hold_full(&c, full, Duration::from_secs(3)).await;
+    // Its metrics stay up through the outage and say it is out of service
+    // (between its attempts to start again from its store).
+    let start = std::time::Instant::now();
+    loop {
+        c.disk(full).unwrap().fill().expect("fill");
+        let text = scrape(&c.masters[full].metrics).await.expect("scrape");
+        if sum(&text, "gfs_master_serving", &[]) == 0.0 {
+            break;
+        }
+        assert!(start.elapsed() < RECOVERY, "still serving:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let new = c.leader(LEADER_WAIT).await.expect("a new leader");
     assert_ne!(new, full, "the full master still leads");
     c.disk(full).unwrap().free().expect("free");
     rejoined(&c, full).await;
+    let text = scrape(&c.masters[full].metrics).await.expect("scrape");
+    assert_eq!(sum(&text, "gfs_master_serving", &[]), 1.0, "{text}");
+    assert!(
+        sum(&text, "gfs_master_raft_leader_id", &[]) >= 1.0,
+        "{text}"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = w.finish().await;
     assert_clean(&c, &report);

@@ -24,6 +24,8 @@ pub struct ConfigFile {
     pub chunks: ChunksFile,
     #[serde(default)]
     pub duties: DutiesFile,
+    /// Where to serve Prometheus metrics (`GET /metrics`); none if unset.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The leader's background duties.
@@ -116,6 +118,7 @@ pub struct MasterConfig {
     pub retention_ms: u64,
     pub repair_interval_ms: u64,
     pub deletes_per_heartbeat: usize,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -146,6 +149,7 @@ impl ConfigFile {
             raft,
             chunks,
             duties,
+            metrics_listen,
         } = self;
         let id = id.ok_or(ConfigError::Missing("id"))?;
         let listen = listen.ok_or(ConfigError::Missing("listen"))?;
@@ -215,6 +219,7 @@ impl ConfigFile {
             retention_ms: duties.retention_ms.unwrap_or(3 * 24 * 3600 * 1000),
             repair_interval_ms: duties.repair_interval_ms.unwrap_or(1000).max(10),
             deletes_per_heartbeat: duties.deletes_per_heartbeat.unwrap_or(64).max(1),
+            metrics_listen,
         })
     }
 }
@@ -238,6 +243,7 @@ mod tests {
             id = 2
             listen = "127.0.0.2:7000"
             data_dir = "/var/lib/gfs/master"
+            metrics_listen = "127.0.0.2:9100"
             [peers]
             1 = "127.0.0.1:7000"
             2 = "127.0.0.2:7000"
@@ -255,6 +261,7 @@ mod tests {
         assert_eq!(c.raft.election_min_ms, DEFAULT_ELECTION_MIN_MS);
         assert_eq!(c.default_replication, 3);
         assert_eq!(c.lease_ms, DEFAULT_LEASE_MS);
+        assert_eq!(c.metrics_listen, "127.0.0.2:9100".parse().ok());
     }
 
     #[test]

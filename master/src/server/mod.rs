@@ -9,6 +9,7 @@ pub mod duties;
 pub mod fsck;
 pub mod grant;
 pub mod meta;
+pub mod metrics;
 pub mod network;
 pub mod node;
 mod outage;
@@ -89,6 +90,14 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    let metrics = metrics::Metrics::new();
+    // Dropping the set (whenever `run` returns) stops the endpoint.
+    let mut endpoint = tokio::task::JoinSet::new();
+    if let Some(at) = cfg.metrics_listen {
+        let l = gfs_proto::metrics::bind(at).await?;
+        tracing::info!(addr = %at, "serving metrics");
+        endpoint.spawn(gfs_proto::metrics::serve(l, metrics.registry.clone()));
+    }
     let mut shutdown = std::pin::pin!(shutdown);
     let mut listener = Some(listener);
     let mut served = false;
@@ -100,7 +109,7 @@ pub async fn run(
             None => bind(cfg.listen).await?,
         };
         let started = tokio::time::Instant::now();
-        let why = match serve(&cfg, l, shutdown.as_mut(), &mut served).await {
+        let why = match serve(&cfg, &metrics, l, shutdown.as_mut(), &mut served).await {
             Ok(Ended::Stopped) => return Ok(()),
             Ok(Ended::StoreFailed(why)) => why,
             Err(e) if served => e,
@@ -178,6 +187,7 @@ async fn raft_stopped(raft: &Raft<TypeConfig>) -> String {
 /// `served` is set once the services are up.
 async fn serve(
     cfg: &MasterConfig,
+    metrics: &metrics::Metrics,
     listener: TcpListener,
     shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + ?Sized)>,
     served: &mut bool,
@@ -204,6 +214,7 @@ async fn serve(
         proposer: batch::Proposer::start(raft.clone()),
         started_ms: node::now_ms(),
     });
+    metrics.serve_from(&node);
     if let Err(e) = bootstrap(&node).await {
         let _ = raft.shutdown().await;
         return Err(e);
@@ -216,6 +227,7 @@ async fn serve(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+        .layer(metrics.calls.clone())
         .add_service(
             MasterMetaServer::new(meta::MetaService { node: node.clone() })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),

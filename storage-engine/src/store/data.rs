@@ -576,6 +576,7 @@ impl ChunkStore {
                     .await?;
                 // Never bless damaged bytes with a fresh checksum.
                 if gfs_proto::crc::crc32c(&buf.as_slice()[at..at + have]) != st.crcs[b] {
+                    self.inner.checksum_failures.fetch_add(1, Ordering::Relaxed);
                     return Err(StoreError::Corrupt {
                         handle,
                         block: b as u64,
@@ -868,6 +869,7 @@ impl ChunkStore {
         );
         lease.buf = Some(buf);
         if let Some(b) = bad {
+            self.inner.checksum_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(chunk = %handle, block = b, "checksum mismatch on read");
             return Err(StoreError::Corrupt {
                 handle,

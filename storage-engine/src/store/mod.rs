@@ -102,6 +102,15 @@ pub struct RecoveryReport {
     pub backends: Vec<(PathBuf, &'static str, String)>,
 }
 
+/// One data directory's device I/O for the store (`ChunkStore::io`).
+#[derive(Clone, Debug)]
+pub struct DirIo {
+    pub dir: PathBuf,
+    pub counts: crate::backend::timed::IoCounts,
+    /// How long its oldest outstanding I/O has waited (zero: none).
+    pub oldest: Duration,
+}
+
 /// Cheap to clone; all clones share one store.
 #[derive(Clone, Debug)]
 pub struct ChunkStore {
@@ -133,8 +142,11 @@ struct Inner {
     receiving: Arc<Semaphore>,
     epoch: Instant,
     /// Each directory's I/O submitted and not completed, by directory
-    /// (`stalled_for`).
+    /// (`stalled_for`), and what its device did (`io`).
     outstanding: Vec<Arc<Outstanding>>,
+    /// Reads that found a block whose checksum did not match (`read`,
+    /// which the scrubber's passes go through too).
+    checksum_failures: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -347,6 +359,7 @@ impl ChunkStore {
             pool: BufPool::new(keep, arena),
             epoch: Instant::now(),
             outstanding,
+            checksum_failures: AtomicU64::new(0),
         });
         let store = ChunkStore { inner };
         for i in 0..store.inner.dirs.len() {
@@ -788,6 +801,30 @@ impl ChunkStore {
     }
 
     /// Bytes used and free, backend and health, per data directory.
+    /// What each data directory's device did for the store since it
+    /// opened, with how long its oldest outstanding I/O has waited.
+    pub fn io(&self) -> Vec<DirIo> {
+        let now = Instant::now();
+        let dirs = self.inner.dirs.iter().zip(&self.inner.outstanding);
+        dirs.map(|(d, o)| DirIo {
+            dir: d.root.clone(),
+            counts: o.counts(),
+            oldest: o.oldest_at(now),
+        })
+        .collect()
+    }
+
+    /// Chunks held.
+    pub fn chunk_count(&self) -> usize {
+        self.inner.chunks.read().expect("chunk map lock").len()
+    }
+
+    /// Reads (the scrubber's too) that found a block not matching its
+    /// checksum, since the store opened.
+    pub fn checksum_failures(&self) -> u64 {
+        self.inner.checksum_failures.load(Ordering::Relaxed)
+    }
+
     pub fn usage(&self) -> Vec<DiskUsage> {
         self.inner
             .dirs

@@ -21,7 +21,8 @@ pub struct StartArgs {
     #[arg(long)]
     pub chunk_size_bytes: Option<u64>,
     /// First port; masters listen on 127.0.0.11.. at this port, chunkservers
-    /// on 127.0.0.21.. at this port + 100.
+    /// on 127.0.0.21.. at this port + 100; each serves Prometheus metrics
+    /// on its own address at its port + 50 (`GET /metrics`).
     #[arg(long, default_value_t = 7000)]
     pub port: u16,
 }
@@ -29,6 +30,8 @@ pub struct StartArgs {
 struct Member {
     name: String,
     addr: String,
+    /// Where it serves Prometheus metrics.
+    metrics: String,
 }
 
 fn members(masters: usize, chunkservers: usize, port: u16) -> (Vec<Member>, Vec<Member>) {
@@ -36,12 +39,14 @@ fn members(masters: usize, chunkservers: usize, port: u16) -> (Vec<Member>, Vec<
         .map(|i| Member {
             name: format!("master-{}", i + 1),
             addr: format!("127.0.0.{}:{port}", 11 + i),
+            metrics: format!("127.0.0.{}:{}", 11 + i, port + 50),
         })
         .collect();
     let c = (0..chunkservers)
         .map(|i| Member {
             name: format!("chunkserver-{}", i + 1),
             addr: format!("127.0.0.{}:{}", 21 + i, port + 100),
+            metrics: format!("127.0.0.{}:{}", 21 + i, port + 150),
         })
         .collect();
     (m, c)
@@ -136,6 +141,8 @@ pub async fn start(dir: &Path, a: &StartArgs) -> anyhow::Result<Vec<String>> {
             m.addr.clone(),
             "--data-dir".into(),
             dir.join("data").join(&m.name).display().to_string(),
+            "--metrics-listen".into(),
+            m.metrics.clone(),
         ];
         args.extend(peers.iter().cloned());
         args.extend(size.iter().cloned());
@@ -158,11 +165,19 @@ pub async fn start(dir: &Path, a: &StartArgs) -> anyhow::Result<Vec<String>> {
             // a disk of its own would have).
             "--io-depth".into(),
             (8 / a.chunkservers.max(1)).max(1).to_string(),
+            "--metrics-listen".into(),
+            c.metrics.clone(),
         ];
         args.extend(size.iter().cloned());
         spawn(dir, &c.name, &sibling("gfs-chunkserver"), &args)?;
     }
     std::fs::write(dir.join("masters"), master_addrs.join(","))?;
+    let metrics: String = ms
+        .iter()
+        .chain(&cs)
+        .map(|m| format!("{} {}\n", m.name, m.metrics))
+        .collect();
+    std::fs::write(dir.join("metrics"), metrics)?;
     wait_ready(
         &master_addrs,
         a.chunkservers as u64,
@@ -238,12 +253,23 @@ pub fn stop(dir: &Path) -> anyhow::Result<usize> {
     Ok(stopped)
 }
 
-pub fn status(dir: &Path) -> Vec<(String, Option<i32>)> {
+/// Each recorded server: its name, its pid if it runs, and where it
+/// serves metrics (as `start` recorded it).
+pub fn status(dir: &Path) -> Vec<(String, Option<i32>, Option<String>)> {
+    let metrics = std::fs::read_to_string(dir.join("metrics")).unwrap_or_default();
+    let metrics_of = |name: &str| {
+        metrics
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| a.to_string())
+    };
     recorded(dir)
         .into_iter()
         .map(|n| {
             let pid = read_pid(dir, &n).filter(|p| ours(*p));
-            (n, pid)
+            let m = metrics_of(&n);
+            (n, pid, m)
         })
         .collect()
 }

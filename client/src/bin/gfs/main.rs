@@ -585,9 +585,13 @@ async fn run_cluster(a: &Args, c: &ClusterCmd) -> anyhow::Result<()> {
             if procs.is_empty() {
                 bail!("no cluster recorded in {}", a.dir.display());
             }
-            for (name, pid) in &procs {
+            for (name, pid, metrics) in &procs {
+                let at = metrics
+                    .as_ref()
+                    .map(|m| format!(", metrics at http://{m}/metrics"))
+                    .unwrap_or_default();
                 match pid {
-                    Some(p) => println!("{name:<16} running (pid {p})"),
+                    Some(p) => println!("{name:<16} running (pid {p}){at}"),
                     None => println!("{name:<16} stopped"),
                 }
             }
