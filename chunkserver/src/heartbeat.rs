@@ -45,11 +45,13 @@ pub fn spawn(shared: Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
         .masters
         .clone()
         .into_iter()
-        .map(|m| tokio::spawn(beat_forever(shared.clone(), m)))
+        .enumerate()
+        .map(|(i, m)| tokio::spawn(beat_forever(shared.clone(), i, m)))
         .collect()
 }
 
-async fn beat_forever(shared: Arc<Shared>, master: String) {
+/// Heartbeats to `master`, the `nth` of the configured ones.
+async fn beat_forever(shared: Arc<Shared>, nth: usize, master: String) {
     let channel = match Endpoint::from_shared(format!("http://{master}")) {
         // From this server's own address, as the masters connect from
         // theirs: firewall rules can then tell servers apart on loopback.
@@ -79,6 +81,7 @@ async fn beat_forever(shared: Arc<Shared>, master: String) {
                 let reply = reply.into_inner();
                 if reply.leader {
                     shared.leader_clock.learn(asked, reply.now_ms);
+                    shared.beats.leader_answered();
                 }
                 acked = (!reply.want_full_report).then_some(upto);
                 if reply.leader && !req_relinquish.is_empty() {
@@ -91,6 +94,7 @@ async fn beat_forever(shared: Arc<Shared>, master: String) {
                 handle_reply(&shared, reply).await;
             }
             Err(s) => {
+                shared.beats.failed(nth);
                 tracing::debug!(%master, error = %s.message(), "heartbeat failed");
             }
         }

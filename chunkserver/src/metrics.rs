@@ -4,11 +4,13 @@
 //! scraped; the data plane counts its requests in [`Traffic`].
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use gfs_proto::metrics::prometheus_client::registry::Registry;
 use gfs_proto::metrics::{Emit, GrpcCalls, Scraped, Value};
+use gfs_storage_engine::DirIo;
 
 use crate::service::Shared;
 
@@ -79,19 +81,75 @@ impl Traffic {
     }
 }
 
+/// Heartbeats to each master that got no answer, and when a leader last
+/// answered one.
+#[derive(Debug)]
+pub struct Beats {
+    failed: Vec<(String, AtomicU64)>,
+    leader_answered: Mutex<Option<Instant>>,
+}
+
+impl Beats {
+    pub fn new(masters: &[String]) -> Self {
+        Self {
+            failed: masters
+                .iter()
+                .map(|m| (m.clone(), AtomicU64::new(0)))
+                .collect(),
+            leader_answered: Mutex::new(None),
+        }
+    }
+
+    /// A heartbeat to the `i`th master (in the configured order) failed.
+    pub fn failed(&self, i: usize) {
+        if let Some((_, n)) = self.failed.get(i) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn leader_answered(&self) {
+        *self
+            .leader_answered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    fn leader_silent_for(&self) -> Option<std::time::Duration> {
+        let at = *self
+            .leader_answered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        at.map(|t| t.elapsed())
+    }
+}
+
 /// The registry `/metrics` serves, and the gRPC layer counting into it.
 pub fn registry(shared: &Arc<Shared>) -> (Registry, GrpcCalls) {
-    let mut r = Registry::with_prefix("gfs");
-    let calls = GrpcCalls::register(&mut r);
     let sh = Arc::downgrade(shared);
-    r.register_collector(Box::new(Scraped(move |e: &mut Emit<'_, '_>| {
-        // A scrape racing the server's shutdown reports nothing.
-        match sh.upgrade() {
-            Some(sh) => emit(&sh, e),
-            None => Ok(()),
-        }
-    })));
-    (r, calls)
+    gfs_proto::metrics::server_registry(|gfs| {
+        gfs.register_collector(Box::new(Scraped(move |e: &mut Emit<'_, '_>| {
+            // A scrape racing the server's shutdown reports nothing.
+            match sh.upgrade() {
+                Some(sh) => emit(&sh, e),
+                None => Ok(()),
+            }
+        })));
+        GrpcCalls::register(gfs)
+    })
+}
+
+/// Each data directory's `f` of its device I/O for `op`, labelled.
+fn per_dir_op<'a, N: 'a>(
+    io: &'a [DirIo],
+    op: &'static str,
+    f: fn(&DirIo) -> N,
+) -> impl Iterator<Item = ([(&'static str, String); 2], N)> + 'a {
+    io.iter().map(move |d| {
+        (
+            [("dir", d.dir.display().to_string()), ("op", op.into())],
+            f(d),
+        )
+    })
 }
 
 fn emit(sh: &Shared, e: &mut Emit<'_, '_>) -> fmt::Result {
@@ -160,40 +218,29 @@ fn emit(sh: &Shared, e: &mut Emit<'_, '_>) -> fmt::Result {
         "How long the oldest outstanding device I/O has waited (a hung disk grows it)",
         io_dir(|d| d.oldest.into()),
     )?;
-    let by_op = |name: &'static str, f: fn(&gfs_storage_engine::DirIo) -> u64| {
-        io.iter().map(move |d| {
-            (
-                [("dir", d.dir.display().to_string()), ("op", name.into())],
-                f(d),
-            )
-        })
-    };
     e.counters(
         "chunkserver_disk_ios",
         "Device I/Os completed (failed ones too)",
-        by_op("read", |d| d.counts.reads)
-            .chain(by_op("write", |d| d.counts.writes))
-            .chain(by_op("sync", |d| d.counts.syncs)),
+        per_dir_op(&io, "read", |d| d.counts.reads)
+            .chain(per_dir_op(&io, "write", |d| d.counts.writes))
+            .chain(per_dir_op(&io, "sync", |d| d.counts.syncs)),
     )?;
     e.counters(
         "chunkserver_disk_bytes",
         "Bytes moved by device I/Os that succeeded",
-        by_op("read", |d| d.counts.read_bytes).chain(by_op("write", |d| d.counts.written_bytes)),
+        per_dir_op(&io, "read", |d| d.counts.read_bytes)
+            .chain(per_dir_op(&io, "write", |d| d.counts.written_bytes)),
     )?;
-    let secs = |name: &'static str, f: fn(&gfs_storage_engine::DirIo) -> f64| {
-        io.iter().map(move |d| {
-            (
-                [("dir", d.dir.display().to_string()), ("op", name.into())],
-                f(d),
-            )
-        })
-    };
     e.counters(
         "chunkserver_disk_io_seconds",
         "Time device I/Os took from submission to completion, summed",
-        secs("read", |d| d.counts.read_time.as_secs_f64())
-            .chain(secs("write", |d| d.counts.write_time.as_secs_f64()))
-            .chain(secs("sync", |d| d.counts.sync_time.as_secs_f64())),
+        per_dir_op(&io, "read", |d| d.counts.read_time.as_secs_f64())
+            .chain(per_dir_op(&io, "write", |d| {
+                d.counts.write_time.as_secs_f64()
+            }))
+            .chain(per_dir_op(&io, "sync", |d| {
+                d.counts.sync_time.as_secs_f64()
+            })),
     )?;
     e.counters(
         "chunkserver_disk_io_errors",
@@ -230,5 +277,21 @@ fn emit(sh: &Shared, e: &mut Emit<'_, '_>) -> fmt::Result {
         "chunkserver_push_busy",
         "Pushes refused: the push buffer was full",
         t.busy.load(Ordering::Relaxed),
-    )
+    )?;
+    let b = &sh.beats;
+    e.counters(
+        "chunkserver_heartbeat_failures",
+        "Heartbeats to each master that got no answer",
+        b.failed
+            .iter()
+            .map(|(m, n)| ([("master", m.as_str())], n.load(Ordering::Relaxed))),
+    )?;
+    match b.leader_silent_for() {
+        Some(d) => e.gauge(
+            "chunkserver_leader_heartbeat_age_seconds",
+            "Time since the master leader last answered a heartbeat (leases and placement depend on it)",
+            d,
+        ),
+        None => Ok(()),
+    }
 }

@@ -145,11 +145,14 @@ pub struct Shared {
     pub leader_clock: crate::leader_clock::LeaderClock,
     /// The data plane's requests and bytes (`metrics`).
     pub traffic: crate::metrics::Traffic,
+    /// Heartbeats unanswered, and the leader's last answer (`metrics`).
+    pub beats: crate::metrics::Beats,
 }
 
 impl Shared {
     pub fn new(cfg: ChunkserverConfig, store: ChunkStore) -> Arc<Self> {
         Arc::new(Self {
+            beats: crate::metrics::Beats::new(&cfg.masters),
             buffer: Mutex::new(DataBuffer::new(cfg.buffer_bytes, cfg.buffer_ttl_ms)),
             // Free buffers kept: a quarter of the push buffer's bound.
             pieces: PiecePool::new(

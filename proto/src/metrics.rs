@@ -46,6 +46,25 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// A whole scrape connection at most.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A server's registry: the process's own figures under Prometheus's
+/// usual names (`process_*`, [`Process`]) and `gfs_build_info`, then
+/// whatever `fill` registers, its names prefixed `gfs_` (with what
+/// `fill` returns).
+pub fn server_registry<T>(fill: impl FnOnce(&mut Registry) -> T) -> (Registry, T) {
+    let mut root = Registry::default();
+    root.register_collector(Box::new(Process));
+    let gfs = root.sub_registry_with_prefix("gfs");
+    gfs.register_collector(Box::new(Scraped(|e: &mut Emit<'_, '_>| {
+        e.gauges(
+            "build_info",
+            "The gfs-rs version this server runs (always 1)",
+            [([("version", env!("CARGO_PKG_VERSION"))], Value::Int(1))],
+        )
+    })));
+    let filled = fill(gfs);
+    (root, filled)
+}
+
 /// The text of `registry` (every metric and collector in it).
 pub fn render(registry: &Registry) -> String {
     let mut out = String::new();
@@ -119,6 +138,109 @@ pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| format!("binding the metrics address {addr}: {e}"))
+}
+
+// ---- the process ---------------------------------------------------------
+
+/// The process's CPU time, memory, threads, file descriptors and start,
+/// from `/proc/self` when scraped (`process_*`, as Prometheus's client
+/// libraries name them). Nothing is reported of what cannot be read.
+#[derive(Debug)]
+pub struct Process;
+
+/// The fields of `/proc/self/stat` the process metrics use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    /// User and system CPU time, in clock ticks.
+    pub cpu_ticks: u64,
+    pub threads: u64,
+    /// Since boot, in clock ticks.
+    pub start_ticks: u64,
+    pub virtual_bytes: u64,
+    pub resident_pages: u64,
+}
+
+/// Parses `/proc/PID/stat`: the command name (field 2) is in parentheses
+/// and may hold spaces and parentheses itself, so fields are counted from
+/// the last `)`.
+pub fn parse_proc_stat(text: &str) -> Option<ProcStat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    // rest's first field is field 3 (the state).
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |field: usize| f.get(field - 3)?.parse::<u64>().ok();
+    Some(ProcStat {
+        cpu_ticks: num(14)? + num(15)?,
+        threads: num(20)?,
+        start_ticks: num(22)?,
+        virtual_bytes: num(23)?,
+        resident_pages: num(24)?,
+    })
+}
+
+/// `btime` of `/proc/stat`: when the system booted, in seconds since the
+/// epoch.
+pub fn parse_boot_time(proc_stat: &str) -> Option<u64> {
+    proc_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+impl Collector for Process {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let e = &mut Emit { enc: &mut encoder };
+        // SAFETY: sysconf reads a system constant; no memory is touched.
+        let (tick, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let stat = std::fs::read_to_string("/proc/self/stat").ok();
+        if let (Some(st), true) = (stat.as_deref().and_then(parse_proc_stat), tick > 0) {
+            let tick = tick as f64;
+            e.counter(
+                "process_cpu_seconds",
+                "User and system CPU time spent",
+                st.cpu_ticks as f64 / tick,
+            )?;
+            e.gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size",
+                st.resident_pages.saturating_mul(page.max(0) as u64),
+            )?;
+            e.gauge(
+                "process_virtual_memory_bytes",
+                "Virtual memory size",
+                st.virtual_bytes,
+            )?;
+            e.gauge("process_threads", "OS threads", st.threads)?;
+            let boot = std::fs::read_to_string("/proc/stat").ok();
+            if let Some(b) = boot.as_deref().and_then(parse_boot_time) {
+                e.gauge(
+                    "process_start_time_seconds",
+                    "Start time of the process since the epoch",
+                    b as f64 + st.start_ticks as f64 / tick,
+                )?;
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            e.gauge("process_open_fds", "Open file descriptors", fds.count())?;
+        }
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the one struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            e.gauge(
+                "process_max_fds",
+                "Most open file descriptors allowed",
+                lim.rlim_cur,
+            )?;
+        }
+        Ok(())
+    }
 }
 
 // ---- gRPC calls ----------------------------------------------------------
@@ -411,7 +533,7 @@ impl Emit<'_, '_> {
     }
 
     /// A counter with no labels (the registry's text adds `_total`).
-    pub fn counter(&mut self, name: &str, help: &str, v: u64) -> fmt::Result {
+    pub fn counter(&mut self, name: &str, help: &str, v: impl EncodeCounterValue) -> fmt::Result {
         let c = ConstCounter::new(v);
         c.encode(
             self.enc
@@ -470,6 +592,45 @@ mod tests {
     }
 
     #[test]
+    fn the_process_figures_are_read_past_the_command_name() {
+        // A command name with a space and a parenthesis of its own.
+        let stat = "4242 (gfs (x) y) S 1 4242 4242 0 -1 4194560 900 0 0 0 \
+                    250 50 0 0 20 0 7 0 1234 567890 321 18446744073709551615";
+        assert_eq!(
+            parse_proc_stat(stat),
+            Some(ProcStat {
+                cpu_ticks: 300,
+                threads: 7,
+                start_ticks: 1234,
+                virtual_bytes: 567890,
+                resident_pages: 321,
+            })
+        );
+        assert_eq!(parse_proc_stat("4242 (gfs) S 1 2"), None);
+        assert_eq!(parse_proc_stat("no parenthesis"), None);
+        let boot = "cpu 1 2\nbtime 1764720000\nprocesses 9\n";
+        assert_eq!(parse_boot_time(boot), Some(1764720000));
+        assert_eq!(parse_boot_time("cpu 1 2\n"), None);
+    }
+
+    #[test]
+    fn a_server_registry_has_the_process_and_the_build() {
+        let (r, ()) = server_registry(|gfs| {
+            gfs.register_collector(Box::new(Scraped(|e: &mut Emit<'_, '_>| {
+                e.gauge("files", "Files", 1u64)
+            })));
+        });
+        let text = render(&r);
+        let has = |p: &str| text.lines().any(|l| l.starts_with(p));
+        assert!(has("process_cpu_seconds_total "), "{text}");
+        assert!(has("process_resident_memory_bytes "), "{text}");
+        assert!(has("process_open_fds "), "{text}");
+        assert!(has("process_start_time_seconds "), "{text}");
+        assert!(has("gfs_build_info{version=\""), "{text}");
+        assert!(has("gfs_files 1"), "{text}");
+    }
+
+    #[test]
     fn only_served_methods_become_labels() {
         let m = "/gfs.master.v1.Master/Create";
         assert_eq!(method_label(m, "OK"), m);
@@ -493,7 +654,7 @@ mod tests {
         r.register_collector(Box::new(Scraped(|e: &mut Emit<'_, '_>| {
             e.gauge("files", "Files in the namespace", 3u64)?;
             e.gauge("lag_seconds", "A lag", Duration::from_millis(1500))?;
-            e.counter("bytes_read", "Bytes read", 42)?;
+            e.counter("bytes_read", "Bytes read", 42u64)?;
             e.gauges(
                 "disk_free_bytes",
                 "Free bytes of each data directory",

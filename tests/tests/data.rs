@@ -8,7 +8,7 @@ use std::time::Duration;
 use gfs_client::{Reader, RecordReader, Writer};
 use gfs_tests::cluster::{Cluster, Spec};
 use gfs_tests::link::Shape;
-use gfs_tests::metrics::{scrape, sum};
+use gfs_tests::metrics::{samples, scrape, sum};
 use gfs_tests::random_bytes;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -151,6 +151,7 @@ async fn every_server_serves_metrics_that_follow_the_work() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert_eq!(sum(&text, "gfs_master_serving", &[]), 1.0, "{text}");
+        assert!(sum(&text, "process_cpu_seconds_total", &[]) > 0.0, "{text}");
         // The root and the file.
         assert_eq!(
             sum(&text, "gfs_master_namespace_entries", &[]),
@@ -211,6 +212,16 @@ async fn every_server_serves_metrics_that_follow_the_work() {
     for t in &texts {
         assert_eq!(sum(t, "gfs_chunkserver_disk_writable", &[]), 1.0, "{t}");
         assert!(sum(t, "gfs_chunkserver_disk_free_bytes", &[]) > 0.0, "{t}");
+        // Heartbeats every 200 ms here.
+        let age = samples(t)
+            .into_iter()
+            .find(|s| s.name == "gfs_chunkserver_leader_heartbeat_age_seconds")
+            .map(|s| s.value);
+        assert!(age.is_some_and(|a| a < 5.0), "{t}");
+        // The process's own figures, under Prometheus's usual names.
+        assert!(sum(t, "process_resident_memory_bytes", &[]) > 0.0, "{t}");
+        assert!(sum(t, "process_open_fds", &[]) > 0.0, "{t}");
+        assert_eq!(sum(t, "gfs_build_info", &[]), 1.0, "{t}");
     }
 }
 

@@ -32,11 +32,10 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut r = Registry::with_prefix("gfs");
-        let calls = GrpcCalls::register(&mut r);
         let serving: Arc<Mutex<Weak<Node>>> = Arc::default();
         let of = serving.clone();
-        r.register_collector(Box::new(Scraped(move |e: &mut Emit<'_, '_>| {
+        let (r, calls) = gfs_proto::metrics::server_registry(|gfs| {
+            gfs.register_collector(Box::new(Scraped(move |e: &mut Emit<'_, '_>| {
             let node = of.lock().unwrap_or_else(|p| p.into_inner()).upgrade();
             e.gauge(
                 "master_serving",
@@ -48,6 +47,8 @@ impl Metrics {
                 None => Ok(()),
             }
         })));
+            GrpcCalls::register(gfs)
+        });
         Self {
             registry: Arc::new(r),
             calls,
