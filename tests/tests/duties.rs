@@ -133,10 +133,26 @@ async fn a_dead_chunkserver_s_chunks_return_to_full_replication_fewest_first() {
         .wait_dead(&[a, b], Duration::from_secs(10))
         .await
         .expect("dead");
-    let healthy = cluster
-        .wait_healthy(Duration::from_secs(60))
-        .await
-        .expect("full replication again");
+    // Until healthy, watching fsck: each copy shows as being made, never
+    // as a stale replica (its replica is at version 0 until whole).
+    let (mut copying_seen, mut stale_seen) = (0, 0);
+    let healthy = loop {
+        let r = cluster.fsck().await.expect("fsck");
+        for ch in r.files.iter().flat_map(|f| &f.chunks) {
+            copying_seen = copying_seen.max(ch.copying);
+            stale_seen = stale_seen.max(ch.stale);
+        }
+        if r.under_replicated == 0 && r.missing == 0 && r.replicas_pending_deletion == 0 {
+            break r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(70),
+            "not healthy: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(copying_seen >= 1, "no copy seen being made");
+    assert_eq!(stale_seen, 0, "a copy being made was counted stale");
     let took = start.elapsed();
     assert_eq!(healthy.clones_failed, 0, "{healthy:?}");
     assert!(healthy.clones_done as usize >= 2 * single.len() + double.len());

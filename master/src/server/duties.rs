@@ -64,6 +64,12 @@ impl Duties {
         lock(&self.in_flight).len()
     }
 
+    /// Each chunk being copied, with the server it is copied to.
+    pub fn copies(&self) -> HashMap<ChunkHandle, NodeId> {
+        let in_flight = lock(&self.in_flight);
+        in_flight.iter().map(|(h, (_, dest))| (*h, *dest)).collect()
+    }
+
     /// A client wants to write `h` and found too few replicas.
     pub fn mark_blocked(&self, h: ChunkHandle, now: u64) {
         lock(&self.blocked).insert(h, now);

@@ -13,13 +13,22 @@ use super::meta::path;
 use super::node::{Node, meta_status};
 use crate::repair::Holder;
 use crate::state::ChunkMeta;
+use gfs_proto::NodeId;
 
 /// Most files listed in one reply.
 const MAX_FILES: usize = 10_000;
 
 /// One chunk's health. `written` says whether the file's length reaches
-/// into the chunk (a chunk past it may never have been created).
-pub fn chunk_health(meta: Option<ChunkMeta>, holders: &[Holder], written: bool) -> FsckChunk {
+/// into the chunk (a chunk past it may never have been created);
+/// `copying_to` is the server a re-replication clone of it is being
+/// copied to, whose replica (at an older version until whole) is the copy
+/// being made, not a stale one.
+pub fn chunk_health(
+    meta: Option<ChunkMeta>,
+    holders: &[Holder],
+    written: bool,
+    copying_to: Option<NodeId>,
+) -> FsckChunk {
     let Some(m) = meta else {
         return FsckChunk {
             health: ChunkHealth::Missing as i32,
@@ -30,7 +39,10 @@ pub fn chunk_health(meta: Option<ChunkMeta>, holders: &[Holder], written: bool) 
         .iter()
         .filter(|h| h.version == m.version && h.live)
         .count() as u32;
-    let stale = holders.iter().filter(|h| h.version < m.version).count() as u32;
+    let stale = holders
+        .iter()
+        .filter(|h| h.version < m.version && Some(h.node) != copying_to)
+        .count() as u32;
     let wanted = u32::from(m.replication);
     let health = if live >= wanted {
         ChunkHealth::Healthy
@@ -47,6 +59,7 @@ pub fn chunk_health(meta: Option<ChunkMeta>, holders: &[Holder], written: bool) 
         live,
         wanted,
         stale,
+        copying: u32::from(copying_to.is_some()),
         ..FsckChunk::default()
     }
 }
@@ -71,6 +84,8 @@ pub async fn fsck(node: &Node, r: FsckRequest) -> Result<FsckReply, Status> {
         path(&r.path)?
     };
     node.read_gate(false).await?;
+    // Taken before the state and soft state, and let go.
+    let copies = node.duties.copies();
     let clock = Clock::of(node);
     let chunk_size = node.cfg.chunk_size_bytes;
     let a = node.state();
@@ -88,7 +103,8 @@ pub async fn fsck(node: &Node, r: FsckRequest) -> Result<FsckReply, Status> {
         for (i, h) in f.chunks.iter().enumerate() {
             let hs = holders(&soft, soft.locations(*h), a.state.draining(), clock);
             let written = (i as u64) * chunk_size < f.length;
-            let mut c = chunk_health(a.state.chunk(*h), &hs, written);
+            let copying_to = copies.get(h).copied();
+            let mut c = chunk_health(a.state.chunk(*h), &hs, written, copying_to);
             c.index = i as u64;
             c.handle = h.0;
             reply.chunks_checked += 1;
@@ -136,4 +152,74 @@ pub async fn fsck(node: &Node, r: FsckRequest) -> Result<FsckReply, Status> {
     reply.clones_failed = st.failed;
     reply.bytes_cloned = st.bytes_cloned;
     Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use gfs_proto::{ChunkVersion, NodeId};
+
+    use super::*;
+
+    fn holder(node: u64, version: u64, live: bool) -> Holder {
+        Holder {
+            node: NodeId(node),
+            version: ChunkVersion(version),
+            confirmed: true,
+            live,
+            counts: live,
+            used_ppm: 0,
+            draining: false,
+        }
+    }
+
+    fn meta(version: u64) -> Option<ChunkMeta> {
+        Some(ChunkMeta {
+            version: ChunkVersion(version),
+            refs: 1,
+            replication: 3,
+        })
+    }
+
+    #[test]
+    fn a_copy_being_made_is_not_stale() {
+        let hs = [
+            holder(1, 5, true),
+            holder(2, 5, true),
+            holder(3, 0, true),
+            holder(4, 4, true),
+        ];
+        let c = chunk_health(meta(5), &hs, true, Some(NodeId(3)));
+        assert_eq!(
+            (c.live, c.wanted, c.stale, c.copying),
+            (2, 3, 1, 1),
+            "{c:?}"
+        );
+        assert_eq!(c.health, ChunkHealth::UnderReplicated as i32);
+        // Without the clone order, the copy's replica is stale like any.
+        let c = chunk_health(meta(5), &hs, true, None);
+        assert_eq!((c.live, c.stale, c.copying), (2, 2, 0), "{c:?}");
+        // A clone ordered and not reported yet.
+        let c = chunk_health(meta(5), &hs[..2], true, Some(NodeId(3)));
+        assert_eq!((c.live, c.stale, c.copying), (2, 0, 1), "{c:?}");
+    }
+
+    #[test]
+    fn health_follows_the_live_current_replicas() {
+        let all = [holder(1, 5, true), holder(2, 5, true), holder(3, 5, true)];
+        let c = chunk_health(meta(5), &all, true, None);
+        assert_eq!(c.health, ChunkHealth::Healthy as i32);
+        let dead = [holder(1, 5, false)];
+        assert_eq!(
+            chunk_health(meta(5), &dead, true, None).health,
+            ChunkHealth::Missing as i32
+        );
+        assert_eq!(
+            chunk_health(meta(5), &[], false, None).health,
+            ChunkHealth::Empty as i32
+        );
+        assert_eq!(
+            chunk_health(None, &all, true, None).health,
+            ChunkHealth::Missing as i32
+        );
+    }
 }
