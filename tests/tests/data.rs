@@ -912,6 +912,26 @@ async fn a_busy_replica_is_retried_not_versioned_out() {
     }
 }
 
+/// `gfs bench ARGS` is `gfs-bench ARGS`: its output and its exit status.
+#[test]
+fn gfs_bench_runs_the_benchmarks() {
+    let gfs = || std::process::Command::new(gfs_tests::binary("gfs").expect("gfs binary"));
+    let o = gfs()
+        .args(["bench", "figure3", "--help"])
+        .output()
+        .expect("run gfs");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{o:?}");
+    assert!(out.contains("Usage: gfs-bench figure3"), "{out}");
+    let o = gfs()
+        .args(["bench", "no-such-benchmark"])
+        .output()
+        .expect("run gfs");
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no-such-benchmark"), "{err}");
+}
+
 /// `gfs <args>` against the cluster: its exit status, stdout and stderr.
 fn gfs(cluster: &Cluster, args: &[&str]) -> std::process::Output {
     std::process::Command::new(gfs_tests::binary("gfs").expect("gfs binary"))

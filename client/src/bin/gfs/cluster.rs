@@ -53,7 +53,7 @@ fn members(masters: usize, chunkservers: usize, port: u16) -> (Vec<Member>, Vec<
 }
 
 /// A sibling binary of this one (cargo puts them side by side), else PATH.
-fn sibling(name: &str) -> PathBuf {
+pub fn sibling(name: &str) -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join(name)))

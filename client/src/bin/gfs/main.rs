@@ -58,6 +58,7 @@ enum Cmd {
         #[arg(long)]
         stale: bool,
     },
+    /// List a directory (-l: kind, size, chunks, replication).
     Ls {
         #[arg(default_value = "/")]
         path: String,
@@ -69,10 +70,8 @@ enum Cmd {
         #[arg(long)]
         deleted: bool,
     },
-    Mv {
-        from: String,
-        to: String,
-    },
+    /// Rename a file or directory (atomic).
+    Mv { from: String, to: String },
     /// Delete (recoverable with `undelete` until reclaimed). Deleting a
     /// path that only exists as deleted entries reclaims them at once.
     Rm {
@@ -98,28 +97,15 @@ enum Cmd {
     },
     /// Copy-on-write snapshot of a file or directory tree (metadata only;
     /// chunks are copied on their first write).
-    Snapshot {
-        src: String,
-        dst: String,
-    },
+    Snapshot { src: String, dst: String },
     /// Restore a deleted entry by its id (`gfs ls --deleted`).
-    Undelete {
-        id: u64,
-    },
+    Undelete { id: u64 },
     /// Copy a local file into gfs (creates REMOTE).
-    Put {
-        local: PathBuf,
-        remote: String,
-    },
+    Put { local: PathBuf, remote: String },
     /// Copy a gfs file to a local file.
-    Get {
-        remote: String,
-        local: PathBuf,
-    },
+    Get { remote: String, local: PathBuf },
     /// Write a gfs file to stdout.
-    Cat {
-        path: String,
-    },
+    Cat { path: String },
     /// Record-append each line of FILE (default stdin) to PATH, creating it
     /// if needed; prints each record's offset, in the order of the lines.
     Append {
@@ -134,14 +120,20 @@ enum Cmd {
         in_flight: u16,
     },
     /// Print each record of an appended file once, in file order.
-    Records {
-        path: String,
-    },
+    Records { path: String },
     /// A local cluster: 3 masters and 4 chunkservers on 127.0.0.x.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Cluster administration: status, fsck, leadership, masters,
+    /// decommissioning.
     #[command(subcommand)]
     Admin(Admin),
+    /// The throughput benchmarks: runs `gfs-bench` (beside this binary, else
+    /// on PATH) with the arguments that follow (`gfs bench figure3 --help`).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -281,9 +273,24 @@ fn masters_of(a: &Args) -> anyhow::Result<Vec<String>> {
     Ok(text.trim().split(',').map(String::from).collect())
 }
 
+/// Becomes `gfs-bench ARGS` (the same process: its output, its exit
+/// status).
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let bin = cluster::sibling("gfs-bench");
+    let e = std::process::Command::new(&bin).args(args).exec();
+    anyhow::bail!(
+        "running {}: {e} (build it with `cargo build --release`)",
+        bin.display()
+    )
+}
+
 async fn run(a: Args) -> anyhow::Result<()> {
     if let Cmd::Cluster(c) = &a.cmd {
         return run_cluster(&a, c).await;
+    }
+    if let Cmd::Bench { args } = &a.cmd {
+        return bench(args);
     }
     let masters = masters_of(&a)?;
     let client = Client::connect(&masters)?;
@@ -415,7 +422,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
         }
         Cmd::Admin(Admin::Fsck { path, all }) => fsck(c, &path, all, a.json).await?,
         Cmd::Admin(cmd) => admin(c, &masters, cmd).await?,
-        Cmd::Cluster(_) => unreachable!("handled above"),
+        Cmd::Cluster(_) | Cmd::Bench { .. } => unreachable!("handled above"),
     }
     Ok(())
 }
@@ -665,7 +672,7 @@ async fn fsck(c: &MasterClient, path: &str, all: bool, json: bool) -> anyhow::Re
                     .map(|c| {
                         serde_json::json!({"index": c.index, "handle": c.handle,
                         "version": c.version, "health": name(c.health), "live": c.live,
-                        "wanted": c.wanted, "stale": c.stale})
+                        "wanted": c.wanted, "stale": c.stale, "copying": c.copying})
                     })
                     .collect();
                 serde_json::json!({"path": f.path, "health": name(f.health), "length": f.length,
@@ -698,8 +705,12 @@ async fn fsck(c: &MasterClient, path: &str, all: bool, json: bool) -> anyhow::Re
                 .iter()
                 .filter(|c| all || name(c.health) != "healthy")
             {
+                let copying = match c.copying {
+                    0 => String::new(),
+                    n => format!(", {n} being copied"),
+                };
                 println!(
-                    "    chunk {:>4} handle {} v{} {} ({}/{} live, {} stale)",
+                    "    chunk {:>4} handle {} v{} {} ({}/{} live, {} stale{copying})",
                     c.index,
                     c.handle,
                     c.version,
