@@ -13,10 +13,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use gfs_proto::auth::AuthChannel;
 use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::chunk::{Empty, HostCounters};
 use gfs_storage_engine::counters::{self, CpuTicks, DiskCounters};
-use tonic::transport::Channel;
 
 use anyhow::Result;
 
@@ -443,7 +443,7 @@ pub fn all_between(before: &Snapshots, after: &Snapshots) -> (Busy, Vec<ServerBu
 /// cannot see.
 #[derive(Debug, Clone, Default)]
 pub struct ServerProbe {
-    servers: Vec<(String, ChunkserverClient<Channel>)>,
+    servers: Vec<(String, ChunkserverClient<AuthChannel>)>,
 }
 
 /// How long a snapshot waits for a server's counters; one that has not
@@ -451,11 +451,16 @@ pub struct ServerProbe {
 const COUNTERS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl ServerProbe {
-    /// For the chunkservers at `addrs` (a bad address is left out).
+    /// For the chunkservers at `addrs` (a bad address is left out), with
+    /// the cluster token `GFS_AUTH_TOKEN_FILE` names, if any (a token
+    /// that cannot be read leaves every server's counters unknown, as the
+    /// clients of the run fail with the reason).
     pub fn of(addrs: &[String]) -> Self {
+        let token = gfs_proto::auth::token_from_env().ok().flatten();
+        let client = |a: &str| gfs_proto::wire::chunk_client_from(a, None, token.as_ref()).ok();
         let servers = addrs
             .iter()
-            .filter_map(|a| Some((a.clone(), gfs_proto::wire::chunk_client(a).ok()?)))
+            .filter_map(|a| Some((a.clone(), client(a)?)))
             .collect();
         ServerProbe { servers }
     }

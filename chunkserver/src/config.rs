@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use gfs_proto::auth::Token;
 use gfs_proto::limits::{CHECKSUM_BLOCK_BYTES, DEFAULT_CHUNK_SIZE_BYTES};
 use gfs_proto::wire::MAX_FRAME_BYTES;
 use gfs_storage_engine::{BackendKind, StoreConfigFile};
@@ -45,6 +46,10 @@ pub struct ConfigFile {
     pub appends_ahead: Option<u32>,
     /// Where to serve Prometheus metrics (`GET /metrics`); none if unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// The cluster token's file (`gfs_proto::auth`): calls and data-plane
+    /// connections without the token are refused, and this server presents
+    /// it to masters and peers. None: nothing is checked.
+    pub auth_token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +65,7 @@ pub struct ChunkserverConfig {
     pub buffer_ttl_ms: u64,
     pub store: StoreConfigFile,
     pub metrics_listen: Option<SocketAddr>,
+    pub auth_token: Option<Token>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -93,6 +99,7 @@ impl ConfigFile {
             io_depth,
             appends_ahead,
             metrics_listen,
+            auth_token_file,
         } = self;
         let id = id.ok_or(ConfigError::Missing("id"))?;
         if id == 0 {
@@ -165,6 +172,10 @@ impl ConfigFile {
             buffer_ttl_ms: buffer_ttl_ms.unwrap_or(60_000),
             store,
             metrics_listen,
+            auth_token: auth_token_file
+                .map(|p| Token::from_file(&p))
+                .transpose()
+                .map_err(ConfigError::Invalid)?,
         })
     }
 }

@@ -21,7 +21,7 @@ use gfs_proto::data::{
 };
 use gfs_proto::wire::chunk::chunkserver_server::Chunkserver;
 use gfs_proto::wire::chunk::{
-    PingReply, PingRequest, PushHeader, PushReply, ReadHead, ReadRequest,
+    Empty, HelloRequest, PingReply, PingRequest, PushHeader, PushReply, ReadHead, ReadRequest,
 };
 use gfs_proto::wire::{ErrorKind, detail_of, error};
 use gfs_storage_engine::Receiving;
@@ -102,6 +102,8 @@ async fn is_data_plane(s: &TcpStream) -> io::Result<bool> {
 /// something that breaks the framing.
 async fn serve(shared: &Arc<Shared>, mut s: TcpStream) {
     let sh: &Shared = shared;
+    // With a cluster token, nothing but a ping before the token.
+    let mut admitted = sh.cfg.auth_token.is_none();
     loop {
         let (op, header) = match tokio::time::timeout(IDLE, read_request(&mut s)).await {
             Ok(Ok(Some(r))) => r,
@@ -113,12 +115,31 @@ async fn serve(shared: &Arc<Shared>, mut s: TcpStream) {
                 return;
             }
         };
+        if op == Op::Hello {
+            match decoded::<HelloRequest>(&mut s, header.clone(), "hello").await {
+                Ok(Some(h)) if admits(sh, &h.token) => {
+                    admitted = true;
+                    if s.write_all(&encode_ok(&Empty {})).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                // Another token: refused, whatever came before.
+                Ok(Some(_)) => return refuse(sh, &mut s).await,
+                _ => return,
+            }
+        }
+        if !admitted && op != Op::Ping {
+            // Refused before anything is read or done; what follows the
+            // header is not read.
+            return refuse(sh, &mut s).await;
+        }
         sh.traffic.request(match op {
             Op::Read => DataOp::Read,
             Op::Push => DataOp::Push,
             Op::Mutate => DataOp::Mutate,
             Op::Apply => DataOp::Apply,
-            Op::Ping => DataOp::Ping,
+            Op::Ping | Op::Hello => DataOp::Ping,
         });
         let keep = match op {
             Op::Read => match decoded(&mut s, header, "read").await {
@@ -143,6 +164,8 @@ async fn serve(shared: &Arc<Shared>, mut s: TcpStream) {
                 }
                 other => other.map(|_| false),
             },
+            // Answered above.
+            Op::Hello => Ok(true),
             // Answered at once: this process is alive, and whether its
             // disks still complete I/O (`data::Probe`).
             Op::Ping => match decoded::<PingRequest>(&mut s, header, "ping").await {
@@ -164,6 +187,18 @@ async fn serve(shared: &Arc<Shared>, mut s: TcpStream) {
             return;
         }
     }
+}
+
+/// Answers `UNAUTHENTICATED`; the caller then closes the connection.
+async fn refuse(sh: &Shared, s: &mut TcpStream) {
+    sh.traffic.unauthenticated();
+    let e = error(ErrorKind::Unauthenticated, gfs_proto::auth::REFUSAL);
+    let _ = s.write_all(&encode_status(&e)).await;
+}
+
+/// Whether `token` is the cluster's (any is, without one).
+fn admits(sh: &Shared, token: &[u8]) -> bool {
+    sh.cfg.auth_token.as_ref().is_none_or(|t| t.matches(token))
 }
 
 /// The request's header, or `None` after telling the client it could not
@@ -381,6 +416,14 @@ mod tests {
 
     /// A server of the data plane on a port of its own, with a store in `dir`.
     async fn server(dir: &std::path::Path) -> (Arc<Shared>, String, tokio::task::JoinHandle<()>) {
+        server_with(dir, None).await
+    }
+
+    /// As `server`, with the cluster token in the file `token`.
+    async fn server_with(
+        dir: &std::path::Path,
+        token: Option<std::path::PathBuf>,
+    ) -> (Arc<Shared>, String, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let cfg = ConfigFile {
@@ -388,6 +431,7 @@ mod tests {
             listen: Some(addr),
             data_dirs: vec![dir.to_path_buf()],
             masters: vec!["127.0.0.1:1".into()],
+            auth_token_file: token,
             ..ConfigFile::default()
         }
         .validate()
@@ -418,6 +462,81 @@ mod tests {
             .expect("push");
         feed.await.expect("feeder");
         reply
+    }
+
+    /// With a cluster token, a connection serves nothing but pings until
+    /// it presented the token; another token is refused (and the
+    /// connection closed) also after the right one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_is_served_once_it_presented_the_token() {
+        use gfs_proto::auth::Token;
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "data-plane-token-0123456789\n").expect("token file");
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).expect("store dir");
+        let (_sh, addr, task) = server_with(&store, Some(file)).await;
+        let read = ReadRequest {
+            handle: 9,
+            version: 1,
+            offset: 0,
+            length: 10,
+        };
+        let kind =
+            |r: Result<(Bytes, u64), tonic::Status>| detail_of(&r.expect_err("fails")).kind();
+        let t = |s: &str| Token::new(s).expect("token");
+        let timeout = Duration::from_secs(5);
+        let none = data::DataPool::new();
+        assert_eq!(
+            kind(none.read(&addr, &read, timeout).await),
+            ErrorKind::Unauthenticated
+        );
+        assert!(none.ping(&addr, timeout).await, "pings need no token");
+        let wrong = data::DataPool::with_token(Some(t("another-token-0123456789")));
+        assert_eq!(
+            kind(wrong.read(&addr, &read, timeout).await),
+            ErrorKind::Unauthenticated
+        );
+        // The right token gets as far as the store: no such chunk.
+        let right = data::DataPool::with_token(Some(t("data-plane-token-0123456789")));
+        assert_eq!(
+            kind(right.read(&addr, &read, timeout).await),
+            ErrorKind::NotFound
+        );
+
+        // Raw: the right token, then another on the same connection.
+        let mut s = TcpStream::connect(&addr).await.expect("connect");
+        let hello = |t: &str| {
+            data::encode_request(
+                Op::Hello,
+                &HelloRequest {
+                    token: Bytes::copy_from_slice(t.as_bytes()),
+                },
+            )
+        };
+        s.write_all(&hello("data-plane-token-0123456789"))
+            .await
+            .expect("send");
+        let ok = data::read_reply::<Empty, _>(&mut s).await.expect("answer");
+        assert!(ok.is_ok(), "{ok:?}");
+        s.write_all(&hello("another-token-0123456789"))
+            .await
+            .expect("send");
+        let refused = tokio::time::timeout(timeout, data::read_reply::<Empty, _>(&mut s))
+            .await
+            .expect("answered, not left waiting")
+            .expect("answer");
+        assert_eq!(
+            refused.expect_err("refused").kind(),
+            ErrorKind::Unauthenticated
+        );
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(timeout, s.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0))),
+            "connection left open: {closed:?}"
+        );
+        task.abort();
     }
 
     /// A push lands in the store's aligned memory at every server of the

@@ -65,6 +65,7 @@ async fn beat_forever(shared: Arc<Shared>, nth: usize, master: String) {
             return;
         }
     };
+    let channel = gfs_proto::auth::with_token(channel, shared.cfg.auth_token.as_ref());
     let mut client = MasterChunkserverClient::new(channel)
         .max_encoding_message_size(gfs_proto::wire::MAX_MESSAGE_BYTES);
     let period = Duration::from_millis(shared.cfg.heartbeat_ms);

@@ -75,6 +75,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let metrics_at = cfg.metrics_listen;
+    let token = cfg.auth_token.clone();
     let shared = Shared::new(cfg, store);
     let (registry, calls) = metrics::registry(&shared);
     let metrics = match metrics_at {
@@ -101,6 +102,7 @@ pub async fn serve(
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .layer(calls)
+        .layer(gfs_proto::auth::RequireToken(token))
         .add_service(svc)
         .serve_with_incoming_shutdown(ReceiverStream::new(grpc_rx), shutdown)
         .await

@@ -15,7 +15,7 @@ use gfs_storage_engine::BackendKind;
 /// or put the same settings in a TOML file (`id`, `listen`, `advertise`,
 /// `data_dirs`, `rack`, `masters`, `heartbeat_ms`, `chunk_size_bytes`,
 /// `buffer_bytes`, `buffer_ttl_ms`, `backend`, `direct_io`,
-/// `recycle_chunk_files`, `io_depth`, `appends_ahead`, `metrics_listen`) and
+/// `recycle_chunk_files`, `io_depth`, `appends_ahead`, `metrics_listen`, `auth_token_file`) and
 /// pass `--config`. Flags win.
 #[derive(Debug, Parser)]
 #[command(name = "gfs-chunkserver", version, verbatim_doc_comment)]
@@ -65,6 +65,10 @@ struct Args {
     /// Serve Prometheus metrics on this address (`GET /metrics`).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// The cluster token's file: refuse whoever does not present it, and
+    /// present it to masters and peers.
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -109,6 +113,7 @@ fn start(a: Args) -> Result<(), String> {
     f.io_depth = a.io_depth.or(f.io_depth);
     f.appends_ahead = a.appends_ahead.or(f.appends_ahead);
     f.metrics_listen = a.metrics_listen.or(f.metrics_listen);
+    f.auth_token_file = a.auth_token_file.or(f.auth_token_file);
     if let Some(b) = a.backend {
         f.backend = Some(match b.as_str() {
             "auto" => BackendKind::Auto,

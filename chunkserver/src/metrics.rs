@@ -56,6 +56,8 @@ pub struct Traffic {
     read_bytes: AtomicU64,
     /// Pushes refused because the push buffer was full.
     busy: AtomicU64,
+    /// Connections refused for want of the cluster token.
+    unauthenticated: AtomicU64,
 }
 
 impl Traffic {
@@ -73,6 +75,10 @@ impl Traffic {
 
     pub fn read(&self, bytes: u64) {
         self.read_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn unauthenticated(&self) {
+        self.unauthenticated.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn busy(&self) {
@@ -277,6 +283,11 @@ fn emit(sh: &Shared, e: &mut Emit<'_, '_>) -> fmt::Result {
         "chunkserver_push_busy",
         "Pushes refused: the push buffer was full",
         t.busy.load(Ordering::Relaxed),
+    )?;
+    e.counter(
+        "chunkserver_data_unauthenticated",
+        "Data-plane connections refused: no cluster token, or another",
+        t.unauthenticated.load(Ordering::Relaxed),
     )?;
     let b = &sh.beats;
     e.counters(

@@ -152,6 +152,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(cfg: ChunkserverConfig, store: ChunkStore) -> Arc<Self> {
         Arc::new(Self {
+            data: Arc::new(DataPool::with_token(cfg.auth_token.clone())),
             beats: crate::metrics::Beats::new(&cfg.masters),
             buffer: Mutex::new(DataBuffer::new(cfg.buffer_bytes, cfg.buffer_ttl_ms)),
             // Free buffers kept: a quarter of the push buffer's bound.
@@ -165,7 +166,6 @@ impl Shared {
             leases: Mutex::default(),
             changes: Mutex::new(Changes::new(1 << 16)),
             relinquished: Mutex::default(),
-            data: Arc::new(DataPool::new()),
             cloning: Cloning::default(),
             arrivals: crate::arrivals::Arrivals::default(),
             run: rand::random::<u64>() | 1,

@@ -42,6 +42,16 @@ pub struct ChunkPool {
     reading: Arc<Mutex<HashMap<String, ReadLoad>>>,
 }
 
+impl ChunkPool {
+    /// A pool whose data-plane connections present `token`.
+    pub fn with_token(token: Option<gfs_proto::auth::Token>) -> Self {
+        Self {
+            data: Arc::new(DataPool::with_token(token)),
+            ..Self::default()
+        }
+    }
+}
+
 /// A server that failed a read is tried after the others for this long
 /// (or until a read from it succeeds): with no reads in flight it would
 /// otherwise look the least busy, and a host that is down costs every

@@ -117,9 +117,10 @@ impl Client {
     }
 
     pub fn with_options(masters: &[String], opts: ClientOptions) -> Result<Self> {
+        let master = MasterClient::new(masters, opts.master.clone())?;
         Ok(Self {
-            master: MasterClient::new(masters, opts.master.clone())?,
-            pool: ChunkPool::default(),
+            pool: ChunkPool::with_token(master.token()),
+            master,
             opts: Arc::new(opts),
             record_seq: Arc::new(AtomicU64::new(1)),
             append_index: Arc::default(),

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gfs_proto::auth::{AuthChannel, Token, with_token};
 use gfs_proto::wire::master::master_admin_client::MasterAdminClient;
 use gfs_proto::wire::master::master_meta_client::MasterMetaClient;
 use gfs_proto::wire::master::{
@@ -21,7 +22,7 @@ use gfs_proto::wire::master::{
 };
 use gfs_proto::wire::{ErrorKind, MAX_MESSAGE_BYTES, detail_of};
 use tokio::sync::Semaphore;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Response, Status};
 
 /// Mutations one client keeps in flight at most: the masters remember the
@@ -38,6 +39,9 @@ pub struct MasterOptions {
     pub backoff_max: Duration,
     /// How long a cached chunk location is trusted.
     pub location_ttl: Duration,
+    /// The cluster token, presented with every call to the masters and
+    /// chunkservers. None: the file `GFS_AUTH_TOKEN_FILE` names, if set.
+    pub auth_token: Option<Token>,
 }
 
 impl Default for MasterOptions {
@@ -48,6 +52,7 @@ impl Default for MasterOptions {
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_millis(50),
             location_ttl: Duration::from_secs(30),
+            auth_token: None,
         }
     }
 }
@@ -80,8 +85,8 @@ impl MasterError {
 #[derive(Debug)]
 struct Inner {
     addrs: Vec<String>,
-    meta: Vec<MasterMetaClient<Channel>>,
-    admin: Vec<MasterAdminClient<Channel>>,
+    meta: Vec<MasterMetaClient<AuthChannel>>,
+    admin: Vec<MasterAdminClient<AuthChannel>>,
     leader: AtomicUsize,
     client_id: u64,
     seq: AtomicU64,
@@ -89,6 +94,16 @@ struct Inner {
     opts: MasterOptions,
     locations: Mutex<HashMap<(String, u64), (ChunkInfo, Instant)>>,
     chunk_size: AtomicU64,
+    /// Presented with every call (and by the data plane of a `Client`).
+    token: Option<Token>,
+}
+
+/// The token in the file `GFS_AUTH_TOKEN_FILE` names, if it is set.
+fn token_from_env() -> Result<Option<Token>, MasterError> {
+    gfs_proto::auth::token_from_env().map_err(|message| MasterError {
+        kind: ErrorKind::InvalidArgument,
+        message,
+    })
 }
 
 /// A handle to the masters; cheap to clone, shared by tasks.
@@ -129,6 +144,10 @@ impl MasterClient {
                 message: "no master addresses".into(),
             });
         }
+        let token = match &opts.auth_token {
+            Some(t) => Some(t.clone()),
+            None => token_from_env()?,
+        };
         let mut meta = Vec::new();
         let mut admin = Vec::new();
         for a in addrs {
@@ -142,6 +161,7 @@ impl MasterClient {
                 .http2_keep_alive_interval(Duration::from_secs(1))
                 .keep_alive_timeout(Duration::from_secs(2))
                 .connect_lazy();
+            let ch = with_token(ch, token.as_ref());
             meta.push(
                 MasterMetaClient::new(ch.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
             );
@@ -159,8 +179,14 @@ impl MasterClient {
                 opts,
                 locations: Mutex::new(HashMap::new()),
                 chunk_size: AtomicU64::new(0),
+                token,
             }),
         })
+    }
+
+    /// The cluster token this client presents, if any.
+    pub fn token(&self) -> Option<Token> {
+        self.inner.token.clone()
     }
 
     pub fn addrs(&self) -> &[String] {
@@ -178,7 +204,7 @@ impl MasterClient {
     /// until it answers or the deadline passes.
     async fn call<T, F, Fut>(&self, attempt: F) -> Result<T, MasterError>
     where
-        F: Fn(MasterMetaClient<Channel>) -> Fut,
+        F: Fn(MasterMetaClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let inner = &self.inner;
@@ -222,7 +248,7 @@ impl MasterClient {
 
     async fn mutate<T, F, Fut>(&self, attempt: F) -> Result<T, MasterError>
     where
-        F: Fn(MasterMetaClient<Channel>, Option<Session>) -> Fut,
+        F: Fn(MasterMetaClient<AuthChannel>, Option<Session>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let _permit = self
@@ -568,7 +594,7 @@ impl MasterClient {
     /// one answers.
     async fn leader_admin<T, F, Fut>(&self, what: &str, call: F) -> Result<T, MasterError>
     where
-        F: Fn(MasterAdminClient<Channel>) -> Fut,
+        F: Fn(MasterAdminClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let mut last = None;
@@ -608,7 +634,7 @@ impl MasterClient {
     }
 
     /// Admin client of the master at `addrs[i]`.
-    pub fn admin(&self, i: usize) -> MasterAdminClient<Channel> {
+    pub fn admin(&self, i: usize) -> MasterAdminClient<AuthChannel> {
         self.inner.admin[i].clone()
     }
 }

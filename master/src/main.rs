@@ -16,7 +16,7 @@ use gfs_master::server::config::{ConfigFile, parse_peer};
 ///   (the same with --id 2 --listen 127.0.0.1:7002 --data-dir m2, and 3)
 ///
 /// or put the same settings in a TOML file (`id`, `listen`, `data_dir`,
-/// `metrics_listen`, `[peers]`, `[raft]`, `[chunks]`, `[duties]`) and pass
+/// `metrics_listen`, `auth_token_file`, `[peers]`, `[raft]`, `[chunks]`, `[duties]`) and pass
 /// `--config`. Flags win.
 #[derive(Debug, Parser)]
 #[command(name = "gfs-master", version, verbatim_doc_comment)]
@@ -86,6 +86,10 @@ struct Args {
     /// Serve Prometheus metrics on this address (`GET /metrics`).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// The cluster token's file: refuse whoever does not present it, and
+    /// present it to peers and chunkservers.
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -118,6 +122,7 @@ fn start(a: Args) -> Result<(), String> {
     file.listen = a.listen.or(file.listen);
     file.data_dir = a.data_dir.or(file.data_dir);
     file.metrics_listen = a.metrics_listen.or(file.metrics_listen);
+    file.auth_token_file = a.auth_token_file.or(file.auth_token_file);
     if !a.peers.is_empty() {
         file.peers = a.peers.into_iter().collect();
     }

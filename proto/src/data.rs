@@ -41,7 +41,10 @@ use tonic::Status;
 mod watch;
 
 use self::watch::Watched;
-use crate::wire::chunk::{PingReply, PingRequest, PushHeader, PushReply, ReadHead, ReadRequest};
+use crate::auth::Token;
+use crate::wire::chunk::{
+    HelloRequest, PingReply, PingRequest, PushHeader, PushReply, ReadHead, ReadRequest,
+};
 use crate::wire::{
     ErrorDetail, ErrorKind, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, detail_of, error, status,
 };
@@ -137,6 +140,9 @@ pub enum Op {
     /// Whether the server's process answers at all (`Empty`, answered at
     /// once; see [`Probe`]).
     Ping = 5,
+    /// The cluster token, first on a connection to a server that has one
+    /// (`HelloRequest`, answered with `Empty`).
+    Hello = 6,
 }
 
 impl Op {
@@ -145,7 +151,7 @@ impl Op {
     /// control plane's message bound.
     pub fn max_header_bytes(self) -> usize {
         match self {
-            Op::Push | Op::Read | Op::Ping => MAX_HEADER_BYTES,
+            Op::Push | Op::Read | Op::Ping | Op::Hello => MAX_HEADER_BYTES,
             Op::Mutate | Op::Apply => MAX_MESSAGE_BYTES,
         }
     }
@@ -183,6 +189,7 @@ pub fn parse_request_prefix(p: &[u8; 9]) -> io::Result<(Op, usize)> {
         3 => Op::Mutate,
         4 => Op::Apply,
         5 => Op::Ping,
+        6 => Op::Hello,
         other => return Err(bad(format!("unknown data-plane op {other}"))),
     };
     let len = u32::from_le_bytes([p[5], p[6], p[7], p[8]]) as usize;
@@ -363,11 +370,21 @@ impl Buf for Pieces {
 #[derive(Debug, Default)]
 pub struct DataPool {
     idle: Mutex<HashMap<String, Vec<(TcpStream, Instant)>>>,
+    /// Presented first on every new connection (`Op::Hello`), if set.
+    token: Option<Token>,
 }
 
 impl DataPool {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A pool whose connections present `token` before anything else.
+    pub fn with_token(token: Option<Token>) -> Self {
+        Self {
+            token,
+            ..Self::default()
+        }
     }
 
     /// An idle connection that is still open, or a new one.
@@ -392,7 +409,10 @@ impl DataPool {
             .map_err(|e| unavailable(addr, &e.to_string()))?;
         s.set_nodelay(true)
             .map_err(|e| unavailable(addr, &e.to_string()))?;
-        Ok(s)
+        match &self.token {
+            Some(t) => hello(s, t, addr).await,
+            None => Ok(s),
+        }
     }
 
     fn give_back(&self, addr: &str, s: TcpStream) {
@@ -632,6 +652,24 @@ impl DataPool {
             self.give_back(addr, s.into_inner());
         }
         out
+    }
+}
+
+/// Presents `token` on the new connection `s`; `s` once the server took
+/// it.
+async fn hello(mut s: TcpStream, token: &Token, addr: &str) -> Result<TcpStream, Status> {
+    let req = HelloRequest {
+        token: Bytes::copy_from_slice(token.as_bytes()),
+    };
+    let answer = async {
+        s.write_all(&encode_request(Op::Hello, &req)).await?;
+        read_reply::<crate::wire::chunk::Empty, _>(&mut s).await
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, answer).await {
+        Ok(Ok(Ok(_))) => Ok(s),
+        Ok(Ok(Err(d))) => Err(status(d)),
+        Ok(Err(e)) => Err(unavailable(addr, &e.to_string())),
+        Err(_) => Err(unavailable(addr, "no answer to the token in time")),
     }
 }
 

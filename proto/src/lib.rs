@@ -13,6 +13,8 @@
 //! - [`limits`]: chunk and block sizes, request bounds;
 //! - [`crc`]: CRC-32C, the one implementation every checksum uses.
 //!
+//! - [`auth`]: the cluster token, presented by clients and checked by
+//!   servers (gRPC header, data-plane hello);
 //! - [`metrics`]: the servers' Prometheus `/metrics` endpoint, gRPC call
 //!   counts, values read from a server's state when scraped;
 //! - [`data`]: the chunkservers' data plane, framed TCP for pushes and
@@ -21,6 +23,7 @@
 //!   metadata, chunkserver heartbeats, admin, Raft) and the wire-error
 //!   mapping (`ErrorDetail` in status details: what to do next).
 
+pub mod auth;
 pub mod codec;
 pub mod crc;
 pub mod data;

@@ -29,10 +29,10 @@ pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 pub fn chunk_client(
     addr: &str,
 ) -> Result<
-    chunk::chunkserver_client::ChunkserverClient<tonic::transport::Channel>,
+    chunk::chunkserver_client::ChunkserverClient<crate::auth::AuthChannel>,
     tonic::transport::Error,
 > {
-    chunk_client_from(addr, None)
+    chunk_client_from(addr, None, None)
 }
 
 /// As [`chunk_client`], connecting from `local` when set: a server's own
@@ -40,8 +40,9 @@ pub fn chunk_client(
 pub fn chunk_client_from(
     addr: &str,
     local: Option<std::net::IpAddr>,
+    token: Option<&crate::auth::Token>,
 ) -> Result<
-    chunk::chunkserver_client::ChunkserverClient<tonic::transport::Channel>,
+    chunk::chunkserver_client::ChunkserverClient<crate::auth::AuthChannel>,
     tonic::transport::Error,
 > {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
@@ -49,6 +50,7 @@ pub fn chunk_client_from(
         .tcp_nodelay(true)
         .local_address(local)
         .connect_lazy();
+    let ch = crate::auth::with_token(ch, token);
     Ok(chunk::chunkserver_client::ChunkserverClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
@@ -75,6 +77,7 @@ impl ErrorKind {
             ErrorKind::DataMissing => Code::NotFound,
             ErrorKind::Corrupt => Code::DataLoss,
             ErrorKind::NoReplica => Code::Unavailable,
+            ErrorKind::Unauthenticated => Code::Unauthenticated,
             ErrorKind::Internal | ErrorKind::Unspecified => Code::Internal,
         }
     }
@@ -118,6 +121,7 @@ pub fn detail_of(s: &Status) -> ErrorDetail {
         Code::NotFound => ErrorKind::NotFound,
         Code::AlreadyExists => ErrorKind::AlreadyExists,
         Code::ResourceExhausted => ErrorKind::NoSpace,
+        Code::Unauthenticated => ErrorKind::Unauthenticated,
         Code::Internal | Code::Unimplemented | Code::DataLoss => ErrorKind::Internal,
         _ => ErrorKind::Unavailable,
     };

@@ -8,7 +8,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use gfs_client::{Client, ClientOptions, MasterOptions};
+use gfs_client::{Client, ClientOptions};
 
 use crate::disk::SmallDisk;
 use crate::faulty::{FaultyServer, Joining};
@@ -56,6 +56,9 @@ pub struct Spec {
     pub links: Vec<(usize, Shape)>,
     /// The same for masters (`MasterCluster::link`).
     pub master_links: Vec<(usize, Shape)>,
+    /// A cluster token for every server (`--auth-token-file`), which
+    /// `client` presents.
+    pub auth_token: Option<String>,
 }
 
 impl Default for Spec {
@@ -83,6 +86,7 @@ impl Default for Spec {
             skewed_master_clocks: Vec::new(),
             links: Vec::new(),
             master_links: Vec::new(),
+            auth_token: None,
         }
     }
 }
@@ -147,6 +151,7 @@ impl Cluster {
                 small_disks: spec.small_master_disks.clone(),
                 skewed_clocks: spec.skewed_master_clocks.clone(),
                 links: spec.master_links.clone(),
+                auth_token: spec.auth_token.clone(),
                 ..Timings::default()
             },
         )?;
@@ -243,6 +248,9 @@ impl Cluster {
         if let Some(d) = self.spec.io_depth {
             args.extend(["--io-depth".into(), d.to_string()]);
         }
+        if let Some((file, _)) = &self.masters.token {
+            args.extend(["--auth-token-file".into(), file.display().to_string()]);
+        }
         let env = crate::clock::skewed_env(&self.spec.skewed_clocks, i);
         s.child = Some(crate::spawn_child_with(
             &self.bin, &args, &s.log, "info", &env,
@@ -297,7 +305,7 @@ impl Cluster {
     /// A client with deadlines suited to the short test leases.
     pub fn client(&self) -> Client {
         let opts = ClientOptions {
-            master: MasterOptions::default(),
+            master: self.masters.options(),
             mutation_deadline: Duration::from_secs(40),
             ..ClientOptions::default()
         };

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use gfs_client::{MasterClient, MasterOptions};
+use gfs_proto::auth::Token;
 
 use crate::disk::SmallDisk;
 use crate::link::{Link, Reached, Shape};
@@ -33,6 +34,9 @@ pub struct Timings {
     /// Masters reached only across a link of this shape (`link::Link`),
     /// by peers, clients and chunkservers alike.
     pub links: Vec<(usize, Shape)>,
+    /// The cluster token every master is started with
+    /// (`--auth-token-file`), which the harness's clients present.
+    pub auth_token: Option<String>,
 }
 
 #[derive(Debug)]
@@ -57,6 +61,8 @@ pub struct MasterCluster {
     timings: Timings,
     /// The small disks, by master; unmounted before `_dir` goes.
     disks: Vec<(usize, SmallDisk)>,
+    /// The file of `Timings::auth_token`, and the token.
+    pub token: Option<(PathBuf, Token)>,
     _dir: tempfile::TempDir,
 }
 
@@ -100,11 +106,20 @@ impl MasterCluster {
         for (i, bytes) in &timings.small_disks {
             disks.push((*i, SmallDisk::mount(&masters[*i].data_dir, *bytes)?));
         }
+        let token = match &timings.auth_token {
+            Some(t) => {
+                let file = dir.path().join("token");
+                std::fs::write(&file, t)?;
+                Some((file, Token::new(t).map_err(anyhow::Error::msg)?))
+            }
+            None => None,
+        };
         let mut c = Self {
             masters,
             bin: crate::binary("gfs-master")?,
             timings,
             disks,
+            token,
             _dir: dir,
         };
         for i in 0..n {
@@ -117,9 +132,17 @@ impl MasterCluster {
         self.masters.iter().map(|m| m.addr.clone()).collect()
     }
 
+    /// Options that present the cluster's token, if it has one.
+    pub fn options(&self) -> MasterOptions {
+        MasterOptions {
+            auth_token: self.token.as_ref().map(|(_, t)| t.clone()),
+            ..MasterOptions::default()
+        }
+    }
+
     /// A client of every master.
     pub fn client(&self) -> MasterClient {
-        MasterClient::new(&self.addrs(), MasterOptions::default()).expect("valid addresses")
+        MasterClient::new(&self.addrs(), self.options()).expect("valid addresses")
     }
 
     /// A client of master `i` alone, failing fast (for per-master reads).
@@ -127,7 +150,7 @@ impl MasterCluster {
         let opts = MasterOptions {
             deadline: Duration::from_millis(500),
             attempt_timeout: Duration::from_millis(500),
-            ..MasterOptions::default()
+            ..self.options()
         };
         MasterClient::new(&[self.masters[i].addr.clone()], opts).expect("valid address")
     }
@@ -166,6 +189,9 @@ impl MasterCluster {
             }
         }
         args.extend(t.extra_args.iter().cloned());
+        if let Some((file, _)) = &self.token {
+            args.extend(["--auth-token-file".into(), file.display().to_string()]);
+        }
         let env = crate::clock::skewed_env(&t.skewed_clocks, i);
         m.child = Some(crate::spawn_child_with(
             &self.bin,

@@ -491,6 +491,121 @@ async fn s4_mutations_without_lease_or_version_and_bad_requests_are_refused() {
 /// A lease granted before a failover is honoured by the next leader: same
 /// primary, same version, no second grant; the primary's extension
 /// requests go on being honoured, another server's are not.
+/// S6: with a cluster token, a client that does not present it, or
+/// presents another, is refused before any handler runs, by the masters'
+/// and chunkservers' gRPC services and by the data plane (pings excepted);
+/// the servers themselves, and clients holding the token, work as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s6_without_the_cluster_token_nothing_is_served() {
+    let token = "s6-the-cluster-token-0123456789";
+    let spec = Spec {
+        auth_token: Some(token.into()),
+        ..Spec::default()
+    };
+    // The masters elect a leader and every chunkserver heartbeats in: the
+    // servers present the token to each other.
+    let cluster = Cluster::start(spec).await.expect("cluster");
+    let c = cluster.client();
+    let data = random_bytes(2_500_000, 61);
+    c.create("/ok", 0).await.expect("create with the token");
+    c.write_at("/ok", 0, &data)
+        .await
+        .expect("write with the token");
+    assert_reads_back(&c, "/ok", &data).await;
+
+    let wrong = gfs_proto::auth::Token::new("s6-another-token-0123456789").expect("token");
+    let masters = cluster.masters.addrs();
+    for presented in [None, Some(wrong.clone())] {
+        let opts = gfs_client::ClientOptions {
+            master: gfs_client::MasterOptions {
+                auth_token: presented.clone(),
+                deadline: Duration::from_secs(5),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let stranger = gfs_client::Client::with_options(&masters, opts).expect("client");
+        let e = stranger.create("/nope", 0).await.expect_err("refused");
+        assert_eq!(e.kind, ErrorKind::Unauthenticated, "{e}");
+        assert!(e.message.contains("token"), "{e}");
+        let e = stranger.read_at("/ok", 0, 10).await.expect_err("refused");
+        assert_eq!(e.kind, ErrorKind::Unauthenticated, "{e}");
+
+        // Straight to a chunkserver: its gRPC service, then its data plane.
+        let addr = &cluster.servers[0].addr;
+        let mut cs =
+            gfs_proto::wire::chunk_client_from(addr, None, presented.as_ref()).expect("client");
+        let e = cs
+            .counters(gfs_proto::wire::chunk::Empty {})
+            .await
+            .expect_err("refused");
+        assert_eq!(detail_of(&e).kind(), ErrorKind::Unauthenticated, "{e:?}");
+        let pool = DataPool::with_token(presented.clone());
+        let chain: Vec<String> = cluster.servers[..3]
+            .iter()
+            .map(|s| s.addr.clone())
+            .collect();
+        let e = gfs_tests::push_data(&pool, &chain, 77, bytes::Bytes::from(vec![7u8; 4096]))
+            .await
+            .expect_err("push refused");
+        assert_eq!(detail_of(&e).kind(), ErrorKind::Unauthenticated, "{e:?}");
+        let chunk = c.chunks("/ok").await.expect("chunks").remove(0);
+        let holder = cluster
+            .server_index(chunk.replicas[0].node_id)
+            .expect("known");
+        let req = gfs_proto::wire::chunk::ReadRequest {
+            handle: chunk.handle,
+            version: chunk.version,
+            offset: 0,
+            length: 4096,
+        };
+        let e = pool
+            .read(&cluster.servers[holder].addr, &req, Duration::from_secs(5))
+            .await
+            .expect_err("read refused");
+        assert_eq!(detail_of(&e).kind(), ErrorKind::Unauthenticated, "{e:?}");
+        // A ping says only that the process is alive: it needs no token.
+        assert!(pool.ping(addr, Duration::from_secs(2)).await);
+    }
+    // Nothing the strangers asked for happened.
+    let e = c.stat("/nope").await.expect_err("never created");
+    assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+    assert_reads_back(&c, "/ok", &data).await;
+    // The refusals are counted.
+    let m = scrape(&cluster.servers[0].metrics).await.expect("scrape");
+    assert!(
+        sum(&m, "gfs_chunkserver_data_unauthenticated_total", &[]) >= 2.0,
+        "{m}"
+    );
+    let mut refused = 0.0;
+    for master in &cluster.masters.masters {
+        let m = scrape(&master.metrics).await.expect("scrape");
+        refused += sum(&m, "gfs_grpc_calls_total", &[("code", "Unauthenticated")]);
+    }
+    assert!(refused >= 4.0, "{refused}");
+
+    // The command line takes the token from GFS_AUTH_TOKEN_FILE.
+    let file = &cluster.masters.token.as_ref().expect("a token").0;
+    let gfs = |token: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(gfs_tests::binary("gfs").expect("gfs binary"));
+        cmd.args(["stat", "/ok"])
+            .env("GFS_MASTERS", masters.join(","))
+            .env_remove("GFS_AUTH_TOKEN_FILE");
+        if let Some(t) = token {
+            cmd.env("GFS_AUTH_TOKEN_FILE", t);
+        }
+        cmd.output().expect("run gfs")
+    };
+    let o = gfs(Some(file));
+    assert!(o.status.success(), "{o:?}");
+    let o = gfs(None);
+    assert!(!o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("token"),
+        "{o:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leases_survive_a_leader_kill() {
     use gfs_proto::wire::master::master_chunkserver_client::MasterChunkserverClient;

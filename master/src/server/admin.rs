@@ -79,8 +79,12 @@ pub async fn hand_over(node: &Node, target: u64, wait: Duration) -> Result<(), S
     let deadline = tokio::time::Instant::now() + wait;
     let lease = Duration::from_millis(node.cfg.raft.election_max_ms);
     tokio::time::sleep(lease).await;
-    let ch =
-        channel(&addr, Some(node.cfg.listen.ip())).map_err(|e| error(ErrorKind::Internal, e))?;
+    let ch = channel(
+        &addr,
+        Some(node.cfg.listen.ip()),
+        node.cfg.auth_token.as_ref(),
+    )
+    .map_err(|e| error(ErrorKind::Internal, e))?;
     let mut client = RaftClient::new(ch.clone());
     let mut target_status = MasterAdminClient::new(ch);
     let mut metrics = node.raft.metrics();

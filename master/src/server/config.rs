@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use gfs_proto::auth::Token;
 use gfs_proto::limits::DEFAULT_CHUNK_SIZE_BYTES;
 use serde::Deserialize;
 
@@ -26,6 +27,10 @@ pub struct ConfigFile {
     pub duties: DutiesFile,
     /// Where to serve Prometheus metrics (`GET /metrics`); none if unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// The cluster token's file (`gfs_proto::auth`): calls without the
+    /// token are refused, and this master presents it to its peers and the
+    /// chunkservers. None: nothing is checked.
+    pub auth_token_file: Option<PathBuf>,
 }
 
 /// The leader's background duties.
@@ -119,6 +124,7 @@ pub struct MasterConfig {
     pub repair_interval_ms: u64,
     pub deletes_per_heartbeat: usize,
     pub metrics_listen: Option<SocketAddr>,
+    pub auth_token: Option<Token>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -150,6 +156,7 @@ impl ConfigFile {
             chunks,
             duties,
             metrics_listen,
+            auth_token_file,
         } = self;
         let id = id.ok_or(ConfigError::Missing("id"))?;
         let listen = listen.ok_or(ConfigError::Missing("listen"))?;
@@ -220,6 +227,10 @@ impl ConfigFile {
             repair_interval_ms: duties.repair_interval_ms.unwrap_or(1000).max(10),
             deletes_per_heartbeat: duties.deletes_per_heartbeat.unwrap_or(64).max(1),
             metrics_listen,
+            auth_token: auth_token_file
+                .map(|p| Token::from_file(&p))
+                .transpose()
+                .map_err(ConfigError::Invalid)?,
         })
     }
 }

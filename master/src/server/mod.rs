@@ -197,7 +197,7 @@ async fn serve(
     let (log, sm) = crate::store::open(&cfg.data_dir.join("raft"), cfg.chunk_size_bytes)
         .map_err(|e| format!("opening the master store: {e}"))?;
     let applied = sm.applied();
-    let net = network::Network::new(Some(cfg.listen.ip()));
+    let net = network::Network::new(Some(cfg.listen.ip()), cfg.auth_token.clone());
     let raft = Raft::new(cfg.id, Arc::new(raft_config(cfg)?), net, log, sm)
         .await
         .map_err(|e| format!("starting raft: {e}"))?;
@@ -206,7 +206,7 @@ async fn serve(
         raft: raft.clone(),
         applied,
         soft: Mutex::new(soft::Soft::default()),
-        chunkservers: versions::Chunkservers::from_address(cfg.listen.ip()),
+        chunkservers: versions::Chunkservers::from_address(cfg.listen.ip(), cfg.auth_token.clone()),
         duties: duties::Duties::default(),
         reads: node::ReadRounds::default(),
         grants: tokio::sync::Mutex::new(()),
@@ -228,6 +228,7 @@ async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
         .layer(metrics.calls.clone())
+        .layer(gfs_proto::auth::RequireToken(cfg.auth_token.clone()))
         .add_service(
             MasterMetaServer::new(meta::MetaService { node: node.clone() })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -325,7 +326,11 @@ async fn peer_in_cluster(node: &Node) -> Option<u64> {
         if *id == node.cfg.id {
             continue;
         }
-        let Ok(ch) = network::channel(addr, Some(node.cfg.listen.ip())) else {
+        let Ok(ch) = network::channel(
+            addr,
+            Some(node.cfg.listen.ip()),
+            node.cfg.auth_token.as_ref(),
+        ) else {
             continue;
         };
         let mut c = MasterAdminClient::new(ch);

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gfs_proto::auth::{AuthChannel, Token, with_token};
 use gfs_proto::wire::master::raft_client::RaftClient;
 use gfs_proto::wire::master::raft_server::Raft as RaftRpc;
 use gfs_proto::wire::master::{Empty, RaftMessage};
@@ -26,7 +27,7 @@ use openraft::raft::{
 use openraft::{BasicNode, Raft};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use crate::store::TypeConfig;
@@ -34,8 +35,13 @@ use crate::store::TypeConfig;
 type NodeId = u64;
 
 /// Makes a channel to `addr`, connecting on first use, from `local` when
-/// set (so that firewall rules can tell masters apart on loopback).
-pub fn channel(addr: &str, local: Option<IpAddr>) -> Result<Channel, String> {
+/// set (so that firewall rules can tell masters apart on loopback),
+/// presenting the cluster token with every call if there is one.
+pub fn channel(
+    addr: &str,
+    local: Option<IpAddr>,
+    token: Option<&Token>,
+) -> Result<AuthChannel, String> {
     let ep = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("bad address {addr}: {e}"))?
         .connect_timeout(Duration::from_millis(500))
@@ -43,7 +49,7 @@ pub fn channel(addr: &str, local: Option<IpAddr>) -> Result<Channel, String> {
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(2))
         .local_address(local);
-    Ok(ep.connect_lazy())
+    Ok(with_token(ep.connect_lazy(), token))
 }
 
 #[derive(Debug, Clone)]
@@ -51,23 +57,25 @@ pub struct Network {
     /// This master's own IP, the source of its outgoing connections.
     local: Option<IpAddr>,
     /// One channel per peer address.
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<String, AuthChannel>>>,
+    token: Option<Token>,
 }
 
 impl Network {
-    pub fn new(local: Option<IpAddr>) -> Self {
+    pub fn new(local: Option<IpAddr>, token: Option<Token>) -> Self {
         Self {
             local,
             channels: Arc::default(),
+            token,
         }
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, String> {
+    fn channel(&self, addr: &str) -> Result<AuthChannel, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let c = channel(addr, self.local)?;
+        let c = channel(addr, self.local, self.token.as_ref())?;
         channels.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -76,8 +84,8 @@ impl Network {
     /// was unreachable (killed and restarted, say), the old channel may
     /// still be backing off its reconnects, and an election must not wait
     /// for that.
-    fn renew(&self, addr: &str) -> Result<Channel, String> {
-        let c = channel(addr, self.local)?;
+    fn renew(&self, addr: &str) -> Result<AuthChannel, String> {
+        let c = channel(addr, self.local, self.token.as_ref())?;
         self.channels
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -88,8 +96,8 @@ impl Network {
     fn client(
         &self,
         addr: &str,
-        c: Result<Channel, String>,
-    ) -> Result<RaftClient<Channel>, String> {
+        c: Result<AuthChannel, String>,
+    ) -> Result<RaftClient<AuthChannel>, String> {
         c.map(|c| {
             RaftClient::new(c)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES * 8)
@@ -116,7 +124,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     target: NodeId,
     addr: String,
-    client: Result<RaftClient<Channel>, String>,
+    client: Result<RaftClient<AuthChannel>, String>,
     network: Network,
 }
 

@@ -186,7 +186,11 @@ async fn ask_followers(node: &Node) -> Vec<Answer> {
     };
     let mut answers = Vec::new();
     for (id, addr) in peers {
-        let Ok(ch) = channel(&addr, Some(node.cfg.listen.ip())) else {
+        let Ok(ch) = channel(
+            &addr,
+            Some(node.cfg.listen.ip()),
+            node.cfg.auth_token.as_ref(),
+        ) else {
             continue;
         };
         let mut admin = MasterAdminClient::new(ch);

@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use gfs_proto::auth::{AuthChannel, Token};
 use gfs_proto::wire::chunk::chunkserver_client::ChunkserverClient;
 use gfs_proto::wire::chunk::{CloneRequest, CopyLocalRequest, RevokeRequest, SetVersionRequest};
 use gfs_proto::wire::{ErrorKind, detail_of};
 use gfs_proto::{ChunkHandle, ChunkVersion, NodeId};
-use tonic::transport::Channel;
 
 /// Bound on one replica's answer.
 const NOTIFY_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -23,24 +23,26 @@ const COPY_TIMEOUT: Duration = Duration::from_secs(30);
 /// from this master's own address (`local`), as its Raft channels do.
 #[derive(Debug, Default)]
 pub struct Chunkservers {
-    conns: Mutex<HashMap<String, ChunkserverClient<Channel>>>,
+    conns: Mutex<HashMap<String, ChunkserverClient<AuthChannel>>>,
     local: Option<std::net::IpAddr>,
+    token: Option<Token>,
 }
 
 impl Chunkservers {
-    pub fn from_address(local: std::net::IpAddr) -> Self {
+    pub fn from_address(local: std::net::IpAddr, token: Option<Token>) -> Self {
         Self {
             local: Some(local),
+            token,
             ..Self::default()
         }
     }
 
-    fn client(&self, addr: &str) -> Option<ChunkserverClient<Channel>> {
+    fn client(&self, addr: &str) -> Option<ChunkserverClient<AuthChannel>> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = conns.get(addr) {
             return Some(c.clone());
         }
-        let c = gfs_proto::wire::chunk_client_from(addr, self.local).ok()?;
+        let c = gfs_proto::wire::chunk_client_from(addr, self.local, self.token.as_ref()).ok()?;
         conns.insert(addr.to_string(), c.clone());
         Some(c)
     }

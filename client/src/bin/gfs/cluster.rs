@@ -25,6 +25,10 @@ pub struct StartArgs {
     /// on its own address at its port + 50 (`GET /metrics`).
     #[arg(long, default_value_t = 7000)]
     pub port: u16,
+    /// A cluster token file every server is started with: clients then
+    /// need `GFS_AUTH_TOKEN_FILE` set to it.
+    #[arg(long)]
+    pub auth_token_file: Option<PathBuf>,
 }
 
 struct Member {
@@ -129,10 +133,18 @@ pub async fn start(dir: &Path, a: &StartArgs) -> anyhow::Result<Vec<String>> {
         .enumerate()
         .flat_map(|(i, m)| ["--peer".to_string(), format!("{}={}", i + 1, m.addr)])
         .collect();
-    let size: Vec<String> = a
+    // Flags every server gets.
+    let mut common: Vec<String> = a
         .chunk_size_bytes
         .map(|s| vec!["--chunk-size-bytes".to_string(), s.to_string()])
         .unwrap_or_default();
+    let mut token = None;
+    if let Some(t) = &a.auth_token_file {
+        // Checked here, so a bad file is one error, not seven servers'.
+        token = Some(gfs_proto::auth::Token::from_file(t).map_err(anyhow::Error::msg)?);
+        let t = std::path::absolute(t)?;
+        common.extend(["--auth-token-file".to_string(), t.display().to_string()]);
+    }
     for (i, m) in ms.iter().enumerate() {
         let mut args = vec![
             "--id".into(),
@@ -145,7 +157,7 @@ pub async fn start(dir: &Path, a: &StartArgs) -> anyhow::Result<Vec<String>> {
             m.metrics.clone(),
         ];
         args.extend(peers.iter().cloned());
-        args.extend(size.iter().cloned());
+        args.extend(common.iter().cloned());
         spawn(dir, &m.name, &sibling("gfs-master"), &args)?;
     }
     for (i, c) in cs.iter().enumerate() {
@@ -168,7 +180,7 @@ pub async fn start(dir: &Path, a: &StartArgs) -> anyhow::Result<Vec<String>> {
             "--metrics-listen".into(),
             c.metrics.clone(),
         ];
-        args.extend(size.iter().cloned());
+        args.extend(common.iter().cloned());
         spawn(dir, &c.name, &sibling("gfs-chunkserver"), &args)?;
     }
     std::fs::write(dir.join("masters"), master_addrs.join(","))?;
@@ -181,6 +193,7 @@ pub async fn start(dir: &Path, a: &StartArgs) -> anyhow::Result<Vec<String>> {
     wait_ready(
         &master_addrs,
         a.chunkservers as u64,
+        token,
         Duration::from_secs(60),
     )
     .await?;
@@ -188,8 +201,17 @@ pub async fn start(dir: &Path, a: &StartArgs) -> anyhow::Result<Vec<String>> {
 }
 
 /// Until a leader answers and sees every chunkserver.
-async fn wait_ready(masters: &[String], chunkservers: u64, within: Duration) -> anyhow::Result<()> {
-    let c = MasterClient::new(masters, MasterOptions::default())?;
+async fn wait_ready(
+    masters: &[String],
+    chunkservers: u64,
+    token: Option<gfs_proto::auth::Token>,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let opts = MasterOptions {
+        auth_token: token,
+        ..MasterOptions::default()
+    };
+    let c = MasterClient::new(masters, opts)?;
     let start = Instant::now();
     loop {
         for i in 0..masters.len() {
