@@ -134,13 +134,15 @@ async fn serve(shared: &Arc<Shared>, mut s: TcpStream) {
             // header is not read.
             return refuse(sh, &mut s).await;
         }
-        sh.traffic.request(match op {
+        let kind = match op {
             Op::Read => DataOp::Read,
             Op::Push => DataOp::Push,
             Op::Mutate => DataOp::Mutate,
             Op::Apply => DataOp::Apply,
             Op::Ping | Op::Hello => DataOp::Ping,
-        });
+        };
+        sh.traffic.request(kind);
+        let started = Instant::now();
         let keep = match op {
             Op::Read => match decoded(&mut s, header, "read").await {
                 Ok(Some(req)) => read(sh, &mut s, req).await,
@@ -183,6 +185,7 @@ async fn serve(shared: &Arc<Shared>, mut s: TcpStream) {
                 other => other.map(|_| false),
             },
         };
+        sh.traffic.took(kind, started.elapsed());
         if !matches!(keep, Ok(true)) {
             return;
         }

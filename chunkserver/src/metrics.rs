@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use gfs_proto::metrics::prometheus_client::metrics::histogram::Histogram;
 use gfs_proto::metrics::prometheus_client::registry::Registry;
-use gfs_proto::metrics::{Emit, GrpcCalls, Scraped, Value};
+use gfs_proto::metrics::{Emit, GrpcCalls, Scraped, Value, call_seconds};
 use gfs_storage_engine::DirIo;
 
 use crate::service::Shared;
@@ -44,10 +45,13 @@ impl DataOp {
     }
 }
 
-/// The data plane's requests and bytes since the server started.
-#[derive(Debug, Default)]
+/// The data plane's requests, bytes and times since the server started.
+#[derive(Debug)]
 pub struct Traffic {
     requests: [AtomicU64; 5],
+    /// From a request's header to its answer sent, by kind (a push's
+    /// includes receiving its data; a mutation's, its secondaries').
+    seconds: [Histogram; 5],
     /// Answered with an error (a refused push counts here too).
     failed: [AtomicU64; 5],
     /// Pushed bytes received (each server of a chain counts its copy).
@@ -60,7 +64,25 @@ pub struct Traffic {
     unauthenticated: AtomicU64,
 }
 
+impl Default for Traffic {
+    fn default() -> Self {
+        Self {
+            requests: Default::default(),
+            seconds: std::array::from_fn(|_| call_seconds()),
+            failed: Default::default(),
+            pushed_bytes: Default::default(),
+            read_bytes: Default::default(),
+            busy: Default::default(),
+            unauthenticated: Default::default(),
+        }
+    }
+}
+
 impl Traffic {
+    pub fn took(&self, op: DataOp, d: std::time::Duration) {
+        self.seconds[op as usize].observe(d.as_secs_f64());
+    }
+
     pub fn request(&self, op: DataOp) {
         self.requests[op as usize].fetch_add(1, Ordering::Relaxed);
     }
@@ -268,6 +290,12 @@ fn emit(sh: &Shared, e: &mut Emit<'_, '_>) -> fmt::Result {
         "chunkserver_data_failures",
         "Data-plane requests answered with an error",
         by_kind(&t.failed),
+    )?;
+    e.histograms(
+        "chunkserver_data_seconds",
+        "Data-plane requests from header to answer (a push's with its data, a mutation's with its secondaries')",
+        OPS.iter()
+            .map(|op| ([("op", op.name())], &t.seconds[*op as usize])),
     )?;
     e.counter(
         "chunkserver_pushed_bytes",

@@ -335,8 +335,8 @@ impl EncodeLabelSet for MethodLabel {
 
 type Seconds = Family<MethodLabel, Histogram, fn() -> Histogram>;
 
-fn call_seconds() -> Histogram {
-    // 0.25 ms to 8 s, doubling.
+/// A histogram of request times: 0.25 ms to 8 s, doubling.
+pub fn call_seconds() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
 }
 
@@ -541,6 +541,22 @@ impl Emit<'_, '_> {
         )
     }
 
+    /// Histograms kept by the server, one per label set.
+    pub fn histograms<'h, L: EncodeLabelSet>(
+        &mut self,
+        name: &str,
+        help: &str,
+        values: impl IntoIterator<Item = (L, &'h Histogram)>,
+    ) -> fmt::Result {
+        let mut e = self
+            .enc
+            .encode_descriptor(name, help, None, call_seconds().metric_type())?;
+        for (labels, h) in values {
+            h.encode(e.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
     /// A gauge with one value per label set.
     pub fn gauges<L: EncodeLabelSet>(
         &mut self,
@@ -669,6 +685,12 @@ mod tests {
                 [([("dir", "/d1"), ("op", "read")], 5u64)],
             )
         })));
+        let h = call_seconds();
+        h.observe(0.001);
+        h.observe(0.003);
+        r.register_collector(Box::new(Scraped(move |e: &mut Emit<'_, '_>| {
+            e.histograms("took_seconds", "Times", [([("op", "read")], &h)])
+        })));
         r
     }
 
@@ -692,6 +714,27 @@ gfs_disk_free_bytes{dir=\"/d2\"} 9
 # HELP gfs_disk_ios Device I/Os
 # TYPE gfs_disk_ios counter
 gfs_disk_ios_total{dir=\"/d1\",op=\"read\"} 5
+# HELP gfs_took_seconds Times
+# TYPE gfs_took_seconds histogram
+gfs_took_seconds_sum{op=\"read\"} 0.004
+gfs_took_seconds_count{op=\"read\"} 2
+gfs_took_seconds_bucket{le=\"0.00025\",op=\"read\"} 0
+gfs_took_seconds_bucket{le=\"0.0005\",op=\"read\"} 0
+gfs_took_seconds_bucket{le=\"0.001\",op=\"read\"} 1
+gfs_took_seconds_bucket{le=\"0.002\",op=\"read\"} 1
+gfs_took_seconds_bucket{le=\"0.004\",op=\"read\"} 2
+gfs_took_seconds_bucket{le=\"0.008\",op=\"read\"} 2
+gfs_took_seconds_bucket{le=\"0.016\",op=\"read\"} 2
+gfs_took_seconds_bucket{le=\"0.032\",op=\"read\"} 2
+gfs_took_seconds_bucket{le=\"0.064\",op=\"read\"} 2
+gfs_took_seconds_bucket{le=\"0.128\",op=\"read\"} 2
+gfs_took_seconds_bucket{le=\"0.256\",op=\"read\"} 2
+gfs_took_seconds_bucket{le=\"0.512\",op=\"read\"} 2
+gfs_took_seconds_bucket{le=\"1.024\",op=\"read\"} 2
+gfs_took_seconds_bucket{le=\"2.048\",op=\"read\"} 2
+gfs_took_seconds_bucket{le=\"4.096\",op=\"read\"} 2
+gfs_took_seconds_bucket{le=\"8.192\",op=\"read\"} 2
+gfs_took_seconds_bucket{le=\"+Inf\",op=\"read\"} 2
 # EOF
 ";
         assert_eq!(text, want);

@@ -206,6 +206,9 @@ async fn every_server_serves_metrics_that_follow_the_work() {
     assert!(total("gfs_chunkserver_read_bytes_total", &[]) >= bytes);
     let reads = [("op", "read")];
     assert!(total("gfs_chunkserver_data_requests_total", &reads) >= 1.0);
+    assert!(total("gfs_chunkserver_data_seconds_count", &reads) >= 1.0);
+    let pushes = [("op", "push")];
+    assert!(total("gfs_chunkserver_data_seconds_count", &pushes) >= 9.0);
     assert!(total("gfs_chunkserver_disk_bytes_total", &reads) >= bytes);
     assert_eq!(total("gfs_chunkserver_disk_io_errors_total", &[]), 0.0);
     assert_eq!(total("gfs_chunkserver_checksum_failures_total", &[]), 0.0);
