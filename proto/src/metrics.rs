@@ -77,12 +77,15 @@ pub fn render(registry: &Registry) -> String {
 }
 
 /// Serves `GET /metrics` with the text of `registry` on every connection
-/// `listener` accepts, until the task running it is dropped. Anything
-/// else gets 404 (another path) or 405 (another method); a connection
-/// that sends no request head within 5 s is closed.
+/// `listener` accepts, until the task running it is dropped (its
+/// connections with it). Anything else gets 404 (another path) or 405
+/// (another method); a connection that sends no request head within 5 s
+/// is closed.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS));
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
@@ -96,7 +99,7 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
             }
         };
         let registry = registry.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let answer = answer(&req, &registry);
                 async move { Ok::<_, Infallible>(answer) }
