@@ -16,7 +16,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, Parser)]
-#[command(name = "gfs", version, about = "gfs-rs command line")]
+#[command(
+    name = "gfs",
+    version,
+    about = "gfs-rs command line",
+    after_help = "A cluster that requires a token: set GFS_AUTH_TOKEN_FILE to its token file."
+)]
 struct Args {
     /// Comma-separated master addresses (host:port). Default: GFS_MASTERS,
     /// else the local cluster's (`<cluster dir>/masters`).
