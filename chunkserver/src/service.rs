@@ -444,10 +444,12 @@ impl Shared {
         h: ChunkHandle,
         kind: MutationKind,
         (offset, data, prepared): (u64, &[Bytes], Option<Prepared>),
+        at_end: bool,
     ) -> Result<Landing, Status> {
         let parts: Vec<&[u8]> = data.iter().map(|b| &b[..]).collect();
         match kind {
             MutationKind::Pad => self.store.pad_to_end(h).await.map(Landing::landed_at),
+            _ if at_end => self.store.submit_at_end(h, offset, &parts, prepared).await,
             _ => {
                 self.store
                     .submit_prepared(h, offset, &parts, prepared)
@@ -577,7 +579,7 @@ impl Shared {
 pub fn store_status(e: StoreError) -> Status {
     let kind = match &e {
         StoreError::NotFound(_) => ErrorKind::NotFound,
-        StoreError::Withdrawn(_) => ErrorKind::Unavailable,
+        StoreError::Withdrawn(_) | StoreError::NotAtEnd { .. } => ErrorKind::Unavailable,
         StoreError::OutOfRange { .. }
         | StoreError::ChunkFull { .. }
         | StoreError::TooLarge { .. }
@@ -979,7 +981,7 @@ impl ChunkService {
         }
         let fence = fence_forwarded(info.version.0, r.version);
         sh.fence_by(fence, &info, r.version).await?;
-        sh.submit_local(h, kind, (r.offset, &data[..], prepared))
+        sh.submit_local(h, kind, (r.offset, &data[..], prepared), false)
             .await
     }
 
@@ -1014,10 +1016,24 @@ impl ChunkService {
         let started = std::time::Instant::now();
         let prepared = sh.prepare(m.kind, m.offset, &m.ids, &m.data);
         let here = async {
-            let submit = sh.submit_local(h, m.kind, (m.offset, &m.data, prepared));
+            // A round of appends placed after one in flight goes at the
+            // chunk's end or not at all (`submit_at_end`); one placed
+            // after a failure fails as that one did.
+            let submit = async {
+                slot.follows_a_failure(m.after)?;
+                let at_end = m.after != 0;
+                sh.submit_local(h, m.kind, (m.offset, &m.data, prepared), at_end)
+                    .await
+                    .map_err(|e| slot.follows_a_failure(m.after).err().unwrap_or(e))
+            };
             let turn = (sh.run, m.serial, m.after);
-            let landing = slot.in_turn(turn, PEER_TIMEOUT, submit).await?;
-            let out = sh.landed(h, landing, m.sync).await;
+            let out = match slot.in_turn(turn, PEER_TIMEOUT, submit).await {
+                Ok(landing) => sh.landed(h, landing, m.sync).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &out {
+                slot.failed_here(m.serial, e);
+            }
             tracing::trace!(
                 serial = m.serial,
                 local_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -1044,11 +1060,14 @@ impl ChunkService {
             Ok(l) => l,
             Err(e) => {
                 // This replica cannot take the mutation (disk full, I/O
-                // error): another primary must order the chunk.
-                if matches!(
-                    gfs_proto::wire::detail_of(&e).kind(),
-                    ErrorKind::NoSpace | ErrorKind::Internal
-                ) {
+                // error), or missed one that rounds of appends in flight
+                // were placed after: another primary must order the chunk.
+                if m.after != 0
+                    || matches!(
+                        gfs_proto::wire::detail_of(&e).kind(),
+                        ErrorKind::NoSpace | ErrorKind::Internal
+                    )
+                {
                     sh.relinquish(h);
                 }
                 return Err(e);

@@ -32,6 +32,17 @@ pub enum StoreError {
         requested: u64,
     },
 
+    /// A mutation placed at the chunk's end (`submit_at_end`) found it
+    /// elsewhere: one placed before it did not land here.
+    #[error(
+        "chunk {handle} ends at {length} here, not at {offset}: a mutation before this one did not land"
+    )]
+    NotAtEnd {
+        handle: ChunkHandle,
+        offset: u64,
+        length: u64,
+    },
+
     #[error("request of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge { len: u64, max: u64 },
 

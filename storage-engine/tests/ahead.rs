@@ -178,6 +178,53 @@ async fn a_failed_append_withdraws_the_ones_accepted_after_it() {
     reopened_holds(&hs, &want).await;
 }
 
+/// A mutation placed at the chunk's end after others in flight (a
+/// primary's next round of record appends) is refused once one of those
+/// failed, where a plain write would be put past a hole of their size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_placed_after_a_failed_append_is_refused_not_put_past_a_hole() {
+    let (hs, store, base) = chunk_with_base(Kind::Faulty).await;
+    let (la, lb) = the_first_of_two_held(&hs, &store).await;
+    // Placed after both, while they are in flight.
+    let next = BASE + 20_480 + 8_192;
+    let third = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .submit_at_end(h(1), next, &[&pattern(5, 4_096)], None)
+                .await
+        })
+    };
+    hs.faults.arm(|f| f.write_enospc = 1);
+    hs.faults.release();
+    assert!(la.landed().await.is_err() && lb.landed().await.is_err());
+    let refused = match tokio::time::timeout(SOON, third).await {
+        Ok(Ok(Err(e))) => e,
+        Ok(Ok(Ok(_))) => panic!("written past a hole"),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        matches!(refused, StoreError::NotAtEnd { offset, length, .. } if offset == next && length == BASE),
+        "{refused}"
+    );
+    assert_eq!(store.info(h(1)).await.expect("info").length, BASE);
+    // At the end it goes; a plain write past the end fills the gap.
+    let d = pattern(6, 4_096);
+    let landing = store
+        .submit_at_end(h(1), BASE, &[&d], None)
+        .await
+        .expect("at the end");
+    assert_eq!(landing.landed().await.expect("landed"), BASE + 4_096);
+    let e = pattern(7, 4_096);
+    let gap_end = store
+        .write_prepared(h(1), BASE + 8_192, &[&e], None)
+        .await
+        .expect("past the end");
+    assert_eq!(gap_end, BASE + 12_288);
+    let want = [base, d, vec![0; 4_096], e].concat();
+    assert_eq!(read(&store, 0, want.len() as u64).await, want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_mutations_wait_for_the_appends_in_flight() {
     let (hs, store, base) = chunk_with_base(Kind::Faulty).await;

@@ -651,6 +651,68 @@ async fn r11_appends_onto_a_filling_disk_lose_nothing() {
         .expect("fully replicated");
 }
 
+/// R11 with every disk filling under record appends of 1 MiB, in chunks
+/// of 8 MiB: a primary keeps rounds of appends in flight, each placed
+/// after the one before it, so when one fails on the primary's full disk
+/// the rounds behind it fail too, and as it did (`NO_SPACE`). (They were
+/// written anyway, a hole of the failed round's size in front of them,
+/// and once that and their own bytes passed the 4 MiB a write may carry,
+/// the client got `INVALID_ARGUMENT`, "request of N bytes exceeds the
+/// limit", and gave up on a retryable append: `gfs-bench figure3` died so
+/// on a full disk.) Every append either lands, read back exactly once, or
+/// fails with `NO_SPACE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r11_appends_onto_full_disks_fail_only_for_space() {
+    const RECORD: usize = 1 << 20;
+    let Some(cluster) = Cluster::on_small_disks(Spec {
+        chunk_size_bytes: 8 << 20,
+        small_disks: (0..4).map(|i| (i, 20 << 20)).collect(),
+        ..Spec::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let c = cluster.client();
+    c.create("/log", 0).await.expect("create");
+    let appenders: Vec<_> = (0..8u64)
+        .map(|w| {
+            let c = cluster.client();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..64u64 {
+                    let mut rec = format!("w{w}-r{i}-").into_bytes();
+                    rec.resize(RECORD, (w * 31 + i) as u8);
+                    match c.append("/log", &rec).await {
+                        Ok(off) => acked.push((rec, off)),
+                        Err(e) => return (acked, Some((rec, e))),
+                    }
+                }
+                (acked, None)
+            })
+        })
+        .collect();
+    let (mut acked, mut failed) = (HashMap::new(), std::collections::HashSet::new());
+    for a in appenders {
+        let (mine, error) = a.await.expect("appender");
+        acked.extend(mine);
+        if let Some((rec, e)) = error {
+            assert_eq!(
+                e.kind,
+                gfs_proto::wire::ErrorKind::NoSpace,
+                "an append failed for another reason than space: {e}"
+            );
+            failed.insert(rec);
+        }
+    }
+    assert!(
+        !failed.is_empty(),
+        "4 disks of 20 MiB took 512 MiB of records"
+    );
+    assert!(!acked.is_empty(), "no append landed");
+    check_records_but(&c, &acked, &failed).await;
+}
+
 /// Kills the master leader (kill -9, restarted as a follower) `times`
 /// times, 600 ms apart; how many kills there were.
 async fn kill_the_leader(cluster: Arc<tokio::sync::Mutex<Cluster>>, times: usize) -> usize {

@@ -29,6 +29,10 @@ pub(super) struct Slot {
     /// At the primary: the secondaries that failed a mutation of this
     /// chunk at its current version.
     pub(super) missed: Mutex<Missed>,
+    /// At the primary: the last mutation of this chunk that failed here
+    /// (its serial, and why). A round of appends planned while it was in
+    /// flight was placed after it, as if it had landed.
+    failed_here: Mutex<Option<(u64, Status)>>,
 }
 
 /// Secondaries that failed a mutation of a chunk at one version. One that
@@ -123,6 +127,35 @@ impl Slot {
     }
 }
 
+impl Slot {
+    /// At the primary: mutation `serial` failed here.
+    pub(super) fn failed_here(&self, serial: u64, why: &Status) {
+        *Shared::lock(&self.failed_here) = Some((serial, why.clone()));
+    }
+
+    /// At the primary, once mutation `after` was processed here: why a
+    /// mutation placed after it cannot be applied, if `after` failed here.
+    /// Its offset assumed `after`'s bytes, which this replica does not
+    /// hold: written anyway, it would leave a hole of that size in front
+    /// of it (or be refused as too large a write, an error that says
+    /// nothing of the cause). It fails as `after` did.
+    pub(super) fn follows_a_failure(&self, after: u64) -> Result<(), Status> {
+        match &*Shared::lock(&self.failed_here) {
+            Some((serial, why)) if after != 0 && *serial == after => {
+                let kind = gfs_proto::wire::detail_of(why).kind();
+                Err(error(
+                    kind,
+                    format!(
+                        "mutation {after}, which this one follows, failed here: {}",
+                        why.message()
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Drop for Processed<'_> {
     fn drop(&mut self) {
         Shared::lock(&self.slot.turn).processed(self.run, self.serial);
@@ -188,6 +221,22 @@ mod tests {
         // The one after it is not held up in turn.
         assert!(mutation(&slot, &log, 6, 5, Ok(())).await.unwrap().is_ok());
         assert_eq!(*Shared::lock(&log), vec![6]);
+    }
+
+    #[test]
+    fn a_mutation_placed_after_a_failed_one_fails_as_it_did() {
+        let slot = Slot::default();
+        assert!(slot.follows_a_failure(4).is_ok());
+        slot.failed_here(4, &error(ErrorKind::NoSpace, "no space left in /d"));
+        let e = slot.follows_a_failure(4).unwrap_err();
+        assert_eq!(gfs_proto::wire::detail_of(&e).kind(), ErrorKind::NoSpace);
+        assert_eq!(
+            e.message(),
+            "mutation 4, which this one follows, failed here: no space left in /d"
+        );
+        // Only the one placed right after it; nothing follows serial 0.
+        assert!(slot.follows_a_failure(3).is_ok());
+        assert!(slot.follows_a_failure(0).is_ok());
     }
 
     #[test]

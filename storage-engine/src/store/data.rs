@@ -237,6 +237,15 @@ impl std::fmt::Debug for Prepared {
     }
 }
 
+/// What a write past a chunk's end does with the gap in front of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gap {
+    /// Zeros, up to `max_request_bytes` with the data (a sparse write).
+    Fill,
+    /// Refused: the write was meant to start at the end.
+    Refuse,
+}
+
 impl ChunkStore {
     /// Appends `data` at the chunk's end; returns the offset it landed at.
     pub async fn append(&self, handle: ChunkHandle, data: &[u8]) -> Result<u64> {
@@ -297,6 +306,34 @@ impl ChunkStore {
         parts: &[&[u8]],
         prepared: Option<Prepared>,
     ) -> Result<Landing> {
+        self.submit(handle, offset, parts, prepared, Gap::Fill)
+            .await
+    }
+
+    /// As `submit_prepared`, for a mutation its orderer placed at the
+    /// chunk's end (a round of record appends at its primary, after the
+    /// rounds before it): refused with `NotAtEnd` where the chunk ends
+    /// elsewhere, as when one of those failed here, rather than written
+    /// past a hole of that one's size.
+    pub async fn submit_at_end(
+        &self,
+        handle: ChunkHandle,
+        offset: u64,
+        parts: &[&[u8]],
+        prepared: Option<Prepared>,
+    ) -> Result<Landing> {
+        self.submit(handle, offset, parts, prepared, Gap::Refuse)
+            .await
+    }
+
+    async fn submit(
+        &self,
+        handle: ChunkHandle,
+        offset: u64,
+        parts: &[&[u8]],
+        prepared: Option<Prepared>,
+        gap: Gap,
+    ) -> Result<Landing> {
         let chunk = self.chunk(handle)?;
         let cfg = &self.inner.config;
         let mut st = self
@@ -312,6 +349,13 @@ impl ChunkStore {
                 handle,
                 free,
                 requested: len,
+            });
+        }
+        if gap == Gap::Refuse && offset != st.length {
+            return Err(StoreError::NotAtEnd {
+                handle,
+                offset,
+                length: st.length,
             });
         }
         if offset > st.length {
