@@ -35,6 +35,7 @@ pub mod service;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use gfs_proto::wire::MAX_MESSAGE_BYTES;
 use gfs_proto::wire::chunk::chunkserver_server::ChunkserverServer;
@@ -90,6 +91,7 @@ pub async fn serve(
         None => None,
     };
     let beats = heartbeat::spawn(shared.clone());
+    let trimmer = tokio::spawn(trim_pools_forever(shared.clone()));
     let svc = ChunkserverServer::new(ChunkService {
         shared: shared.clone(),
     })
@@ -114,6 +116,20 @@ pub async fn serve(
     for b in beats {
         b.abort();
     }
+    trimmer.abort();
     tracing::info!("chunkserver stopped");
     result
+}
+
+/// Keeps the pools of deleted chunks' files within what the filesystems
+/// have free (`ChunkStore::trim_pools`), once a heartbeat period: a
+/// server that creates nothing must still give way to others filling a
+/// filesystem it shares.
+async fn trim_pools_forever(shared: Arc<Shared>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(shared.cfg.heartbeat_ms.max(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        shared.store.trim_pools().await;
+    }
 }

@@ -1333,6 +1333,69 @@ async fn r11_every_disk_full_is_a_clear_error() {
     );
 }
 
+/// R11 with chunk stores sharing one filesystem, as the chunkservers of
+/// `gfs cluster start` do: the files of one store's deleted chunks, kept
+/// for its next creates (`recycle`), give way as another fills the
+/// filesystem, before that one runs out. (They were kept, 64 a store,
+/// until the store holding them failed a write of its own; `gfs-bench
+/// figure3` at N = 16 then ran a local cluster out of space with 16 GiB of
+/// them on the disk.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_kept_files_of_deleted_chunks_give_way_to_a_store_sharing_the_disk() {
+    use gfs_proto::{ChunkHandle, ChunkVersion};
+    use gfs_storage_engine::{ChunkStore, StoreConfigFile, StoreError};
+    const MIB: u64 = 1 << 20;
+    if !gfs_tests::disk::SmallDisk::available() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    let disk = gfs_tests::disk::SmallDisk::mount(root.path(), 16 * MIB).expect("tmpfs");
+    let open = |name: &str| {
+        let mut cfg = StoreConfigFile::for_dir(disk.path().join(name));
+        cfg.chunk_size_bytes = MIB;
+        cfg.max_request_bytes = MIB;
+        async move { ChunkStore::open(cfg).await.expect("open").0 }
+    };
+    let (a, b) = (open("a").await, open("b").await);
+    let data = random_bytes(MIB as usize, 5);
+    for i in 1..=8 {
+        a.create(ChunkHandle(i), ChunkVersion(1))
+            .await
+            .expect("create");
+        a.write_at(ChunkHandle(i), 0, &data).await.expect("write");
+    }
+    for i in 1..=8 {
+        a.delete(ChunkHandle(i)).await.expect("delete");
+    }
+    assert!(
+        a.usage()[0].pooled_bytes >= 4 * MIB,
+        "nothing kept: the test shows nothing"
+    );
+    // The other store fills the filesystem a chunk at a time; the first
+    // trims its pool as its chunkserver does, once a heartbeat.
+    let mut written = 0;
+    for i in 100..200 {
+        let h = ChunkHandle(i);
+        let done = match b.create(h, ChunkVersion(1)).await {
+            Ok(()) => b.write_at(h, 0, &data).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => written += 1,
+            Err(StoreError::NoSpace { .. }) => break,
+            Err(e) => panic!("chunk {i}: {e}"),
+        }
+        a.trim_pools().await;
+    }
+    let left = a.usage()[0].pooled_bytes;
+    drop((a, b));
+    assert!(
+        written >= 12,
+        "the second store wrote {written} MiB of 16 (the first kept {left} bytes of deleted chunks)"
+    );
+}
+
 /// S2 on the data plane, with raw bytes: an unknown op, a header length
 /// past the limit and a push larger than a server takes each get a clear
 /// error; a push that stops mid-data and bytes that are neither plane

@@ -303,6 +303,18 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("blocking store task panicked")
 }
 
+/// Removes files taken out of a directory's pool.
+async fn remove_pooled(files: Vec<PathBuf>) {
+    blocking(move || {
+        for f in files {
+            if let Err(e) = std::fs::remove_file(&f) {
+                tracing::warn!(file = %f.display(), error = %e, "could not remove a pooled chunk file");
+            }
+        }
+    })
+    .await;
+}
+
 impl ChunkStore {
     /// Opens (creating if needed) every data directory and recovers its chunks.
     pub async fn open(config: StoreConfigFile) -> Result<(ChunkStore, RecoveryReport)> {
@@ -612,6 +624,7 @@ impl ChunkStore {
             }
             ended.await;
         }
+        self.trim_pools().await;
         let result = self.create_files(handle, version).await;
         let result = result.map(|(i, state)| {
             let chunk = Arc::new(Chunk {
@@ -722,8 +735,10 @@ impl ChunkStore {
         self.retire(handle).await?;
         let (chunks_dir, pool) = (dir.chunks.clone(), dir.recycle.clone());
         let cap = self.inner.config.recycle_chunk_files as usize;
-        let room = dir.recycled.lock().expect("pool lock").len() < cap;
         let chunk_size = self.inner.config.chunk_size_bytes;
+        let free = eio::disk_space(&dir.root).map_or(0, |(free, _)| free);
+        let pooled = dir.recycled.lock().expect("pool lock").len();
+        let room = pooled < cap && recycle::keep(pooled + 1, free, chunk_size) > pooled;
         let kept = blocking(move || {
             files::delete(&chunks_dir, handle, room.then_some((&*pool, chunk_size)))
         })
@@ -972,18 +987,34 @@ impl ChunkStore {
     /// filesystem ran out of space: kept files would only hold it.
     async fn release_pool(&self, dir: &Dir) {
         let files = std::mem::take(&mut *dir.recycled.lock().expect("pool lock"));
-        if files.is_empty() {
-            return;
+        if !files.is_empty() {
+            tracing::warn!(dir = %dir.root.display(), files = files.len(), "out of space: removing the pool of deleted chunks' files");
+            remove_pooled(files).await;
         }
-        tracing::warn!(dir = %dir.root.display(), files = files.len(), "out of space: removing the pool of deleted chunks' files");
-        blocking(move || {
-            for f in files {
-                if let Err(e) = std::fs::remove_file(&f) {
-                    tracing::warn!(file = %f.display(), error = %e, "could not remove a pooled chunk file");
-                }
+    }
+
+    /// Gives back to the filesystem the pooled files of each directory
+    /// beyond what the space free there allows (`recycle::keep`). Run at
+    /// every create, and by the chunkserver about once a heartbeat, so that
+    /// a pool gives way while its filesystem fills (several chunkservers
+    /// on one filesystem, or other files), not only once a write of its
+    /// own failed.
+    pub async fn trim_pools(&self) {
+        let chunk_size = self.inner.config.chunk_size_bytes;
+        for d in &self.inner.dirs {
+            let Ok((free, _)) = eio::disk_space(&d.root) else {
+                continue;
+            };
+            let over = {
+                let mut pool = d.recycled.lock().expect("pool lock");
+                let keep = recycle::keep(pool.len(), free, chunk_size);
+                pool.split_off(keep)
+            };
+            if !over.is_empty() {
+                tracing::info!(dir = %d.root.display(), files = over.len(), free, "the filesystem is filling: removing files from the pool of deleted chunks' files");
+                remove_pooled(over).await;
             }
-        })
-        .await;
+        }
     }
 
     fn recycle(&self, buf: Arc<AlignedBuf>) {

@@ -45,6 +45,18 @@ fn reusable(meta: &std::fs::Metadata, chunk_size: u64) -> bool {
     meta.is_file() && meta.len() == chunk_size && meta.blocks() * 512 >= chunk_size
 }
 
+/// How many of a directory's `pooled` files it keeps while its filesystem
+/// has `free` bytes besides them: no more than leaves the pool as large as
+/// the space free once the rest are removed (half of the two together).
+/// A pool is free space only to the chunks created in its own directory;
+/// where several chunkservers share a filesystem (a local cluster) or a
+/// disk fills, the files go back before the filesystem runs out, not once
+/// a write has failed for lack of the space they hold.
+pub(super) fn keep(pooled: usize, free: u64, chunk_size: u64) -> usize {
+    let free_files = usize::try_from(free / chunk_size.max(1)).unwrap_or(usize::MAX);
+    pooled.min(pooled.saturating_add(free_files) / 2)
+}
+
 /// The pool a directory opens with: up to `cap` reusable files of
 /// `recycle`; every other file there is removed.
 pub(super) fn load(recycle: &Path, chunk_size: u64, cap: usize) -> io::Result<Vec<PathBuf>> {
@@ -112,5 +124,30 @@ pub(super) fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_pool_is_kept_no_larger_than_the_space_free_besides_it() {
+        // Plenty free: every file stays.
+        assert_eq!(keep(64, 1 << 40, 64 * MIB), 64);
+        assert_eq!(keep(0, 0, 64 * MIB), 0);
+        // As much free as pooled: all stay; less: the pool gives way
+        // until the two are even.
+        assert_eq!(keep(8, 8 * MIB, MIB), 8);
+        assert_eq!(keep(8, 7 * MIB, MIB), 7);
+        assert_eq!(keep(8, 4 * MIB, MIB), 6);
+        assert_eq!(keep(8, 0, MIB), 4);
+        // Part of a chunk free counts for nothing.
+        assert_eq!(keep(2, MIB - 1, MIB), 1);
+        // One more file joins only where the space free holds it as well.
+        assert_eq!(keep(5, 5 * MIB, MIB), 5);
+        assert_eq!(keep(5, 4 * MIB, MIB), 4);
     }
 }
