@@ -80,6 +80,32 @@ fn lookup_retryable(kind: ErrorKind) -> bool {
     )
 }
 
+/// The error of a mutation that was not acknowledged by its deadline:
+/// `UNAVAILABLE`, or `NO_SPACE` if a replica had answered so (`no_space`
+/// times). A replica out of space is left out and its chunk re-replicated,
+/// which on a cluster whose every disk is full never ends: the writer
+/// hears "being re-replicated" until its deadline, and the cause is the
+/// space.
+fn out_of_time(what: &str, waited: Duration, last: &MasterError, no_space: u32) -> MasterError {
+    if no_space > 0 {
+        MasterError::new(
+            ErrorKind::NoSpace,
+            format!(
+                "{what}: a replica ran out of space, and no mutation was acknowledged within {waited:?}: {}",
+                last.message
+            ),
+        )
+    } else {
+        MasterError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "{what}: no acknowledged mutation within {waited:?}: {}",
+                last.message
+            ),
+        )
+    }
+}
+
 /// `NO_SPACE` answers one mutation takes before it fails with that error.
 const MAX_NO_SPACE_RETRIES: u32 = 6;
 
@@ -357,12 +383,12 @@ impl Client {
             }
             self.master.forget_chunk(path, index);
             if Instant::now() >= deadline {
-                return Err(MasterError::new(
-                    ErrorKind::Unavailable,
-                    format!(
-                        "chunk {index} of {path}: no acknowledged mutation within {:?}: {}",
-                        self.opts.mutation_deadline, last.message
-                    ),
+                let waited = self.opts.mutation_deadline;
+                return Err(out_of_time(
+                    &format!("chunk {index} of {path}"),
+                    waited,
+                    &last,
+                    no_space,
                 ));
             }
             tracing::debug!(%path, index, error = %last, "retrying a mutation");
@@ -928,7 +954,30 @@ enum Attempt {
 
 #[cfg(test)]
 mod tests {
-    use super::{ErrorKind, lookup_retryable, next_chunk_due};
+    use super::{Duration, ErrorKind, MasterError, lookup_retryable, next_chunk_due, out_of_time};
+
+    #[test]
+    fn a_mutation_out_of_time_after_a_full_replica_says_no_space() {
+        let last = MasterError::new(
+            ErrorKind::LeaseHeld,
+            "chunk 0000000000000076 is being re-replicated; retry shortly",
+        );
+        let waited = Duration::from_secs(120);
+        let e = out_of_time("chunk 3 of /f", waited, &last, 1);
+        assert_eq!(e.kind, ErrorKind::NoSpace);
+        assert_eq!(
+            e.message,
+            "chunk 3 of /f: a replica ran out of space, and no mutation was acknowledged \
+             within 120s: chunk 0000000000000076 is being re-replicated; retry shortly"
+        );
+        let e = out_of_time("chunk 3 of /f", waited, &last, 0);
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert_eq!(
+            e.message,
+            "chunk 3 of /f: no acknowledged mutation within 120s: \
+             chunk 0000000000000076 is being re-replicated; retry shortly"
+        );
+    }
 
     #[test]
     fn a_chunk_lookup_is_asked_again_only_on_answers_that_say_retry() {
