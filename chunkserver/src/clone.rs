@@ -210,6 +210,8 @@ async fn copy(
         offset = end;
         pace(start, offset, rate).await;
     }
+    // The last piece too: a chunk of one piece was never paced at all.
+    pace(start, offset, rate).await;
     sh.store.sync(to).await.map_err(store_status)?;
     sh.store
         .set_version(to, ChunkVersion(version))
