@@ -16,6 +16,7 @@ pub mod limping;
 pub mod master;
 mod seen;
 pub mod stream;
+mod window;
 
 pub use client::{Client, ClientOptions};
 pub use master::{MasterClient, MasterError, MasterError as Error, MasterOptions};

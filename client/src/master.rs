@@ -21,13 +21,16 @@ use gfs_proto::wire::master::{
     WriteChunkRequest,
 };
 use gfs_proto::wire::{ErrorKind, MAX_MESSAGE_BYTES, detail_of};
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tonic::transport::Endpoint;
 use tonic::{Response, Status};
 
-/// Mutations one client keeps in flight at most: the masters remember the
-/// last 32 replies per client, so a retry always finds its first reply.
-pub const MAX_IN_FLIGHT_MUTATIONS: usize = 32;
+use crate::window::Window;
+
+/// Sequence numbers a client hands out ahead of its oldest unanswered
+/// mutation: the masters remember the last 32 replies per client, so a
+/// retry always finds its first reply (`window`).
+pub const MUTATION_WINDOW: u64 = 32;
 
 #[derive(Clone, Debug)]
 pub struct MasterOptions {
@@ -82,6 +85,23 @@ impl MasterError {
     }
 }
 
+/// A mutation's sequence number, unanswered until dropped.
+struct Open<'a> {
+    inner: &'a Inner,
+    seq: u64,
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.inner
+            .window
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .close(self.seq);
+        self.inner.answered.notify_waiters();
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     addrs: Vec<String>,
@@ -89,8 +109,10 @@ struct Inner {
     admin: Vec<MasterAdminClient<AuthChannel>>,
     leader: AtomicUsize,
     client_id: u64,
-    seq: AtomicU64,
-    mutations: Semaphore,
+    /// The sequence numbers of mutations, and which are unanswered.
+    window: Mutex<Window>,
+    /// Signalled when a mutation is answered: the window may have room.
+    answered: Notify,
     opts: MasterOptions,
     locations: Mutex<HashMap<(String, u64), (ChunkInfo, Instant)>>,
     chunk_size: AtomicU64,
@@ -174,8 +196,8 @@ impl MasterClient {
                 admin,
                 leader: AtomicUsize::new(0),
                 client_id: rand::random::<u64>() | 1,
-                seq: AtomicU64::new(1),
-                mutations: Semaphore::new(MAX_IN_FLIGHT_MUTATIONS),
+                window: Mutex::new(Window::new(MUTATION_WINDOW)),
+                answered: Notify::new(),
                 opts,
                 locations: Mutex::new(HashMap::new()),
                 chunk_size: AtomicU64::new(0),
@@ -193,11 +215,26 @@ impl MasterClient {
         &self.inner.addrs
     }
 
-    fn session(&self) -> Option<Session> {
-        Some(Session {
-            client_id: self.inner.client_id,
-            seq: self.inner.seq.fetch_add(1, Ordering::Relaxed),
-        })
+    /// The next sequence number, once the window has room for it.
+    async fn take_seq(&self) -> Open<'_> {
+        loop {
+            let answered = self.inner.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            let taken = self
+                .inner
+                .window
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(seq) = taken {
+                return Open {
+                    inner: &self.inner,
+                    seq,
+                };
+            }
+            answered.await;
+        }
     }
 
     /// Runs `attempt` against the leader, following hints and backing off
@@ -251,16 +288,12 @@ impl MasterClient {
         F: Fn(MasterMetaClient<AuthChannel>, Option<Session>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        let _permit = self
-            .inner
-            .mutations
-            .acquire()
-            .await
-            .map_err(|_| MasterError {
-                kind: ErrorKind::Internal,
-                message: "client closed".into(),
-            })?;
-        let session = self.session();
+        // Answered (or given up on) when `open` drops, however this ends.
+        let open = self.take_seq().await;
+        let session = Some(Session {
+            client_id: self.inner.client_id,
+            seq: open.seq,
+        });
         self.call(|c| attempt(c, session)).await
     }
 
