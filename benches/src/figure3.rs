@@ -372,6 +372,38 @@ async fn settle(dir: &std::path::Path) {
     }
 }
 
+/// Bytes a local cluster's run needs on the disk of `--dir` at once: the
+/// read set and the largest point's files, each byte on `replication`
+/// disks (every point's files are deleted before the next), and the
+/// ceilings' scratch file.
+fn disk_needed(a: &Figure3Args, replication: u64) -> u64 {
+    let n = a.clients.iter().copied().max().unwrap_or(0) as u64;
+    let has = |b: &str| a.benches.iter().any(|x| x == b);
+    let read_set = if has("read") { a.read_set_bytes } else { 0 };
+    let write = if has("write") { n * a.write_bytes } else { 0 };
+    let append = if has("append") {
+        n * a.records * MIB
+    } else {
+        0
+    };
+    replication * (read_set + write.max(append)) + a.limit_bytes
+}
+
+/// Free bytes of the filesystem holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: statvfs is plain old data; zeroed is a valid value for it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer,
+    // both alive for the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statvfs {}", dir.display()));
+    }
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 fn random_block(seed: u64, len: usize) -> bytes::Bytes {
     let mut b = vec![0u8; len];
     fill_random(&mut b, seed);
@@ -510,6 +542,20 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
         Ok(l)
     };
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
+    if a.masters.is_empty() {
+        // A local cluster's replication: said before it starts, not when
+        // a write fails for space minutes into the run.
+        let (needed, free) = (disk_needed(a, 3), free_bytes(&a.dir)?);
+        anyhow::ensure!(
+            free >= needed,
+            "this run needs about {} MiB free under {} (the read set and its largest point, \
+             each on 3 disks, and a scratch file), which has {} MiB: give fewer --clients \
+             or a smaller --write-bytes, --records or --read-set-bytes",
+            needed >> 20,
+            a.dir.display(),
+            free >> 20
+        );
+    }
     let spec = Spec {
         rereplication_grace_ms: 60_000,
         ..crate::cluster::bench_spec(&a.dir)
@@ -845,6 +891,22 @@ pub fn print_figure3(f: &Figure3) {
 mod tests {
     use super::*;
     use crate::limits::tests::sample;
+
+    #[test]
+    fn a_run_needs_the_read_set_and_its_largest_point_on_three_disks() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: Figure3Args,
+        }
+        let a = Cli::parse_from(["figure3"]).a;
+        // Defaults: 512 MiB read set; 16 writers of 256 MiB or 16
+        // appenders of 256 MiB; a 256 MiB scratch file.
+        assert_eq!(disk_needed(&a, 3), 3 * (512 + 16 * 256) * MIB + 256 * MIB);
+        let a = Cli::parse_from(["figure3", "--clients", "4", "--benches", "append"]).a;
+        assert_eq!(disk_needed(&a, 3), 3 * 4 * 256 * MIB + 256 * MIB);
+    }
 
     /// What the host did during a measurement: CPUs busy, device busy.
     fn busy(cpu: f64, util: f64) -> Busy {
