@@ -389,21 +389,6 @@ fn disk_needed(a: &Figure3Args, replication: u64) -> u64 {
     replication * (read_set + write.max(append)) + a.limit_bytes
 }
 
-/// Free bytes of the filesystem holding `dir`.
-fn free_bytes(dir: &std::path::Path) -> Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
-    // SAFETY: statvfs is plain old data; zeroed is a valid value for it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer,
-    // both alive for the call.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("statvfs {}", dir.display()));
-    }
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
-}
-
 fn random_block(seed: u64, len: usize) -> bytes::Bytes {
     let mut b = vec![0u8; len];
     fill_random(&mut b, seed);
@@ -545,7 +530,12 @@ pub async fn figure3(a: &Figure3Args) -> Result<Figure3> {
     if a.masters.is_empty() {
         // A local cluster's replication: said before it starts, not when
         // a write fails for space minutes into the run.
-        let (needed, free) = (disk_needed(a, 3), free_bytes(&a.dir)?);
+        let (needed, free) = (
+            disk_needed(a, 3),
+            gfs_storage_engine::disk_space(&a.dir)
+                .with_context(|| format!("free space of {}", a.dir.display()))?
+                .0,
+        );
         anyhow::ensure!(
             free >= needed,
             "this run needs about {} MiB free under {} (the read set and its largest point, \

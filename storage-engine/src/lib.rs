@@ -43,6 +43,7 @@ pub mod store;
 pub use backend::faulty::{FaultSwitch, Faults};
 pub use config::{BackendKind, StoreConfig, StoreConfigFile};
 pub use error::{Result, StoreError};
+pub use io::disk_space;
 pub use store::{
     ChunkInfo, ChunkStore, CorruptChunk, DirIo, DiskUsage, Landing, Prepared, Received, Receiving,
     RecoveryReport, STALLED_DIR,
