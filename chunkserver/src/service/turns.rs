@@ -125,9 +125,7 @@ impl Slot {
         );
         r
     }
-}
 
-impl Slot {
     /// At the primary: mutation `serial` failed here.
     pub(super) fn failed_here(&self, serial: u64, why: &Status) {
         *Shared::lock(&self.failed_here) = Some((serial, why.clone()));
